@@ -1,0 +1,28 @@
+# Two commands on a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test bench clean-outputs
+
+# The venv is rebuilt only when requirements.txt or pyproject.toml change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: CSD-Edit of the bundled panorama with the exact-score prior (a few minutes on 2 cores).
+demo: install
+	$(BIN)/csd-exp experiment=panorama_exact_cpu
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all

@@ -1,0 +1,36 @@
+"""Callbacks that protect a user's run: a checkpoint on Ctrl-C or on a crash, with the resume command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On Ctrl-C (or any exception after the first step) write ``last.ckpt`` and say how to resume.
+
+    A crash on a non-finite gradient keeps the previous ``last.ckpt`` instead of overwriting it with
+    the broken parameters.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.global_step == 0 or isinstance(exception, FloatingPointError):
+            return
+        path = self.dirpath / "last.ckpt"
+        try:
+            trainer.save_checkpoint(path)
+        except Exception as error:  # the original exception matters more than this one
+            log.error("could not save %s after %s: %s", path, type(exception).__name__, error)
+            return
+        if trainer.is_global_zero:
+            log.warning(
+                "run stopped at step %d (%s); checkpoint saved to %s. Resume with the same overrides plus: "
+                "ckpt_path=%s", trainer.global_step, type(exception).__name__, path, path,
+            )

@@ -1,0 +1,7 @@
+"""Tasks: one LightningModule per kind of particle (panorama windows, video frames, rendered views)."""
+
+from csd_exp.tasks.base import DistillationTask, StepTickets, step_generator
+from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
+from csd_exp.tasks.video import VideoTask
+
+__all__ = ["DistillationTask", "PanoramaTask", "StepTickets", "VideoTask", "WindowGrid", "step_generator"]

@@ -1,0 +1,229 @@
+"""Panorama / high-resolution image editing (paper Sec. 3.3 and 4.1, Fig. 5).
+
+theta is the latent canvas of the whole source image. The particles are square windows of it (official:
+64 latent px with stride 16 for Stable Diffusion, i.e. 512 px crops every 128 px, MultiDiffusion's
+tiling). Each step samples ``windows_per_step`` windows, the guidance couples them through the kernel,
+and the per-window gradients are scattered back onto the canvas and divided, per latent pixel, by how
+many of this step's windows cover it (official behaviour; pixels outside every sampled window get no
+gradient that step).
+
+The paper names under-sampled corners as a limitation (App. F): a corner pixel lies in a single window
+while a central one lies in many. ``window_sampler="coverage_balanced"`` draws windows with
+probabilities chosen so that every latent pixel's expected coverage is as even as possible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from csd_exp.data.image import fit_to_multiple, load_image, resize_image, save_image
+from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.results import final_edit_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """All windows of a (height, width) latent canvas, in latent pixels."""
+
+    height: int
+    width: int
+    size: int
+    stride: int
+
+    def __post_init__(self):
+        if self.size <= 0 or self.stride <= 0:
+            raise ValueError(f"window size and stride must be positive, got size={self.size}, stride={self.stride}")
+        if self.height < self.size or self.width < self.size:
+            raise ValueError(
+                f"the image is smaller than one window: canvas {self.height}x{self.width} latent px, window "
+                f"{self.size}; use a larger image (data.short_side) or a smaller task.window_size"
+            )
+        for name, extent in (("height", self.height), ("width", self.width)):
+            if (extent - self.size) % self.stride:
+                raise ValueError(
+                    f"windows of {self.size} at stride {self.stride} do not tile the canvas {name} {extent}: "
+                    f"({extent} - {self.size}) must be a multiple of {self.stride}"
+                )
+
+    @property
+    def origins(self) -> list[tuple[int, int]]:
+        rows = range(0, self.height - self.size + 1, self.stride)
+        cols = range(0, self.width - self.size + 1, self.stride)
+        return [(top, left) for top in rows for left in cols]
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def coverage(self, indices, device=None) -> torch.Tensor:
+        """(1, 1, H, W) count of the given windows covering each latent pixel."""
+        count = torch.zeros(1, 1, self.height, self.width, device=device)
+        origins = self.origins
+        for index in indices:
+            top, left = origins[int(index)]
+            count[..., top:top + self.size, left:left + self.size] += 1
+        return count
+
+    def crop(self, canvas: torch.Tensor, indices) -> torch.Tensor:
+        """Stack the windows of a (1, C, H, W) or (C, H, W) canvas: (len(indices), C, size, size)."""
+        canvas = canvas[0] if canvas.dim() == 4 else canvas
+        origins = self.origins
+        return torch.stack(
+            [canvas[:, top:top + self.size, left:left + self.size] for top, left in (origins[int(i)] for i in indices)]
+        )
+
+    def balanced_probabilities(self, iterations: int = 200) -> torch.Tensor:
+        """Window probabilities that even out each pixel's expected coverage.
+
+        Multiplicative fixed-point updates: a window's weight is divided by the mean expected coverage
+        of its pixels, so windows over under-covered pixels (corners, edges) gain weight.
+        """
+        masks = torch.stack([self.coverage([i])[0, 0] for i in range(len(self))])  # (W, H, W)
+        weights = torch.full((len(self),), 1.0 / len(self), dtype=torch.float64)
+        masks64 = masks.double()
+        for _ in range(iterations):
+            cover = torch.einsum("w,whv->hv", weights, masks64)
+            mean_cover = (masks64 * cover).sum((1, 2)) / masks64.sum((1, 2))
+            weights = weights / mean_cover
+            weights = weights / weights.sum()
+        return weights.float()
+
+
+class PanoramaTask(DistillationTask):
+    """CSD / CSD-Edit (or SDS and the ablations, by guidance config) over the windows of a panorama."""
+
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any,
+        optimizer,
+        lr_scheduler=None,
+        *,
+        prompt: str,
+        data: dict,
+        window_size: int = 64,
+        window_stride: int = 16,
+        windows_per_step: int = 4,
+        window_sampler: str = "uniform",
+        seed: int = 0,
+        source_prompt: str = "",
+        max_steps: int = 200,
+        snapshot_every: int = 50,
+        name: str = "panorama",
+    ):
+        super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
+                         source_prompt=source_prompt, max_steps=max_steps, snapshot_every=snapshot_every, name=name)
+        if window_sampler not in ("uniform", "coverage_balanced"):
+            raise ValueError(f"task.window_sampler must be 'uniform' or 'coverage_balanced', got {window_sampler!r}")
+        if windows_per_step < 1:
+            raise ValueError(f"task.windows_per_step must be >= 1, got {windows_per_step}")
+        self.window_sampler = window_sampler
+        self.windows_per_step = int(windows_per_step)
+
+        # Everything about the geometry is decided here, before any long work, so bad input fails early.
+        source = load_image(data.get("path"))
+        self.original_size = tuple(source.shape[-2:])
+        scale = int(prior.latent_scale_factor)
+        height, width = fit_to_multiple(*self.original_size, short_side=int(data.get("short_side", 512)),
+                                        multiple=scale * int(window_stride))
+        if hasattr(prior, "validate_image_size"):
+            prior.validate_image_size(height, width)
+        self.grid = WindowGrid(height // scale, width // scale, int(window_size), int(window_stride))
+        if self.windows_per_step > len(self.grid):
+            raise ValueError(
+                f"task.windows_per_step={self.windows_per_step} exceeds the {len(self.grid)} windows of this "
+                f"canvas ({self.grid.height}x{self.grid.width} latent px, window {window_size}, stride {window_stride})"
+            )
+        self.source_image = resize_image(source, height, width)
+        self.canvas = torch.nn.Parameter(torch.zeros(1, prior.latent_channels, self.grid.height, self.grid.width))
+        self.register_buffer("source_latents", torch.zeros_like(self.canvas), persistent=False)
+        self.register_buffer("image_condition", torch.zeros_like(self.canvas), persistent=False)
+        self.window_probabilities = (
+            self.grid.balanced_probabilities() if window_sampler == "coverage_balanced" else None
+        )
+        log.info("panorama: %dx%d px -> canvas %dx%d latent px, %d windows, %d per step",
+                 height, width, self.grid.height, self.grid.width, len(self.grid), self.windows_per_step)
+
+    def configure_particles(self, device: torch.device) -> None:
+        image = self.source_image[None].to(device)
+        self.source_latents = self.prior.encode(image).float()
+        if getattr(self.prior, "supports_image_condition", False):
+            self.image_condition = self.prior.encode_image_condition(image).float()
+        else:
+            self.image_condition = None
+        self.canvas.data.copy_(self.source_latents)
+
+    # ---------------------------------------------------------------- sampling
+    def sample_windows(self, step: int) -> torch.Tensor:
+        generator = step_generator(self.seed, step, "windows")
+        if self.window_probabilities is None:
+            return torch.randperm(len(self.grid), generator=generator)[: self.windows_per_step]
+        return torch.multinomial(self.window_probabilities, self.windows_per_step, replacement=False,
+                                 generator=generator)
+
+    def distillation_step(self, step: int):
+        windows = self.sample_windows(step)
+        offset, count = self.particle_shard(len(windows))
+        local = windows[offset:offset + count]
+        coverage = self.grid.coverage(windows, device=self.canvas.device)
+        scale = 1.0 / self.grid.crop(coverage, local)  # each window pixel divided by its step coverage
+        return self.guidance(
+            self.prior,
+            self.grid.crop(self.canvas, local),
+            prompt=self.prompt,
+            image_cond=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
+            source_latents=self.grid.crop(self.source_latents, local),
+            step=step,
+            seed=self.seed,
+            particle_offset=offset,
+            num_particles_total=len(windows),
+            process_group=self.process_group(),
+            gradient_scale=scale,
+        )
+
+    # ----------------------------------------------------------------- outputs
+    def edited_image(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.prior.decode(self.canvas.detach())[0].float().clamp(0, 1).cpu()
+
+    def current_images(self) -> dict[str, torch.Tensor]:
+        return {"edited": self.edited_image()[None]}
+
+    def window_pixel_boxes(self) -> list[tuple[int, int, int, int]]:
+        scale = int(self.prior.latent_scale_factor)
+        size = self.grid.size * scale
+        return [(top * scale, left * scale, size, size) for top, left in self.grid.origins]
+
+    def mode_responsibilities(self) -> torch.Tensor | None:
+        if not hasattr(self.prior, "mode_responsibilities"):
+            return None
+        every = range(len(self.grid))
+        with torch.no_grad():
+            return self.prior.mode_responsibilities(
+                self.grid.crop(self.canvas.detach(), every), self.grid.crop(self.image_condition, every), self.prompt
+            ).cpu()
+
+    def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
+        edited = self.edited_image()
+        source = self.source_image
+        save_image(source, output_dir / "source.png")
+        save_image(edited, output_dir / "edited.png")
+        save_image(resize_image(edited, *self.original_size), output_dir / "edited_fullres.png")
+        return final_edit_metrics(
+            evaluator,
+            source[None],
+            edited[None],
+            source_text=self.source_prompt,
+            target_text=self.prompt,
+            sequence=False,
+            windows=self.window_pixel_boxes(),
+            mode_responsibilities=self.mode_responsibilities(),
+            mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
+        )

@@ -1,0 +1,85 @@
+"""Turn runs' ``summary.json`` files into one table (mean ± std over seeds), optionally beside paper numbers.
+
+    python -m experiments.summarize outputs/multiruns/2026-11-25_07-00-00 --metrics consistency/mode_agreement fidelity/psnr
+
+Rows are grouped by a label built from the config (task, method); only ``summary.json`` is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+DEFAULT_METRICS = ("consistency/mode_agreement", "consistency/seam_error", "fidelity/psnr", "fidelity/ssim",
+                   "wall_time_s")
+
+
+def run_label(summary: dict) -> str:
+    config = summary.get("config", {})
+    task = config.get("task", {})
+    if "method" in task:  # sampling baselines
+        return f"{task.get('name', 'task')}:{task['method']}"
+    guidance = config.get("guidance", {})
+    label = guidance.get("method", "?")
+    if guidance.get("official_scaling"):
+        label += " (official scaling)"
+    return label
+
+
+def load_summaries(roots: Iterable[Path]) -> list[dict]:
+    summaries = []
+    for root in roots:
+        paths = [root] if root.is_file() else sorted(root.rglob("summary.json"))
+        for path in paths:
+            summary = json.loads(path.read_text())
+            summary["_path"] = str(path)
+            summaries.append(summary)
+    return summaries
+
+
+def metric_value(summary: dict, name: str) -> float | None:
+    if name in summary.get("metrics", {}):
+        return float(summary["metrics"][name])
+    value = summary.get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def table(summaries: list[dict], metrics: Iterable[str]) -> str:
+    metrics = list(metrics)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for summary in summaries:
+        if summary.get("status") == "completed":
+            groups[run_label(summary)].append(summary)
+    lines = ["| method | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for label, runs in sorted(groups.items()):
+        cells = []
+        for name in metrics:
+            values = [v for v in (metric_value(s, name) for s in runs) if v is not None and math.isfinite(v)]
+            if not values:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.3f}")
+            else:
+                cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}")
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="run folders, multirun folders or summary.json files")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    args = parser.parse_args(argv)
+    summaries = load_summaries(args.roots)
+    if not summaries:
+        raise SystemExit(f"no summary.json under {', '.join(map(str, args.roots))}")
+    print(table(summaries, args.metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Compose and run the real Hydra config from tests (imported by the framework tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+
+# Overrides that make any configuration CPU-sized: a few steps, no W&B, tiny windows when needed.
+FAST = ["trainer=cpu", "logger=csv", "trainer.max_steps=2", "task.snapshot_every=1",
+        "callbacks.checkpoint.every_n_train_steps=1", "~callbacks.progress"]
+
+
+def compose_config(overrides: list[str], output_dir: Path):
+    """Compose ``conf/config.yaml`` as the CLI would, with the run folder set to ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(REPO_ROOT)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -1,0 +1,157 @@
+"""The framework end to end: every experiment composes and steps, the main job, sweeps, W&B offline,
+resume, Ctrl-C, and the early errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from framework_support import CONFIG_DIR, FAST, REPO_ROOT, compose_config
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+# GPU-scale experiments run here on the tiny random-weight pipelines with tiny windows.
+TINY_DIFFUSERS = ["model=tiny_ip2p", "data.short_side=16", "task.window_size=8", "task.window_stride=4"]
+SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=8"]
+
+
+def _overrides_for(experiment: str) -> list[str]:
+    cfg = compose_config([f"experiment={experiment}"], Path("/tmp/unused"))
+    target = cfg.model._target_
+    if "Exact" in target:
+        return SMALL_EXACT
+    if cfg.task._target_.endswith("VideoTask") or "scene" in cfg.task._target_.lower():
+        return ["model=tiny_ip2p"]
+    return TINY_DIFFUSERS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_steps(experiment, run_job):
+    summary, run_dir = run_job([f"experiment={experiment}", *FAST, *_overrides_for(experiment)])
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 2
+    assert (run_dir / "summary.json").is_file()
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary["metrics"].values())
+
+
+def test_main_job_edits_and_reports(run_job):
+    summary, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=6"])
+    metrics = summary["metrics"]
+    for key in ("fidelity/psnr", "fidelity/ssim", "consistency/seam_error", "consistency/mode_agreement"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["consistency/mode_agreement"] <= 1.0
+    assert not any(k.startswith("clip/") for k in metrics), "CLIP metrics must be absent without weights"
+    for name in ("source.png", "edited.png", "edited_fullres.png", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["seed"] == 0 and on_disk["versions"]["torch"] == torch.__version__
+    assert on_disk["config"]["prompt"] == "turn it into a pop-art painting"
+    # The edit changed the image, and a CSD-Edit step keeps it recognisably the source.
+    assert 5.0 < metrics["fidelity/psnr"] < 60.0
+
+
+def _canvas(run_dir: Path) -> torch.Tensor:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["canvas"]
+
+
+def test_resume_continues_at_the_right_step(run_job):
+    base = ["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT]
+    _, straight = run_job([*base, "trainer.max_steps=4"], name="straight")
+    _, first = run_job([*base, "trainer.max_steps=2"], name="first")
+    resumed_summary, resumed = run_job(
+        [*base, "trainer.max_steps=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], name="resumed")
+    assert resumed_summary["steps"] == 4
+    torch.testing.assert_close(_canvas(resumed), _canvas(straight), rtol=0, atol=1e-6)
+
+
+def test_frozen_prior_weights_stay_out_of_checkpoints(run_job):
+    _, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT])
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert list(state) == ["canvas"]
+
+
+def test_wandb_offline_run_writes_its_files(run_job, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "logger=wandb"])
+    assert summary["status"] == "completed"
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].rglob("*.wandb"))
+    media = list(runs[0].rglob("*.png"))
+    assert media, "snapshots and the edited panorama should be logged as images"
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch, caplog):
+    from csd_exp.run import run
+    from csd_exp.tasks import PanoramaTask
+
+    original = PanoramaTask.distillation_step
+
+    def interrupt_at_step_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(PanoramaTask, "distillation_step", interrupt_at_step_3)
+    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=6",
+                          "callbacks.checkpoint.every_n_train_steps=100"], tmp_path)
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit):
+        run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 3
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    assert "ckpt_path=" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["data.path=/nonexistent/pano.jpg"], FileNotFoundError, "data.path"),
+        (["data.short_side=16", "task.window_size=32"], ValueError, "smaller than one window"),
+        (["task.window_stride=7"], ValueError, "do not tile"),
+        (["task.windows_per_step=999"], ValueError, "windows_per_step"),
+        (["prompt='paint it like a potato'"], ValueError, "pop-art"),
+    ],
+)
+def test_bad_input_fails_before_any_long_work(overrides, error, message, tmp_path):
+    from csd_exp.run import build_task
+
+    cfg = compose_config(["experiment=panorama_exact_cpu", *SMALL_EXACT, *overrides], tmp_path)
+    with pytest.raises(error, match=message):
+        task = build_task(cfg)
+        task.setup("fit")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    from csd_exp.data.image import load_image
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image(broken)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    return subprocess.run([sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    result = _cli(["task.window_sise=3"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "window_sise" in result.stderr
+
+
+def test_two_job_multirun(tmp_path):
+    result = _cli(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment=panorama_exact_cpu", *FAST,
+                   *SMALL_EXACT, "guidance=csd_edit,sds"], cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
+    assert [s["config"]["guidance"]["method"] for s in summaries] == ["csd_edit", "sds"]
+    assert all(s["status"] == "completed" for s in summaries)
