@@ -30,7 +30,8 @@ VERSIONED_PACKAGES = ("csd-exp", "torch", "pytorch-lightning", "hydra-core", "di
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "torch_build": torch.__version__,
+                "cuda": torch.version.cuda or "none"}
     for name in VERSIONED_PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -54,13 +55,25 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def build_task(cfg: DictConfig):
-    """Instantiate the prior, the guidance and the task (cheap checks of the input happen here)."""
+def instantiate_clearly(node, **kwargs):
+    """``hydra.utils.instantiate``, but the user's own error (bad input, bad value) is raised as itself
+    instead of inside Hydra's InstantiationException, so the message that names the fix comes first."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    prior = instantiate(cfg.model)
-    guidance = instantiate(cfg.guidance)
-    return instantiate(
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (ValueError, FileNotFoundError, FloatingPointError)):
+            raise error.__cause__ from None
+        raise
+
+
+def build_task(cfg: DictConfig):
+    """Instantiate the prior, the guidance and the task (cheap checks of the input happen here)."""
+    prior = instantiate_clearly(cfg.model)
+    guidance = instantiate_clearly(cfg.guidance)
+    return instantiate_clearly(
         cfg.task,
         prior=prior,
         guidance=guidance,
@@ -101,13 +114,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
-        summary["status"] = "interrupted" if trainer.interrupted else "completed"
-        if trainer.is_global_zero and summary["status"] == "completed":
+        if trainer.interrupted:
+            summary["status"] = "interrupted"
+        elif trainer.is_global_zero:
             from csd_exp.metrics import build_evaluator
 
             evaluator = build_evaluator(OmegaConf.to_container(cfg.metrics, resolve=True))
             summary["metrics"] = task.finalize(output_dir, evaluator)
             log_metrics_table(loggers, summary["metrics"])
+        if not trainer.interrupted:
+            summary["status"] = "completed"
             exit_code = 0
     except (KeyboardInterrupt, SystemExit) as stop:
         summary["status"] = "interrupted"
@@ -117,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(error).__name__}: {error}"
         raise
     finally:
-        summary["steps"] = int(trainer.global_step)
+        summary["steps"] = int(task.completed_steps)
         if trainer.is_global_zero:
             summary.update(
                 wall_time_s=round(time.perf_counter() - started, 3),

@@ -14,19 +14,23 @@ import torch
 from framework_support import CONFIG_DIR, FAST, REPO_ROOT, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-# GPU-scale experiments run here on the tiny random-weight pipelines with tiny windows.
-TINY_DIFFUSERS = ["model=tiny_ip2p", "data.short_side=16", "task.window_size=8", "task.window_stride=4"]
 SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=8"]
+# CPU-sized overrides per kind of task; GPU-scale experiments run on the tiny random-weight pipelines.
+SMALL = {
+    ("panorama", "exact"): SMALL_EXACT,
+    ("panorama", "diffusers"): ["model=tiny_ip2p", "data.short_side=16", "task.window_size=8",
+                                "task.window_stride=4"],
+    ("video", "exact"): ["task.frame_size=32", "data.max_frames=4"],
+    ("video", "diffusers"): ["model=tiny_ip2p", "task.frame_size=16", "data.max_frames=4"],
+}
 
 
 def _overrides_for(experiment: str) -> list[str]:
     cfg = compose_config([f"experiment={experiment}"], Path("/tmp/unused"))
-    target = cfg.model._target_
-    if "Exact" in target:
-        return SMALL_EXACT
-    if cfg.task._target_.endswith("VideoTask") or "scene" in cfg.task._target_.lower():
-        return ["model=tiny_ip2p"]
-    return TINY_DIFFUSERS
+    prior = "exact" if "Exact" in cfg.model._target_ else "diffusers"
+    task = cfg.task._target_.lower()
+    kind = next(k for k in ("panorama", "video", "scene") if k in task)
+    return SMALL[(kind, prior)]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -48,7 +52,7 @@ def test_main_job_edits_and_reports(run_job):
     for name in ("source.png", "edited.png", "edited_fullres.png", "checkpoints/last.ckpt"):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    assert on_disk["seed"] == 0 and on_disk["versions"]["torch"] == torch.__version__
+    assert on_disk["seed"] == 0 and on_disk["versions"]["torch_build"] == torch.__version__
     assert on_disk["config"]["prompt"] == "turn it into a pop-art painting"
     # The edit changed the image, and a CSD-Edit step keeps it recognisably the source.
     assert 5.0 < metrics["fidelity/psnr"] < 60.0
@@ -155,3 +159,25 @@ def test_two_job_multirun(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
     assert [s["config"]["guidance"]["method"] for s in summaries] == ["csd_edit", "sds"]
     assert all(s["status"] == "completed" for s in summaries)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["task=panorama_sampling", "task.method=per_window", *SMALL_EXACT],
+        ["task=panorama_sampling", "task.method=multidiffusion", *SMALL_EXACT],
+        ["task=panorama_sampling", "task.method=downscaled", *SMALL_EXACT],
+        ["task=video_sampling", "task.frame_size=32", "data.max_frames=4"],
+        ["guidance=csd_edit_random_noise", *SMALL_EXACT],
+        ["guidance=csd_edit_no_svgd", "guidance.official_scaling=true", *SMALL_EXACT],
+        ["guidance=csd", "kernel=identity", *SMALL_EXACT],
+        ["task.window_sampler=coverage_balanced", *SMALL_EXACT],
+        ["schedule=paper", "schedule.annealing=sqrt", *SMALL_EXACT],
+    ],
+    ids=lambda o: " ".join(o[:2]),
+)
+def test_baselines_and_options_run_from_the_same_cli(overrides, run_job):
+    summary, _ = run_job([*FAST, "task.num_inference_steps=3" if "sampling" in overrides[0] else "seed=1", *overrides])
+    assert summary["status"] == "completed"
+    assert summary["steps"] == (3 if "sampling" in overrides[0] else 2)
+    assert "consistency/mode_agreement" in summary["metrics"]

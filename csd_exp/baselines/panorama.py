@@ -42,6 +42,7 @@ class PanoramaSamplingTask(PanoramaTask):
         self.image_guidance_scale = float(image_guidance_scale)
         self.timesteps = sampling_timesteps(prior.num_train_timesteps, int(num_inference_steps))
         self.state: torch.Tensor | None = None
+        self.reverse_steps_done = 0
 
     def train_dataloader(self):
         from torch.utils.data import DataLoader
@@ -50,6 +51,10 @@ class PanoramaSamplingTask(PanoramaTask):
 
     def configure_optimizers(self):
         return None
+
+    @property
+    def completed_steps(self) -> int:
+        return self.reverse_steps_done
 
     def _condition(self, image_cond: torch.Tensor | None):
         return self.prior.make_conditioning(self.prompt, image_cond=image_cond, guidance_scale=self.guidance_scale,
@@ -90,6 +95,7 @@ class PanoramaSamplingTask(PanoramaTask):
         self.state = ddim_step(self.prior.alphas_cumprod.float(), self.state, eps, t, t_prev, self.eta, generator)
         if t_prev is None:
             self.canvas.data.copy_(self.final_canvas(self.state))
+        self.reverse_steps_done = index + 1
         self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
         return None
 

@@ -27,6 +27,7 @@ class VideoSamplingTask(VideoTask):
         self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
         self.timesteps = sampling_timesteps(prior.num_train_timesteps, int(num_inference_steps), self.strength)
         self.state: torch.Tensor | None = None
+        self.reverse_steps_done = 0
 
     def train_dataloader(self):
         from torch.utils.data import DataLoader
@@ -35,6 +36,10 @@ class VideoSamplingTask(VideoTask):
 
     def configure_optimizers(self):
         return None
+
+    @property
+    def completed_steps(self) -> int:
+        return self.reverse_steps_done
 
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
@@ -54,5 +59,6 @@ class VideoSamplingTask(VideoTask):
                                step_generator(self.seed, index, "sampling"))
         if t_prev is None:
             self.latents.data.copy_(self.state)
+        self.reverse_steps_done = index + 1
         self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
         return None

@@ -81,6 +81,8 @@ class DistillationTask(pl.LightningModule):
         self.seed = int(seed)
         self.max_steps = int(max_steps)
         self._particles_ready = False
+        if hasattr(prior, "validate_prompt"):
+            prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
 
     # ----------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -140,6 +142,11 @@ class DistillationTask(pl.LightningModule):
         return offset, count
 
     # ---------------------------------------------------------------- training
+    @property
+    def completed_steps(self) -> int:
+        """Updates done so far (optimizer steps; sampling baselines count reverse steps)."""
+        return self.global_step
+
     def distillation_step(self, step: int):
         """Run the guidance on this step's particles; return the ``GuidanceOutput``."""
         raise NotImplementedError

@@ -26,15 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def load_clip(data: dict, frame_size: tuple[int, int]):
-    """(clip at processing size, original size, fps, exact flow at processing size or None)."""
+    """(frames at processing size, original size, fps, the exact flow at processing size or None)."""
     path = data.get("path")
     if path is None or str(path).startswith("sample:"):
         name = "pan" if path is None else str(path).split(":", 1)[1]
         clip, motion = sample_clip(name, num_frames=int(data.get("max_frames") or 12), frame_size=frame_size)
-        return clip.frames, clip.size, clip.fps, motion.flow, motion.valid
+        return clip.frames, clip.size, clip.fps, motion.flow
     clip = read_video(path, start=int(data.get("start", 0)), stride=int(data.get("stride", 1)),
                       max_frames=data.get("max_frames"), min_frames=2)
-    return resize_frames(clip.frames, *frame_size), clip.size, clip.fps, None, None
+    return resize_frames(clip.frames, *frame_size), clip.size, clip.fps, None
 
 
 class VideoTask(DistillationTask):
@@ -48,7 +48,7 @@ class VideoTask(DistillationTask):
         size = (int(frame_size), int(frame_size))
         if hasattr(prior, "validate_image_size"):
             prior.validate_image_size(*size)
-        frames, self.original_size, self.fps, self.flow, self.flow_valid = load_clip(data, size)
+        frames, self.original_size, self.fps, self.flow = load_clip(data, size)
         self.source_frames = frames
         num_frames = frames.shape[0]
         if num_frames < 2:
@@ -129,9 +129,8 @@ class VideoTask(DistillationTask):
         save_frame_grid(source, output_dir / "source_grid.png")
         if self._trainer is not None:
             log_video(self.trainer.loggers, "final/edited", output_dir / "edited.mp4", fps=self.fps)
-        motion = None if self.flow is None else {"flow": self.flow, "valid": self.flow_valid}
         return final_edit_metrics(
             evaluator, source, edited, source_text=self.source_prompt, target_text=self.prompt, sequence=True,
-            motion=motion, mode_responsibilities=self.mode_responsibilities(),
+            motion=self.flow, mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
         )
