@@ -1,0 +1,228 @@
+"""``EditEvaluator``: every metric of one source/edit pair in one call, and ``build_evaluator`` from config.
+
+Used by the tasks for ``summary.json`` and by ``csd-exp-eval`` for external baselines, so both land in
+the same table with the same keys (``csd_exp.metrics.keys``). Only metrics that could be computed are
+returned: CLIP / LPIPS keys are absent when their weights are missing, consecutive-frame keys when
+``sequence`` is False, seam / warp / mode keys when their extra input is not given, and any metric
+whose value is undefined (NaN) is dropped rather than reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from csd_exp.metrics import keys
+from csd_exp.metrics._validation import check_pair
+from csd_exp.metrics.clip import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    ClipConsistency,
+    ClipDirectionalSimilarity,
+    ClipImageSimilarity,
+    ImageTextEncoder,
+    load_clip,
+)
+from csd_exp.metrics.consistency import FlowSource, ModeAgreement, SeamError, WarpError, resolve_flow
+from csd_exp.metrics.fidelity import SourcePSNR, SourceSSIM
+from csd_exp.metrics.lpips import LPIPS_NETS, ConsecutiveFrameLPIPS, load_lpips
+
+logger = logging.getLogger(__name__)
+
+
+class EditEvaluator:
+    """Scores an edit against its source.
+
+    Args:
+        clip: a ``ClipEncoder`` (``load_clip``) or any object with ``encode_images`` / ``encode_text``;
+            None skips the CLIP metrics.
+        lpips_net: ``"alex" | "vgg" | "squeeze"`` to load torchmetrics' LPIPS (``load_lpips``; None
+            with one warning when the backbone weights are not cached), or None for no LPIPS.
+        lpips: an already built LPIPS metric or pair-distance callable; overrides ``lpips_net``.
+        source_text, target_text: defaults for ``evaluate``'s texts (``metrics.directional_text``).
+        device: where metric states live (CLIP and LPIPS networks stay on their own devices).
+        sync_across_processes: False (default) makes every ``evaluate`` call self-contained, which is
+            right when each process scores the whole result (or only rank 0 does). True sums the
+            metric states over the process group, for sharded evaluation; then every process must
+            call ``evaluate`` with its shard, each shard a whole sequence.
+    """
+
+    def __init__(
+        self,
+        clip: ImageTextEncoder | None,
+        lpips_net: str | None = "alex",
+        *,
+        lpips=None,
+        source_text: str | None = "",
+        target_text: str | None = None,
+        device: torch.device | str | None = None,
+        sync_across_processes: bool = False,
+    ) -> None:
+        if lpips_net is not None and lpips_net not in LPIPS_NETS:
+            raise ValueError(f"lpips_net must be one of {LPIPS_NETS} or None, got {lpips_net!r}")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.clip = clip
+        self.lpips_net = lpips_net
+        if lpips is None and lpips_net is not None:
+            lpips = load_lpips(lpips_net, self.device)
+        self.lpips = lpips
+        self.source_text = source_text
+        self.target_text = target_text
+        self.sync_across_processes = bool(sync_across_processes)
+        self.unavailable: dict[str, str] = {}
+        if self.clip is None:
+            for key in keys.CLIP_KEYS:
+                self.unavailable[key] = "no CLIP weights (see the warning from load_clip)"
+        if self.lpips is None:
+            reason = "lpips_net is None" if lpips_net is None else f"no LPIPS {lpips_net} backbone weights"
+            self.unavailable[keys.LPIPS_CONSECUTIVE] = reason
+
+    def _new(self, metric_class, *args):
+        return metric_class(*args, sync_on_compute=self.sync_across_processes).to(self.device)
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        source: Tensor,
+        edited: Tensor,
+        *,
+        source_text: str | None = None,
+        target_text: str | None = None,
+        sequence: bool = False,
+        motion: FlowSource | None = None,
+        mode_responsibilities: Tensor | None = None,
+        windows: Sequence[Sequence[int]] | None = None,
+    ) -> dict[str, float]:
+        """All computable metrics of ``edited`` against ``source`` (both (F, 3, H, W) in [0, 1]).
+
+        ``source_text`` / ``target_text`` default to the constructor's (the config's
+        ``directional_text``); with CLIP available the target text is required. ``sequence=True``
+        (frames or views in order, F >= 2) adds ``clip/consistency``, ``lpips/consecutive``.
+        ``motion``: flow (F−1, 2, H, W) in pixels mapping frame i+1 to frame i, or a callable
+        ``(source[:-1], source[1:]) -> flow | (flow, valid_mask)``; adds ``consistency/warp_error``
+        of the edited frames. ``mode_responsibilities`` (N, K) adds ``consistency/mode_agreement``;
+        ``windows`` [(top, left, height, width)] in image pixels adds ``consistency/seam_error``.
+        """
+        source, edited = check_pair(source, edited)
+        if sequence and source.shape[0] < 2:
+            raise ValueError(f"sequence=True needs at least 2 frames, got {source.shape[0]}")
+        if motion is not None and source.shape[0] < 2:
+            raise ValueError(f"warp error (motion=...) needs at least 2 frames, got {source.shape[0]}")
+        results: dict[str, Tensor] = {}
+
+        for key, metric_class in ((keys.FIDELITY_PSNR, SourcePSNR), (keys.FIDELITY_SSIM, SourceSSIM)):
+            if key == keys.FIDELITY_SSIM and min(source.shape[-2:]) < 11:
+                logger.info("fidelity/ssim skipped: frames %s are smaller than its 11x11 window", tuple(source.shape[-2:]))
+                continue
+            metric = self._new(metric_class)
+            metric.update(source, edited)
+            results[key] = metric.compute()
+
+        if self.clip is not None:
+            source_text = self.source_text if source_text is None else source_text
+            target_text = self.target_text if target_text is None else target_text
+            if source_text is None or target_text is None:
+                raise ValueError(
+                    "clip/directional needs source_text and target_text (pass them to evaluate or set "
+                    "metrics.directional_text.source / .target)"
+                )
+            source_embeddings = self.clip.encode_images(source).float()
+            edited_embeddings = self.clip.encode_images(edited).float()
+            text_embeddings = self.clip.encode_text([source_text, target_text]).float()
+            directional = self._new(ClipDirectionalSimilarity)
+            directional.update(source_embeddings, edited_embeddings, text_embeddings[0], text_embeddings[1])
+            results[keys.CLIP_DIRECTIONAL] = directional.compute()
+            image_similarity = self._new(ClipImageSimilarity)
+            image_similarity.update(source_embeddings, edited_embeddings)
+            results[keys.CLIP_IMAGE_SIMILARITY] = image_similarity.compute()
+            if sequence:
+                consistency = self._new(ClipConsistency)
+                consistency.update(edited_embeddings)
+                results[keys.CLIP_CONSISTENCY] = consistency.compute()
+
+        if sequence and self.lpips is not None:
+            lpips_metric = self._new(ConsecutiveFrameLPIPS, self.lpips)
+            lpips_metric.update(edited)
+            results[keys.LPIPS_CONSECUTIVE] = lpips_metric.compute()
+
+        if motion is not None:
+            flow, valid_mask = resolve_flow(motion, source)
+            warp = self._new(WarpError)
+            warp.update(edited, flow, valid_mask)
+            results[keys.WARP_ERROR] = warp.compute()
+
+        if mode_responsibilities is not None:
+            agreement = self._new(ModeAgreement)
+            agreement.update(mode_responsibilities)
+            results[keys.MODE_AGREEMENT] = agreement.compute()
+
+        if windows is not None:
+            seam = self._new(SeamError)
+            seam.update(source, edited, windows)
+            results[keys.SEAM_ERROR] = seam.compute()
+
+        report: dict[str, float] = {}
+        for key, value in results.items():
+            number = float(value)
+            if math.isnan(number):
+                logger.info("%s is undefined for this input (no pairs or border lines) and is left out", key)
+                continue
+            report[key] = number
+        return report
+
+
+_EVALUATOR_KEYS = {"clip", "lpips_net", "directional_text", "device", "sync_across_processes"}
+_CLIP_KEYS = {"model_name", "pretrained", "batch_size", "precision", "cache_dir"}
+_TEXT_KEYS = {"source", "target"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return value
+
+
+def _check_keys(section: str, given: Mapping, allowed: set[str]) -> None:
+    unknown = set(given) - allowed
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {section}; allowed: {sorted(allowed)}")
+
+
+def build_evaluator(config: Mapping | None) -> EditEvaluator:
+    """``EditEvaluator`` from the ``metrics`` config group (plain dicts; a DictConfig also works).
+
+    Keys: ``clip`` (null, or ``{model_name, pretrained, batch_size, precision, cache_dir}``),
+    ``lpips_net`` (alex | vgg | squeeze | null), ``directional_text`` (``{source, target}``: defaults
+    for the texts of ``clip/directional``), ``device`` (for CLIP, LPIPS and metric states; null = cpu),
+    ``sync_across_processes``. Unknown keys raise ``ValueError``.
+    """
+    config = _plain(config or {})
+    _check_keys("metrics", config, _EVALUATOR_KEYS)
+    device = config.get("device")
+    clip_config = config.get("clip")
+    clip = None
+    if clip_config:
+        _check_keys("metrics.clip", clip_config, _CLIP_KEYS)
+        clip = load_clip(
+            clip_config.get("model_name", DEFAULT_CLIP_MODEL),
+            clip_config.get("pretrained", DEFAULT_CLIP_PRETRAINED),
+            device,
+            precision=clip_config.get("precision", "fp32"),
+            batch_size=int(clip_config.get("batch_size", 16)),
+            cache_dir=clip_config.get("cache_dir"),
+        )
+    text_config = config.get("directional_text") or {}
+    _check_keys("metrics.directional_text", text_config, _TEXT_KEYS)
+    return EditEvaluator(
+        clip,
+        config.get("lpips_net"),
+        source_text=text_config.get("source", ""),
+        target_text=text_config.get("target"),
+        device=device,
+        sync_across_processes=bool(config.get("sync_across_processes", False)),
+    )
