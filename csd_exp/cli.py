@@ -26,5 +26,16 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get("metrics", {}).get("consistency/mode_agreement")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """``csd-exp [overrides]`` runs a job; ``csd-exp eval ...`` scores existing outputs (= csd-exp-eval)."""
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "eval":
+        from csd_exp.eval import main as evaluate
+
+        raise SystemExit(evaluate(sys.argv[2:]))
     main()
+
+
+if __name__ == "__main__":
+    entry()

@@ -158,7 +158,9 @@ class ClipEncoder:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-def _hub_offline() -> bool:
+def _hub_offline(allow_download: bool = True) -> bool:
+    if not allow_download:
+        return True
     from huggingface_hub import constants
 
     env_value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
@@ -221,6 +223,7 @@ def load_clip(
     precision: str = "fp32",
     batch_size: int = 16,
     cache_dir: str | None = None,
+    allow_download: bool = True,
 ) -> ClipEncoder | None:
     """Build a frozen OpenCLIP encoder, or return None (after one ``logging.warning``) without weights.
 
@@ -234,6 +237,8 @@ def load_clip(
       saved with ``torch.save``) for the architecture ``model_name``; a folder with
       ``open_clip_config.json`` is loaded through open_clip's ``local-dir:`` schema. A path that does
       not exist gives None with the warning; a file that exists but does not load raises;
+    - ``allow_download=False`` treats the hub as offline: a tag is used only from the local cache
+      (the framework's default, so a run never starts a multi-GB download at its end);
     - ``None``: no CLIP weights configured, CLIP metrics skipped (random weights would give numbers
       that look real and mean nothing).
 
@@ -250,7 +255,7 @@ def load_clip(
     create_kwargs: dict = {"precision": precision, "device": device, "cache_dir": cache_dir}
     description = f"{model_name}/{pretrained}"
     if model_name.startswith("hf-hub:"):
-        if _hub_offline():
+        if _hub_offline(allow_download):
             _missing_weights_warning(f"{model_name} cannot be fetched with HF_HUB_OFFLINE=1", model_name)
             return None
         source_name, source_pretrained = model_name, None
@@ -271,9 +276,9 @@ def load_clip(
         tag_config = get_pretrained_cfg(model_name, pretrained)
         if tag_config:
             cached = _cached_weights_for_tag(tag_config, cache_dir)
-            if cached is None and _hub_offline():
+            if cached is None and _hub_offline(allow_download):
                 _missing_weights_warning(
-                    f"OpenCLIP weights {model_name}/{pretrained} are not in the local cache and HF_HUB_OFFLINE=1",
+                    f"OpenCLIP weights {model_name}/{pretrained} are not in the local cache and downloads are off (metrics.clip.allow_download=false or HF_HUB_OFFLINE=1)",
                     model_name,
                 )
                 return None

@@ -177,7 +177,7 @@ class EditEvaluator:
 
 
 _EVALUATOR_KEYS = {"clip", "lpips_net", "directional_text", "device", "sync_across_processes"}
-_CLIP_KEYS = {"model_name", "pretrained", "batch_size", "precision", "cache_dir"}
+_CLIP_KEYS = {"model_name", "pretrained", "batch_size", "precision", "cache_dir", "allow_download"}
 _TEXT_KEYS = {"source", "target"}
 
 
@@ -196,7 +196,7 @@ def _check_keys(section: str, given: Mapping, allowed: set[str]) -> None:
 def build_evaluator(config: Mapping | None) -> EditEvaluator:
     """``EditEvaluator`` from the ``metrics`` config group (plain dicts; a DictConfig also works).
 
-    Keys: ``clip`` (null, or ``{model_name, pretrained, batch_size, precision, cache_dir}``),
+    Keys: ``clip`` (null, or ``{model_name, pretrained, batch_size, precision, cache_dir, allow_download}``),
     ``lpips_net`` (alex | vgg | squeeze | null), ``directional_text`` (``{source, target}``: defaults
     for the texts of ``clip/directional``), ``device`` (for CLIP, LPIPS and metric states; null = cpu),
     ``sync_across_processes``. Unknown keys raise ``ValueError``.
@@ -215,6 +215,7 @@ def build_evaluator(config: Mapping | None) -> EditEvaluator:
             precision=clip_config.get("precision", "fp32"),
             batch_size=int(clip_config.get("batch_size", 16)),
             cache_dir=clip_config.get("cache_dir"),
+            allow_download=bool(clip_config.get("allow_download", False)),
         )
     text_config = config.get("directional_text") or {}
     _check_keys("metrics.directional_text", text_config, _TEXT_KEYS)
