@@ -23,6 +23,11 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0 or isinstance(exception, FloatingPointError):
             return
+        if trainer.world_size > 1 and not getattr(trainer.strategy, "_interrupted", lambda: False)():
+            # The other ranks are blocked in this step's all-gather and cannot join a checkpoint barrier.
+            log.error("rank %d failed: not saving last.ckpt; resume from the last periodic checkpoint",
+                      trainer.global_rank)
+            return
         path = self.dirpath / "last.ckpt"
         try:
             trainer.save_checkpoint(path)

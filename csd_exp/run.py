@@ -105,14 +105,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     task = build_task(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")),
-                                      logger=loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
-
+    trainer: pl.Trainer | None = None
     exit_code = 1
     try:
+        trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+        for logger in loggers:
+            logger.log_hyperparams(resolved)
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         if trainer.interrupted:
             summary["status"] = "interrupted"
@@ -133,13 +132,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(error).__name__}: {error}"
         raise
     finally:
-        summary["steps"] = int(task.completed_steps)
-        if trainer.is_global_zero:
+        summary["steps"] = int(task.completed_steps) if trainer is not None else 0
+        if trainer is None or trainer.is_global_zero:
             summary.update(
                 wall_time_s=round(time.perf_counter() - started, 3),
                 versions=package_versions(),
-                device=str(trainer.strategy.root_device),
-                world_size=trainer.world_size,
+                device=str(trainer.strategy.root_device) if trainer is not None else "not started",
+                world_size=trainer.world_size if trainer is not None else 0,
                 outputs={"run_dir": str(output_dir), "checkpoints": str(output_dir / "checkpoints")},
                 config=resolved,
             )

@@ -22,8 +22,8 @@ DEFAULT_METRICS = ("consistency/mode_agreement", "consistency/seam_error", "fide
 def run_label(summary: dict) -> str:
     config = summary.get("config", {})
     task = config.get("task", {})
-    if "method" in task:  # sampling baselines
-        return f"{task.get('name', 'task')}:{task['method']}"
+    if str(task.get("name", "")).endswith("sampling"):  # sampling baselines: no guidance involved
+        return f"{task['name']}:{task['method']}" if "method" in task else task["name"]
     guidance = config.get("guidance", {})
     label = guidance.get("method", "?")
     if guidance.get("official_scaling"):

@@ -157,7 +157,9 @@ class DistillationTask(pl.LightningModule):
         self._check_finite(out, step)
         diagnostics = {f"train/{name}": float(value) for name, value in out.diagnostics.items()}
         self.log_dict(diagnostics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
-        self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        # Each rank's surrogate covers its own particles: the sum over ranks is the single-process loss.
+        self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
+                 sync_dist=self.world_size > 1, reduce_fx="sum")
         self.log("t", float(out.t), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
         self.log("grad", float(out.diagnostics.get("grad_norm", math.nan)), prog_bar=True, on_step=True,
                  on_epoch=False, rank_zero_only=True)
@@ -200,6 +202,13 @@ class DistillationTask(pl.LightningModule):
                 suffix = f"_{index:03d}" if batch.shape[0] > 1 else ""
                 save_image(image, folder / f"{name}{suffix}_step{self.global_step:05d}.png")
         log_images(self.trainer.loggers, {f"snapshots/{k}": v for k, v in images.items()}, step=self.global_step)
+
+    def log_final_images(self, images: dict[str, torch.Tensor]) -> None:
+        """Send the final (B, 3, H, W) images to the loggers that take media (W&B)."""
+        from csd_exp.logging_utils import log_images
+
+        if self._trainer is not None:
+            log_images(self.trainer.loggers, {f"final/{k}": v for k, v in images.items()}, step=self.global_step)
 
     # ----------------------------------------------------------------- results
     def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:

@@ -216,6 +216,7 @@ class PanoramaTask(DistillationTask):
         save_image(source, output_dir / "source.png")
         save_image(edited, output_dir / "edited.png")
         save_image(resize_image(edited, *self.original_size), output_dir / "edited_fullres.png")
+        self.log_final_images({"source": source[None], "edited": edited[None]})
         return final_edit_metrics(
             evaluator,
             source[None],

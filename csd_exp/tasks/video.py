@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.video import read_video, resize_frames, restore_size, sample_clip, save_frame_grid, write_frames, write_video
+from csd_exp.data.video import (frame_grid, read_video, resize_frames, restore_size, sample_clip, save_frame_grid,
+                                 write_frames, write_video)
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -105,8 +106,6 @@ class VideoTask(DistillationTask):
             return self.prior.decode(self.latents.detach()).float().clamp(0, 1).cpu()
 
     def current_images(self) -> dict[str, torch.Tensor]:
-        from csd_exp.data.video import frame_grid
-
         return {"edited_frames": frame_grid(self.edited_frames())[None]}
 
     def mode_responsibilities(self) -> torch.Tensor | None:
@@ -129,6 +128,7 @@ class VideoTask(DistillationTask):
         save_frame_grid(source, output_dir / "source_grid.png")
         if self._trainer is not None:
             log_video(self.trainer.loggers, "final/edited", output_dir / "edited.mp4", fps=self.fps)
+        self.log_final_images({"source_grid": frame_grid(source)[None], "edited_grid": frame_grid(edited)[None]})
         return final_edit_metrics(
             evaluator, source, edited, source_text=self.source_prompt, target_text=self.prompt, sequence=True,
             motion=self.flow, mode_responsibilities=self.mode_responsibilities(),

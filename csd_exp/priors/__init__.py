@@ -1,0 +1,25 @@
+"""Frozen diffusion models as score priors for SDS / CSD / CSD-Edit (see ``base.ScorePrior``).
+
+* :class:`InstructPix2PixPrior`: 3-way guidance, CSD-Edit in 5N UNet rows per step.
+* :class:`StableDiffusionPrior`: text-to-image, 2-way guidance (SDS / CSD generation, DDS editing).
+* :class:`ExactScorePrior`: closed-form ε̂ for Gaussian-mixture edits (the embedded default).
+* Tiny offline pipelines for tests and smoke runs (``tiny``).
+
+diffusers / transformers are imported only when a diffusers-backed prior is built.
+"""
+
+from .base import Conditioning, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
+from .exact import ExactScorePrior
+from .instructions import INSTRUCTIONS, InstructionFamily
+from .instruct_pix2pix import InstructPix2PixPrior
+from .stable_diffusion import StableDiffusionPrior
+from .tiny import (build_tiny_ip2p, build_tiny_sd, tiny_instruct_pix2pix_prior, tiny_stable_diffusion_prior,
+                   write_clip_tokenizer)
+
+__all__ = [
+    "Conditioning", "NoisePrediction", "ScorePrior", "scaled_linear_alphas_cumprod",
+    "ExactScorePrior", "INSTRUCTIONS", "InstructionFamily",
+    "InstructPix2PixPrior", "StableDiffusionPrior",
+    "build_tiny_ip2p", "build_tiny_sd", "tiny_instruct_pix2pix_prior", "tiny_stable_diffusion_prior",
+    "write_clip_tokenizer",
+]

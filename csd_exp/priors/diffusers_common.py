@@ -1,0 +1,220 @@
+"""What the diffusers-backed priors share: loading (hub id or local folder), the VAE, the text-embedding
+cache and row-chunked UNet calls.
+
+* Latent convention (Stable Diffusion): z = s · mode(VAE(2x − 1)) with s = ``vae.config.scaling_factor``;
+  decode x = (VAE⁻¹(z / s) + 1) / 2 clamped to [0, 1]. Image sides must be multiples of the VAE's
+  downsampling factor 2^(len(block_out_channels) − 1) (8 for Stable Diffusion); other sizes are an error
+  that names the nearest valid size (we never resize silently).
+* Text embeddings: the CLIP text encoder's last hidden state for the prompt padded to
+  ``tokenizer.model_max_length`` (what diffusers' pipelines feed the UNet), cached per prompt string.
+* UNet calls: all rows of a step (particles × guidance branches) go through the UNet as one batch, or in
+  chunks of at most ``max_rows_per_call`` rows, under ``torch.no_grad``. Rows are independent, so the
+  chunking changes nothing but peak memory.
+
+diffusers is imported lazily, so ``import csd_exp.priors`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import ScorePrior, resolve_dtype
+
+OFFLINE_HINT = ("cannot load '{id}': this machine is offline or the id is unknown; download it on a connected "
+                "machine (huggingface-cli download {id}) and set model.pretrained_model_name_or_path=/path/to/folder")
+
+
+@functools.cache
+def _dtype_keyword() -> str:
+    """``dtype`` where ``from_pretrained`` takes it (diffusers deprecated ``torch_dtype`` in mid 2026, PR #14205),
+    ``torch_dtype`` on older releases, which do not accept ``dtype``."""
+    from diffusers import DiffusionPipeline
+
+    source = inspect.getsource(DiffusionPipeline.from_pretrained)
+    return "dtype" if 'kwargs.pop("dtype"' in source else "torch_dtype"
+
+
+def load_pipeline(pipeline_class_name: str, pretrained_model_name_or_path: str, torch_dtype: torch.dtype,
+                  local_files_only: bool | None = None):
+    """``<pipeline_class>.from_pretrained(path_or_id, torch_dtype=...)`` with the safety checker left out.
+
+    A hub id that cannot be reached (offline machine, unknown id) becomes an ``OSError`` that says how to
+    point at a local folder instead.
+    """
+    import diffusers
+
+    pipeline_class = getattr(diffusers, pipeline_class_name)
+    kwargs: dict[str, Any] = {_dtype_keyword(): torch_dtype, "safety_checker": None, "feature_extractor": None,
+                              "requires_safety_checker": False}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    location = str(pretrained_model_name_or_path)
+    if os.path.isdir(os.path.expanduser(location)):
+        return pipeline_class.from_pretrained(os.path.expanduser(location), **kwargs)
+    hub_errors: tuple[type[BaseException], ...] = (OSError,)
+    try:
+        from huggingface_hub import errors as hub_errors_module
+
+        hub_errors += (hub_errors_module.HfHubHTTPError,)
+    except ImportError:  # pragma: no cover - old huggingface_hub
+        pass
+    try:
+        return pipeline_class.from_pretrained(location, **kwargs)
+    except hub_errors as error:
+        raise OSError(OFFLINE_HINT.format(id=location)) from error
+
+
+def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Evaluation mode, no gradients, ``dtype`` (cast only when it differs)."""
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module.eval().requires_grad_(False)
+
+
+class DiffusersPrior(ScorePrior):
+    """Shared machinery of :class:`InstructPix2PixPrior` and :class:`StableDiffusionPrior`."""
+
+    def __init__(self, *, unet, vae, text_encoder, tokenizer, alphas_cumprod: Tensor,
+                 torch_dtype: str | torch.dtype = "float32", max_rows_per_call: int | None = None,
+                 prediction_type: str = "epsilon") -> None:
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported UNet prediction_type {prediction_type!r} (epsilon or v_prediction)")
+        self.prediction_type = prediction_type
+        if max_rows_per_call is not None and int(max_rows_per_call) < 1:
+            raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
+        self.max_rows_per_call = None if max_rows_per_call is None else int(max_rows_per_call)
+        self.model_dtype = resolve_dtype(torch_dtype)
+        self.unet = _frozen(unet, self.model_dtype)
+        self.vae = _frozen(vae, self.model_dtype)
+        self.text_encoder = _frozen(text_encoder, self.model_dtype)
+        self.tokenizer = tokenizer
+        self._register_schedule(alphas_cumprod)
+        self.latent_channels = int(vae.config.latent_channels)
+        self.latent_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scaling_factor = float(vae.config.scaling_factor)
+        self._prompt_embeds: dict[str, Tensor] = {}
+        #: number of UNet rows and calls since construction (benchmarks and tests read these)
+        self.unet_rows_evaluated = 0
+        self.unet_calls = 0
+
+    # -- loading -----------------------------------------------------------------------------------
+    @staticmethod
+    def _schedule_from(scheduler) -> Tensor:
+        """ᾱ_t of the pipeline's training schedule, rebuilt through DDPMScheduler from its config."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+
+    # -- devices -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # -- VAE ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _vae_latent_dist(self, images: Tensor):
+        self._check_images(images)
+        pixels = (2.0 * images - 1.0).to(device=self.vae.device, dtype=self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """z = s · VAE(2x − 1): the posterior mode, or a sample drawn with ``generator`` when one is given."""
+        dist = self._vae_latent_dist(images)
+        latents = dist.mode() if generator is None else dist.sample(generator=generator)
+        return (latents * self.vae_scaling_factor).float()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """x = (VAE⁻¹(z / s) + 1) / 2, clamped to [0, 1], float32."""
+        scaled = (latents / self.vae_scaling_factor).to(device=self.vae.device, dtype=self.vae.dtype)
+        images = self.vae.decode(scaled).sample
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # -- text --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prompt_embeddings(self, prompt: str) -> Tensor:
+        """(1, L, D) text-encoder hidden states for ``prompt`` (cached per prompt, on the prior's device)."""
+        cached = self._prompt_embeds.get(prompt)
+        device = self.text_encoder.device
+        if cached is None:
+            tokens = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt")
+            attention_mask = None
+            if getattr(self.text_encoder.config, "use_attention_mask", False):
+                attention_mask = tokens.attention_mask.to(device)
+            cached = self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+            self._prompt_embeds[prompt] = cached
+        elif cached.device != device:
+            cached = self._prompt_embeds[prompt] = cached.to(device)
+        return cached
+
+    def _prompt_rows(self, prompts: list[str], repeats: list[int]) -> Tensor:
+        """Stack cached embeddings: ``prompts[i]`` repeated ``repeats[i]`` times, in the UNet's dtype."""
+        rows = [self.prompt_embeddings(p).expand(n, -1, -1) for p, n in zip(prompts, repeats)]
+        return torch.cat(rows).to(device=self.device, dtype=self.dtype)
+
+    # -- UNet --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def unet_rows(self, sample: Tensor, t: int, encoder_hidden_states: Tensor) -> Tensor:
+        """ε_φ for every row of ``sample`` at timestep t, in chunks of ``max_rows_per_call`` rows, float32.
+
+        A v-prediction UNet's output is turned into ε = √ᾱ_t v + √(1 − ᾱ_t) x_t (x_t: the first
+        ``latent_channels`` channels of the row).
+        """
+        sample = sample.to(device=self.device, dtype=self.dtype)
+        timestep = torch.tensor(int(t), device=self.device)
+        chunk = self.max_rows_per_call or sample.shape[0]
+        outputs = []
+        for start in range(0, sample.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            out = self.unet(sample[rows], timestep, encoder_hidden_states=encoder_hidden_states[rows],
+                            return_dict=False)[0]
+            outputs.append(out.float())
+            self.unet_calls += 1
+            self.unet_rows_evaluated += out.shape[0]
+        eps = torch.cat(outputs)
+        if self.prediction_type == "v_prediction":
+            alpha_bar = self.alphas_cumprod[int(t)].to(eps.device)
+            noisy = sample[:, : self.latent_channels].float()
+            eps = alpha_bar.sqrt() * eps + (1.0 - alpha_bar).sqrt() * noisy
+        return eps
+
+
+def load_components(pipeline_class_name: str, pretrained_model_name_or_path: str | None,
+                    torch_dtype: str | torch.dtype, local_files_only: bool | None, **given) -> dict:
+    """The networks, tokenizer and ᾱ_t schedule, from a pipeline folder / hub id or from given components.
+
+    ``given`` holds ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and optionally ``scheduler`` (whose
+    config gives the training schedule; without one, Stable Diffusion's scaled-linear schedule).
+    """
+    from .base import scaled_linear_alphas_cumprod
+
+    scheduler = given.pop("scheduler", None)
+    if pretrained_model_name_or_path is not None:
+        if scheduler is not None or any(v is not None for v in given.values()):
+            raise ValueError("pass either pretrained_model_name_or_path or components, not both")
+        pipe = load_pipeline(pipeline_class_name, pretrained_model_name_or_path, resolve_dtype(torch_dtype),
+                             local_files_only)
+        return dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                    alphas_cumprod=DiffusersPrior._schedule_from(pipe.scheduler),
+                    prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"))
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer") if given.get(k) is None]
+    if missing:
+        raise ValueError("pass pretrained_model_name_or_path, or all of unet, vae, text_encoder, tokenizer "
+                         f"(missing: {', '.join(missing)})")
+    alphas_cumprod = (DiffusersPrior._schedule_from(scheduler) if scheduler is not None
+                      else scaled_linear_alphas_cumprod())
+    prediction_type = scheduler.config.get("prediction_type", "epsilon") if scheduler is not None else "epsilon"
+    return dict(given, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type)
