@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from csd_exp.baselines.sampling import ddim_step, sampling_timesteps
+from csd_exp.baselines.sampling import ReverseSamplingMixin
 from csd_exp.data.image import resize_image
-from csd_exp.tasks.base import StepTickets, step_generator
+from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
 
 METHODS = ("per_window", "downscaled", "multidiffusion")
 
 
-class PanoramaSamplingTask(PanoramaTask):
+class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
     """Runs a sampling baseline through the same CLI, logging and metrics as the distillation tasks."""
 
     def __init__(self, prior: Any, guidance: Any = None, optimizer=None, lr_scheduler=None, *, method: str,
@@ -34,31 +34,9 @@ class PanoramaSamplingTask(PanoramaTask):
         if method not in METHODS:
             raise ValueError(f"task.method must be one of {', '.join(METHODS)}, got {method!r}")
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
-        self.automatic_optimization = False
         self.canvas.requires_grad_(False)
         self.method = method
-        self.eta = float(eta)
-        self.guidance_scale = float(guidance_scale)
-        self.image_guidance_scale = float(image_guidance_scale)
-        self.timesteps = sampling_timesteps(prior.num_train_timesteps, int(num_inference_steps))
-        self.state: torch.Tensor | None = None
-        self.reverse_steps_done = 0
-
-    def train_dataloader(self):
-        from torch.utils.data import DataLoader
-
-        return DataLoader(StepTickets(len(self.timesteps)), batch_size=None, shuffle=False)
-
-    def configure_optimizers(self):
-        return None
-
-    @property
-    def completed_steps(self) -> int:
-        return self.reverse_steps_done
-
-    def _condition(self, image_cond: torch.Tensor | None):
-        return self.prior.make_conditioning(self.prompt, image_cond=image_cond, guidance_scale=self.guidance_scale,
-                                            image_guidance_scale=self.image_guidance_scale)
+        self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale)
 
     def _downscaled_condition(self) -> torch.Tensor | None:
         side = self.grid.size * int(self.prior.latent_scale_factor)
@@ -77,26 +55,21 @@ class PanoramaSamplingTask(PanoramaTask):
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
         index = int(batch)
-        generator = step_generator(self.seed, index, "sampling")
         if index == 0 or self.state is None:
             self.state = self._initial_state(step_generator(self.seed, 0, "sampling-init"))
         t = self.timesteps[index]
-        t_prev = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else None
         every = range(len(self.grid))
         cond_windows = None if self.image_condition is None else self.grid.crop(self.image_condition, every)
         if self.method == "per_window":
-            eps = self.prior.predict_noise(self.state, t, self._condition(cond_windows)).target.float()
+            eps = self.prior.predict_noise(self.state, t, self.conditioning(cond_windows)).target.float()
         elif self.method == "downscaled":
-            eps = self.prior.predict_noise(self.state, t, self._condition(self._downscaled_condition())).target.float()
+            eps = self.prior.predict_noise(self.state, t, self.conditioning(self._downscaled_condition())).target
         else:
             window_eps = self.prior.predict_noise(self.grid.crop(self.state, every), t,
-                                                  self._condition(cond_windows)).target.float()
+                                                  self.conditioning(cond_windows)).target.float()
             eps = self.stitch(window_eps)
-        self.state = ddim_step(self.prior.alphas_cumprod.float(), self.state, eps, t, t_prev, self.eta, generator)
-        if t_prev is None:
+        if self.reverse_step(index, eps.float()):
             self.canvas.data.copy_(self.final_canvas(self.state))
-        self.reverse_steps_done = index + 1
-        self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
         return None
 
     def stitch(self, windows: torch.Tensor) -> torch.Tensor:

@@ -64,3 +64,50 @@ def guided_sample(prior, cond, shape, *, num_steps: int = 50, eta: float = 1.0, 
         t_prev = timesteps[index + 1] if index + 1 < len(timesteps) else None
         x = ddim_step(alphas_cumprod, x, eps, t, t_prev, eta, generator)
     return x
+
+
+class ReverseSamplingMixin:
+    """For baseline tasks whose ``training_step`` is one reverse-diffusion step (no optimiser).
+
+    Mixed into a task (before it in the bases): the dataloader yields one ticket per reverse step,
+    ``completed_steps`` counts reverse steps, and :meth:`reverse_step` advances ``self.state``.
+    """
+
+    def setup_reverse_process(self, num_inference_steps: int, eta: float, guidance_scale: float,
+                              image_guidance_scale: float, strength: float = 1.0) -> None:
+        self.automatic_optimization = False
+        self.eta, self.strength = float(eta), float(strength)
+        self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
+        self.timesteps = sampling_timesteps(self.prior.num_train_timesteps, int(num_inference_steps), self.strength)
+        self.state: torch.Tensor | None = None
+        self.reverse_steps_done = 0
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        from csd_exp.tasks.base import StepTickets
+
+        return DataLoader(StepTickets(len(self.timesteps)), batch_size=None, shuffle=False)
+
+    def configure_optimizers(self):
+        return None
+
+    @property
+    def completed_steps(self) -> int:
+        return self.reverse_steps_done
+
+    def conditioning(self, image_cond: torch.Tensor | None):
+        return self.prior.make_conditioning(self.prompt, image_cond=image_cond, guidance_scale=self.guidance_scale,
+                                            image_guidance_scale=self.image_guidance_scale)
+
+    def reverse_step(self, index: int, eps: torch.Tensor) -> bool:
+        """Move ``self.state`` from timestep ``index`` to the next; True after the last step."""
+        from csd_exp.tasks.base import step_generator
+
+        t = self.timesteps[index]
+        t_prev = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else None
+        self.state = ddim_step(self.prior.alphas_cumprod.float(), self.state, eps, t, t_prev, self.eta,
+                               step_generator(self.seed, index, "sampling"))
+        self.reverse_steps_done = index + 1
+        self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
+        return t_prev is None
