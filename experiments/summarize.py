@@ -24,10 +24,15 @@ def run_label(summary: dict) -> str:
     task = config.get("task", {})
     if str(task.get("name", "")).endswith("sampling"):  # sampling baselines: no guidance involved
         return f"{task['name']}:{task['method']}" if "method" in task else task["name"]
+    if task.get("editor") == "in2n":  # Instruct-NeRF2NeRF dataset updates: no guidance involved
+        return "in2n (dataset update baseline)"
     guidance = config.get("guidance", {})
     label = guidance.get("method", "?")
     if guidance.get("official_scaling"):
         label += " (official scaling)"
+    multiplier = (guidance.get("kernel") or {}).get("bandwidth_multiplier", 1.0)
+    if multiplier != 1.0:
+        label += f" (bandwidth ×{multiplier:g})"
     return label
 
 

@@ -22,6 +22,12 @@ SMALL = {
                                 "task.window_stride=4"],
     ("video", "exact"): ["task.frame_size=32", "data.max_frames=4"],
     ("video", "diffusers"): ["model=tiny_ip2p", "task.frame_size=16", "data.max_frames=4"],
+    ("scene", "exact"): ["data.image_size=16", "data.max_views=8", "task.field.resolution=16",
+                         "task.field.num_samples=16", "task.views_per_edit=2", "task.edit_iterations=2",
+                         "task.turntable_views=4"],
+    ("scene", "diffusers"): ["model=tiny_ip2p", "data.path=null", "data.image_size=16", "data.max_views=8",
+                             "task.field.resolution=16", "task.field.num_samples=16", "task.views_per_edit=2",
+                             "task.edit_iterations=2", "task.turntable_views=4", "task.diffusion_steps=2"],
 }
 
 
