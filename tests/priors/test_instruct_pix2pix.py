@@ -1,0 +1,167 @@
+"""InstructPix2PixPrior on the tiny pipeline: guidance against explicit UNet calls, chunking, conventions."""
+
+import pytest
+import torch
+
+from csd_exp.priors import InstructPix2PixPrior, tiny_instruct_pix2pix_prior
+from csd_exp.priors.tiny import LATENT_CHANNELS, tiny_components
+
+from ._helpers import seeded_images, seeded_normal
+
+N = 3
+T = 400
+
+
+@pytest.fixture(scope="module")
+def batch(ip2p_prior):
+    images = seeded_images(N, seed=1)
+    source_images = seeded_images(N, seed=2)
+    latents = ip2p_prior.encode(images)
+    image_cond = ip2p_prior.encode_image_condition(source_images)
+    noise = seeded_normal(*latents.shape, seed=3)
+    noisy = ip2p_prior.add_noise(latents, noise, T)
+    noisy_source = ip2p_prior.add_noise(ip2p_prior.encode(source_images), noise, T)
+    return dict(noisy=noisy, noisy_source=noisy_source, image_cond=image_cond)
+
+
+def unet_eps(prior, noisy, image_cond, prompt):
+    """One plain UNet call: ε(x_t; c, e(prompt)) for all rows."""
+    embeds = prior.prompt_embeddings(prompt).expand(noisy.shape[0], -1, -1)
+    sample = torch.cat([noisy, image_cond], dim=1)
+    with torch.no_grad():
+        return prior.unet(sample, T, encoder_hidden_states=embeds).sample.float()
+
+
+def official_3way(prior, noisy, image_cond, text_prompt, omega_y, omega_s):
+    """The official per-branch computation: three separate UNet calls and diffusers' formula."""
+    text = unet_eps(prior, noisy, image_cond, text_prompt)
+    image = unet_eps(prior, noisy, image_cond, "")
+    uncond = unet_eps(prior, noisy, torch.zeros_like(image_cond), "")
+    return uncond + omega_y * (text - image) + omega_s * (image - uncond)
+
+
+def test_batched_guidance_equals_three_separate_unet_calls(ip2p_prior, batch):
+    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
+                                        image_guidance_scale=1.5)
+    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond)
+    expected = official_3way(ip2p_prior, batch["noisy"], batch["image_cond"], "make it autumn", 7.5, 1.5)
+    assert prediction.source is None
+    assert prediction.target.dtype == torch.float32 and prediction.target.shape == batch["noisy"].shape
+    torch.testing.assert_close(prediction.target, expected, atol=1e-5, rtol=1e-5)
+    assert prediction.target.abs().mean() > 0.1   # not trivially zero
+
+
+def test_two_row_source_branch_equals_official_three_rows_with_empty_prompt(ip2p_prior, batch):
+    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
+                                        image_guidance_scale=1.5)
+    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    official_source = official_3way(ip2p_prior, batch["noisy_source"], batch["image_cond"], "", 7.5, 1.5)
+    torch.testing.assert_close(prediction.source, official_source, atol=1e-5, rtol=1e-5)
+
+
+def test_one_csd_edit_step_costs_five_rows_per_particle(ip2p_prior, batch):
+    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"])
+    rows, calls = ip2p_prior.unet_rows_evaluated, ip2p_prior.unet_calls
+    ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    assert ip2p_prior.unet_rows_evaluated - rows == 5 * N
+    assert ip2p_prior.unet_calls - calls == 1
+
+
+def test_source_prompt_keeps_the_general_three_row_source_branch(ip2p_prior, batch):
+    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], source_prompt="a photo")
+    rows = ip2p_prior.unet_rows_evaluated
+    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    assert ip2p_prior.unet_rows_evaluated - rows == 6 * N
+    expected = official_3way(ip2p_prior, batch["noisy_source"], batch["image_cond"], "a photo", 7.5, 1.5)
+    torch.testing.assert_close(prediction.source, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_equals_unchunked(ip2p_prior, batch, tiny_cache):
+    chunked = tiny_instruct_pix2pix_prior(tiny_cache, max_rows_per_call=4)
+    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"])
+    whole = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    calls = chunked.unet_calls
+    parts = chunked.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    assert chunked.unet_calls - calls == -(-5 * N // 4)
+    torch.testing.assert_close(parts.target, whole.target, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.source, whole.source, atol=1e-5, rtol=0)
+
+
+def test_text_embeddings_are_cached_per_prompt(ip2p_prior, batch):
+    calls = []
+    handle = ip2p_prior.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cond = ip2p_prior.make_conditioning("a prompt seen for the first time", batch["image_cond"])
+        ip2p_prior.predict_noise(batch["noisy"], T, cond)
+        ip2p_prior.predict_noise(batch["noisy"], T, cond)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_condition_latents_follow_ip2p_by_default_and_official_code_on_switch(ip2p_prior, tiny_cache):
+    images = seeded_images(2, seed=4)
+    pixels = 2.0 * images - 1.0
+    with torch.no_grad():
+        dist = ip2p_prior.vae.encode(pixels).latent_dist
+    torch.testing.assert_close(ip2p_prior.encode_image_condition(images), dist.mode())
+    scale = ip2p_prior.vae.config.scaling_factor
+    torch.testing.assert_close(ip2p_prior.encode(images), dist.mode() * scale)
+    torch.testing.assert_close(ip2p_prior.condition_from_latents(ip2p_prior.encode(images)), dist.mode())
+
+    official = tiny_instruct_pix2pix_prior(tiny_cache, official_condition_latents=True)
+    sampled = official.encode_image_condition(images, generator=torch.Generator().manual_seed(7))
+    expected = dist.sample(generator=torch.Generator().manual_seed(7)) * scale
+    torch.testing.assert_close(sampled, expected)
+    assert not torch.allclose(sampled, dist.mode() * scale)
+    torch.testing.assert_close(official.encode_image_condition(images), official.encode_image_condition(images))
+
+
+def test_latent_scale_comes_from_the_vae_config(tiny_cache):
+    parts = tiny_components(tiny_cache / "tokenizer", in_channels=2 * LATENT_CHANNELS, seed=0)
+    parts["vae"].register_to_config(scaling_factor=0.5)
+    prior = InstructPix2PixPrior(**parts)
+    images = seeded_images(1, seed=5)
+    with torch.no_grad():
+        mode = prior.vae.encode(2 * images - 1).latent_dist.mode()
+    torch.testing.assert_close(prior.encode(images), 0.5 * mode)
+    decoded = prior.decode(prior.encode(images))
+    with torch.no_grad():
+        expected = ((prior.vae.decode(mode).sample + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(decoded, expected)
+
+
+def test_unet_without_eight_input_channels_is_an_error(tiny_cache):
+    parts = tiny_components(tiny_cache / "tokenizer", in_channels=LATENT_CHANNELS, seed=0)
+    with pytest.raises(ValueError, match="8 input channels"):
+        InstructPix2PixPrior(**parts)
+
+
+def test_image_size_the_vae_cannot_take_is_an_error(ip2p_prior):
+    with pytest.raises(ValueError, match="multiples of 2"):
+        ip2p_prior.encode(torch.rand(1, 3, 15, 16))
+    ip2p_prior.validate_image_size(16, 16)
+
+
+def test_unreachable_hub_id_names_the_offline_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="offline.*pretrained_model_name_or_path=/path/to/folder"):
+        InstructPix2PixPrior("csd-exp-tests/no-such-model")
+
+
+def test_missing_image_condition_is_an_error(ip2p_prior, batch):
+    cond = ip2p_prior.make_conditioning("make it autumn")
+    with pytest.raises(ValueError, match="image_cond"):
+        ip2p_prior.predict_noise(batch["noisy"], T, cond)
+
+
+def test_low_precision_prior_takes_float32_inputs_and_returns_float32(tiny_cache, ip2p_prior, batch):
+    half = tiny_instruct_pix2pix_prior(tiny_cache, torch_dtype="bfloat16")
+    assert half.unet.dtype == torch.bfloat16
+    cond = half.make_conditioning("make it autumn", batch["image_cond"])
+    prediction = half.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    reference = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    assert prediction.target.dtype == torch.float32 and prediction.source.dtype == torch.float32
+    # bfloat16 keeps ~3 digits and ω_y = 7.5 amplifies the text-minus-image difference: compare directions
+    cosine = torch.nn.functional.cosine_similarity(prediction.target.flatten(), reference.target.flatten(), dim=0)
+    assert cosine > 0.98
