@@ -169,3 +169,10 @@ def expand_image_condition(image_cond: Tensor | None, num_particles: int, what: 
         return image_cond.expand(num_particles, *image_cond.shape[1:])
     raise ValueError(f"image_cond has {image_cond.shape[0]} rows for {num_particles} particles; "
                      "pass one row per particle (the source crop / frame of each) or a single row")
+
+
+def instruct_pix2pix_guidance(eps_text_image: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float,
+                              image_guidance_scale: float) -> Tensor:
+    """ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)] + ω_y [ε(x̃,y) − ε(x̃,∅)] (InstructPix2Pix's 3-way guidance, Eq. 3)."""
+    return (eps_uncond + image_guidance_scale * (eps_image - eps_uncond)
+            + guidance_scale * (eps_text_image - eps_image))

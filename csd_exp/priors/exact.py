@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (SD_BETA_END, SD_BETA_START, SD_NUM_TRAIN_TIMESTEPS, Conditioning, NoisePrediction, ScorePrior,
-                   expand_image_condition, resolve_dtype, scaled_linear_alphas_cumprod)
+                   expand_image_condition, instruct_pix2pix_guidance, resolve_dtype, scaled_linear_alphas_cumprod)
 from .instructions import INSTRUCTIONS, InstructionFamily, find_instruction
 
 PIXEL_CHANNELS = 3
@@ -203,13 +203,6 @@ class ExactScorePrior(ScorePrior):
         return self.mixture_eps(noisy, means, family.log_weights(noisy.dtype, noisy.device), self.edit_std,
                                 alpha, sigma)[0]
 
-    @staticmethod
-    def guide(eps_text_image: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float,
-              image_guidance_scale: float) -> Tensor:
-        """ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)] + ω_y [ε(x̃,y) − ε(x̃,∅)] (InstructPix2Pix's 3-way guidance)."""
-        return (eps_uncond + image_guidance_scale * (eps_image - eps_uncond)
-                + guidance_scale * (eps_text_image - eps_image))
-
     @torch.no_grad()
     def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
                       source_noisy_latents: Tensor | None = None) -> NoisePrediction:
@@ -228,7 +221,7 @@ class ExactScorePrior(ScorePrior):
             if prompt is None:       # ε^{ω_s}: the ω_y term is absent (its text and image rows coincide)
                 return branches["uncond"] + cond.image_guidance_scale * (branches["image"] - branches["uncond"])
             eps_text = self._instruction_eps(noisy, image_cond, prompt, alpha, sigma)
-            return self.guide(eps_text, branches["image"], branches["uncond"], cond.guidance_scale,
+            return instruct_pix2pix_guidance(eps_text, branches["image"], branches["uncond"], cond.guidance_scale,
                               cond.image_guidance_scale)
 
         target = guided(noisy_latents.to(**work), cond.prompt)

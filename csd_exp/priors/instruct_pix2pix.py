@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Conditioning, NoisePrediction, expand_image_condition
+from .base import Conditioning, NoisePrediction, expand_image_condition, instruct_pix2pix_guidance
 from .diffusers_common import DiffusersPrior, load_components
 
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
@@ -103,13 +103,6 @@ class InstructPix2PixPrior(DiffusersPrior):
                                          negative_prompt, source_prompt)
 
     # -- guided noise ------------------------------------------------------------------------------
-    @staticmethod
-    def guide(eps_text_image: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float,
-              image_guidance_scale: float) -> Tensor:
-        """ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)] + ω_y [ε(x̃,y) − ε(x̃,∅)]."""
-        return (eps_uncond + image_guidance_scale * (eps_image - eps_uncond)
-                + guidance_scale * (eps_text_image - eps_image))
-
     @torch.no_grad()
     def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
                       source_noisy_latents: Tensor | None = None) -> NoisePrediction:
@@ -145,11 +138,11 @@ class InstructPix2PixPrior(DiffusersPrior):
         embeds = self._prompt_rows(prompts, [n] * len(prompts))
         eps = self.unet_rows(sample, t, embeds).to(noisy_latents.device).chunk(len(prompts))
 
-        target = self.guide(eps[0], eps[1], eps[2], cond.guidance_scale, cond.image_guidance_scale)
+        target = instruct_pix2pix_guidance(eps[0], eps[1], eps[2], cond.guidance_scale, cond.image_guidance_scale)
         source = None
         if source_noisy_latents is not None:
             if source_has_text_row:
-                source = self.guide(eps[3], eps[4], eps[5], cond.guidance_scale, cond.image_guidance_scale)
+                source = instruct_pix2pix_guidance(eps[3], eps[4], eps[5], cond.guidance_scale, cond.image_guidance_scale)
             else:  # ε^{ω_s}(x̃_t; x̃) = ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)]
                 source = eps[4] + cond.image_guidance_scale * (eps[3] - eps[4])
         return NoisePrediction(target=target, source=source)

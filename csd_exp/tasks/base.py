@@ -103,8 +103,19 @@ class DistillationTask(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(StepTickets(1), batch_size=None, shuffle=False)
 
+    def optimizer_parameters(self):
+        """What the optimiser updates (parameters or param groups): theta's trainable tensors."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def encode_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(source latents, image-conditioning latents or None) of source images in [0, 1]."""
+        source_latents = self.prior.encode(images).float()
+        if not getattr(self.prior, "supports_image_condition", False):
+            return source_latents, None
+        return source_latents, self.prior.encode_image_condition(images).float()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(params=self.optimizer_parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)

@@ -152,12 +152,7 @@ class PanoramaTask(DistillationTask):
                  height, width, self.grid.height, self.grid.width, len(self.grid), self.windows_per_step)
 
     def configure_particles(self, device: torch.device) -> None:
-        image = self.source_image[None].to(device)
-        self.source_latents = self.prior.encode(image).float()
-        if getattr(self.prior, "supports_image_condition", False):
-            self.image_condition = self.prior.encode_image_condition(image).float()
-        else:
-            self.image_condition = None
+        self.source_latents, self.image_condition = self.encode_sources(self.source_image[None].to(device))
         self.canvas.data.copy_(self.source_latents)
 
     # ---------------------------------------------------------------- sampling

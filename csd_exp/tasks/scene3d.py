@@ -242,12 +242,8 @@ class Scene3DTask(DistillationTask):
     def configure_particles(self, device: torch.device) -> None:
         self.field.to(device)
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.field.parameters_for_optimizer())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def optimizer_parameters(self):
+        return self.field.parameters_for_optimizer()
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -350,9 +346,7 @@ class Scene3DTask(DistillationTask):
     def csd_edit_round(self, views: list[int], step: int) -> dict[str, float]:
         """Jointly edit the renders of ``views`` with the configured guidance (views = particles)."""
         rendered, originals = self._edit_inputs(views)
-        source_latents = self.prior.encode(originals).float()
-        image_cond = (self.prior.encode_image_condition(originals).float()
-                      if getattr(self.prior, "supports_image_condition", False) else None)
+        source_latents, image_cond = self.encode_sources(originals)
         z = (self.prior.encode(rendered).float() if self.edit_init == "render" else source_latents.clone())
         grad_norms = []
         for k in range(self.edit_iterations):

@@ -70,12 +70,7 @@ class VideoTask(DistillationTask):
         return self.latents.shape[0]
 
     def configure_particles(self, device: torch.device) -> None:
-        frames = self.source_frames.to(device)
-        self.source_latents = self.prior.encode(frames).float()
-        if getattr(self.prior, "supports_image_condition", False):
-            self.image_condition = self.prior.encode_image_condition(frames).float()
-        else:
-            self.image_condition = None
+        self.source_latents, self.image_condition = self.encode_sources(self.source_frames.to(device))
         self.latents.data.copy_(self.source_latents)
 
     def sample_frames(self, step: int) -> torch.Tensor:
