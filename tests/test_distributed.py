@@ -3,7 +3,7 @@ and stops (does not hang) on bad input or when a rank dies.
 
 Every run is the real ``csd-exp`` CLI in a subprocess whose environment has no DDP variables: running
 ``strategy="ddp"`` inside the pytest process would make Lightning relaunch pytest as rank 1
-(``/work/shared/reference/environment-notes.md``).
+(the project environment notes).
 """
 
 from __future__ import annotations
