@@ -137,6 +137,31 @@ def test_bad_input_fails_before_any_long_work(overrides, error, message, tmp_pat
         task.setup("fit")
 
 
+def test_a_nan_prior_stops_the_run_with_the_fix_named(tmp_path, monkeypatch):
+    from csd_exp.priors import ExactScorePrior
+    from csd_exp.run import run
+
+    original = ExactScorePrior.predict_noise
+
+    def nan_after_two_steps(self, noisy_latents, t, cond, **kwargs):
+        prediction = original(self, noisy_latents, t, cond, **kwargs)
+        calls = getattr(self, "_test_calls", 0) + 1
+        self._test_calls = calls
+        if calls > 2:
+            prediction.target.fill_(float("nan"))
+        return prediction
+
+    monkeypatch.setattr(ExactScorePrior, "predict_noise", nan_after_two_steps)
+    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=5"], tmp_path)
+    with pytest.raises(FloatingPointError, match="model.torch_dtype"):
+        run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "not finite" in summary["error"]
+    # The last good checkpoint (step 2) is kept, not overwritten with broken parameters.
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.isfinite(_canvas(tmp_path)).all()
+
+
 def test_unreadable_image_is_named(tmp_path):
     from csd_exp.data.image import load_image
 

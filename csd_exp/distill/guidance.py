@@ -146,6 +146,10 @@ class Guidance:
                                        image_guidance_scale=self.image_guidance_scale)
         with torch.no_grad():
             residuals = self._residuals(prior, noisy_latents, noise, t, cond, source_latents, latents_detached)
+        if not bool(torch.isfinite(residuals).all()):
+            raise FloatingPointError(
+                f"the prior's noise prediction is not finite at step {step}, t={t} ({self.method}): run the prior "
+                "in float32 or bfloat16 instead of float16 (model.torch_dtype), or lower the guidance scales")
         alphas_cumprod_t = prior.alphas_cumprod[t]
 
         if self.official_scaling:
