@@ -63,3 +63,11 @@ def test_a_single_frame_is_refused(tmp_path):
     write_frames(torch.rand(1, 3, 16, 16), tmp_path / "one")
     with pytest.raises(ValueError, match="frame"):
         build_task(compose_config([*SMALL, f"data.path={tmp_path / 'one'}"], tmp_path / "run"))
+
+
+def test_wandb_offline_receives_the_edited_clip_as_a_video(run_job, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary, run_dir = run_job([*SMALL, *FAST, "logger=wandb"])
+    assert summary["status"] == "completed"
+    videos = list((run_dir / "wandb").glob("offline-run-*/files/media/videos/final/edited_*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
