@@ -47,5 +47,6 @@ def worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         start, stop = shard_bounds(rank)
         result = distill_shard(make_particles(), start, stop, process_group=dist.group.WORLD)
         torch.save(result, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while its peer is still in a collective
     finally:
         dist.destroy_process_group()

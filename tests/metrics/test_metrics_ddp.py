@@ -102,6 +102,9 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         values["evaluator_modes"] = synced["consistency/mode_agreement"]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(values, handle)
+        # Both ranks leave their last collective before either tears gloo down: a rank destroying the
+        # group while its peer still talks to it can abort the process ("terminate called ...").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
