@@ -384,6 +384,19 @@ class _ClipMetric(MeanOverPairs):
             raise RuntimeError(f"{type(self).__name__} has no encoder; pass one, or update with embeddings")
         return self.encoder
 
+    def _paired_embeddings(self, source: Tensor, edited: Tensor) -> tuple[Tensor, Tensor]:
+        """Embeddings of a source / edited pair (images or precomputed), checked to match frame for frame."""
+        if source.ndim == 4 or edited.ndim == 4:
+            source, edited = check_pair(source, edited)
+        source_embeddings = self._image_embeddings(source, "source")
+        edited_embeddings = self._image_embeddings(edited, "edited")
+        if source_embeddings.shape != edited_embeddings.shape:
+            raise ValueError(
+                f"source embeddings {tuple(source_embeddings.shape)} and edited embeddings "
+                f"{tuple(edited_embeddings.shape)} differ in shape"
+            )
+        return source_embeddings, edited_embeddings
+
     def _image_embeddings(self, images_or_embeddings: Tensor, name: str) -> Tensor:
         """(F, 3, H, W) images are encoded; (F, E) tensors are taken as precomputed embeddings."""
         if images_or_embeddings.ndim == 2:
@@ -415,15 +428,7 @@ class ClipDirectionalSimilarity(_ClipMetric):
     higher_is_better = True
 
     def update(self, source: Tensor, edited: Tensor, source_text: str | Tensor, target_text: str | Tensor) -> None:
-        if source.ndim == 4 or edited.ndim == 4:
-            source, edited = check_pair(source, edited)
-        source_embeddings = self._image_embeddings(source, "source")
-        edited_embeddings = self._image_embeddings(edited, "edited")
-        if source_embeddings.shape != edited_embeddings.shape:
-            raise ValueError(
-                f"source embeddings {tuple(source_embeddings.shape)} and edited embeddings "
-                f"{tuple(edited_embeddings.shape)} differ in shape"
-            )
+        source_embeddings, edited_embeddings = self._paired_embeddings(source, edited)
         self._accumulate(
             directional_similarity(
                 source_embeddings,
@@ -443,15 +448,7 @@ class ClipImageSimilarity(_ClipMetric):
     higher_is_better = True
 
     def update(self, source: Tensor, edited: Tensor) -> None:
-        if source.ndim == 4 or edited.ndim == 4:
-            source, edited = check_pair(source, edited)
-        source_embeddings = self._image_embeddings(source, "source")
-        edited_embeddings = self._image_embeddings(edited, "edited")
-        if source_embeddings.shape != edited_embeddings.shape:
-            raise ValueError(
-                f"source embeddings {tuple(source_embeddings.shape)} and edited embeddings "
-                f"{tuple(edited_embeddings.shape)} differ in shape"
-            )
+        source_embeddings, edited_embeddings = self._paired_embeddings(source, edited)
         self._accumulate(paired_cosine(source_embeddings, edited_embeddings))
 
 
