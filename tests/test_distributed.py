@@ -25,6 +25,10 @@ COMMON = ["logger=csv", "metrics=none", "~callbacks.progress", "+trainer.enable_
 PANORAMA = ["experiment=panorama_exact_cpu", "data.short_side=32", "task.window_size=32", "task.window_stride=8",
             "trainer.max_steps=4"]
 VIDEO = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4", "trainer.max_steps=4"]
+# 3 pre-training steps (clamped to max_steps - 1), then one CSD-Edit round of 4 views: 2 + 2 per rank.
+SCENE = ["experiment=scene3d_exact_cpu", "data.image_size=16", "data.max_views=8", "task.field.resolution=16",
+         "task.field.num_samples=16", "task.views_per_edit=4", "task.edit_iterations=3", "task.turntable_views=4",
+         "trainer.max_steps=4"]
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -87,6 +91,7 @@ def assert_written_once(run_dir: Path) -> None:
         ("panorama_even", [*PANORAMA, "task.windows_per_step=4"]),  # 2 + 2 windows
         ("panorama_uneven", [*PANORAMA, "task.windows_per_step=3"]),  # 2 + 1 windows (documented uneven split)
         ("video", VIDEO),  # all 4 frames every step: 2 + 2
+        ("scene3d", SCENE),  # 4 views per edit round: 2 + 2, edits gathered back to every rank
     ],
 )
 def test_two_processes_equal_one(tmp_path, name, overrides):

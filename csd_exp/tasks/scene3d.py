@@ -344,25 +344,37 @@ class Scene3DTask(DistillationTask):
         return rendered.to(device), originals
 
     def csd_edit_round(self, views: list[int], step: int) -> dict[str, float]:
-        """Jointly edit the renders of ``views`` with the configured guidance (views = particles)."""
-        rendered, originals = self._edit_inputs(views)
+        """Jointly edit the renders of ``views`` with the configured guidance (views = particles).
+
+        Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
+        kernel needs), then every rank receives every edited view, so the training sets stay equal.
+        """
+        offset, count = self.particle_shard(len(views))
+        local_views = views[offset:offset + count]
+        rendered, originals = self._edit_inputs(local_views)
         source_latents, image_cond = self.encode_sources(originals)
         z = (self.prior.encode(rendered).float() if self.edit_init == "render" else source_latents.clone())
         grad_norms = []
         for k in range(self.edit_iterations):
             lr = self.edit_lr * self.edit_lr_decay ** (k // self.edit_lr_decay_every)
             out = self.guidance(self.prior, z, prompt=self.prompt, image_cond=image_cond,
-                                source_latents=source_latents, step=step * self.edit_iterations + k, seed=self.seed)
+                                source_latents=source_latents, step=step * self.edit_iterations + k, seed=self.seed,
+                                particle_offset=offset, num_particles_total=len(views),
+                                process_group=self.process_group())
             if not torch.isfinite(out.gradients).all():
                 raise FloatingPointError(f"non-finite CSD-Edit gradient in the edit round at step {step}: lower "
                                          "task.edit_lr or the guidance scales, or set guidance.grad_clip")
             z = z - lr * out.gradients.to(z.dtype)
             grad_norms.append(float(out.diagnostics.get("grad_norm", math.nan)))
         edited = self.prior.decode(z).float().clamp(0, 1)
+        change = (edited - rendered).abs().flatten(1).mean(dim=1)
+        if self.process_group() is not None:
+            from csd_exp.distill.distributed import gather_particles
+
+            (edited, change), _ = gather_particles([edited.contiguous(), change], self.process_group())
         for view, image in zip(views, edited):
             self.images.replace(view, image.cpu())
-        return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms),
-                "change": float((edited - rendered).abs().mean())}
+        return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms), "change": float(change.mean())}
 
     def in2n_round(self, views: list[int], step: int) -> dict[str, float]:
         from csd_exp.baselines.in2n import in2n_edit
