@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Sequence
 
@@ -91,8 +90,3 @@ def write_fake_lpips_backbone(torch_home: Path, seed: int = 0) -> Path:
     torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), target)
     return target
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

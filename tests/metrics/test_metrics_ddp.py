@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from metrics_test_support import StubEncoder, free_port, mean_abs_distance
+from metrics_test_support import StubEncoder, mean_abs_distance
 
 WORLD_SIZE = 2
 WORKER_TIMEOUT_S = 120
@@ -83,11 +83,13 @@ def _metric_values(shard_list: list[dict]) -> dict[str, float]:
     return {name: metric.compute().item() for name, metric in metrics.items()}
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, store_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     if os.path.exists("/sys/class/net/lo"):
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # this child only: keep gloo's data plane on loopback
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    # A file store, not tcp://: rank 0 would host a TCPStore server thread, and tearing it down at exit
+    # aborted the process now and then in CI ("terminate called without an active exception").
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD_SIZE)
     try:
         values = _metric_values([_shards()[rank]])
 
@@ -114,21 +116,13 @@ def test_two_process_gloo_reduction_equals_single_process(tmp_path, monkeypatch)
         monkeypatch.delenv(variable, raising=False)
     single = _metric_values(_shards())
     assert single["modes"] == pytest.approx(5 / 9)
-    for attempt in range(2):
-        context = mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False)
-        deadline = time.monotonic() + WORKER_TIMEOUT_S
-        try:
-            while not context.join(timeout=1.0):
-                if time.monotonic() > deadline:
-                    for process in context.processes:
-                        process.terminate()
-                    pytest.fail(f"DDP workers did not finish within {WORKER_TIMEOUT_S} s")
-            break
-        except mp.ProcessRaisedException as error:
-            # another process may take the free port between the probe and the workers' bind: retry once
-            if attempt == 0 and "address already in use" in str(error).lower():
-                continue
-            raise
+    context = mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"DDP workers did not finish within {WORKER_TIMEOUT_S} s")
     for rank in range(WORLD_SIZE):
         with open(tmp_path / f"rank{rank}.json") as handle:
             distributed = json.load(handle)
