@@ -64,7 +64,7 @@ def instantiate_clearly(node, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
-        if isinstance(error.__cause__, (ValueError, FileNotFoundError, FloatingPointError)):
+        if isinstance(error.__cause__, (ValueError, OSError, FloatingPointError)):
             raise error.__cause__ from None
         raise
 
@@ -88,6 +88,7 @@ def build_task(cfg: DictConfig):
 def run(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from csd_exp.logging_utils import finish_wandb, log_metrics_table, resolve_wandb_mode
 
@@ -103,12 +104,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if mode == "offline":
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
 
-    task = build_task(cfg)
-    loggers = _instantiate_group(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    loggers: list = []
     trainer: pl.Trainer | None = None
     exit_code = 1
     try:
+        task = build_task(cfg)
+        loggers = _instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")), logger=loggers or False)
         for logger in loggers:
             logger.log_hyperparams(resolved)
@@ -133,7 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         summary["steps"] = int(task.completed_steps) if trainer is not None else 0
-        if trainer is None or trainer.is_global_zero:
+        if trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0:
             summary.update(
                 wall_time_s=round(time.perf_counter() - started, 3),
                 versions=package_versions(),

@@ -162,6 +162,16 @@ def test_a_nan_prior_stops_the_run_with_the_fix_named(tmp_path, monkeypatch):
     assert torch.isfinite(_canvas(tmp_path)).all()
 
 
+def test_a_job_that_cannot_start_still_writes_its_summary(tmp_path):
+    from csd_exp.run import run
+
+    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, "data.path=/nonexistent/pano.jpg"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "pano.jpg" in summary["error"] and summary["steps"] == 0
+
+
 def test_unreadable_image_is_named(tmp_path):
     from csd_exp.data.image import load_image
 
