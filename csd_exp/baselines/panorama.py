@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from csd_exp.baselines.sampling import ReverseSamplingMixin
-from csd_exp.data.image import resize_image
+from csd_exp.data.video import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
 
@@ -40,7 +40,7 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
 
     def _downscaled_condition(self) -> torch.Tensor | None:
         side = self.grid.size * int(self.prior.latent_scale_factor)
-        small = resize_image(self.source_image, side, side)[None].to(self.canvas.device)
+        small = resize_frames(self.source_image, side, side)[None].to(self.canvas.device)
         return self.prior.encode_image_condition(small).float() if self.image_condition is not None else None
 
     def _initial_state(self, generator: torch.Generator) -> torch.Tensor:
@@ -85,5 +85,5 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         if self.method == "downscaled":
             image = self.prior.decode(state).float().clamp(0, 1)
             height, width = self.source_image.shape[-2:]
-            return self.prior.encode(resize_image(image, height, width)).float()
+            return self.prior.encode(resize_frames(image, height, width)).float()
         return state

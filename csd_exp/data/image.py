@@ -1,6 +1,8 @@
-"""Still images for the panorama / high-resolution editing task: reading, the bundled sample, resizing.
+"""Still images for the panorama / high-resolution editing task: reading, the bundled sample, sizes, saving.
 
 Images are float tensors ``(3, H, W)`` in ``[0, 1]``.
+
+Resizing is :func:`csd_exp.data.video.resize_frames` (one resampler for frames and images).
 
 The bundled sample is a real photograph that ships inside scikit-image's wheel, so it needs no
 download: the launch of DSCOVR on a Falcon 9 (SpaceX, released into the public domain; see
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from csd_exp.data.video import load_photo, read_rgb
 
 SAMPLE_NAMES = ("rocket", "coffee")
 _SAMPLE_CROPS = {  # rows kept from scikit-image's photo: a panorama-shaped strip
@@ -23,21 +26,12 @@ _SAMPLE_CROPS = {  # rows kept from scikit-image's photo: a panorama-shaped stri
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    array = array[..., :3]
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
-
-
 def sample_image(name: str = "rocket") -> torch.Tensor:
     """A bundled panorama-shaped real photo, ``(3, 200, W)`` in [0, 1]."""
     if name not in _SAMPLE_CROPS:
         raise ValueError(f"unknown sample image {name!r}; bundled samples: {', '.join(SAMPLE_NAMES)}")
-    import skimage.data
-
     rows, cols = _SAMPLE_CROPS[name]
-    return _to_tensor(getattr(skimage.data, name)()[rows, cols])
+    return load_photo(name)[:, rows, cols]
 
 
 def load_image(path: str | Path | None) -> torch.Tensor:
@@ -53,24 +47,7 @@ def load_image(path: str | Path | None) -> torch.Tensor:
         raise ValueError(f"data.path points at a folder, expected an image file: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as handle:
-            array = np.asarray(handle.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
-    return _to_tensor(array)
-
-
-def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bicubic resize of ``(3, H, W)`` (or batched) images, clamped to [0, 1]."""
-    batched = image if image.dim() == 4 else image[None]
-    if batched.shape[-2:] == (height, width):
-        return image
-    out = F.interpolate(batched, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-    out = out.clamp(0.0, 1.0)
-    return out if image.dim() == 4 else out[0]
+    return torch.from_numpy(read_rgb(path, what="image")).permute(2, 0, 1).float().div(255.0)
 
 
 def fit_to_multiple(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:

@@ -72,7 +72,7 @@ WRITE_VIDEO_EXTENSIONS = {
     ".gif": ("gif", "gif"),
 }
 #: Photos that ship inside the scikit-image wheel (no download) and work as clip sources.
-BUNDLED_PHOTOS = ("astronaut", "coffee", "chelsea")
+BUNDLED_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 # Bytes held per decoded value while reading: the uint8 decode buffer plus the float32 output.
 _READ_BYTES_PER_VALUE = 1 + 4
@@ -307,15 +307,16 @@ def _image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def _load_rgb_image(path: Path) -> np.ndarray:
-    """An image file as a ``(H, W, 3)`` uint8 RGB array."""
+def read_rgb(path: Path, *, what: str = "frame") -> np.ndarray:
+    """An image file as a ``(H, W, 3)`` uint8 RGB array; a file that cannot be decoded is a ``ValueError``
+    naming it (``what`` says what the file is to the user: a frame, an image)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read frame {path}: {err}") from err
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
 
 
 def _read_frame_folder(
@@ -334,7 +335,7 @@ def _read_frame_folder(
             )
     chosen = [files[i] for i in _selected_indices(len(files), start, stride, max_frames)]
     check_fits_in_memory(len(chosen), *size, budget_bytes=budget, bytes_per_value=_READ_BYTES_PER_VALUE)
-    frames = _stack_uint8([_load_rgb_image(file) for file in chosen], folder)
+    frames = _stack_uint8([read_rgb(file) for file in chosen], folder)
     source_fps = _DEFAULT_FPS if fps is None else float(fps)
     return VideoClip(frames, source_fps / stride, str(folder), [file.name for file in chosen])
 
@@ -690,7 +691,7 @@ def load_photo(name: str = "astronaut") -> torch.Tensor:
     """A photo bundled with scikit-image (works offline) as float32 ``(3, H, W)`` in [0, 1].
 
     ``name`` is one of :data:`BUNDLED_PHOTOS`: ``astronaut`` (512×512), ``coffee`` (400×600),
-    ``chelsea`` (300×451).
+    ``chelsea`` (300×451), ``rocket`` (427×640).
     """
     if name not in BUNDLED_PHOTOS:
         raise ValueError(f"unknown bundled photo {name!r}; choose one of {', '.join(BUNDLED_PHOTOS)}")

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from csd_exp.data.image import fit_to_multiple, load_image, resize_image, save_image
+from csd_exp.data.image import fit_to_multiple, load_image, save_image
+from csd_exp.data.video import resize_frames
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -141,7 +142,7 @@ class PanoramaTask(DistillationTask):
                 f"task.windows_per_step={self.windows_per_step} exceeds the {len(self.grid)} windows of this "
                 f"canvas ({self.grid.height}x{self.grid.width} latent px, window {window_size}, stride {window_stride})"
             )
-        self.source_image = resize_image(source, height, width)
+        self.source_image = resize_frames(source, height, width)
         self.canvas = torch.nn.Parameter(torch.zeros(1, prior.latent_channels, self.grid.height, self.grid.width))
         self.register_buffer("source_latents", torch.zeros_like(self.canvas), persistent=False)
         self.register_buffer("image_condition", torch.zeros_like(self.canvas), persistent=False)
@@ -210,7 +211,7 @@ class PanoramaTask(DistillationTask):
         source = self.source_image
         save_image(source, output_dir / "source.png")
         save_image(edited, output_dir / "edited.png")
-        save_image(resize_image(edited, *self.original_size), output_dir / "edited_fullres.png")
+        save_image(resize_frames(edited, *self.original_size), output_dir / "edited_fullres.png")
         self.log_final_images({"source": source[None], "edited": edited[None]})
         return final_edit_metrics(
             evaluator,
