@@ -78,12 +78,25 @@ def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 class DiffusersPrior(ScorePrior):
-    """Shared machinery of :class:`InstructPix2PixPrior` and :class:`StableDiffusionPrior`."""
+    """Shared machinery of :class:`InstructPix2PixPrior` and :class:`StableDiffusionPrior`.
 
-    def __init__(self, *, unet, vae, text_encoder, tokenizer, alphas_cumprod: Tensor,
+    Subclasses name their diffusers pipeline class in ``pipeline_class_name``; the networks come from
+    ``pretrained_model_name_or_path`` (hub id or local folder) or from the given components.
+    """
+
+    pipeline_class_name: str
+
+    def __init__(self, pretrained_model_name_or_path: str | None = None, *,
                  torch_dtype: str | torch.dtype = "float32", max_rows_per_call: int | None = None,
-                 prediction_type: str = "epsilon") -> None:
+                 local_files_only: bool | None = None, unet=None, vae=None, text_encoder=None, tokenizer=None,
+                 scheduler=None) -> None:
         super().__init__()
+        components = load_components(self.pipeline_class_name, pretrained_model_name_or_path, torch_dtype,
+                                     local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, scheduler=scheduler)
+        unet, vae = components["unet"], components["vae"]
+        text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
+        alphas_cumprod, prediction_type = components["alphas_cumprod"], components["prediction_type"]
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported UNet prediction_type {prediction_type!r} (epsilon or v_prediction)")
         self.prediction_type = prediction_type

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction, expand_image_condition, instruct_pix2pix_guidance
-from .diffusers_common import DiffusersPrior, load_components
+from .diffusers_common import DiffusersPrior
 
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 
@@ -50,6 +50,7 @@ class InstructPix2PixPrior(DiffusersPrior):
     """
 
     name = "instruct_pix2pix"
+    pipeline_class_name = IP2P_PIPELINE
     supports_image_condition = True
     recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
@@ -57,13 +58,9 @@ class InstructPix2PixPrior(DiffusersPrior):
                  max_rows_per_call: int | None = None, official_condition_latents: bool = False,
                  condition_seed: int = 0, local_files_only: bool | None = None,
                  unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None) -> None:
-        components = load_components(IP2P_PIPELINE, pretrained_model_name_or_path, torch_dtype, local_files_only,
-                                 unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                 scheduler=scheduler)
-        super().__init__(unet=components["unet"], vae=components["vae"], text_encoder=components["text_encoder"],
-                         tokenizer=components["tokenizer"], alphas_cumprod=components["alphas_cumprod"],
-                         torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
-                         prediction_type=components["prediction_type"])
+        super().__init__(pretrained_model_name_or_path, torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
+                         local_files_only=local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
+                         tokenizer=tokenizer, scheduler=scheduler)
         expected = 2 * self.latent_channels
         if int(self.unet.config.in_channels) != expected:
             raise ValueError(

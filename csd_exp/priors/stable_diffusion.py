@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction
-from .diffusers_common import DiffusersPrior, load_components
+from .diffusers_common import DiffusersPrior
 
 SD_PIPELINE = "StableDiffusionPipeline"
 
@@ -33,19 +33,16 @@ class StableDiffusionPrior(DiffusersPrior):
     """
 
     name = "stable_diffusion"
+    pipeline_class_name = SD_PIPELINE
     supports_image_condition = False
     recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(self, pretrained_model_name_or_path: str | None = None, *, torch_dtype: str | torch.dtype = "float32",
                  max_rows_per_call: int | None = None, local_files_only: bool | None = None,
                  unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None) -> None:
-        components = load_components(SD_PIPELINE, pretrained_model_name_or_path, torch_dtype, local_files_only,
-                                     unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                     scheduler=scheduler)
-        super().__init__(unet=components["unet"], vae=components["vae"], text_encoder=components["text_encoder"],
-                         tokenizer=components["tokenizer"], alphas_cumprod=components["alphas_cumprod"],
-                         torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
-                         prediction_type=components["prediction_type"])
+        super().__init__(pretrained_model_name_or_path, torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
+                         local_files_only=local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
+                         tokenizer=tokenizer, scheduler=scheduler)
         if int(self.unet.config.in_channels) != self.latent_channels:
             raise ValueError(f"StableDiffusionPrior needs a text-to-image UNet with {self.latent_channels} input "
                              f"channels; this one has {self.unet.config.in_channels} (an InstructPix2Pix UNet "
