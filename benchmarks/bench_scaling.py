@@ -115,7 +115,6 @@ def unet_row_seconds(device: torch.device, repeats: int, batch: int = 2) -> floa
             unet(sample, timestep, encoder_hidden_states=text)
 
     seconds = time_call(call, repeats=repeats, warmup=1) / batch
-    del unet
     return seconds
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from csd_exp.data.image import fit_to_multiple, load_image, save_image
 from csd_exp.data.video import resize_frames
