@@ -21,10 +21,26 @@ def ip2p_prior(tiny_cache):
 
 
 @pytest.fixture(scope="session")
+def ip2p_prior64(tiny_cache):
+    """The tiny pipeline in float64: batched and unbatched convolutions then agree to ~1e-15 on any CPU,
+    so batching tests see the prior's row bookkeeping, not the CPU's float32 summation order."""
+    from csd_exp.priors import tiny_instruct_pix2pix_prior
+
+    return tiny_instruct_pix2pix_prior(tiny_cache, torch_dtype="float64")
+
+
+@pytest.fixture(scope="session")
 def sd_prior(tiny_cache):
     from csd_exp.priors import tiny_stable_diffusion_prior
 
     return tiny_stable_diffusion_prior(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def sd_prior64(tiny_cache):
+    from csd_exp.priors import tiny_stable_diffusion_prior
+
+    return tiny_stable_diffusion_prior(tiny_cache, torch_dtype="float64")
 
 
 

@@ -6,7 +6,7 @@ import torch
 from csd_exp.priors import InstructPix2PixPrior, tiny_instruct_pix2pix_prior
 from csd_exp.priors.tiny import LATENT_CHANNELS, tiny_components
 
-from ._helpers import seeded_images, seeded_normal
+from ._helpers import branch_rounding_tolerance, ip2p_coefficients, seeded_images, seeded_normal
 
 N = 3
 T = 400
@@ -27,7 +27,7 @@ def batch(ip2p_prior):
 def unet_eps(prior, noisy, image_cond, prompt):
     """One plain UNet call: ε(x_t; c, e(prompt)) for all rows."""
     embeds = prior.prompt_embeddings(prompt).expand(noisy.shape[0], -1, -1)
-    sample = torch.cat([noisy, image_cond], dim=1)
+    sample = torch.cat([noisy, image_cond], dim=1).to(prior.dtype)
     with torch.no_grad():
         return prior.unet(sample, T, encoder_hidden_states=embeds).sample.float()
 
@@ -40,23 +40,40 @@ def official_3way(prior, noisy, image_cond, text_prompt, omega_y, omega_s):
     return uncond + omega_y * (text - image) + omega_s * (image - uncond)
 
 
-def test_batched_guidance_equals_three_separate_unet_calls(ip2p_prior, batch):
-    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
-                                        image_guidance_scale=1.5)
-    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond)
-    expected = official_3way(ip2p_prior, batch["noisy"], batch["image_cond"], "make it autumn", 7.5, 1.5)
+def unet_branches(prior, noisy, image_cond, text_prompt):
+    """ε(x̃,y), ε(x̃,∅), ε(∅,∅) from three separate UNet calls."""
+    return (unet_eps(prior, noisy, image_cond, text_prompt), unet_eps(prior, noisy, image_cond, ""),
+            unet_eps(prior, noisy, torch.zeros_like(image_cond), ""))
+
+
+def assert_equals_official(actual, branches, omega_y, omega_s):
+    """``actual`` equals the official formula on ``branches`` within float32 rounding of the guidance."""
+    text, image, uncond = branches
+    expected = uncond + omega_y * (text - image) + omega_s * (image - uncond)
+    # The official formula and ours add the three branches in a different order: 4 float32 operations.
+    atol = branch_rounding_tolerance(branches, ip2p_coefficients(omega_y, omega_s), formula_operations=4)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+# Batching tests run the networks in float64 (``ip2p_prior64``): there, how rows are batched changes a
+# UNet output by ~1e-15, so what they compare is the prior's row bookkeeping, on any CPU.
+def test_batched_guidance_equals_three_separate_unet_calls(ip2p_prior64, batch):
+    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
+                                          image_guidance_scale=1.5)
+    prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond)
     assert prediction.source is None
     assert prediction.target.dtype == torch.float32 and prediction.target.shape == batch["noisy"].shape
-    torch.testing.assert_close(prediction.target, expected, atol=1e-5, rtol=1e-5)
+    branches = unet_branches(ip2p_prior64, batch["noisy"], batch["image_cond"], "make it autumn")
+    assert_equals_official(prediction.target, branches, 7.5, 1.5)
     assert prediction.target.abs().mean() > 0.1   # not trivially zero
 
 
-def test_two_row_source_branch_equals_official_three_rows_with_empty_prompt(ip2p_prior, batch):
-    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
-                                        image_guidance_scale=1.5)
-    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
-    official_source = official_3way(ip2p_prior, batch["noisy_source"], batch["image_cond"], "", 7.5, 1.5)
-    torch.testing.assert_close(prediction.source, official_source, atol=1e-5, rtol=1e-5)
+def test_two_row_source_branch_equals_official_three_rows_with_empty_prompt(ip2p_prior64, batch):
+    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
+                                          image_guidance_scale=1.5)
+    prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    branches = unet_branches(ip2p_prior64, batch["noisy_source"], batch["image_cond"], "")
+    assert_equals_official(prediction.source, branches, 7.5, 1.5)
 
 
 def test_one_csd_edit_step_costs_five_rows_per_particle(ip2p_prior, batch):
@@ -67,24 +84,29 @@ def test_one_csd_edit_step_costs_five_rows_per_particle(ip2p_prior, batch):
     assert ip2p_prior.unet_calls - calls == 1
 
 
-def test_source_prompt_keeps_the_general_three_row_source_branch(ip2p_prior, batch):
-    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"], source_prompt="a photo")
-    rows = ip2p_prior.unet_rows_evaluated
-    prediction = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
-    assert ip2p_prior.unet_rows_evaluated - rows == 6 * N
-    expected = official_3way(ip2p_prior, batch["noisy_source"], batch["image_cond"], "a photo", 7.5, 1.5)
-    torch.testing.assert_close(prediction.source, expected, atol=1e-5, rtol=1e-5)
+def test_source_prompt_keeps_the_general_three_row_source_branch(ip2p_prior64, batch):
+    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], source_prompt="a photo")
+    rows = ip2p_prior64.unet_rows_evaluated
+    prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+    assert ip2p_prior64.unet_rows_evaluated - rows == 6 * N
+    branches = unet_branches(ip2p_prior64, batch["noisy_source"], batch["image_cond"], "a photo")
+    assert_equals_official(prediction.source, branches, 7.5, 1.5)
 
 
-def test_chunked_equals_unchunked(ip2p_prior, batch, tiny_cache):
-    chunked = tiny_instruct_pix2pix_prior(tiny_cache, max_rows_per_call=4)
-    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"])
-    whole = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
+def test_chunked_equals_unchunked(ip2p_prior64, batch, tiny_cache):
+    chunked = tiny_instruct_pix2pix_prior(tiny_cache, max_rows_per_call=4, torch_dtype="float64")
+    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"])
+    whole = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     calls = chunked.unet_calls
     parts = chunked.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     assert chunked.unet_calls - calls == -(-5 * N // 4)
-    torch.testing.assert_close(parts.target, whole.target, atol=1e-5, rtol=0)
-    torch.testing.assert_close(parts.source, whole.source, atol=1e-5, rtol=0)
+    # Same formula on both sides: only the branches' float32 casts can differ (one ulp each).
+    target_branches = unet_branches(ip2p_prior64, batch["noisy"], batch["image_cond"], "make it autumn")
+    atol = branch_rounding_tolerance(target_branches, ip2p_coefficients(7.5, 1.5))
+    torch.testing.assert_close(parts.target, whole.target, atol=atol, rtol=0)
+    source_branches = unet_branches(ip2p_prior64, batch["noisy_source"], batch["image_cond"], "")
+    atol = branch_rounding_tolerance(source_branches[1:], (1.5, 1.0 - 1.5))
+    torch.testing.assert_close(parts.source, whole.source, atol=atol, rtol=0)
 
 
 def test_text_embeddings_are_cached_per_prompt(ip2p_prior, batch):
