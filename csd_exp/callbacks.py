@@ -1,11 +1,15 @@
-"""Callbacks that protect a user's run: a checkpoint on Ctrl-C or on a crash, with the resume command."""
+"""Callbacks that protect a user's run: a checkpoint on Ctrl-C or on a crash, with the resume command, and the
+config fingerprint in every checkpoint so a resume under another config is caught (csd_exp/checkpoints.py)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+
+from csd_exp.checkpoints import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +43,15 @@ class SaveOnInterrupt(pl.Callback):
                 "run stopped at step %d (%s); checkpoint saved to %s. Resume with the same overrides plus: "
                 "ckpt_path=%s", trainer.global_step, type(exception).__name__, path, path,
             )
+
+
+class RunFingerprint(pl.Callback):
+    """Store the run's config fingerprint (:func:`csd_exp.checkpoints.run_fingerprint`) in every checkpoint,
+    periodic, last and on-interrupt alike, under ``checkpoint["csd_exp"]["fingerprint"]``."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint = fingerprint
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault(CHECKPOINT_KEY, {})["fingerprint"] = self.fingerprint

@@ -1,39 +1,64 @@
-"""The ``csd-exp`` entry point: compose the Hydra config, instantiate, fit, write ``summary.json``.
+"""The ``csd-exp`` entry point: compose the Hydra config, check it, instantiate, fit, write ``summary.json``.
 
-Everything is decided by the config (``conf/``) and the classes it names; this file only wires them
-together, in the manner of lightning-hydra-template's ``train.py``.
+Everything is decided by the config (``conf/``, shipped in the package as ``csd_exp.conf``) and the
+classes it names; this file only wires them together, in the manner of lightning-hydra-template's
+``train.py``. Values are checked (:mod:`csd_exp.schema`) before torch or a model is imported.
+
+Own configs: ``csd-exp --config-dir ~/my_conf experiment=mine`` (Hydra's option) or
+``CSD_EXP_CONFIG_DIR=~/my_conf csd-exp ...``: that folder is searched first, so it can add experiments,
+models or tasks, or replace one of ours by giving a file the same name.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+import hydra
+from omegaconf import DictConfig
 
-from pathlib import Path  # noqa: E402
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-CONFIG_DIR = os.environ.get("CSD_EXP_CONFIG_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
+CONFIG_PATH = "pkg://csd_exp.conf"
+CONFIG_DIR_VARIABLE = "CSD_EXP_CONFIG_DIR"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _reject(cfg: DictConfig, message: str) -> None:
+    """Record the refusal in the run folder's ``summary.json`` and stop with a short message."""
+    from csd_exp.summary import write_failed_summary
+
+    write_failed_summary(cfg, message)
+    raise SystemExit(f"csd-exp: {message}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from csd_exp.schema import ConfigError, validate_composed
+
+    try:
+        validate_composed(cfg)
+    except ConfigError as error:
+        _reject(cfg, str(error))
     from csd_exp.run import run
 
     summary = run(cfg)
     return summary.get("metrics", {}).get("consistency/mode_agreement")
 
 
+def _with_config_dir(argv: list[str]) -> list[str]:
+    folder = os.environ.get(CONFIG_DIR_VARIABLE)
+    if not folder or any(arg.startswith(("--config-dir", "-cd")) for arg in argv):
+        return argv
+    if not os.path.isdir(folder):
+        raise SystemExit(f"csd-exp: {CONFIG_DIR_VARIABLE}={folder} is not a folder")
+    return [argv[0], f"--config-dir={os.path.abspath(folder)}", *argv[1:]]
+
+
 def entry() -> None:
     """``csd-exp [overrides]`` runs a job; ``csd-exp eval ...`` scores existing outputs (= csd-exp-eval)."""
-    import sys
-
     if len(sys.argv) > 1 and sys.argv[1] == "eval":
         from csd_exp.eval import main as evaluate
 
         raise SystemExit(evaluate(sys.argv[2:]))
+    sys.argv = _with_config_dir(sys.argv)
     main()
 
 

@@ -67,15 +67,14 @@ def _to_rgb_float(array: np.ndarray, origin: str) -> torch.Tensor:
 
 
 def _read_image(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    """``(3, H, W)`` in [0, 1] through the project's one image reader (16-bit and float files scaled right)."""
+    from csd_exp.data.video import read_rgb
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from error
-    return _to_rgb_float(array, str(path))
+        array = read_rgb(path, what="image")
+    except ValueError as error:  # the message already names the file
+        raise InputError(str(error)) from error
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _read_video(path: Path) -> torch.Tensor:

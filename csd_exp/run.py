@@ -12,32 +12,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csd_exp.run_folder import hold_run_folder
+from csd_exp.summary import package_versions, write_summary
+
 log = logging.getLogger(__name__)
-
-VERSIONED_PACKAGES = ("csd-exp", "torch", "pytorch-lightning", "hydra-core", "diffusers", "transformers",
-                      "open-clip-torch", "torchmetrics", "wandb")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch_build": torch.__version__,
-                "cuda": torch.version.cuda or "none"}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -48,11 +34,13 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False, default=str))
-    tmp.replace(path)
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """``trainer=gpu`` / ``ddp`` on a machine without CUDA fails here, before any model is loaded."""
+    accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.accelerator={accelerator} but this machine has no CUDA device "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                           "use trainer=cpu, or install a CUDA build of torch that matches the driver")
 
 
 def instantiate_clearly(node, **kwargs):
@@ -72,7 +60,7 @@ def instantiate_clearly(node, **kwargs):
 def build_task(cfg: DictConfig):
     """Instantiate the prior, the guidance and the task (cheap checks of the input happen here)."""
     prior = instantiate_clearly(cfg.model)
-    guidance = instantiate_clearly(cfg.guidance)
+    guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
     return instantiate_clearly(
         cfg.task,
         prior=prior,
@@ -86,32 +74,43 @@ def build_task(cfg: DictConfig):
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
+    """Fit the configured task in ``cfg.paths.output_dir``, which this run holds (a second live run that
+    is given the same folder is refused) until its ``summary.json`` is written."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    with hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from csd_exp.callbacks import RunFingerprint
+    from csd_exp.checkpoints import check_resume_checkpoint, run_fingerprint
     from csd_exp.logging_utils import finish_wandb, log_metrics_table, resolve_wandb_mode
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     summary: dict[str, Any] = {"status": "failed", "metrics": {}, "seed": int(cfg.seed), "steps": 0}
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist; point it at a run's checkpoints/last.ckpt")
-
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.get("logger") and "wandb" in cfg.logger:
-        mode = resolve_wandb_mode()
-        if mode == "offline":
-            log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
-
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers: list = []
     trainer: pl.Trainer | None = None
     exit_code = 1
     try:
+        fingerprint = run_fingerprint(resolved)
+        changed = check_resume_checkpoint(cfg.get("ckpt_path"), fingerprint,
+                                          bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False)))
+        if changed:
+            summary["config_changed_on_resume"] = changed
+        check_accelerator(cfg.trainer)
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline":
+            log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
         loggers = _instantiate_group(cfg.get("logger"))
-        trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+        callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
             logger.log_hyperparams(resolved)
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
@@ -134,18 +133,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(error).__name__}: {error}"
         raise
     finally:
-        summary["steps"] = int(task.completed_steps) if trainer is not None else 0
-        if trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0:
-            summary.update(
-                wall_time_s=round(time.perf_counter() - started, 3),
-                versions=package_versions(),
-                device=str(trainer.strategy.root_device) if trainer is not None else "not started",
-                world_size=trainer.world_size if trainer is not None else 0,
-                outputs={"run_dir": str(output_dir), "checkpoints": str(output_dir / "checkpoints")},
-                config=resolved,
-            )
-            write_summary(output_dir / "summary.json", summary)
-            log.info("summary: %s", output_dir / "summary.json")
+        _finish(summary, task_steps=lambda: task.completed_steps, trainer=trainer, started=started,
+                output_dir=output_dir, resolved=resolved)
         finish_wandb(loggers, exit_code=exit_code)
     return summary
 
+
+def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, output_dir: Path,
+            resolved: dict) -> None:
+    """Complete and write ``summary.json`` (rank zero). If the write fails (a full disk) while the run
+    itself failed, the run's error stays the one raised and the summary's failure is logged beside it."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    summary["steps"] = int(task_steps()) if trainer is not None else 0
+    if not (trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0):
+        return
+    summary.update(
+        wall_time_s=round(time.perf_counter() - started, 3),
+        versions={**package_versions(), "torch_build": torch.__version__, "cuda": torch.version.cuda or "none"},
+        device=str(trainer.strategy.root_device) if trainer is not None else "not started",
+        world_size=trainer.world_size if trainer is not None else 0,
+        outputs={"run_dir": str(output_dir), "checkpoints": str(output_dir / "checkpoints")},
+        config=resolved,
+    )
+    try:
+        write_summary(output_dir / "summary.json", summary)
+    except OSError as error:
+        checkpoint = output_dir / "checkpoints" / "last.ckpt"
+        kept = f"; the checkpoint {checkpoint} is kept" if checkpoint.is_file() else ""
+        log.error("%s (run status: %s%s)", error, summary["status"], kept)
+        if "error" not in summary:   # the run itself succeeded: the lost summary is the error to report
+            raise OSError(error.errno, f"{error.strerror}{kept}") from None
+        return
+    log.info("summary: %s", output_dir / "summary.json")

@@ -27,7 +27,7 @@ PANORAMA = ["experiment=panorama_exact_cpu", "data.short_side=32", "task.window_
 VIDEO = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4", "trainer.max_steps=4"]
 # 3 pre-training steps (clamped to max_steps - 1), then one CSD-Edit round of 4 views: 2 + 2 per rank.
 SCENE = ["experiment=scene3d_exact_cpu", "data.image_size=16", "data.max_views=8", "task.field.resolution=16",
-         "task.field.num_samples=16", "task.views_per_edit=4", "task.edit_iterations=3", "task.turntable_views=4",
+         "task.field.num_samples=16", "task.editor.views=4", "task.editor.iterations=3", "task.turntable_views=4",
          "trainer.max_steps=4"]
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 

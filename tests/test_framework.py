@@ -18,17 +18,18 @@ SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=
 # CPU-sized overrides per kind of task; GPU-scale experiments run on the tiny random-weight pipelines.
 SMALL = {
     ("panorama", "exact"): SMALL_EXACT,
-    ("panorama", "diffusers"): ["model=tiny_ip2p", "data.short_side=16", "task.window_size=8",
+    # sizes in latent px: the tiny pipelines' VAE halves the resolution
+    ("panorama", "diffusers"): ["model=tiny_ip2p", "data.short_side=8", "task.window_size=8",
                                 "task.window_stride=4"],
     ("video", "exact"): ["task.frame_size=32", "data.max_frames=4"],
-    ("video", "diffusers"): ["model=tiny_ip2p", "task.frame_size=16", "data.max_frames=4"],
+    ("video", "diffusers"): ["model=tiny_ip2p", "task.frame_size=8", "data.max_frames=4"],
     ("scene", "exact"): ["data.image_size=16", "data.max_views=8", "task.field.resolution=16",
-                         "task.field.num_samples=16", "task.views_per_edit=2", "task.edit_iterations=2",
-                         "task.turntable_views=4"],
-    ("scene", "diffusers"): ["model=tiny_ip2p", "data.path=null", "data.image_size=16", "data.max_views=8",
-                             "task.field.resolution=16", "task.field.num_samples=16", "task.views_per_edit=2",
-                             "task.edit_iterations=2", "task.turntable_views=4", "task.diffusion_steps=2"],
+                         "task.field.num_samples=16", "task.editor.views=2", "task.turntable_views=4"],
+    ("scene", "diffusers"): ["model=tiny_ip2p", "data.path=null", "data.image_size=8", "data.max_views=8",
+                             "task.field.resolution=16", "task.field.num_samples=16", "task.editor.views=2",
+                             "task.turntable_views=4"],
 }
+EDITOR_SMALL = {"csd_edit": ["task.editor.iterations=2"], "in2n": ["task.editor.diffusion_steps=2"]}
 
 
 def _overrides_for(experiment: str) -> list[str]:
@@ -36,7 +37,8 @@ def _overrides_for(experiment: str) -> list[str]:
     prior = "exact" if "Exact" in cfg.model._target_ else "diffusers"
     task = cfg.task._target_.lower()
     kind = next(k for k in ("panorama", "video", "scene") if k in task)
-    return SMALL[(kind, prior)]
+    editor = EDITOR_SMALL[cfg.task.editor.kind] if kind == "scene" else []
+    return SMALL[(kind, prior)] + editor
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -124,7 +126,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch,
         (["data.path=/nonexistent/pano.jpg"], FileNotFoundError, "data.path"),
         (["data.short_side=16", "task.window_size=32"], ValueError, "smaller than one window"),
         (["task.window_stride=7"], ValueError, "do not tile"),
-        (["task.windows_per_step=999"], ValueError, "windows_per_step"),
+        (["task.window_stride=0"], ValueError, "window_stride"),
         (["prompt='paint it like a potato'"], ValueError, "pop-art"),
     ],
 )
@@ -135,6 +137,24 @@ def test_bad_input_fails_before_any_long_work(overrides, error, message, tmp_pat
     with pytest.raises(error, match=message):
         task = build_task(cfg)
         task.setup("fit")
+
+
+@pytest.mark.parametrize("size, windows", [((480, 640), 2), ((600, 400), 3), ((500, 500), 1), ((400, 600), 3)])
+def test_ordinary_photos_edit_with_the_default_panorama_settings(size, windows, tmp_path, caplog):
+    """4:3, 2:3, square and 3:2 photos: fewer windows per step when the canvas has fewer windows."""
+    from PIL import Image
+
+    from csd_exp.run import build_task
+
+    height, width = size
+    gradient = torch.linspace(0, 255, width).round().to(torch.uint8).expand(height, width)
+    Image.fromarray(torch.stack([gradient] * 3, dim=-1).numpy()).save(tmp_path / "photo.png")
+    cfg = compose_config(["experiment=panorama_exact_cpu", f"data.path={tmp_path / 'photo.png'}"], tmp_path)
+    with caplog.at_level("WARNING"):
+        task = build_task(cfg)
+    assert min(task.grid.height, task.grid.width) == 64 and len(task.grid) == windows
+    assert task.windows_per_step == min(4, windows)
+    assert "task.windows_per_step=4" in caplog.text
 
 
 def test_a_nan_prior_stops_the_run_with_the_fix_named(tmp_path, monkeypatch):

@@ -19,11 +19,11 @@ from csd_exp.tasks.scene3d import Scene3DTask
 # 16x16 views, 10 views (8 train + 2 held out), a 16^3 grid: one run takes a few seconds on one thread.
 TINY = ["trainer=cpu", "logger=csv", "~callbacks.progress", "callbacks.checkpoint.every_n_train_steps=1",
         "data.image_size=16", "data.max_views=10", "task.field.resolution=16", "task.field.num_samples=16",
-        "task.field.lr_density=0.3", "task.field.lr_color=0.3", "task.turntable_views=6", "task.snapshot_every=100",
+        "task.field.lr_density=0.3", "task.field.lr_color=0.3", "task.turntable_views=6", "trainer.val_check_interval=100",
         "task.views_per_step=4"]
 # Pre-train 20 steps, then one CSD-Edit round of 4 views at step 20 and two more training steps.
-CSD = ["task=scene3d", "trainer.max_steps=22", "task.pretrain_steps=20", "task.edit_every=100",
-       "task.views_per_edit=4", "task.edit_iterations=10", "task.edit_lr=1.0"]
+CSD = ["task=scene3d", "trainer.max_steps=22", "task.pretrain_steps=20", "task.editor.every=100",
+       "task.editor.views=4", "task.editor.iterations=10", "task.editor.lr=1.0"]
 KEYS = ("consistency/mode_agreement", "consistency/reprojection_error", "fidelity/heldout_psnr",
         "fidelity/heldout_psnr_pretrain", "fidelity/psnr")
 
@@ -81,13 +81,13 @@ def test_csd_edit_run_writes_outputs_and_never_touches_the_scene(run_job, scene_
 
 def test_in2n_baseline_runs(run_job, scene_folder):
     summary, run_dir = run_job([*TINY, "task=scene3d_in2n", "trainer.max_steps=14", "task.pretrain_steps=10",
-                                "task.edit_rate=2", "task.diffusion_steps=4", f"data.path={scene_folder}"])
+                                "task.editor.every=2", "task.editor.diffusion_steps=4", f"data.path={scene_folder}"])
     assert summary["status"] == "completed" and summary["steps"] == 14
     metrics = summary["metrics"]
     assert metrics["edit/num_view_edits"] == 2  # steps 10 and 12, one view each
     assert metrics["edit/distinct_views_edited"] == 2
     assert "consistency/mode_agreement" in metrics and (run_dir / "turntable.mp4").is_file()
-    assert summary["config"]["task"]["editor"] == "in2n"
+    assert summary["config"]["task"]["editor"]["kind"] == "in2n"
 
 
 def _write_ns(folder: Path, frames: list[dict], images: dict[str, tuple[int, int]]) -> Path:
@@ -138,8 +138,8 @@ def _final_state(run_dir: Path) -> tuple[dict, dict]:
 def test_resume_restores_the_edited_image_set(run_job, scene_folder):
     # Edit rounds at steps 3 and 5 (4 views each); the resumed run starts from the checkpoint after step 4,
     # i.e. after the first round, and must end exactly where the uninterrupted run ends.
-    base = [*TINY, "task=scene3d", "task.pretrain_steps=3", "task.edit_every=2", "task.views_per_edit=4",
-            "task.edit_iterations=5", f"data.path={scene_folder}"]
+    base = [*TINY, "task=scene3d", "task.pretrain_steps=3", "task.editor.every=2", "task.editor.views=4",
+            "task.editor.iterations=5", f"data.path={scene_folder}"]
     _, straight = run_job([*base, "trainer.max_steps=7"], name="straight")
     _, first = run_job([*base, "trainer.max_steps=4"], name="first")
     first_state = _final_state(first)[1]
@@ -159,14 +159,19 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     from csd_exp.distill import Guidance
     from csd_exp.priors import ExactScorePrior
 
+    editor = dict(kind="csd_edit", every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20,
+                  init="render")
+    editor.update(kwargs.pop("editor", {}))
+    guidance = kwargs.pop("guidance", None) or Guidance("csd_edit")
     options = dict(prompt="turn it into a pop-art painting", data={"image_size": 16, "max_views": 10},
-                   field={"resolution": 8, "num_samples": 8}, optimizer=lambda params: torch.optim.Adam(params))
+                   field={"resolution": 8, "num_samples": 8}, optimizer=lambda params: torch.optim.Adam(params),
+                   editor=editor)
     options.update(kwargs)
-    return Scene3DTask(ExactScorePrior(), Guidance("csd_edit"), **options)
+    return Scene3DTask(ExactScorePrior(), guidance, **options)
 
 
 def test_edit_rounds_cover_every_view_before_repeating():
-    task = _tiny_task(views_per_edit=3, max_steps=500)
+    task = _tiny_task(editor={"views": 3}, max_steps=500)
     rounds = [task.edit_round_views(r) for r in range(8)]
     assert all(len(set(r)) == 3 for r in rounds)
     first_epoch = [v for r in rounds[:2] for v in r]  # 8 training views: the first 6 draws are distinct
@@ -179,6 +184,34 @@ def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
     with pytest.raises(ValueError, match="unknown data key"):
         _tiny_task(data={"image_size": 16, "frame_size": 3})
     with pytest.raises(ValueError, match="editor"):
-        _tiny_task(editor="dreamfusion")
+        _tiny_task(editor={"kind": "dreamfusion"})
     with pytest.raises(ValueError, match="training views"):
-        _tiny_task(views_per_edit=9)
+        _tiny_task(editor={"views": 9})
+    with pytest.raises(ValueError, match="needs exactly the keys"):
+        _tiny_task(editor={"diffusion_steps": 20})   # an in2n key under the csd_edit editor
+
+
+def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(monkeypatch):
+    """Edit rounds at steps 200, 240, ..., 480 (8 rounds of 40 iterations): the schedule's horizon is those
+    320 iterations, and round r, iteration k sits at position 40 r + k on it (it used to sit at step·40 + k,
+    past the horizon from the first round, i.e. at the schedule's end point)."""
+    from csd_exp.distill import Guidance, TimestepSchedule
+
+    guidance = Guidance("csd_edit", schedule=TimestepSchedule(annealing="linear"))
+    task = _tiny_task(guidance=guidance, max_steps=520, pretrain_steps=200)
+    assert task.num_edit_rounds == 8 and guidance.schedule.max_steps == 8 * 40
+    positions = []
+
+    class Stop(Exception):
+        pass
+
+    def record_position(self, *args, **kwargs):
+        positions.append(kwargs["schedule_step"])
+        raise Stop
+
+    monkeypatch.setattr(type(guidance), "__call__", record_position)
+    with pytest.raises(Stop):
+        task.csd_edit_round(task.edit_round_views(1), step=240, round_index=1)
+    assert positions == [40]
+    low, high = guidance.schedule.bounds(40)
+    assert high > guidance.schedule.bounds(8 * 40)[1]   # not yet at the annealed end point

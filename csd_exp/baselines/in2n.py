@@ -21,7 +21,7 @@ from csd_exp.baselines.sampling import guided_sample
 @torch.no_grad()
 def in2n_edit(prior, render: torch.Tensor, original: torch.Tensor, *, prompt: str, generator: torch.Generator,
               lower: float = 0.02, upper: float = 0.98, diffusion_steps: int = 20, eta: float = 0.0,
-              guidance_scale: float = 7.5, image_guidance_scale: float = 1.5) -> tuple[torch.Tensor, float]:
+              guidance_scale: float, image_guidance_scale: float) -> tuple[torch.Tensor, float]:
     """Edit ``render`` ``(N, 3, H, W)`` in [0, 1] conditioned on ``original`` (same shape).
 
     One strength (noise level as a fraction of the training timesteps) ~ U[lower, upper] is drawn from

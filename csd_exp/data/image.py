@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csd_exp.data.video import load_photo, read_rgb
+from csd_exp.data.video import load_photo, read_image_size, read_rgb
 
 SAMPLE_NAMES = ("rocket", "coffee")
 _SAMPLE_CROPS = {  # rows kept from scikit-image's photo: a panorama-shaped strip
@@ -34,12 +34,32 @@ def sample_image(name: str = "rocket") -> torch.Tensor:
     return load_photo(name)[:, rows, cols]
 
 
-def load_image(path: str | Path | None) -> torch.Tensor:
-    """Read an RGB image file; ``None`` or ``"sample:<name>"`` returns a bundled sample."""
-    if path is None:
-        return sample_image()
-    if isinstance(path, str) and path.startswith("sample:"):
-        return sample_image(path.split(":", 1)[1])
+def load_image(
+    path: str | Path | None, *, min_size: tuple[int, int] | None = None, min_side: int = 8
+) -> torch.Tensor:
+    """Read an RGB image file as ``(3, H, W)`` in [0, 1]; ``None`` or ``"sample:<name>"`` returns a bundled sample.
+
+    ``min_size`` is the smallest ``(h, w)`` the caller will resize to: big images are then decoded at a
+    reduced size that is still at least that (see :func:`csd_exp.data.video.read_rgb`). Files whose short
+    side is below ``min_side`` pixels are refused before decoding (upscaling them only invents content).
+    """
+    if path is None or (isinstance(path, str) and path.startswith("sample:")):
+        return sample_image() if path is None else sample_image(path.split(":", 1)[1])
+    height, width = image_file_size(path)
+    if min(height, width) < min_side:
+        raise ValueError(
+            f"{path}: image is {height}x{width} (HxW), its short side is below the minimum of {min_side} px; "
+            "use a larger image"
+        )
+    image = read_rgb(Path(path).expanduser(), what="image", min_size=min_size)
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous()
+
+
+def image_file_size(path: str | Path | None) -> tuple[int, int]:
+    """``(H, W)`` of what :func:`load_image` would read, from the file header (pixels are not decoded)."""
+    if path is None or (isinstance(path, str) and path.startswith("sample:")):
+        sample = sample_image() if path is None else sample_image(path.split(":", 1)[1])
+        return tuple(sample.shape[1:])
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"input image not found: {path} (set data.path to an existing image file)")
@@ -47,7 +67,7 @@ def load_image(path: str | Path | None) -> torch.Tensor:
         raise ValueError(f"data.path points at a folder, expected an image file: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    return torch.from_numpy(read_rgb(path, what="image")).permute(2, 0, 1).float().div(255.0)
+    return read_image_size(path, what="image")
 
 
 def fit_to_multiple(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
@@ -61,6 +81,32 @@ def fit_to_multiple(height: int, width: int, short_side: int, multiple: int) -> 
     scale = short_side / min(height, width)
     round_to = lambda size: max(multiple, int(round(size * scale / multiple)) * multiple)  # noqa: E731
     return round_to(height), round_to(width)
+
+
+def official_size(height: int, width: int, min_short_side: int, multiple: int) -> tuple[int, int]:
+    """The official CSD panorama resize: upscale (aspect kept) only if the short side is below
+    ``min_short_side`` (512 px for Stable Diffusion), never shrink, then floor both sides to ``multiple``."""
+    scale = max(1.0, min_short_side / min(height, width))
+    floor_to = lambda size: max(multiple, int(round(size * scale)) // multiple * multiple)  # noqa: E731
+    return floor_to(height), floor_to(width)
+
+
+def canvas_size(height: int, width: int, *, policy: str, short_side: int, scale: int, stride: int) -> tuple[int, int]:
+    """Pixel size of the canvas for an image of ``height`` x ``width`` px.
+
+    ``short_side`` is in latent px (the prior's ``scale`` = its VAE factor turns it into pixels), so the
+    same config suits every prior: 64 latent px are 64 px for the exact prior and 512 px for Stable
+    Diffusion. Both sides end as multiples of ``scale * stride`` so the windows tile the canvas exactly.
+
+    ``policy``: ``short_side`` (resize so the short side is exactly ``short_side``) or ``official`` (the
+    official code: upscale only up to ``short_side``, never shrink, floor to the tiling unit).
+    """
+    unit = scale * stride
+    if policy == "short_side":
+        return fit_to_multiple(height, width, short_side * scale, unit)
+    if policy == "official":
+        return official_size(height, width, short_side * scale, unit)
+    raise ValueError(f"data.resize_policy={policy!r} is not one of short_side, official")
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from csd_exp.data.video import follow_umask, read_image_size, read_rgb
 from csd_exp.render.cameras import CameraError, Cameras, generate_rays, turntable_cameras
 
 __all__ = [
@@ -142,33 +143,22 @@ class SceneDataset:
 
 # ====================================================================== image I/O
 def _read_image(path: Path, background: Sequence[float]) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1]; alpha composited over ``background``."""
+    """``(3, H, W)`` float in [0, 1]; alpha composited over ``background`` (see :func:`read_rgb`)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
-                arr = np.asarray(img, dtype=np.float32) / 65535.0
-                arr = np.repeat(arr[..., None], 3, axis=-1)
-            else:
-                has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info)
-                arr = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:  # PIL raises UnidentifiedImageError (an OSError) and friends
-        raise SceneError(f"cannot read image {path}: {exc}") from exc
-    tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    if tensor.shape[0] == 4:
-        alpha = tensor[3:]
-        bg = torch.as_tensor(background, dtype=torch.float32).view(3, 1, 1)
-        tensor = tensor[:3] * alpha + bg * (1.0 - alpha)
-    return tensor.clamp(0.0, 1.0)
+        rgba = torch.from_numpy(read_rgb(path, what="image", alpha=True)).permute(2, 0, 1)
+    except ValueError as exc:  # the message already names the file
+        raise SceneError(str(exc)) from exc
+    alpha = rgba[3:]
+    bg = torch.as_tensor(background, dtype=torch.float32).view(3, 1, 1)
+    return (rgba[:3] * alpha + bg * (1.0 - alpha)).clamp(0.0, 1.0)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` from the file header."""
     try:
-        with Image.open(path) as img:
-            return img.size  # (W, H)
-    except (OSError, ValueError) as exc:
-        raise SceneError(f"cannot read image {path}: {exc}") from exc
+        return read_image_size(path, what="image")
+    except ValueError as exc:
+        raise SceneError(str(exc)) from exc
 
 
 def _write_png(image: torch.Tensor, path: Path) -> None:
@@ -241,7 +231,8 @@ def _check_images(paths: list[Path], json_path: Path) -> tuple[int, int]:
         raise SceneError(f"{json_path}: {len(missing)} image(s) missing: {', '.join(missing[:3])}{more}")
     sizes: dict[tuple[int, int], Path] = {}
     for p in paths:
-        sizes.setdefault(_image_size(p), p)
+        height, width = _image_size(p)
+        sizes.setdefault((width, height), p)
     if len(sizes) > 1:
         listing = "; ".join(f"{p} is {w}x{h}" for (w, h), p in sizes.items())
         raise SceneError(f"{json_path}: images have mixed sizes ({listing}); all views must share one size")
@@ -427,6 +418,7 @@ def write_nerfstudio_scene(dataset: SceneDataset, folder: str | os.PathLike) -> 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
+        follow_umask(tmp)  # mkdtemp makes 0700; a scene should be as readable as any other output
         (tmp / "images").mkdir()
         cams = dataset.cameras
         frames, names = [], []

@@ -44,15 +44,20 @@ __all__ = [
     "ClipMotion",
     "VideoClip",
     "check_fits_in_memory",
+    "current_umask",
     "default_memory_budget",
+    "follow_umask",
     "frame_grid",
     "load_photo",
     "make_pan_clip",
+    "read_image_size",
+    "read_rgb",
     "read_video",
     "resize_frames",
     "restore_size",
     "sample_clip",
     "save_frame_grid",
+    "set_max_image_pixels",
     "warp_frame",
     "write_frames",
     "write_video",
@@ -295,28 +300,167 @@ def _list_frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file, read from its header only."""
+# Pillow modes read as 8-bit (their channels are 0..255) and converted to RGB(A) by Pillow itself:
+# "1" becomes 0/255, palettes are looked up (with their transparency), CMYK uses (1 - C)(1 - K) and
+# YCbCr the JPEG (full-range BT.601) matrix.
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+# 16-bit grayscale in every byte order Pillow names.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# What each non-8-bit mode's full scale is: "I" (32-bit int) is how Pillow has long represented 16-bit
+# grayscale, so it is read as 16-bit and refused if a value leaves 0..65535; "F" is taken as-is.
+_FULL_SCALE = {**dict.fromkeys(_SIXTEEN_BIT_MODES, 65535.0), "I": 65535.0, "F": 1.0}
+_MAX_PIXELS_KEY = "data.max_image_pixels"
+
+
+def set_max_image_pixels(pixels: int | None) -> int | None:
+    """Set the decompression-bomb guard: images with more than ``pixels`` pixels are refused before
+    decoding (``None``: no limit). This is ``PIL.Image.MAX_IMAGE_PIXELS``; returns the previous value."""
+    from PIL import Image
+
+    if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1):
+        raise ValueError(f"{_MAX_PIXELS_KEY} must be a positive integer or null, got {pixels!r}")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = pixels
+    return previous
+
+
+def _too_many_pixels(path: Path, what: str, err: Exception) -> ValueError:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = found.group(1) if found else "too many"
+    return ValueError(
+        f"{what} {path} has {pixels} pixels, over the limit of {Image.MAX_IMAGE_PIXELS} (a guard against "
+        f"decompression bombs); if the file is trusted, set {_MAX_PIXELS_KEY}={pixels} (or null for no limit)"
+    )
+
+
+def _open_image(path: Path, what: str):
+    """``PIL.Image.open`` (header only) with bombs and unreadable files as ``ValueError`` naming the file."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        # Pillow only warns between 1x and 2x its limit; a warning is easy to miss, so refuse there too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _too_many_pixels(path, what, err) from None
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read frame {path}: {err}") from err
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
+
+
+def read_image_size(path: str | os.PathLike, *, what: str = "image") -> tuple[int, int]:
+    """``(height, width)`` of an image file, read from its header without decoding the pixels."""
+    with _open_image(Path(path), what) as image:
+        width, height = image.size
     return height, width
 
 
-def read_rgb(path: Path, *, what: str = "frame") -> np.ndarray:
-    """An image file as a ``(H, W, 3)`` uint8 RGB array; a file that cannot be decoded is a ``ValueError``
-    naming it (``what`` says what the file is to the user: a frame, an image)."""
-    from PIL import Image, UnidentifiedImageError
+def _working_image(image, alpha: bool, path: Path, what: str):
+    """``(image, full_scale)``: 8-bit data as RGB(A), deeper data as one float "F" channel."""
+    if image.mode in _EIGHT_BIT_MODES:
+        target = "RGBA" if alpha else "RGB"
+        return (image if image.mode == target else image.convert(target)), 255.0
+    if image.mode in _FULL_SCALE:
+        return (image if image.mode == "F" else image.convert("F")), _FULL_SCALE[image.mode]
+    supported = ", ".join((*_EIGHT_BIT_MODES, *_FULL_SCALE))
+    raise ValueError(
+        f"cannot read {what} {path}: unsupported pixel mode {image.mode!r}; convert it to RGB (supported: {supported})"
+    )
 
+
+def _check_range(array: np.ndarray, scale: float, mode: str, path: Path, what: str) -> None:
+    """Refuse values outside the mode's range: silently clipping them would change the picture."""
+    if array.size == 0 or (np.isfinite(array).all() and array.min() >= 0 and array.max() <= scale):
+        return
+    bound = "[0, 1]" if mode == "F" else "0..65535 (16-bit)"
+    raise ValueError(
+        f"cannot read {what} {path}: mode {mode!r} pixels must lie in {bound}, found "
+        f"{np.nanmin(array):g}..{np.nanmax(array):g} (or NaN/inf); save it as 8- or 16-bit"
+    )
+
+
+def _reduce(image, min_size: tuple[int, int] | None):
+    """Box-shrink by the largest integer factor that keeps at least ``min_size`` ``(h, w)``."""
+    if min_size is None:
+        return image
+    factor = min(image.size[0] // max(1, min_size[1]), image.size[1] // max(1, min_size[0]))
+    # reduce() rounds the output size up, so a factor <= W // w keeps the width >= w (same for h).
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def _to_channels(array: np.ndarray, alpha: bool) -> np.ndarray:
+    """``(H, W)`` gray or ``(H, W, 3|4)`` -> ``(H, W, 3)``, or ``(H, W, 4)`` with ``alpha``."""
+    if array.ndim == 3:
+        return array
+    channels = [array] * 3 + ([np.ones_like(array)] if alpha else [])
+    return np.stack(channels, axis=-1)
+
+
+def read_rgb(
+    path: str | os.PathLike,
+    *,
+    what: str = "frame",
+    alpha: bool = False,
+    min_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """An image file as float32 ``(H, W, 3)`` RGB in [0, 1] (``(H, W, 4)`` RGBA with ``alpha``).
+
+    The one image reader of the project. Values are scaled by the format's real range: 8-bit data by
+    255 (modes ``1 L LA P PA RGB RGBA RGBX CMYK YCbCr``), 16-bit grayscale (``I;16``, ``I;16B``, ...) and
+    32-bit integer ``I`` by 65535 (``I`` outside 0..65535 is refused), float ``F`` as-is (outside [0, 1]
+    is refused). Pillow reduces 16-bit RGB(A) PNGs to their high byte, so those read within 1/257 of
+    ``value / 65535``. Without ``alpha`` the alpha channel is dropped; with it, images without one get 1.
+
+    Args:
+        path: the image file.
+        what: what the file is to the user (a frame, an image), used in error messages.
+        alpha: return RGBA.
+        min_size: the smallest ``(h, w)`` the caller needs (it resizes afterwards). JPEGs are then
+            decoded at 1/2, 1/4 or 1/8 scale and other images box-shrunk by an integer factor, so the
+            result is the smallest such size that is still at least ``min_size``.
+
+    Raises:
+        ValueError: naming the file: unreadable, unsupported mode, values out of range, or more pixels
+            than :func:`set_max_image_pixels` allows.
+    """
+    path = Path(path)
+    with _open_image(path, what) as image:
+        if min_size is not None:
+            image.draft(None, (max(1, min_size[1]), max(1, min_size[0])))  # JPEG only; no-op elsewhere
+        try:
+            image.load()
+        except (OSError, ValueError) as err:  # truncated or corrupt data
+            raise ValueError(f"cannot read {what} {path}: {err}") from err
+        working, scale = _working_image(image, alpha, path, what)
+        array = np.asarray(_reduce(working, min_size), dtype=np.float32)
+    if scale != 255.0:
+        _check_range(array, scale, image.mode, path, what)
+    return _to_channels(array / np.float32(scale), alpha)
+
+
+def current_umask() -> int:
+    """The process umask, read from ``/proc`` where possible (setting it to read it races with threads)."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read {what} {path}: {err}") from err
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a ``tempfile`` file (0600) or folder (0700) the mode a plain ``open`` / ``mkdir`` would:
+    ``0666`` / ``0777`` minus the umask, so collaborators on a shared machine can read outputs."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
 
 
 def _read_frame_folder(
@@ -325,9 +469,9 @@ def _read_frame_folder(
     files = _list_frame_files(folder)
     if start >= len(files):
         raise _start_beyond_end(folder, start, len(files))
-    size = _image_size(files[0])
+    size = read_image_size(files[0], what="frame")
     for file in files[1:]:
-        other = _image_size(file)
+        other = read_image_size(file, what="frame")
         if other != size:
             raise ValueError(
                 f"frames in {folder} differ in size: {file.name} is {other[0]}x{other[1]} (HxW) but "
@@ -335,7 +479,10 @@ def _read_frame_folder(
             )
     chosen = [files[i] for i in _selected_indices(len(files), start, stride, max_frames)]
     check_fits_in_memory(len(chosen), *size, budget_bytes=budget, bytes_per_value=_READ_BYTES_PER_VALUE)
-    frames = _stack_uint8([read_rgb(file) for file in chosen], folder)
+    # Each frame is read straight into the clip tensor, so only one decoded frame is held at a time.
+    frames = torch.empty(len(chosen), 3, *size, dtype=torch.float32)
+    for i, file in enumerate(chosen):
+        frames[i] = torch.from_numpy(read_rgb(file)).permute(2, 0, 1)
     source_fps = _DEFAULT_FPS if fps is None else float(fps)
     return VideoClip(frames, source_fps / stride, str(folder), [file.name for file in chosen])
 
@@ -490,6 +637,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     )
     os.close(handle)
     tmp = Path(tmp_name)
+    follow_umask(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -616,6 +764,7 @@ def write_frames(frames: torch.Tensor, folder: str | os.PathLike, *, prefix: str
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
     try:
+        follow_umask(staging)
         names = [f"{prefix}{i:05d}.png" for i in range(len(array))]
         for name, image in zip(names, array):
             _save_png(image, staging / name)

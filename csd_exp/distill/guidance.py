@@ -63,7 +63,7 @@ class Guidance:
     METHODS = ("sds", "csd", "csd_edit", "csd_edit_no_svgd", "csd_edit_random_noise")
 
     def __init__(self, method: str, kernel: str | Kernel | None = None, schedule: TimestepSchedule | None = None,
-                 guidance_scale: float = 7.5, image_guidance_scale: float = 1.5, grad_clip: float | None = None,
+                 guidance_scale: float = 1.5, image_guidance_scale: float = 1.5, grad_clip: float | None = None,
                  official_scaling: bool = False) -> None:
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
@@ -112,7 +112,7 @@ class Guidance:
     def __call__(self, prior, latents: Tensor, *, prompt: str, image_cond: Tensor | None = None,
                  source_latents: Tensor | None = None, step: int, seed: int, particle_offset: int = 0,
                  num_particles_total: int | None = None, process_group=None,
-                 gradient_scale: Tensor | float | None = None) -> GuidanceOutput:
+                 gradient_scale: Tensor | float | None = None, schedule_step: int | None = None) -> GuidanceOutput:
         """One distillation step on this process's particles ``latents`` (N_local, C, h, w).
 
         With particles sharded over ranks, pass ``process_group``, ``num_particles_total`` and this rank's
@@ -120,6 +120,8 @@ class Guidance:
         (:func:`draw_step_randomness`), and the kernel sees every rank's particles. ``source_latents`` is used by
         the CSD-Edit methods and ignored by the others. ``gradient_scale`` (broadcastable to ``latents``)
         multiplies the gradients before the surrogate loss (the panorama task's 1 / window coverage).
+        ``schedule_step`` is the position on the timestep schedule if it is not ``step`` (see
+        :func:`draw_step_randomness`).
         Order: combiner → ``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → surrogate loss; the
         diagnostics (see :func:`csd_gradient`, plus ``t``) describe the combiner output over all particles.
         """
@@ -138,7 +140,7 @@ class Guidance:
                              f"prior's alphas_cumprod has shape {tuple(prior.alphas_cumprod.shape)}: set "
                              "schedule.num_train_timesteps to match")
         t, noise = draw_step_randomness(seed, step, self.schedule, num_particles_total, latents.shape[1:],
-                                        device=latents.device)
+                                        device=latents.device, schedule_step=schedule_step)
         noise = noise[particle_offset:particle_offset + local_count]
         latents_detached = latents.detach()
         noisy_latents = prior.add_noise(latents_detached, noise, t)  # float32 ε, also the baseline

@@ -35,7 +35,8 @@ class TimestepSchedule:
       the shrinking range [t_min, upper(step)];
     * ``"sqrt"`` (HiFA): deterministic t = t_max − (t_max − t_min)·sqrt(step / max_steps).
 
-    After ``max_steps`` the annealed schedules stay at their end point.
+    After ``max_steps`` the annealed schedules stay at their end point. ``max_steps`` (the horizon) is set by
+    the task that uses the schedule (:meth:`set_horizon`: its number of distillation steps) unless given here.
     """
 
     def __init__(self, min_fraction: float = 0.02, max_fraction: float = 0.5, annealing: str = "constant",
@@ -47,14 +48,15 @@ class TimestepSchedule:
             raise ValueError(f"min_fraction ({min_fraction}) must not exceed max_fraction ({max_fraction})")
         if annealing not in ANNEALING_RULES:
             raise ValueError(f"annealing must be one of {ANNEALING_RULES}, got {annealing!r}")
-        if annealing != "constant" and (max_steps is None or int(max_steps) <= 0):
-            raise ValueError(f"annealing={annealing!r} needs max_steps > 0, got max_steps={max_steps!r}")
+        if max_steps is not None and int(max_steps) <= 0:
+            raise ValueError(f"max_steps must be > 0, got max_steps={max_steps!r}")
         if int(num_train_timesteps) < 2:
             raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps!r}")
         self.min_fraction = float(min_fraction)
         self.max_fraction = float(max_fraction)
         self.annealing = annealing
         self.max_steps = None if max_steps is None else int(max_steps)
+        self.horizon_given = max_steps is not None   # an explicit max_steps wins over the task's horizon
         self.num_train_timesteps = int(num_train_timesteps)
         last = self.num_train_timesteps - 1
         self.min_timestep = min(max(round(self.min_fraction * self.num_train_timesteps), 0), last)
@@ -65,7 +67,17 @@ class TimestepSchedule:
                 f"annealing={self.annealing!r}, max_steps={self.max_steps}, "
                 f"num_train_timesteps={self.num_train_timesteps})")
 
+    def set_horizon(self, max_steps: int) -> None:
+        """The number of steps an annealed schedule runs over (kept if ``max_steps`` was given explicitly)."""
+        if int(max_steps) <= 0:
+            raise ValueError(f"an annealed schedule needs a horizon of at least 1 step, got {max_steps}")
+        if not self.horizon_given:
+            self.max_steps = int(max_steps)
+
     def _progress(self, step: int) -> float:
+        if self.max_steps is None:
+            raise ValueError(f"annealing={self.annealing!r} needs a horizon: the task sets it (set_horizon), "
+                             "or pass max_steps")
         return min(step / self.max_steps, 1.0)
 
     def bounds(self, step: int) -> tuple[int, int]:
@@ -95,19 +107,20 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def draw_step_randomness(seed: int, step: int, schedule: TimestepSchedule, num_particles: int, particle_shape, *,
-                         device: torch.device | str | None = None,
-                         dtype: torch.dtype = torch.float32) -> tuple[int, Tensor]:
+                         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                         schedule_step: int | None = None) -> tuple[int, Tensor]:
     """(t, ε) of one step: t shared by all particles, ε of shape (num_particles, *particle_shape).
 
     A fresh CPU ``torch.Generator`` seeded from (seed, step) draws t first, then ε for **all** ``num_particles``
     particles (float32, then moved to ``device`` / ``dtype``). A process holding particles
     [offset, offset + n) slices ``eps[offset:offset + n]``, so the result is the same for any world size and
-    after resuming at any step.
+    after resuming at any step. ``schedule_step`` is the position on the schedule when it differs from the
+    stream's ``step`` (scene3d: the edit iteration, while ``step`` keeps every round's stream distinct).
     """
     if int(num_particles) <= 0:
         raise ValueError(f"num_particles must be >= 1, got {num_particles!r}")
     particle_shape = tuple(int(size) for size in particle_shape)
     generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, step))
-    timestep = schedule.sample(step, generator)
+    timestep = schedule.sample(step if schedule_step is None else schedule_step, generator)
     noise = torch.randn((int(num_particles), *particle_shape), generator=generator, dtype=torch.float32)
     return timestep, noise.to(device=device, dtype=dtype)

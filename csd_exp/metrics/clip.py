@@ -418,7 +418,7 @@ class ClipDirectionalSimilarity(_ClipMetric):
     describing the source, one the wanted result); CSD-Edit is driven by an *instruction* ("turn into
     Van Gogh style painting") and the paper never says which texts it scored. Both are supported:
     pass two captions, or ``source_text=""`` (or a neutral caption) and ``target_text=instruction``;
-    the run's config (``metrics.directional_text``) records the choice, and ``summary.json`` stores
+    a run scores its ``source_prompt`` against its ``prompt`` (both in its config), and ``summary.json`` stores
     the texts used. Numbers from the two choices are not comparable.
 
     ``update(source, edited, source_text, target_text)``: images (F, 3, H, W) in [0, 1] or

@@ -44,7 +44,7 @@ class EditEvaluator:
         lpips_net: ``"alex" | "vgg" | "squeeze"`` to load torchmetrics' LPIPS (``load_lpips``; None
             with one warning when the backbone weights are not cached), or None for no LPIPS.
         lpips: an already built LPIPS metric or pair-distance callable; overrides ``lpips_net``.
-        source_text, target_text: defaults for ``evaluate``'s texts (``metrics.directional_text``).
+        source_text, target_text: defaults for ``evaluate``'s texts (``csd-exp eval --source-text / --target-text``).
         device: where metric states live (CLIP and LPIPS networks stay on their own devices).
         sync_across_processes: False (default) makes every ``evaluate`` call self-contained, which is
             right when each process scores the whole result (or only rank 0 does). True sums the
@@ -100,8 +100,8 @@ class EditEvaluator:
     ) -> dict[str, float]:
         """All computable metrics of ``edited`` against ``source`` (both (F, 3, H, W) in [0, 1]).
 
-        ``source_text`` / ``target_text`` default to the constructor's (the config's
-        ``directional_text``); with CLIP available the target text is required. ``sequence=True``
+        ``source_text`` / ``target_text`` default to the constructor's (a run passes its
+        ``source_prompt`` and ``prompt``); with CLIP available the target text is required. ``sequence=True``
         (frames or views in order, F >= 2) adds ``clip/consistency``, ``lpips/consecutive``.
         ``motion``: flow (F−1, 2, H, W) in pixels mapping frame i+1 to frame i, or a callable
         ``(source[:-1], source[1:]) -> flow | (flow, valid_mask)``; adds ``consistency/warp_error``
@@ -128,8 +128,8 @@ class EditEvaluator:
             target_text = self.target_text if target_text is None else target_text
             if source_text is None or target_text is None:
                 raise ValueError(
-                    "clip/directional needs source_text and target_text (pass them to evaluate or set "
-                    "metrics.directional_text.source / .target)"
+                    "clip/directional needs source_text and target_text (pass them to evaluate; a run "
+                    "passes source_prompt and prompt)"
                 )
             source_embeddings = self.clip.encode_images(source).float()
             edited_embeddings = self.clip.encode_images(edited).float()
@@ -176,9 +176,8 @@ class EditEvaluator:
         return report
 
 
-_EVALUATOR_KEYS = {"clip", "lpips_net", "directional_text", "device", "sync_across_processes"}
+_EVALUATOR_KEYS = {"clip", "lpips_net", "device", "sync_across_processes"}
 _CLIP_KEYS = {"model_name", "pretrained", "batch_size", "precision", "cache_dir", "allow_download"}
-_TEXT_KEYS = {"source", "target"}
 
 
 def _plain(value: Any) -> Any:
@@ -197,8 +196,7 @@ def build_evaluator(config: Mapping | None) -> EditEvaluator:
     """``EditEvaluator`` from the ``metrics`` config group (plain dicts; a DictConfig also works).
 
     Keys: ``clip`` (null, or ``{model_name, pretrained, batch_size, precision, cache_dir, allow_download}``),
-    ``lpips_net`` (alex | vgg | squeeze | null), ``directional_text`` (``{source, target}``: defaults
-    for the texts of ``clip/directional``), ``device`` (for CLIP, LPIPS and metric states; null = cpu),
+    ``lpips_net`` (alex | vgg | squeeze | null), ``device`` (for CLIP, LPIPS and metric states; null = cpu),
     ``sync_across_processes``. Unknown keys raise ``ValueError``.
     """
     config = _plain(config or {})
@@ -217,13 +215,9 @@ def build_evaluator(config: Mapping | None) -> EditEvaluator:
             cache_dir=clip_config.get("cache_dir"),
             allow_download=bool(clip_config.get("allow_download", False)),
         )
-    text_config = config.get("directional_text") or {}
-    _check_keys("metrics.directional_text", text_config, _TEXT_KEYS)
     return EditEvaluator(
         clip,
         config.get("lpips_net"),
-        source_text=text_config.get("source", ""),
-        target_text=text_config.get("target"),
         device=device,
         sync_across_processes=bool(config.get("sync_across_processes", False)),
     )

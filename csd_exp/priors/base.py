@@ -41,9 +41,12 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float16"`` / ``torch.float16`` / ``"torch.float16"`` -> ``torch.float16``; anything else is an error."""
+    """``"float16"`` / ``torch.float16`` / ``"torch.float16"`` -> ``torch.float16``; anything else is an error.
+    ``"auto"`` is float32 here: a prior that adapts to the device resolves it in ``to_device``."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if str(dtype) == "auto":
+        return torch.float32
     key = str(dtype).removeprefix("torch.").lower()
     if key not in _DTYPES:
         raise ValueError(f"unknown torch_dtype {dtype!r}; use one of float32, float16, bfloat16, float64")
@@ -87,11 +90,19 @@ class ScorePrior(torch.nn.Module):
     latent_channels: int
     latent_scale_factor: int             # image pixels per latent pixel
     supports_image_condition: bool = False
+    #: what ``data.resize_policy=auto`` means for this prior (csd_exp.data.image.canvas_size): the official
+    #: code's policy at the scale the network was trained for, unless a prior says otherwise
+    default_resize_policy: str = "official"
     #: guidance scales this prior is meant to be used with (documentation for configs and users)
     recommended_guidance: dict[str, float] = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(self) -> None:
         super().__init__()
+
+    def to_device(self, device: torch.device) -> "ScorePrior":
+        """Move to the device the Trainer chose (the task's ``setup`` calls this); priors whose dtype is
+        ``auto`` also pick their dtype for that device here."""
+        return self.to(device)
 
     # -- schedule ---------------------------------------------------------------------------------
     def _register_schedule(self, alphas_cumprod: Tensor) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from typing import Any
 
@@ -25,6 +26,8 @@ import torch
 from torch import Tensor
 
 from .base import ScorePrior, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 OFFLINE_HINT = ("cannot load '{id}': this machine is offline or the id is unknown; download it on a connected "
                 "machine (huggingface-cli download {id}) and set model.pretrained_model_name_or_path=/path/to/folder")
@@ -103,6 +106,7 @@ class DiffusersPrior(ScorePrior):
         if max_rows_per_call is not None and int(max_rows_per_call) < 1:
             raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
         self.max_rows_per_call = None if max_rows_per_call is None else int(max_rows_per_call)
+        self.auto_dtype = str(torch_dtype) == "auto"   # float32 until to_device picks the device's dtype
         self.model_dtype = resolve_dtype(torch_dtype)
         self.unet = _frozen(unet, self.model_dtype)
         self.vae = _frozen(vae, self.model_dtype)
@@ -126,6 +130,26 @@ class DiffusersPrior(ScorePrior):
         return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
 
     # -- devices -----------------------------------------------------------------------------------
+    def to_device(self, device: torch.device) -> "DiffusersPrior":
+        """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32:
+        float16 on a CPU is ~20x slower than float32 and looks hung)."""
+        from csd_exp.devices import describe_dtype_choice, default_model_dtype
+
+        self.to(device)
+        if self.auto_dtype:
+            dtype = torch.float32 if torch.device(device).type == "cpu" else default_model_dtype(device)
+            if dtype != self.model_dtype:
+                self.model_dtype = dtype
+                for module in (self.unet, self.vae, self.text_encoder):
+                    module.to(dtype=dtype)
+                self._prompt_embeds.clear()
+            log.info("prior: %s on %s (model.torch_dtype=auto%s)", str(dtype).removeprefix("torch."), device,
+                     "" if torch.device(device).type == "cpu" else f"; {describe_dtype_choice(device)}")
+        elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
+            log.warning("prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto "
+                        "or float32")
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device

@@ -65,14 +65,10 @@ class DistillationTask(pl.LightningModule):
         seed: int = 0,
         source_prompt: str = "",
         max_steps: int = 200,
-        snapshot_every: int = 50,
-        name: str = "task",
     ):
         super().__init__()
         # Plain attributes, not submodules: frozen weights never enter a checkpoint.
         object.__setattr__(self, "prior", prior)
-        self.name = name
-        self.snapshot_every = int(snapshot_every)
         self.guidance = guidance
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -80,6 +76,8 @@ class DistillationTask(pl.LightningModule):
         self.source_prompt = source_prompt
         self.seed = int(seed)
         self.max_steps = int(max_steps)
+        if guidance is not None and self.max_steps > 0:
+            guidance.schedule.set_horizon(self.max_steps)   # annealed schedules run over the whole fit
         self._particles_ready = False
         if hasattr(prior, "validate_prompt"):
             prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
@@ -89,7 +87,7 @@ class DistillationTask(pl.LightningModule):
         if self._particles_ready:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        self.prior.to(device)
+        self.prior.to_device(device) if hasattr(self.prior, "to_device") else self.prior.to(device)
         with torch.no_grad():
             self.configure_particles(device)
         self._particles_ready = True

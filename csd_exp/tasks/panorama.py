@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.image import fit_to_multiple, load_image, save_image
-from csd_exp.data.video import resize_frames
+from csd_exp.data.image import canvas_size, image_file_size, load_image, save_image
+from csd_exp.data.video import resize_frames, set_max_image_pixels
+from csd_exp.schema import RESIZE_POLICIES, WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -115,32 +116,33 @@ class PanoramaTask(DistillationTask):
         seed: int = 0,
         source_prompt: str = "",
         max_steps: int = 200,
-        snapshot_every: int = 50,
-        name: str = "panorama",
     ):
         super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps, snapshot_every=snapshot_every, name=name)
-        if window_sampler not in ("uniform", "coverage_balanced"):
-            raise ValueError(f"task.window_sampler must be 'uniform' or 'coverage_balanced', got {window_sampler!r}")
-        if windows_per_step < 1:
-            raise ValueError(f"task.windows_per_step must be >= 1, got {windows_per_step}")
+                         source_prompt=source_prompt, max_steps=max_steps)
+        if window_sampler not in WINDOW_SAMPLERS:
+            raise ValueError(f"task.window_sampler must be one of {WINDOW_SAMPLERS}, got {window_sampler!r}")
+        if windows_per_step < 1 or window_size < 1 or window_stride < 1:
+            raise ValueError("task.windows_per_step, task.window_size and task.window_stride must be >= 1, got "
+                             f"{windows_per_step}, {window_size}, {window_stride}")
         self.window_sampler = window_sampler
-        self.windows_per_step = int(windows_per_step)
 
         # Everything about the geometry is decided here, before any long work, so bad input fails early.
-        source = load_image(data.get("path"))
-        self.original_size = tuple(source.shape[-2:])
         scale = int(prior.latent_scale_factor)
-        height, width = fit_to_multiple(*self.original_size, short_side=int(data.get("short_side", 512)),
-                                        multiple=scale * int(window_stride))
+        if "max_image_pixels" in data:
+            set_max_image_pixels(data["max_image_pixels"])
+        height, width = self.canvas_pixels(data, image_file_size(data.get("path")), prior, int(window_size),
+                                           int(window_stride))
         if hasattr(prior, "validate_image_size"):
             prior.validate_image_size(height, width)
         self.grid = WindowGrid(height // scale, width // scale, int(window_size), int(window_stride))
-        if self.windows_per_step > len(self.grid):
-            raise ValueError(
-                f"task.windows_per_step={self.windows_per_step} exceeds the {len(self.grid)} windows of this "
-                f"canvas ({self.grid.height}x{self.grid.width} latent px, window {window_size}, stride {window_stride})"
-            )
+        self.windows_per_step = min(int(windows_per_step), len(self.grid))
+        if self.windows_per_step < windows_per_step:
+            log.warning("panorama: this canvas has %d window(s) (%dx%d latent px, window %d, stride %d); using %d "
+                        "per step instead of task.windows_per_step=%d%s", len(self.grid), self.grid.height,
+                        self.grid.width, window_size, window_stride, self.windows_per_step, windows_per_step,
+                        " (one particle: CSD is SDS there)" if self.windows_per_step == 1 else "")
+        source = load_image(data.get("path"), min_size=(height, width))
+        self.original_size = image_file_size(data.get("path"))
         self.source_image = resize_frames(source, height, width)
         self.canvas = torch.nn.Parameter(torch.zeros(1, prior.latent_channels, self.grid.height, self.grid.width))
         self.register_buffer("source_latents", torch.zeros_like(self.canvas), persistent=False)
@@ -150,6 +152,24 @@ class PanoramaTask(DistillationTask):
         )
         log.info("panorama: %dx%d px -> canvas %dx%d latent px, %d windows, %d per step",
                  height, width, self.grid.height, self.grid.width, len(self.grid), self.windows_per_step)
+
+    @staticmethod
+    def canvas_pixels(data: dict, image_size: tuple[int, int], prior: Any, window_size: int,
+                      window_stride: int) -> tuple[int, int]:
+        """(height, width) in px of the canvas for an image of ``image_size`` px.
+
+        ``data.resize_policy=auto`` is the prior's own (``official`` for the diffusers priors: the official
+        code's policy at Stable Diffusion scale; ``short_side`` for the exact prior, whose CPU-sized runs
+        want a small canvas); ``data.short_side`` is in latent px, by default one window.
+        """
+        policy = data.get("resize_policy", "auto")
+        if policy not in RESIZE_POLICIES:
+            raise ValueError(f"data.resize_policy={policy!r} is not one of {RESIZE_POLICIES}")
+        if policy == "auto":
+            policy = prior.default_resize_policy
+        short_side = data.get("short_side") or window_size
+        return canvas_size(*image_size, policy=policy, short_side=int(short_side),
+                           scale=int(prior.latent_scale_factor), stride=window_stride)
 
     def configure_particles(self, device: torch.device) -> None:
         self.source_latents, self.image_condition = self.encode_sources(self.source_image[None].to(device))

@@ -97,10 +97,13 @@ from csd_exp.tasks.results import final_edit_metrics
 
 log = logging.getLogger(__name__)
 
-EDITORS = ("csd_edit", "in2n")
-EDIT_INITS = ("render", "source")
+EDITOR_KEYS = {  # conf/editor/<kind>.yaml; csd_exp.schema checks their values at compose time
+    "csd_edit": {"every", "views", "iterations", "lr", "lr_decay", "lr_decay_every", "init"},
+    "in2n": {"every", "views", "diffusion_steps", "noise_lower", "noise_upper", "sampler_eta", "guidance_scale",
+             "image_guidance_scale"},
+}
 DATA_KEYS = {"path", "downscale", "max_views", "image_size", "num_val"}
-SAMPLE_DEFAULTS = {"max_views": 30, "image_size": 48}
+SAMPLE_DEFAULTS = {"max_views": 30, "image_size": 32}
 
 
 # ====================================================================== data
@@ -127,7 +130,8 @@ def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
 
     Keys: ``path`` (null, or a nerfstudio / Blender folder or json), ``downscale`` (integer, file scenes),
     ``max_views`` (evenly spaced subset; the sample scene's total number of views), ``image_size`` (short
-    side after resizing; null keeps the files' size), ``num_val`` (sample scene: held-out views).
+    side after resizing in latent px, i.e. ``image_size * multiple`` pixels with ``multiple`` the prior's VAE
+    factor; null keeps the files' size), ``num_val`` (sample scene: held-out views).
     """
     unknown = set(data) - DATA_KEYS
     if unknown:
@@ -136,7 +140,7 @@ def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
     image_size = data.get("image_size")
     if path is None or str(path) == "sample":
         num_views = int(data.get("max_views") or SAMPLE_DEFAULTS["max_views"])
-        size = int(image_size or SAMPLE_DEFAULTS["image_size"])
+        size = int(image_size or SAMPLE_DEFAULTS["image_size"]) * multiple
         if data.get("downscale") not in (None, 1):
             size = max(1, size // int(data["downscale"]))
         num_val = data.get("num_val")
@@ -150,7 +154,7 @@ def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
         scene = load_scene(path, downscale=int(data.get("downscale") or 1),
                            max_views=None if max_views is None else int(max_views))
         if image_size is not None:
-            scene = _resize_scene(scene, int(image_size), multiple)
+            scene = _resize_scene(scene, int(image_size) * multiple, multiple)
     if len(scene.train_indices) < 2:
         raise SceneError(f"{scene.source or 'scene'}: 3D editing needs at least 2 training views, "
                          f"got {len(scene.train_indices)} (raise data.max_views)")
@@ -162,35 +166,29 @@ class Scene3DTask(DistillationTask):
     """Edit a radiance field through its training views (CSD-Edit dataset updates or IN2N)."""
 
     def __init__(self, prior: Any, guidance: Any, optimizer, lr_scheduler=None, *, prompt: str, data: dict,
-                 field: dict | None = None, editor: str = "csd_edit", pretrain_steps: int = 200,
-                 views_per_step: int = 4, jitter: bool = True,
-                 # CSD-Edit dataset update
-                 edit_every: int = 50, views_per_edit: int = 8, edit_iterations: int = 50, edit_lr: float = 0.5,
-                 edit_lr_decay: float = 0.9, edit_lr_decay_every: int = 20, edit_init: str = "render",
-                 # Instruct-NeRF2NeRF dataset update
-                 edit_rate: int = 10, edit_count: int = 1, diffusion_steps: int = 20, noise_lower: float = 0.02,
-                 noise_upper: float = 0.98, sampler_eta: float = 0.0, guidance_scale: float = 1.5,
-                 image_guidance_scale: float = 1.5,
-                 # outputs
-                 turntable_views: int = 24, turntable_fps: float = 8.0,
-                 seed: int = 0, source_prompt: str = "", max_steps: int = 300, snapshot_every: int = 50,
-                 name: str = "scene3d"):
+                 editor: dict, field: dict | None = None, pretrain_steps: int = 200, views_per_step: int = 4,
+                 jitter: bool = True, turntable_views: int = 24, turntable_fps: float = 8.0,
+                 seed: int = 0, source_prompt: str = "", max_steps: int = 320):
         super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps, snapshot_every=snapshot_every, name=name)
-        if editor not in EDITORS:
-            raise ValueError(f"task.editor={editor!r} is not one of {EDITORS}")
-        if edit_init not in EDIT_INITS:
-            raise ValueError(f"task.edit_init={edit_init!r} is not one of {EDIT_INITS}")
-        if editor == "csd_edit" and guidance is None:
-            raise ValueError("task.editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
-        for key, value in (("views_per_step", views_per_step), ("edit_every", edit_every),
-                           ("views_per_edit", views_per_edit), ("edit_iterations", edit_iterations),
-                           ("edit_rate", edit_rate), ("edit_count", edit_count), ("diffusion_steps", diffusion_steps),
-                           ("edit_lr_decay_every", edit_lr_decay_every), ("turntable_views", turntable_views)):
+                         source_prompt=source_prompt, max_steps=max_steps)
+        editor = dict(editor)
+        kind = editor.pop("kind", None)
+        if kind not in EDITOR_KEYS:
+            raise ValueError(f"task.editor.kind={kind!r} is not one of {tuple(EDITOR_KEYS)}")
+        if set(editor) != EDITOR_KEYS[kind]:
+            raise ValueError(f"task.editor ({kind}) needs exactly the keys {sorted(EDITOR_KEYS[kind])}, "
+                             f"got {sorted(editor)}")
+        if kind == "csd_edit" and guidance is None:
+            raise ValueError("editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
+        for key in ("every", "views", "iterations", "diffusion_steps", "lr_decay_every"):
+            if key in editor and int(editor[key]) < 1:
+                raise ValueError(f"task.editor.{key} must be >= 1, got {editor[key]}")
+        for key, value in (("views_per_step", views_per_step), ("turntable_views", turntable_views)):
             if int(value) < 1:
                 raise ValueError(f"task.{key} must be >= 1, got {value}")
-        if not 0.0 < float(noise_lower) <= float(noise_upper) <= 1.0:
-            raise ValueError(f"need 0 < task.noise_lower <= task.noise_upper <= 1, got {noise_lower}, {noise_upper}")
+        if kind == "in2n" and not 0.0 < float(editor["noise_lower"]) <= float(editor["noise_upper"]) <= 1.0:
+            raise ValueError("need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got "
+                             f"{editor['noise_lower']}, {editor['noise_upper']}")
 
         # ---- the scene: every input check happens here, before any long work
         multiple = int(getattr(prior, "latent_scale_factor", 1))
@@ -200,9 +198,8 @@ class Scene3DTask(DistillationTask):
         self.train_indices = list(self.scene.train_indices)
         self.val_indices = list(self.scene.val_indices)
         n_train = len(self.train_indices)
-        if int(views_per_edit) > n_train or int(edit_count) > n_train:
-            raise ValueError(f"task.views_per_edit={views_per_edit} / task.edit_count={edit_count} exceed the "
-                             f"{n_train} training views")
+        if int(editor["views"]) > n_train:
+            raise ValueError(f"task.editor.views={editor['views']} exceeds the {n_train} training views")
         self.images = EditableImageSet.from_scene(self.scene)   # originals stay untouched and recoverable
 
         # ---- theta: the radiance field
@@ -212,7 +209,7 @@ class Scene3DTask(DistillationTask):
         self.field = build_field(backend, **spec)
 
         # ---- schedule (clamped to the step budget so a short run still edits once)
-        self.editor = editor
+        self.editor = kind
         self.pretrain_steps = int(pretrain_steps)
         if self.max_steps > 0 and self.pretrain_steps >= self.max_steps:
             clamped = max(self.max_steps - 1, 0)
@@ -221,15 +218,20 @@ class Scene3DTask(DistillationTask):
             self.pretrain_steps = clamped
         self.views_per_step = min(int(views_per_step), n_train)
         self.jitter = bool(jitter)
-        self.edit_every, self.views_per_edit = int(edit_every), int(views_per_edit)
-        self.edit_iterations, self.edit_lr = int(edit_iterations), float(edit_lr)
-        self.edit_lr_decay, self.edit_lr_decay_every = float(edit_lr_decay), int(edit_lr_decay_every)
-        self.edit_init = edit_init
-        self.edit_rate, self.edit_count = int(edit_rate), int(edit_count)
-        self.diffusion_steps, self.sampler_eta = int(diffusion_steps), float(sampler_eta)
-        self.noise_lower, self.noise_upper = float(noise_lower), float(noise_upper)
-        self.sampler_guidance_scale = float(guidance_scale)
-        self.sampler_image_guidance_scale = float(image_guidance_scale)
+        self.round_interval, self.round_size = int(editor["every"]), int(editor["views"])
+        if kind == "csd_edit":
+            self.edit_iterations, self.edit_lr = int(editor["iterations"]), float(editor["lr"])
+            self.edit_lr_decay, self.edit_lr_decay_every = float(editor["lr_decay"]), int(editor["lr_decay_every"])
+            self.edit_init = editor["init"]
+            if self.edit_init not in ("render", "source"):
+                raise ValueError(f"task.editor.init={self.edit_init!r} is not one of ('render', 'source')")
+            # Annealed timestep schedules run over all edit iterations of the run, not over trainer steps.
+            self.guidance.schedule.set_horizon(self.num_edit_rounds * self.edit_iterations)
+        else:
+            self.diffusion_steps, self.sampler_eta = int(editor["diffusion_steps"]), float(editor["sampler_eta"])
+            self.noise_lower, self.noise_upper = float(editor["noise_lower"]), float(editor["noise_upper"])
+            self.sampler_guidance_scale = float(editor["guidance_scale"])
+            self.sampler_image_guidance_scale = float(editor["image_guidance_scale"])
         self.turntable_views, self.turntable_fps = int(turntable_views), float(turntable_fps)
 
         # ---- run state persisted in the checkpoint
@@ -247,12 +249,9 @@ class Scene3DTask(DistillationTask):
 
     # ------------------------------------------------------------------ schedule
     @property
-    def round_interval(self) -> int:
-        return self.edit_every if self.editor == "csd_edit" else self.edit_rate
-
-    @property
-    def round_size(self) -> int:
-        return self.views_per_edit if self.editor == "csd_edit" else self.edit_count
+    def num_edit_rounds(self) -> int:
+        """Edit rounds in the run: one every ``round_interval`` steps from ``pretrain_steps``."""
+        return len(range(self.pretrain_steps, max(self.max_steps, self.pretrain_steps), self.round_interval))
 
     def is_edit_step(self, step: int) -> bool:
         return step >= self.pretrain_steps and (step - self.pretrain_steps) % self.round_interval == 0
@@ -303,7 +302,7 @@ class Scene3DTask(DistillationTask):
             round_index = (step - self.pretrain_steps) // self.round_interval
             views = self.edit_round_views(round_index)
             with torch.no_grad():
-                diagnostics = (self.csd_edit_round(views, step) if self.editor == "csd_edit"
+                diagnostics = (self.csd_edit_round(views, step, round_index) if self.editor == "csd_edit"
                                else self.in2n_round(views, step))
             self.num_view_edits += len(views)
             self.log_dict({f"edit/{k}": float(v) for k, v in diagnostics.items()}, on_step=True, on_epoch=False,
@@ -343,7 +342,7 @@ class Scene3DTask(DistillationTask):
         originals = torch.stack([self.images.original(v) for v in views]).to(device)
         return rendered.to(device), originals
 
-    def csd_edit_round(self, views: list[int], step: int) -> dict[str, float]:
+    def csd_edit_round(self, views: list[int], step: int, round_index: int) -> dict[str, float]:
         """Jointly edit the renders of ``views`` with the configured guidance (views = particles).
 
         Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
@@ -358,7 +357,8 @@ class Scene3DTask(DistillationTask):
         for k in range(self.edit_iterations):
             lr = self.edit_lr * self.edit_lr_decay ** (k // self.edit_lr_decay_every)
             out = self.guidance(self.prior, z, prompt=self.prompt, image_cond=image_cond,
-                                source_latents=source_latents, step=step * self.edit_iterations + k, seed=self.seed,
+                                source_latents=source_latents, step=step * self.edit_iterations + k,
+                                schedule_step=round_index * self.edit_iterations + k, seed=self.seed,
                                 particle_offset=offset, num_particles_total=len(views),
                                 process_group=self.process_group())
             if not torch.isfinite(out.gradients).all():

@@ -43,10 +43,11 @@ class VideoTask(DistillationTask):
 
     def __init__(self, prior: Any, guidance: Any, optimizer, lr_scheduler=None, *, prompt: str, data: dict,
                  frame_size: int = 64, frames_per_step: int | None = None, seed: int = 0, source_prompt: str = "",
-                 max_steps: int = 100, snapshot_every: int = 25, name: str = "video"):
+                 max_steps: int = 100):
         super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps, snapshot_every=snapshot_every, name=name)
-        size = (int(frame_size), int(frame_size))
+                         source_prompt=source_prompt, max_steps=max_steps)
+        side = int(frame_size) * int(prior.latent_scale_factor)   # frame_size is in latent px
+        size = (side, side)
         if hasattr(prior, "validate_image_size"):
             prior.validate_image_size(*size)
         frames, self.original_size, self.fps, self.flow = load_clip(data, size)

@@ -25,7 +25,7 @@ def expected_randomness(latents, prior, schedule=None):
 
 def run(method, latents, source, image_cond, **kwargs):
     prior = FakePrior()
-    guidance = Guidance(method, **kwargs)
+    guidance = Guidance(method, **{"guidance_scale": 7.5, **kwargs})   # the fake prior's expectations use 7.5
     out = guidance(prior, latents, prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP,
                    seed=SEED)
     return prior, out
@@ -80,7 +80,7 @@ def test_grad_clip_gradient_scale_and_reproducibility():
     _, clipped = run("csd", latents, source, image_cond, grad_clip=clip)
     torch.testing.assert_close(clipped.gradients, plain.gradients.clamp(-clip, clip))
     scale = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
-    prior, guidance = FakePrior(), Guidance("csd")
+    prior, guidance = FakePrior(), Guidance("csd", guidance_scale=7.5)
     scaled = guidance(prior, latents, prompt="p", image_cond=image_cond, step=STEP, seed=SEED, gradient_scale=scale)
     torch.testing.assert_close(scaled.gradients, plain.gradients * scale)
     latents.grad = None
@@ -92,7 +92,7 @@ def test_sharded_noise_is_the_slice_of_the_full_stream():
     latents, source, image_cond = inputs()
     _, full = run("sds", latents, source, image_cond)
     prior = FakePrior()
-    shard = Guidance("sds")(prior, latents[1:3], prompt="make it red", image_cond=image_cond[1:3], step=STEP,
+    shard = Guidance("sds", guidance_scale=7.5)(prior, latents[1:3], prompt="make it red", image_cond=image_cond[1:3], step=STEP,
                             seed=SEED, particle_offset=1, num_particles_total=4)
     assert torch.equal(shard.gradients, full.gradients[1:3])
 

@@ -40,7 +40,7 @@ def test_sqrt_annealing_is_deterministic():
     (dict(max_fraction=1.0), "max_fraction must lie in \\(0, 1\\)"),
     (dict(min_fraction=0.6, max_fraction=0.5), "must not exceed"),
     (dict(annealing="cosine"), "annealing must be one of"),
-    (dict(annealing="linear"), "needs max_steps > 0"),
+    (dict(annealing="linear", max_steps=0), "max_steps must be > 0"),
 ])
 def test_bad_schedules(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -61,3 +61,14 @@ def test_step_randomness_is_reproducible_and_independent_of_history_and_sharding
     assert not torch.equal(other_seed, noise)
     with pytest.raises(ValueError, match="num_particles"):
         draw_step_randomness(3, 7, schedule, 0, (4,))
+
+
+def test_an_annealed_schedule_takes_its_horizon_from_the_task_unless_given():
+    schedule = TimestepSchedule(annealing="linear")
+    with pytest.raises(ValueError, match="needs a horizon"):
+        schedule.bounds(3)
+    schedule.set_horizon(100)
+    assert schedule.bounds(100) == (schedule.min_timestep, schedule.min_timestep)
+    given = TimestepSchedule(annealing="linear", max_steps=10)
+    given.set_horizon(100)
+    assert given.max_steps == 10

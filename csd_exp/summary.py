@@ -1,0 +1,47 @@
+"""``summary.json``: the one file every run leaves in its folder, whatever happened (see csd_exp/run.py).
+
+Imports nothing heavy, so a run refused at config time still leaves one.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+VERSIONED_PACKAGES = ("csd-exp", "torch", "pytorch-lightning", "hydra-core", "diffusers", "transformers",
+                      "open-clip-torch", "torchmetrics", "wandb")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary`` as JSON atomically: a reader never sees half a file, a failed write leaves none."""
+    from csd_exp.run_folder import write_json_atomically
+
+    write_json_atomically(Path(path), summary)
+
+
+def write_failed_summary(cfg: Any, error: str) -> Path | None:
+    """``summary.json`` of a run refused before it started (bad config value); None if it has no folder."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        folder = Path(cfg.paths.output_dir)
+    except OmegaConfBaseException:   # a config too broken to name its folder: the message alone says it
+        return None
+    config = OmegaConf.to_container(cfg, resolve=False)
+    summary = {"status": "failed", "error": error, "metrics": {}, "seed": cfg.get("seed"), "steps": 0,
+               "versions": package_versions(), "config": config}
+    write_summary(folder / "summary.json", summary)
+    return folder / "summary.json"

@@ -1,0 +1,44 @@
+"""A Hydra callback that checks every job of a multirun before the first one starts.
+
+Hydra's basic sweeper composes each job only to see that it composes; values are checked when a job
+starts, so in a SLURM array one bad value is one failed job per element. This callback expands the
+sweep the way the basic sweeper does, composes each job and runs :func:`csd_exp.schema.validate_composed`
+on it, so a bad value stops the whole sweep at submission with one short message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: Any) -> list[list[str]]:
+    """The override lists of every job of the multirun ``config`` (basic sweeper semantics)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+class ValidateSweep(Callback):
+    """``on_multirun_start``: compose and check every job; a bad one stops the sweep before it starts."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from hydra import compose
+
+        from csd_exp.schema import ConfigError, validate_composed
+
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return   # other sweepers (Optuna) draw their jobs as they go; each job is checked when it starts
+        jobs = sweep_jobs(config)
+        for number, overrides in enumerate(jobs):
+            try:
+                validate_composed(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+            except ConfigError as error:
+                raise SystemExit(f"csd-exp: sweep not started, job {number} ({' '.join(overrides)}): {error}") from None

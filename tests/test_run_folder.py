@@ -1,0 +1,108 @@
+"""The run-folder lock (one live run per folder, free again once its holder dies) and atomic JSON writes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from framework_support import REPO_ROOT
+
+from csd_exp import run_folder
+from csd_exp.run_folder import LOCK_NAME, RunFolderInUse, hold_run_folder, write_json_atomically
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from csd_exp.run_folder import hold_run_folder
+    with hold_run_folder(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A separate process that holds ``tmp_path / "run"`` until killed."""
+    folder = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        yield folder, process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_folder(holder):
+    folder, process = holder
+    with pytest.raises(RunFolderInUse) as refused:
+        with hold_run_folder(folder):
+            pass
+    message = str(refused.value)
+    assert str(folder) in message and f"pid {process.pid}" in message and socket.gethostname() in message
+    assert "hydra.run.dir=" in message and "wait for it to finish" in message
+
+
+def test_a_killed_holder_leaves_no_lock_that_blocks_a_resume(holder):
+    folder, process = holder
+    process.kill()   # SIGKILL: no cleanup runs, the lock file stays behind
+    process.wait(timeout=30)
+    assert (folder / LOCK_NAME).is_file()
+    with hold_run_folder(folder) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_other_ranks_pass_through_the_lock(holder):
+    folder, _ = holder
+    with hold_run_folder(folder, rank=1) as lock:
+        assert lock is None
+
+
+def test_sequential_runs_in_one_folder_leave_nothing_behind(tmp_path):
+    folder = tmp_path / "new" / "run"
+    for _ in range(2):
+        with hold_run_folder(folder) as lock:
+            info = json.loads(lock.read_text())
+            assert info["host"] == socket.gethostname() and info["since"]
+    assert list(folder.iterdir()) == []
+
+
+def test_a_run_in_this_process_also_blocks_a_second_one(tmp_path):
+    with hold_run_folder(tmp_path), pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
+        with hold_run_folder(tmp_path):
+            pass
+
+
+def test_write_json_atomically_replaces_the_file(tmp_path):
+    path = tmp_path / "deeper" / "summary.json"
+    write_json_atomically(path, {"status": "failed"})
+    write_json_atomically(path, {"status": "completed", "when": Path("x")})
+    assert json.loads(path.read_text()) == {"status": "completed", "when": "x"}
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
+def test_a_full_disk_leaves_no_temp_file_and_says_why(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_json_atomically(path, {"status": "running"})
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_folder.os, "fsync", disk_full)   # the data is written, the flush fails
+    with pytest.raises(OSError) as failed:
+        write_json_atomically(path, {"status": "completed"})
+    assert failed.value.errno == errno.ENOSPC
+    assert str(failed.value) == (f"[Errno {errno.ENOSPC}] could not write {path}: "
+                                 f"{os.strerror(errno.ENOSPC)}; free space on that disk")
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert json.loads(path.read_text()) == {"status": "running"}, "the previous summary must survive"
