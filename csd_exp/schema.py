@@ -171,7 +171,6 @@ class PanoramaTaskSchema:
     window_sampler: Literal[WINDOW_SAMPLERS]
     optimizer: Node
     lr_scheduler: Node | None
-    snapshot_every: PositiveInt
 
 
 @dataclass
@@ -183,7 +182,6 @@ class PanoramaSamplingTaskSchema:
     image_guidance_scale: float
     window_size: PositiveInt
     window_stride: PositiveInt
-    snapshot_every: PositiveInt
 
 
 @dataclass
@@ -192,7 +190,6 @@ class VideoTaskSchema:
     frames_per_step: PositiveInt | None
     optimizer: Node
     lr_scheduler: Node | None
-    snapshot_every: PositiveInt
 
 
 @dataclass
@@ -203,7 +200,6 @@ class VideoSamplingTaskSchema:
     strength: UnitFraction
     guidance_scale: float
     image_guidance_scale: float
-    snapshot_every: PositiveInt
 
 
 @dataclass
@@ -257,7 +253,6 @@ class Scene3DTaskSchema:
     jitter: bool
     turntable_views: PositiveInt
     turntable_fps: PositiveFloat
-    snapshot_every: PositiveInt
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -465,6 +460,9 @@ def _check_steps(trainer: Mapping[str, Any]) -> None:
 def _check_kernel_use(cfg: Mapping[str, Any]) -> None:
     guidance, kernel = cfg.get("guidance") or {}, cfg.get("kernel")
     method = guidance.get("method")
+    if "_target_" in guidance and method not in METHODS_WITHOUT_KERNEL and not guidance.get("kernel"):
+        raise ConfigError(f"guidance={method} couples its particles through a kernel but none is chosen; "
+                          "add kernel=rbf (or kernel=identity)")
     if kernel and guidance.get("kernel") is None:
         what = f"guidance={method}" if method else "this task"
         raise ConfigError(f"{what} uses no kernel, so kernel={kernel.get('_target_', kernel)} would do nothing; "
@@ -485,11 +483,20 @@ def _check_task(cfg: Mapping[str, Any]) -> None:
         check_node("task.editor", {k: v for k, v in editor.items() if k != "kind"}, EDITOR_SCHEMAS[kind])
     if isinstance(task.get("field"), Mapping):
         check_node("task.field", task["field"], FieldSchema)
-    if target in SAMPLING_TASKS:
+    samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("kind") == "in2n")
+    distills = "_target_" in (cfg.get("guidance") or {})
+    if samples and distills:
+        raise ConfigError(f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
+                          "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
+                          f"guidance={cfg['guidance'].get('method')}")
+    if not samples and not distills:
+        raise ConfigError("this task distils the prior and needs a guidance method: guidance=csd_edit | csd | sds | "
+                          "csd_edit_no_svgd | csd_edit_random_noise")
+    if samples:
         for group in ("kernel", "schedule"):
             if cfg.get(group):
-                raise ConfigError(f"task={target.rsplit('.', 1)[-1]} samples without distillation, so the {group} "
-                                  f"group would do nothing; drop the {group} override")
+                raise ConfigError(f"this task samples without distillation, so the {group} group would do "
+                                  f"nothing; drop the {group} override ({group}=none)")
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -500,11 +507,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if isinstance(cfg.get("resume"), Mapping):
         check_node("resume", cfg["resume"], ResumeSchema)
     _check_target("model", cfg.get("model"))
+    _check_target("kernel", cfg.get("kernel"))      # before guidance, which holds them too: name the
+    _check_target("schedule", cfg.get("schedule"))  # key the way the user set it
     _check_target("guidance", cfg.get("guidance"))
-    _check_kernel_use(cfg)
-    _check_target("kernel", cfg.get("kernel"))
-    _check_target("schedule", cfg.get("schedule"))
     _check_task(cfg)
+    _check_kernel_use(cfg)
     metrics = cfg.get("metrics")
     if isinstance(metrics, Mapping):
         check_node("metrics", metrics, MetricsSchema)
@@ -529,6 +536,8 @@ def validate_composed(cfg: Any) -> None:
             continue
         try:
             node = cfg[key]
+            if key == "trainer":   # only the keys checked: others name the run folder, not made yet in a sweep
+                node = OmegaConf.create({k: node[k] for k in _fields(TrainerSchema) if k in node})
             plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         except OmegaConfBaseException as error:
             raise ConfigError(f"{key}: {error}".splitlines()[0]) from None

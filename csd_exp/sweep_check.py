@@ -31,8 +31,11 @@ class ValidateSweep(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
 
         from csd_exp.schema import ConfigError, validate_composed
+
+        HydraConfig.instance().set_config(config)   # ${hydra:...} in the jobs' configs (paths) resolves
 
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return   # other sweepers (Optuna) draw their jobs as they go; each job is checked when it starts
