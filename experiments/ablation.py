@@ -1,8 +1,8 @@
 """Acceptance tables: CSD-Edit against SDS, without-SVGD, the random-noise baseline and the sampling
 baselines, on a bundled sample with the exact prior, paired by seed.
 
-    python -m experiments.ablation --task panorama --seeds 0 1 2 --prompt "turn it into a pop-art painting"
-    python -m experiments.ablation --task video --seeds 0 1 2
+    python -m csd_exp.experiments.ablation --task panorama --seeds 0 1 2 --prompt "turn it into a pop-art painting"
+    python -m csd_exp.experiments.ablation --task video --seeds 0 1 2
 
 Runs every setting through the ``csd-exp`` CLI (one Hydra multirun per family), then prints the table
 from the runs' ``summary.json`` files (see experiments/summarize.py).
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.summarize import load_summaries, table
+from csd_exp.experiments.summarize import load_summaries, table
 
 METRICS = {
     "panorama": ("consistency/mode_agreement", "consistency/seam_error", "fidelity/psnr", "fidelity/ssim",

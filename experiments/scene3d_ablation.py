@@ -1,8 +1,8 @@
 """Acceptance table for 3D editing: CSD-Edit dataset updates against the Instruct-NeRF2NeRF-style baseline
 (and CSD-Edit without SVGD coupling) on the bundled sample scene with the exact prior, paired by seed.
 
-    python -m experiments.scene3d_ablation --seeds 0 1 2
-    python -m experiments.scene3d_ablation --seeds 0 1 2 --prompt "make it night"
+    python -m csd_exp.experiments.scene3d_ablation --seeds 0 1 2
+    python -m csd_exp.experiments.scene3d_ablation --seeds 0 1 2 --prompt "make it night"
 
 Runs every setting through the ``csd-exp`` CLI (one Hydra multirun per editor, one torch thread per run:
 on a shared 2-core machine two threads can be many times slower), then prints the table from the runs'
@@ -15,13 +15,14 @@ import argparse
 import time
 from pathlib import Path
 
-from experiments.ablation import multirun
-from experiments.summarize import load_summaries, table
+from csd_exp.experiments.ablation import multirun
+from csd_exp.experiments.summarize import load_summaries, table
 
 METRICS = ("consistency/mode_agreement", "consistency/mode_agreement_edited_views", "edit/edited_fraction",
            "consistency/reprojection_error", "fidelity/heldout_psnr", "fidelity/heldout_psnr_pretrain",
            "wall_time_s")
 EXPERIMENT = "scene3d_exact_cpu"
+BASELINE_EXPERIMENT = "scene3d_in2n_exact_cpu"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,10 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         seeds = ",".join(map(str, args.seeds))
-        common = [f"experiment={EXPERIMENT}", f"prompt={args.prompt!r}", f"seed={seeds}", "~callbacks.progress",
-                  *args.extra]
-        multirun(out / "csd_edit", [*common, f"guidance={args.guidance}"])
-        multirun(out / "in2n", [*common, "task.editor=in2n"])
+        common = [f"prompt={args.prompt!r}", f"seed={seeds}", "~callbacks.progress", *args.extra]
+        multirun(out / "csd_edit", [f"experiment={EXPERIMENT}", *common, f"guidance={args.guidance}"])
+        multirun(out / "in2n", [f"experiment={BASELINE_EXPERIMENT}", *common])
     print()
     print(table(load_summaries([out]), METRICS))
 

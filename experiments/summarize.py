@@ -1,6 +1,6 @@
 """Turn runs' ``summary.json`` files into one table (mean ± std over seeds), optionally beside paper numbers.
 
-    python -m experiments.summarize outputs/multiruns/2026-11-25_07-00-00 --metrics consistency/mode_agreement fidelity/psnr
+    python -m csd_exp.experiments.summarize outputs/multiruns/2026-11-25_07-00-00 --metrics consistency/mode_agreement fidelity/psnr
 
 Rows are grouped by a label built from the config (task, method); only ``summary.json`` is read.
 """
