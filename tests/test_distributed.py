@@ -50,7 +50,7 @@ def completed(result: subprocess.CompletedProcess) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def assert_same_result(single_dir: Path, sharded_dir: Path) -> float:

@@ -67,7 +67,7 @@ def test_main_job_edits_and_reports(run_job):
 
 
 def _canvas(run_dir: Path) -> torch.Tensor:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["canvas"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["canvas"]
 
 
 def test_resume_continues_at_the_right_step(run_job):
@@ -82,7 +82,7 @@ def test_resume_continues_at_the_right_step(run_job):
 
 def test_frozen_prior_weights_stay_out_of_checkpoints(run_job):
     _, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT])
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert list(state) == ["canvas"]
 
 
@@ -115,7 +115,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch,
         run(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 3
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
     assert "ckpt_path=" in caplog.text
 
@@ -178,7 +178,7 @@ def test_a_nan_prior_stops_the_run_with_the_fix_named(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "not finite" in summary["error"]
     # The last good checkpoint (step 2) is kept, not overwritten with broken parameters.
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert torch.isfinite(_canvas(tmp_path)).all()
 
 
@@ -242,3 +242,48 @@ def test_baselines_and_options_run_from_the_same_cli(overrides, run_job):
     assert summary["status"] == "completed"
     assert summary["steps"] == (3 if "sampling" in overrides[0] else 2)
     assert "consistency/mode_agreement" in summary["metrics"]
+
+
+def test_trainer_gpu_without_cuda_fails_before_the_prior_loads(tmp_path, monkeypatch):
+    from csd_exp import run as run_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run_module, "build_task", lambda cfg: pytest.fail("the prior must not be loaded"))
+    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, "trainer=gpu"], tmp_path)
+    with pytest.raises(RuntimeError, match="no CUDA device.*trainer=cpu"):
+        run_module.run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no CUDA device" in summary["error"]
+
+
+def test_a_full_disk_reports_the_run_error_first_and_names_the_checkpoint(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from csd_exp import run as run_module
+    from csd_exp.tasks import PanoramaTask
+
+    def fail_at_step_3(self, step):
+        if step == 3:
+            raise FloatingPointError("the run's own error")
+        return original(self, step)
+
+    def full_disk(path, summary):
+        raise OSError(errno.ENOSPC, f"could not write {path}: No space left on device")
+
+    original = PanoramaTask.distillation_step
+    monkeypatch.setattr(PanoramaTask, "distillation_step", fail_at_step_3)
+    monkeypatch.setattr(run_module, "write_summary", full_disk)
+    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=6"], tmp_path)
+    with caplog.at_level("ERROR"), pytest.raises(FloatingPointError, match="the run's own error"):
+        run_module.run(cfg)
+    assert "No space left on device" in caplog.text and "checkpoints/last.ckpt is kept" in caplog.text
+    assert not list(tmp_path.glob(".summary.json*"))
+
+
+def test_auto_dtype_is_float32_on_cpu_and_the_first_step_is_logged(run_job, caplog):
+    with caplog.at_level("INFO"):
+        summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, "model=tiny_ip2p", "model.torch_dtype=auto",
+                              "data.short_side=8", "task.window_size=8", "task.window_stride=4"])
+    assert summary["status"] == "completed"
+    assert "prior: float32 on cpu (model.torch_dtype=auto)" in caplog.text
+    assert "first step took" in caplog.text and "prior in float32" in caplog.text

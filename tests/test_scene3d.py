@@ -131,7 +131,7 @@ def test_bad_scene_folders_fail_before_training_naming_the_file(tmp_path, case):
 
 
 def _final_state(run_dir: Path) -> tuple[dict, dict]:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     return checkpoint["state_dict"], checkpoint["scene3d"]
 
 

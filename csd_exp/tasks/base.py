@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +80,8 @@ class DistillationTask(pl.LightningModule):
         if guidance is not None and self.max_steps > 0:
             guidance.schedule.set_horizon(self.max_steps)   # annealed schedules run over the whole fit
         self._particles_ready = False
+        self._first_step_started: float | None = None
+        self._first_step_logged = False
         if hasattr(prior, "validate_prompt"):
             prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
 
@@ -182,7 +185,17 @@ class DistillationTask(pl.LightningModule):
                 "set guidance.grad_clip."
             )
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._first_step_started is None:
+            self._first_step_started = time.perf_counter()
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if not self._first_step_logged:   # a slow device or dtype (float16 on a CPU) shows at once, not as a hang
+            self._first_step_logged = True
+            log.info("first step took %.1f s on %s (prior in %s); %d steps to go",
+                     time.perf_counter() - self._first_step_started, self.device,
+                     str(getattr(self.prior, "dtype", "float32")).removeprefix("torch."),
+                     max(self.max_steps - self.global_step, 0))
         for name, param in self.named_parameters():
             if param.requires_grad and not torch.isfinite(param).all():
                 raise FloatingPointError(
