@@ -1,6 +1,6 @@
 """Instruct-NeRF2NeRF's image edit (Haque et al. 2023), the baseline of the paper's Table 2.
 
-IN2N's iterative dataset update edits one training view at a time (``edit_rate`` 10, ``edit_count`` 1):
+IN2N's iterative dataset update edits one training view at a time (every 10 steps, 1 view: ``conf/editor/in2n.yaml``):
 the current render is encoded, noised to a timestep drawn uniformly from ``[lower_bound, upper_bound]``
 of the training schedule (0.02, 0.98), and denoised with ``diffusion_steps`` (20) DDIM steps of
 InstructPix2Pix conditioned on the ORIGINAL photo of that view (omega_y 7.5, omega_s 1.5), i.e. SDEdit

@@ -7,29 +7,31 @@ two phases on one step counter (``trainer.max_steps`` counts both):
    ``views_per_step`` random training views against the ORIGINAL photos (the paper: nerfacto, 30k steps).
 2. **Editing by iterative dataset update** (Instruct-NeRF2NeRF's scheme, which CSD-Edit plugs into):
    at the first phase-2 step the field optimiser is re-initialised (the paper: "re-initialise the
-   optimizer"); every ``edit_every`` steps (the first round at ``pretrain_steps``) an *edit round*
+   optimizer"); every ``editor.every`` steps (the first round at ``pretrain_steps``) an *edit round*
    replaces some training views of the image set by edited versions, and every step keeps training the
    field photometrically on the CURRENT (partly edited) image set, so the field fuses the edits in 3D.
 
-Two editors (``editor``):
+Two editors (``task.editor``, chosen by the config group ``editor=csd_edit | in2n``; each has only its
+own keys, so no setting of the editor not chosen can sit in a config doing nothing):
 
-* ``csd_edit`` (the paper): a round draws ``views_per_edit`` training views (B; paper 16 every 2,000
+* ``csd_edit`` (the paper): a round draws ``views`` training views (B; paper 16 every 2,000
   steps), renders them from the current field and edits them JOINTLY: the B renders are the particles
   of CSD-Edit (Eq. 9), the original photos of the same views are the sources (``source_latents``) and
-  the image condition. ``edit_iterations`` inner iterations of plain SGD (step ``edit_lr``, decayed by
-  ``edit_lr_decay`` every ``edit_lr_decay_every`` iterations: the official code's SGD + StepLR) act on
+  the image condition. ``iterations`` inner iterations of plain SGD (step ``lr``, decayed by
+  ``lr_decay`` every ``lr_decay_every`` iterations: the official code's SGD + StepLR) act on
   a local latent tensor z; each inner iteration is one call of the configured guidance (``guidance=``
-  csd_edit | csd_edit_no_svgd | sds ...) with its own step id ``global_step * edit_iterations + k``, so
-  t and noise are fresh per iteration and reproducible after a resume. z starts from the render
-  (``edit_init: render``, as IN2N starts from the render; the choice is UNCONFIRMED for CSD, paper notes
-  §2.4) or from the photo (``edit_init: source``). The edited z is decoded and written into the set.
-* ``in2n`` (the baseline, :mod:`csd_exp.baselines.in2n`): every ``edit_rate`` steps ``edit_count`` views
+  csd_edit | csd_edit_no_svgd | sds ...) with its own step id ``global_step * iterations + k``, so
+  t and noise are fresh per iteration and reproducible after a resume; an annealed timestep schedule
+  runs over all edit iterations of the run (round r, iteration k is position ``r * iterations + k``). z starts from the render
+  (``init: render``, as IN2N starts from the render; the choice is UNCONFIRMED for CSD, paper notes
+  §2.4) or from the photo (``init: source``). The edited z is decoded and written into the set.
+* ``in2n`` (the baseline, :mod:`csd_exp.baselines.in2n`): every ``every`` steps ``views`` views
   (IN2N: 1 every 10) are each edited independently by InstructPix2Pix-style sampling: the render is
   encoded, noised to a strength drawn uniformly from ``[noise_lower, noise_upper]`` (IN2N [0.02, 0.98])
   and denoised in ``diffusion_steps`` (20) DDIM steps conditioned on the original photo (SDEdit).
 
 Which views: both editors walk through the training views in random permutations ("epochs", drawn from
-the step-seeded generator), B (or ``edit_count``) per round, so every view is edited once before any is
+the step-seeded generator), ``views`` per round, so every view is edited once before any is
 edited twice and no round holds a view twice (the paper: "at random without replacement"). Everything
 random is drawn from :func:`~csd_exp.tasks.base.step_generator` (seed, step, purpose), so a resumed run
 draws what the uninterrupted run would have.
