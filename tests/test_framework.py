@@ -287,3 +287,29 @@ def test_auto_dtype_is_float32_on_cpu_and_the_first_step_is_logged(run_job, capl
     assert summary["status"] == "completed"
     assert "prior: float32 on cpu (model.torch_dtype=auto)" in caplog.text
     assert "first step took" in caplog.text and "prior in float32" in caplog.text
+
+
+def _tiny_ip2p_folder(tmp_path) -> Path:
+    from csd_exp.priors.tiny import _cached_build, build_tiny_ip2p
+
+    return _cached_build(tmp_path / "models", "tiny_ip2p", build_tiny_ip2p, 0)
+
+
+@pytest.mark.parametrize("task", ["panorama", "video", "scene3d"])
+@pytest.mark.parametrize("model", ["exact", "tiny_ip2p", "ip2p"])
+def test_every_model_group_runs_at_its_own_scale_with_only_its_location_set(task, model, tmp_path):
+    """No size override: sizes are latent px, so the VAE factor of the prior decides the pixels."""
+    from csd_exp.run import build_task
+
+    location = [f"model.pretrained_model_name_or_path={_tiny_ip2p_folder(tmp_path)}"] if model == "ip2p" else []
+    cfg = compose_config([f"task={task}", f"model={model}", *location], tmp_path)
+    built = build_task(cfg)
+    scale = int(built.prior.latent_scale_factor)
+    if task == "panorama":   # the bundled 200 x 640 photo
+        height, width = built.source_image.shape[-2:]
+        expected = (192, 640) if model != "exact" else (64, 208)   # official: no upscaling, floored to 32 px
+        assert (height, width) == expected and built.grid.size * scale <= min(height, width)
+    elif task == "video":
+        assert built.source_frames.shape[-1] == 64 * scale
+    else:
+        assert min(built.scene.height, built.scene.width) == 32 * scale
