@@ -6,8 +6,11 @@
   free here, so this shows the kernel's cost at its most visible, not a realistic overhead.
 * ``SD-1.5 row model``: the step's non-UNet work measured at D = 4·64·64 (a stub prior returns precomputed noise
   predictions, so only noise drawing, noising, kernel, combiner and surrogate are timed), plus
-  ``rows × N`` UNet rows of Stable Diffusion 1.5's real configuration (random weights, bf16, 64×64 latents,
-  one batch-2 call measured once, per row). Text-to-image CSD and SDS both cost 2 rows per particle (CFG).
+  ``rows × N`` UNet rows of Stable Diffusion 1.5's real configuration (random weights, 64×64 latents, one
+  batch-2 call measured once, per row) in the benchmarks' dtype (``--dtype``, default the device's fast one:
+  float32 on a CPU without native bf16; see ``benchmarks.common``). The non-UNet work is float32, as in
+  training; CSD and SDS share the one UNet row, so their ratio is within one dtype. Text-to-image CSD and SDS
+  both cost 2 rows per particle (CFG).
 
 (b) 1 against 2 processes: the wall time of the same panorama run (exact prior, 16 windows per step) with
 ``trainer=cpu`` and ``trainer=ddp_sim`` (2 CPU processes, gloo) through the ``csd-exp`` CLI as subprocesses. It
@@ -16,7 +19,8 @@ all-reduce) and ``summary.json``'s ``wall_time_s`` (building the task, fit, fina
 cheap, so this is dominated by fixed costs and communication: on a 2-core machine expect no speed-up. With two
 or more GPUs it also compares ``trainer=gpu`` with ``trainer=ddp trainer.devices=2``.
 
-Run: ``python -m benchmarks.bench_scaling [--skip-unet] [--skip-processes]`` (about 2–3 minutes on 2 CPU cores).
+Run: ``python -m benchmarks.bench_scaling [--skip-unet] [--skip-processes] [--dtype auto]`` (about 2–3 minutes
+on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import default_device, sd15_unet, time_call
+from benchmarks.common import (add_dtype_argument, bench_dtype, default_device, dtype_line, dtype_name, sd15_unet,
+                               time_call)
 from csd_exp.distill import Guidance
 from csd_exp.priors import ExactScorePrior, NoisePrediction, scaled_linear_alphas_cumprod
 
@@ -91,23 +96,25 @@ def paired_seconds(first, second, repeats: int) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def exact_prior_table(device: torch.device, repeats: int) -> None:
+def exact_prior_table(device: torch.device, repeats: int, particles: tuple[int, ...] = PARTICLES) -> None:
     prior = ExactScorePrior().to(device)
     print(f"\n### CSD vs SDS step, exact prior (D = {'·'.join(map(str, EXACT_SHAPE))}, {device})\n")
     print("| N | SDS step ms | CSD step ms | CSD / SDS |")
     print("|---:|---:|---:|---:|")
-    for count in PARTICLES:
+    for count in particles:
         sds, csd = paired_seconds(
             step_function(Guidance("sds"), prior, EXACT_SHAPE, count, device, image_cond=True),
             step_function(Guidance("csd"), prior, EXACT_SHAPE, count, device, image_cond=True), repeats)
         print(f"| {count} | {sds * 1e3:.1f} | {csd * 1e3:.1f} | {csd / sds:.2f} |")
 
 
-def unet_row_seconds(device: torch.device, repeats: int, batch: int = 2) -> float:
-    unet = sd15_unet(in_channels=SD_SHAPE[0], dtype=torch.bfloat16, device=device)
+def unet_row_seconds(device: torch.device, repeats: int, dtype: torch.dtype, shape: tuple[int, ...] = SD_SHAPE,
+                     batch: int = 2) -> float:
+    """Seconds per row of a batch-``batch`` UNet call in ``dtype`` (median over ``repeats``)."""
+    unet = sd15_unet(in_channels=shape[0], dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(batch, *SD_SHAPE, generator=generator).to(device, torch.bfloat16)
-    text = torch.randn(batch, TEXT_TOKENS, TEXT_WIDTH, generator=generator).to(device, torch.bfloat16)
+    sample = torch.randn(batch, *shape, generator=generator).to(device, dtype)
+    text = torch.randn(batch, TEXT_TOKENS, TEXT_WIDTH, generator=generator).to(device, dtype)
     timestep = torch.tensor([500], device=device)
 
     def call():
@@ -118,20 +125,22 @@ def unet_row_seconds(device: torch.device, repeats: int, batch: int = 2) -> floa
     return seconds
 
 
-def row_model_table(device: torch.device, repeats: int, skip_unet: bool) -> None:
+def row_model_table(device: torch.device, repeats: int, skip_unet: bool, dtype: torch.dtype,
+                    shape: tuple[int, ...] = SD_SHAPE, particles: tuple[int, ...] = PARTICLES) -> None:
     extra = {}
-    for count in PARTICLES:
-        prior = StubPrior(SD_SHAPE, count, device)
+    for count in particles:
+        prior = StubPrior(shape, count, device)
         extra["sds", count], extra["csd", count] = paired_seconds(
-            step_function(Guidance("sds"), prior, SD_SHAPE, count, device, image_cond=False),
-            step_function(Guidance("csd"), prior, SD_SHAPE, count, device, image_cond=False), repeats)
-    row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2))
+            step_function(Guidance("sds"), prior, shape, count, device, image_cond=False),
+            step_function(Guidance("csd"), prior, shape, count, device, image_cond=False), repeats)
+    row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2), dtype, shape)
     label = "not measured (--skip-unet)" if row is None else f"{row * 1e3:.0f} ms"
-    print(f"\n### CSD vs SDS step, SD-1.5 row model (D = {'·'.join(map(str, SD_SHAPE))}, {device}; one UNet row, "
-          f"bf16, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per particle)\n")
+    print(f"\n### CSD vs SDS step, SD-1.5 row model (D = {'·'.join(map(str, shape))}, {device}; one UNet row, "
+          f"{dtype_name(dtype)}, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per particle; "
+          f"non-UNet work float32)\n")
     print("| N | SDS non-UNet ms | CSD non-UNet ms | CSD extra / UNet row | modelled CSD / SDS step |")
     print("|---:|---:|---:|---:|---:|")
-    for count in PARTICLES:
+    for count in particles:
         sds, csd = extra["sds", count], extra["csd", count]
         if row is None:
             ratio_row = ratio_step = "-"
@@ -176,7 +185,7 @@ def processes_table(steps: int, windows: int) -> None:
             print(f"| {label} | {wall:.1f} | {inner:.1f} | {wall / reference[0]:.2f} | {inner / reference[1]:.2f} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-unet", action="store_true", help="no SD-1.5 UNet (saves ~1 minute and ~5 GB)")
@@ -185,13 +194,21 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for (a) (on a loaded shared CPU, 1 avoids oversubscription)")
-    args = parser.parse_args()
+    parser.add_argument("--particles", type=int, nargs="+", default=list(PARTICLES))
+    parser.add_argument("--latent-size", type=int, default=SD_SHAPE[-1],
+                        help="side of the SD row model's latents (smaller only for a quick smoke run)")
+    add_dtype_argument(parser)
+    args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = default_device()
-    print(f"## bench_scaling (device {device}, torch threads {torch.get_num_threads()})")
-    exact_prior_table(device, args.repeats)
-    row_model_table(device, args.repeats, args.skip_unet)
+    dtype, reason = bench_dtype(device, args.dtype)
+    particles = tuple(args.particles)
+    print(f"## bench_scaling (device {device}, torch threads {torch.get_num_threads()})\n")
+    print(dtype_line(dtype, reason))
+    exact_prior_table(device, args.repeats, particles)
+    row_model_table(device, args.repeats, args.skip_unet, dtype, (SD_SHAPE[0], args.latent_size, args.latent_size),
+                    particles)
     if not args.skip_processes:
         processes_table(args.steps, args.windows)
 

@@ -1,17 +1,31 @@
-"""Shared helpers for the benchmarks: a random-weight UNet of Stable Diffusion 1.5's real size, a timer.
+"""Shared helpers for the benchmarks: a random-weight UNet of Stable Diffusion 1.5's real size, a timer, and
+the dtype every benchmark measures in.
 
 Real-size figures here come from Stable Diffusion 1.5's UNet configuration with random weights, built
 offline (no download). Speed does not depend on the weights' values, so step-time ratios measured with
 it transfer to the real checkpoint.
+
+The dtype is the device's fast one (``csd_exp.devices.fast_float_dtype``): bfloat16 on CUDA with native bf16,
+else float16; on a CPU bfloat16 only with native bf16 instructions (AVX-512 BF16 / AMX, uncapped), else
+float32, because emulated bf16 made one UNet row ~49x slower than float32 on an AVX2-only CPU. ``--dtype`` on
+any benchmark, or ``CSD_BENCH_DTYPE`` in the environment (``run_all --dtype`` sets it), forces one. Each
+benchmark prints the dtype and the reason, and runs every UNet it times in that one dtype, so both sides of
+each ratio are measured in the same dtype, in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from csd_exp.devices import describe_dtype_choice, fast_float_dtype, parse_torch_dtype
+
+DTYPE_ENV = "CSD_BENCH_DTYPE"
 
 SD15_UNET_CONFIG = dict(
     sample_size=64,
@@ -26,10 +40,14 @@ SD15_UNET_CONFIG = dict(
 )
 
 
-def sd15_unet(in_channels: int = 4, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+def sd15_unet(in_channels: int = 4, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
               seed: int = 0):
-    """A UNet2DConditionModel with SD 1.5's configuration (in_channels=8 is InstructPix2Pix's), random weights."""
+    """A UNet2DConditionModel with SD 1.5's configuration (in_channels=8 is InstructPix2Pix's), random weights;
+    ``dtype`` None is :func:`bench_dtype`'s choice for ``device``."""
     from diffusers import UNet2DConditionModel
+
+    if dtype is None:
+        dtype = bench_dtype(device)[0]
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "in_channels": in_channels})
@@ -38,6 +56,33 @@ def sd15_unet(in_channels: int = 4, dtype: torch.dtype = torch.bfloat16, device:
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bench_dtype(device: str | torch.device, requested: str | None = None) -> tuple[torch.dtype, str]:
+    """(dtype, one-line reason) the benchmarks run the UNet in: ``requested`` (e.g. ``--dtype``), else
+    ``$CSD_BENCH_DTYPE``, else "auto" = the device's fast dtype."""
+    value = requested if requested is not None else os.environ.get(DTYPE_ENV, "auto")
+    if str(value).strip().lower() == "auto":
+        return fast_float_dtype(device), describe_dtype_choice(device, fast=True)
+    dtype = parse_torch_dtype(value, device)
+    source = "--dtype" if requested is not None else DTYPE_ENV
+    return dtype, f"{dtype_name(dtype)}: forced by {source}={value}"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--dtype`` option every benchmark shares (default: $CSD_BENCH_DTYPE or auto)."""
+    parser.add_argument("--dtype", default=None,
+                        help=f"UNet dtype: auto (the device's fast dtype), float32, bfloat16, float16; "
+                             f"default ${DTYPE_ENV} or auto")
+
+
+def dtype_line(dtype: torch.dtype, reason: str) -> str:
+    """The line each benchmark prints, so the report says which dtype its numbers are in and why."""
+    return f"dtype {dtype_name(dtype)} ({reason})"
 
 
 def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:

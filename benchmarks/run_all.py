@@ -4,10 +4,15 @@ Each benchmark runs as its own subprocess (``python -m benchmarks.<name>``), so 
 real-size UNet needs ~5 GB) and thread settings never leak into the next, and one failure does not stop the
 others. The report (``benchmarks/results/<timestamp>.md``, git-ignored) and stdout get, per benchmark, its
 printed tables, its wall time and the machine's load average before and after it: on a shared machine a high
-load explains noisy ratios. Every ratio in a table is measured within that benchmark's single run.
+load explains noisy ratios. Every ratio in a table is measured within that benchmark's single run, in one dtype.
+
+The header records the UNet dtype all benchmarks use and why (``benchmarks.common.bench_dtype``: the device's
+fast dtype, float32 on a CPU without native bf16), plus any instruction-set caps in the environment;
+``--dtype`` forces one for every benchmark (through ``CSD_BENCH_DTYPE``).
 
 Run: ``python -m benchmarks.run_all`` (``make bench``), or ``--only bench_scaling``, ``--skip bench_priors``,
-``--args bench_scaling="--skip-unet"``.
+``--args bench_scaling="--skip-unet"``, ``--dtype float32``, ``--quick`` (tiny sizes and one repeat: a smoke
+test that every benchmark runs end to end, not a measurement).
 """
 
 from __future__ import annotations
@@ -22,9 +27,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks.common import DTYPE_ENV
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+# What the emulation caps in the environment are set to goes in the report: they change the dtype choice.
+ISA_CAP_ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# --quick: each benchmark's smallest meaningful run (real-size UNet, tiny latents, one repeat).
+QUICK_ARGS = {
+    "bench_priors": ["--particles", "1", "--latent-size", "8", "--repeats", "1"],
+    "bench_distill": ["--particles", "4", "16", "--latent-size", "16", "--repeats", "1"],
+    "bench_scaling": ["--particles", "4", "--latent-size", "16", "--repeats", "1", "--steps", "3", "--windows", "4"],
+}
 DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -50,6 +65,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def dtype_header() -> str:
+    """The dtype line for the report, computed here with the environment the benchmarks inherit."""
+    from benchmarks.common import bench_dtype, default_device, dtype_line
+
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAP_ENV_VARS if os.environ.get(name)]
+    return f"- benchmark {dtype_line(*bench_dtype(default_device()))}" + (
+        f"; caps: {', '.join(caps)}" if caps else "")
+
+
 def machine_header() -> list[str]:
     import torch
 
@@ -60,6 +84,7 @@ def machine_header() -> list[str]:
         f"- commit: {git_commit()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), {device}",
+        dtype_header(),
         f"- load average at start (1/5/15 min): {load_average()}",
         "",
     ]
@@ -101,7 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="+", default=[], help="benchmark names to leave out")
     parser.add_argument("--args", action="append", default=[], metavar='NAME="ARGS"',
                         help="extra command-line arguments for one benchmark, e.g. bench_scaling=\"--skip-unet\"")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per benchmark")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds per benchmark (bench_priors in float32 on 2 CPU cores needs ~8 minutes)")
+    parser.add_argument("--dtype", default=None,
+                        help="force the UNet dtype of every benchmark (auto, float32, bfloat16, float16)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one repeat: checks every benchmark runs, measures nothing meaningful")
     parser.add_argument("--output", type=Path, default=None, help="report path (default benchmarks/results/)")
     return parser.parse_args(argv)
 
@@ -118,9 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = item.partition("=")
         if name not in available:
             raise SystemExit(f"--args {item!r}: unknown benchmark {name!r}; available: {available}")
-        extra[name] = shlex.split(value)
+        extra[name] = [*extra.get(name, []), *shlex.split(value)]
+    if args.quick:  # user --args come last, so they override the quick defaults
+        extra = {name: [*QUICK_ARGS.get(name, []), *extra.get(name, [])] for name in available}
+    if args.dtype is not None:
+        from csd_exp.devices import parse_torch_dtype
+
+        if args.dtype.strip().lower() != "auto":
+            try:
+                parse_torch_dtype(args.dtype)  # fail here, not once per benchmark
+            except ValueError as error:
+                raise SystemExit(f"--dtype: {error}") from None
+        os.environ[DTYPE_ENV] = args.dtype  # the children inherit it (run_benchmark copies os.environ)
 
     report = machine_header()
+    if args.quick:
+        report.insert(-1, "- --quick: smoke-test sizes, the numbers are not measurements")
     print("\n".join(report), flush=True)
     failed = []
     for name in names:
