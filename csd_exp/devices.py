@@ -148,7 +148,7 @@ def _choose(device: str | torch.device | None, fast: bool) -> tuple[torch.dtype,
     if device.type != "cpu":
         return torch.float32, f"float32: no reduced-precision preference known for device type {device.type!r}"
     if not fast:   # a prior's numbers should not change with the CPU it happens to run on
-        return torch.float32, "float32: CPU (model.torch_dtype=bfloat16 opts into reduced precision)"
+        return torch.float32, "float32: the CPU default (model.torch_dtype=bfloat16 opts into reduced precision)"
     native, reason = _cpu_bf16_verdict()
     return (torch.bfloat16, f"bfloat16: {reason}") if native else (torch.float32, f"float32: {reason}")
 

@@ -285,7 +285,7 @@ def test_auto_dtype_is_float32_on_cpu_and_the_first_step_is_logged(run_job, capl
         summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, "model=tiny_ip2p", "model.torch_dtype=auto",
                               "data.short_side=8", "task.window_size=8", "task.window_stride=4"])
     assert summary["status"] == "completed"
-    assert "prior: float32 on cpu (model.torch_dtype=auto" in caplog.text
+    assert "prior on cpu, model.torch_dtype=auto -> float32" in caplog.text
     assert "first step took" in caplog.text and "prior in float32" in caplog.text
 
 

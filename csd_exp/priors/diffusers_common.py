@@ -143,8 +143,7 @@ class DiffusersPrior(ScorePrior):
                 for module in (self.unet, self.vae, self.text_encoder):
                     module.to(dtype=dtype)
                 self._prompt_embeds.clear()
-            log.info("prior: %s on %s (model.torch_dtype=auto: %s)", str(dtype).removeprefix("torch."), device,
-                     describe_dtype_choice(device))
+            log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
         elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
             log.warning("prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto "
                         "or float32")
