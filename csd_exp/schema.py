@@ -337,21 +337,21 @@ TARGET_SCHEMAS: dict[str, type] = {
     "torch.optim.Adam": AdamSchema,
     "torch.optim.lr_scheduler.StepLR": StepLRSchema,
     "csd_exp.tasks.PanoramaTask": PanoramaTaskSchema,
-    "csd_exp.baselines.panorama.PanoramaSamplingTask": PanoramaSamplingTaskSchema,
+    "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask": PanoramaSamplingTaskSchema,
     "csd_exp.tasks.VideoTask": VideoTaskSchema,
-    "csd_exp.baselines.video.VideoSamplingTask": VideoSamplingTaskSchema,
+    "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoSamplingTaskSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": Scene3DTaskSchema,
 }
 #: task ``_target_`` -> schema of the ``data`` block it reads.
 DATA_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.PanoramaTask": ImageDataSchema,
-    "csd_exp.baselines.panorama.PanoramaSamplingTask": ImageDataSchema,
+    "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask": ImageDataSchema,
     "csd_exp.tasks.VideoTask": VideoDataSchema,
-    "csd_exp.baselines.video.VideoSamplingTask": VideoDataSchema,
+    "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoDataSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": SceneDataSchema,
 }
 EDITOR_SCHEMAS = {"csd_edit": CSDEditEditorSchema, "in2n": IN2NEditorSchema}
-SAMPLING_TASKS = ("csd_exp.baselines.panorama.PanoramaSamplingTask", "csd_exp.baselines.video.VideoSamplingTask")
+SAMPLING_TASKS = ("csd_exp.tasks.panorama_sampling.PanoramaSamplingTask", "csd_exp.tasks.video_sampling.VideoSamplingTask")
 
 
 # ------------------------------------------------------------------------------------------ checks

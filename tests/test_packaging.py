@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -65,8 +66,16 @@ def test_the_package_list_names_every_package_folder():
 def wheel_venv(tmp_path_factory):
     """The wheel installed into a fresh venv that borrows this environment's dependencies (not csd_exp)."""
     root = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of the checkout's files: an in-tree build/ would keep modules that were since
+    # moved, and the wheel would ship them.
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for name in files:
+        if (REPO_ROOT / name).is_file():
+            (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, root / "src" / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(root / "dist"), str(REPO_ROOT)], check=True, capture_output=True, timeout=300)
+                    str(root / "dist"), str(root / "src")], check=True, capture_output=True, timeout=300)
     (wheel,) = (root / "dist").glob("csd_exp-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -90,7 +99,7 @@ def test_the_wheel_ships_configs_and_experiments(wheel_venv):
     names = zipfile.ZipFile(wheel).namelist()
     assert "csd_exp/conf/config.yaml" in names and "csd_exp/conf/experiment/panorama_exact_cpu.yaml" in names
     assert "csd_exp/experiments/summarize.py" in names
-    assert not any(name.startswith(("conf/", "experiments/", "tests/")) for name in names)
+    assert not any(name.startswith(("conf/", "experiments/", "tests/", "csd_exp/baselines/")) for name in names)
 
 
 def test_the_wheel_runs_outside_the_checkout(wheel_venv, tmp_path):

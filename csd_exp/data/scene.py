@@ -1,7 +1,7 @@
 """Multi-view scenes: nerfstudio / Blender readers, a bundled sample scene, and editable image sets.
 
 Conventions: images are ``(V, 3, H, W)`` float32 in ``[0, 1]``; cameras are
-:class:`csd_exp.render.cameras.Cameras` (OpenGL camera-to-world, z-up world, pixel centres at +0.5,
+:class:`csd_exp.data.cameras.Cameras` (OpenGL camera-to-world, z-up world, pixel centres at +0.5,
 z-depths). Images with alpha are composited over ``background`` (white by default, as nerfstudio and
 the Blender synthetic scenes do).
 
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from csd_exp.data.video import follow_umask, read_image_size, read_rgb
-from csd_exp.render.cameras import CameraError, Cameras, generate_rays, turntable_cameras
+from csd_exp.data.cameras import CameraError, Cameras, generate_rays, turntable_cameras
 
 __all__ = [
     "SceneError",
@@ -75,7 +75,7 @@ class SceneDataset:
 
     Attributes:
         images: ``(V, 3, H, W)`` float32 in ``[0, 1]``.
-        cameras: ``V`` cameras (see :mod:`csd_exp.render.cameras`).
+        cameras: ``V`` cameras (see :mod:`csd_exp.data.cameras`).
         image_paths: one path per view (``None`` for views that exist only in memory).
         train_indices, val_indices: disjoint view indices of the training / held-out split.
         scene_box: ``(2, 3)`` axis-aligned box ``[min, max]`` that contains the scene.

@@ -1,6 +1,6 @@
 """3D representations and differentiable renderers.
 
-* :mod:`~csd_exp.render.cameras`: pinhole :class:`Cameras` (OpenGL c2w, z-up world), rays, turntables.
+* :mod:`~csd_exp.data.cameras`: pinhole :class:`Cameras` (OpenGL c2w, z-up world), rays, turntables.
 * :mod:`~csd_exp.render.base`: the :class:`RadianceField` interface and the backend registry.
 * :mod:`~csd_exp.render.voxel`: the CPU-capable default backend (dense trilinear voxel grid).
 * :mod:`~csd_exp.render.reprojection`: depth-based warping and the weight-free consistency metric.
@@ -15,7 +15,7 @@ from csd_exp.render.base import (
     register_field,
     register_field_path,
 )
-from csd_exp.render.cameras import Cameras, CameraError, generate_rays, look_at, turntable_cameras
+from csd_exp.data.cameras import Cameras, CameraError, generate_rays, look_at, turntable_cameras
 from csd_exp.render.fit import evaluate_psnr, fit_field, psnr
 from csd_exp.render.reprojection import reprojection_error, warp_to_view
 from csd_exp.render.voxel import VoxelRadianceField

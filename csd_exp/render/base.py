@@ -9,8 +9,8 @@ What a backend must implement (this is the whole contract the 3D task relies on)
    ``state_dict``; it moves with ``.to(device)``).
 2. ``render(cameras, *, background=None, generator=None) -> RenderOutput`` where
 
-   * ``cameras`` is a :class:`~csd_exp.render.cameras.Cameras` batch of ``V`` views (OpenGL c2w,
-     z-up world, pixel centres at +0.5; see :mod:`csd_exp.render.cameras`), on the field's device;
+   * ``cameras`` is a :class:`~csd_exp.data.cameras.Cameras` batch of ``V`` views (OpenGL c2w,
+     z-up world, pixel centres at +0.5; see :mod:`csd_exp.data.cameras`), on the field's device;
    * ``background`` is ``None`` (the field's own default), a float, a ``(3,)`` colour or a
      ``(V, 3, H, W)`` image, composited as ``rgb = rgb_fg + (1 - opacity) * background``;
    * ``generator`` is an optional ``torch.Generator`` for any stochastic choice (sample jitter);
@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from csd_exp.render.cameras import Cameras
+from csd_exp.data.cameras import Cameras
 
 __all__ = [
     "RenderOutput",

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from csd_exp.render.base import RadianceField
-from csd_exp.render.cameras import Cameras
+from csd_exp.data.cameras import Cameras
 
 __all__ = ["psnr", "fit_field", "evaluate_psnr"]
 

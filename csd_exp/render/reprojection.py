@@ -9,7 +9,7 @@ colour difference over pixels that are
 * not occluded in *b*: if ``depth_b`` is given, the point's z-depth in *b* must agree with
   ``depth_b`` sampled there to within ``occlusion_tol`` (relative).
 
-Conventions as in :mod:`csd_exp.render.cameras` (OpenGL c2w, pixel centres at +0.5, z-depth).
+Conventions as in :mod:`csd_exp.data.cameras` (OpenGL c2w, pixel centres at +0.5, z-depth).
 Images are ``(3, H, W)`` or ``(1, 3, H, W)`` in [0, 1]; depths ``(1, H, W)`` or ``(1, 1, H, W)``.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from csd_exp.render.cameras import Cameras, generate_rays
+from csd_exp.data.cameras import Cameras, generate_rays
 
 __all__ = ["warp_to_view", "reprojection_error"]
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from csd_exp.render.base import RadianceField, RenderOutput, register_field, resolve_background
-from csd_exp.render.cameras import Cameras, generate_rays
+from csd_exp.data.cameras import Cameras, generate_rays
 
 __all__ = ["VoxelRadianceField", "ray_aabb_intersect"]
 

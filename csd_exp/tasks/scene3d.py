@@ -25,7 +25,7 @@ own keys, so no setting of the editor not chosen can sit in a config doing nothi
   runs over all edit iterations of the run (round r, iteration k is position ``r * iterations + k``). z starts from the render
   (``init: render``, as IN2N starts from the render; the choice is UNCONFIRMED for CSD, paper notes
   §2.4) or from the photo (``init: source``). The edited z is decoded and written into the set.
-* ``in2n`` (the baseline, :mod:`csd_exp.baselines.in2n`): every ``every`` steps ``views`` views
+* ``in2n`` (the baseline, :mod:`csd_exp.tasks.in2n`): every ``every`` steps ``views`` views
   (IN2N: 1 every 10) are each edited independently by InstructPix2Pix-style sampling: the render is
   encoded, noised to a strength drawn uniformly from ``[noise_lower, noise_upper]`` (IN2N [0.02, 0.98])
   and denoised in ``diffusion_steps`` (20) DDIM steps conditioned on the original photo (SDEdit).
@@ -379,7 +379,7 @@ class Scene3DTask(DistillationTask):
         return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms), "change": float(change.mean())}
 
     def in2n_round(self, views: list[int], step: int) -> dict[str, float]:
-        from csd_exp.baselines.in2n import in2n_edit
+        from csd_exp.tasks.in2n import in2n_edit
 
         rendered, originals = self._edit_inputs(views)
         strengths = []

@@ -12,7 +12,7 @@ from csd_exp.render.base import (
     register_field_path,
     resolve_background,
 )
-from csd_exp.render.cameras import turntable_cameras
+from csd_exp.data.cameras import turntable_cameras
 from csd_exp.render.voxel import VoxelRadianceField
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from csd_exp.render.cameras import Cameras, look_at, turntable_cameras
+from csd_exp.data.cameras import Cameras, look_at, turntable_cameras
 from csd_exp.render.reprojection import reprojection_error, warp_to_view
 from csd_exp.render.voxel import VoxelRadianceField
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from csd_exp.render.base import RadianceField
-from csd_exp.render.cameras import turntable_cameras
+from csd_exp.data.cameras import turntable_cameras
 from csd_exp.render.fit import evaluate_psnr, fit_field, psnr
 from csd_exp.render.voxel import VoxelRadianceField, ray_aabb_intersect
 

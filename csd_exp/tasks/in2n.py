@@ -8,14 +8,14 @@ from the render. Each view is edited independently; consistency comes only from 
 averaging the edits and from later edits starting at renders of that average.
 
 The schedule (which views, when) lives in :class:`csd_exp.tasks.scene3d.Scene3DTask` (``editor: in2n``);
-this module is the per-view edit, written on :func:`csd_exp.baselines.sampling.guided_sample`.
+this module is the per-view edit, written on :func:`csd_exp.tasks.sampling.guided_sample`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from csd_exp.baselines.sampling import guided_sample
+from csd_exp.tasks.sampling import guided_sample
 
 
 @torch.no_grad()

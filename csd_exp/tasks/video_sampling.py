@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from csd_exp.baselines.sampling import ReverseSamplingMixin
+from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.video import VideoTask
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from csd_exp.render.cameras import (
+from csd_exp.data.cameras import (
     CameraError,
     Cameras,
     focal_from_fov,
