@@ -31,7 +31,6 @@ BANDWIDTH_RULES = ("median", "median_log_n", "fixed")
 ANNEALING_RULES = ("constant", "linear", "sqrt")
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 EDIT_INITS = ("render", "source")
-FIELD_BACKENDS = ("voxel",)
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 CLIP_PRECISIONS = ("fp32", "fp16", "bf16")
 MAX_SEED = 2**32 - 1     # numpy's and Lightning's seed range
@@ -227,9 +226,8 @@ class IN2NEditorSchema:
 
 @dataclass
 class FieldSchema:
-    """The voxel field (csd_exp.render.voxel.VoxelField); ``aabb`` comes from the scene."""
+    """The voxel field (csd_exp.render.VoxelRadianceField); ``aabb`` comes from the scene."""
 
-    backend: Literal[FIELD_BACKENDS]
     resolution: Annotated[int, Range(min=2)]
     num_samples: PositiveInt
     init_opacity: PositiveFloat
@@ -341,6 +339,7 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.VideoTask": VideoTaskSchema,
     "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoSamplingTaskSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": Scene3DTaskSchema,
+    "csd_exp.render.VoxelRadianceField": FieldSchema,
 }
 #: task ``_target_`` -> schema of the ``data`` block it reads.
 DATA_SCHEMAS: dict[str, type] = {
@@ -481,8 +480,6 @@ def _check_task(cfg: Mapping[str, Any]) -> None:
         if kind not in EDITOR_SCHEMAS:
             raise _type_error("task.editor.kind", kind, "one of " + ", ".join(EDITOR_SCHEMAS))
         check_node("task.editor", {k: v for k, v in editor.items() if k != "kind"}, EDITOR_SCHEMAS[kind])
-    if isinstance(task.get("field"), Mapping):
-        check_node("task.field", task["field"], FieldSchema)
     samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("kind") == "in2n")
     distills = "_target_" in (cfg.get("guidance") or {})
     if samples and distills:

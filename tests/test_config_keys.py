@@ -28,7 +28,7 @@ GROUP_OPTIONS = [
 INJECTED = {"prior", "guidance", "prompt", "source_prompt", "seed", "data", "max_steps"}
 # Constructor parameters for Python callers only (objects, or values fixed by the prior's weights).
 PYTHON_ONLY = {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "instructions", "compute_dtype",
-               "num_train_timesteps"}
+               "num_train_timesteps", "aabb"}
 
 
 def _target_nodes(node, prefix=""):

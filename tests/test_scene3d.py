@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from csd_exp.data.scene import make_sample_scene, write_nerfstudio_scene
 from csd_exp.priors import ExactScorePrior
+from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.scene3d import Scene3DTask
 
 # 16x16 views, 10 views (8 train + 2 held out), a 16^3 grid: one run takes a few seconds on one thread.
@@ -164,7 +166,7 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     editor.update(kwargs.pop("editor", {}))
     guidance = kwargs.pop("guidance", None) or Guidance("csd_edit")
     options = dict(prompt="turn it into a pop-art painting", data={"image_size": 16, "max_views": 10},
-                   field={"resolution": 8, "num_samples": 8}, optimizer=lambda params: torch.optim.Adam(params),
+                   field=partial(VoxelRadianceField, resolution=8, num_samples=8), optimizer=lambda params: torch.optim.Adam(params),
                    editor=editor)
     options.update(kwargs)
     return Scene3DTask(ExactScorePrior(), guidance, **options)

@@ -1,4 +1,4 @@
-"""The :class:`RadianceField` interface and the backend registry.
+"""The :class:`RadianceField` interface: what a 3D backend implements.
 
 A *radiance field* is a ``torch.nn.Module`` holding the scene parameters θ of the 3D task. The task
 renders particles with :meth:`RadianceField.render` and back-propagates image-space gradients into θ.
@@ -22,35 +22,25 @@ What a backend must implement (this is the whole contract the 3D task relies on)
 3. ``parameters_for_optimizer(lr_scale=1.0) -> list[dict]``: ``torch.optim`` parameter groups with a
    ``"name"`` and a ``"lr"`` each, covering every trainable parameter exactly once.
 4. Optionally ``regularizer() -> Tensor`` (scalar, default 0) for smoothness priors such as TV.
-5. Register it: ``@register_field("mybackend")`` on the class, or, to keep CUDA-only imports out of
-   ``import csd_exp``, ``register_field_path("gsplat", "my_pkg.gsplat_field:GsplatField")`` which
-   imports the module only when :func:`build_field` is called with that name. Construction must not
-   require a GPU unless the backend is GPU-only, and then it must raise a clear ``RuntimeError``
-   naming the missing requirement.
+5. The constructor takes ``aabb`` (the scene box, given by the task) and the backend's own settings.
+   Construction must not require a GPU unless the backend is GPU-only, and then it must raise a clear
+   ``RuntimeError`` naming the missing requirement.
 
-``gsplat`` and ``nerfacc`` need CUDA; the CPU-capable default is
-:class:`csd_exp.render.voxel.VoxelRadianceField` (registered as ``"voxel"``).
+A backend is chosen like everything else, by ``_target_``: ``task.field._target_: my_pkg.GsplatField``
+(with ``_partial_: true``; the 3D task calls it with ``aabb``), so its module, and any CUDA-only import
+in it, is imported only when a config names it. ``gsplat`` and ``nerfacc`` need CUDA; the CPU-capable
+default is :class:`csd_exp.render.voxel.VoxelRadianceField`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from csd_exp.data.cameras import Cameras
 
-__all__ = [
-    "RenderOutput",
-    "RadianceField",
-    "register_field",
-    "register_field_path",
-    "build_field",
-    "available_fields",
-    "resolve_background",
-]
+__all__ = ["RenderOutput", "RadianceField", "resolve_background"]
 
 
 @dataclass
@@ -102,54 +92,3 @@ class RadianceField(torch.nn.Module):
         """Scalar smoothness penalty; zero unless a backend defines one."""
         first = next(self.parameters(), None)
         return torch.zeros((), device=first.device if first is not None else None)
-
-
-_REGISTRY: dict[str, Callable[..., RadianceField] | str] = {}
-
-
-def register_field(name: str) -> Callable[[type], type]:
-    """Class decorator registering a :class:`RadianceField` under ``name``."""
-
-    def decorator(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, RadianceField)):
-            raise TypeError(f"{cls!r} is not a RadianceField subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"a radiance field named {name!r} is already registered")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def register_field_path(name: str, target: str) -> None:
-    """Register ``"package.module:ClassName"`` under ``name``; imported lazily by :func:`build_field`."""
-    if ":" not in target:
-        raise ValueError(f"target must look like 'package.module:ClassName', got {target!r}")
-    if name in _REGISTRY and _REGISTRY[name] != target:
-        raise ValueError(f"a radiance field named {name!r} is already registered")
-    _REGISTRY[name] = target
-
-
-def available_fields() -> list[str]:
-    _ensure_builtin()
-    return sorted(_REGISTRY)
-
-
-def build_field(name: str, **kwargs) -> RadianceField:
-    """Instantiate the backend registered as ``name`` with ``kwargs``."""
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown radiance field {name!r}; available: {sorted(_REGISTRY)}")
-    entry = _REGISTRY[name]
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module_name), attr)
-        if not (isinstance(entry, type) and issubclass(entry, RadianceField)):
-            raise TypeError(f"{name!r} -> {_REGISTRY[name]} is not a RadianceField subclass")
-        _REGISTRY[name] = entry
-    return entry(**kwargs)
-
-
-def _ensure_builtin() -> None:
-    # Importing the module runs its @register_field decorator.
-    importlib.import_module("csd_exp.render.voxel")

@@ -1,7 +1,7 @@
 """Photometric fitting of a :class:`~csd_exp.render.base.RadianceField` to posed images.
 
 This is the "pretrain the NeRF on the original views" stage of Instruct-NeRF2NeRF (and the
-fine-tuning loop on edited views, called repeatedly). It works with any registered backend.
+fine-tuning loop on edited views, called repeatedly). It works with any :class:`RadianceField` backend.
 """
 
 from __future__ import annotations

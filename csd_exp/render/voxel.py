@@ -8,7 +8,7 @@ initialisation from points (Gaussians need a point cloud or a careful random ini
 parameter receives gradients from the first step, and trilinear interpolation gives a smooth,
 well-conditioned optimisation that converges in a few hundred Adam steps at 48x48 to 64x64. The
 price is memory cubic in resolution, which is irrelevant at the sizes a CPU can train (32³-96³).
-GPU backends such as gsplat plug in through :mod:`csd_exp.render.base`.
+GPU backends such as gsplat implement :class:`csd_exp.render.base.RadianceField` and are named by ``task.field._target_``.
 
 Model (in the style of Plenoxels / DVGO, written from the equations):
 
@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from csd_exp.render.base import RadianceField, RenderOutput, register_field, resolve_background
+from csd_exp.render.base import RadianceField, RenderOutput, resolve_background
 from csd_exp.data.cameras import Cameras, generate_rays
 
 __all__ = ["VoxelRadianceField", "ray_aabb_intersect"]
@@ -67,7 +67,6 @@ def ray_aabb_intersect(
     return t_near, t_far
 
 
-@register_field("voxel")
 class VoxelRadianceField(RadianceField):
     """Dense trilinear voxel grid with volume rendering (see the module docstring).
 

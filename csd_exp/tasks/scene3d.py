@@ -87,13 +87,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_scene, make_sample_scene
-from csd_exp.render import Cameras, build_field, psnr, reprojection_error, turntable_cameras
+from csd_exp.data.cameras import Cameras, turntable_cameras
+from csd_exp.render import RadianceField, psnr, reprojection_error
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -168,7 +169,7 @@ class Scene3DTask(DistillationTask):
     """Edit a radiance field through its training views (CSD-Edit dataset updates or IN2N)."""
 
     def __init__(self, prior: Any, guidance: Any, optimizer, lr_scheduler=None, *, prompt: str, data: dict,
-                 editor: dict, field: dict | None = None, pretrain_steps: int = 200, views_per_step: int = 4,
+                 editor: dict, field: Callable[..., RadianceField], pretrain_steps: int = 200, views_per_step: int = 4,
                  jitter: bool = True, turntable_views: int = 24, turntable_fps: float = 8.0,
                  seed: int = 0, source_prompt: str = "", max_steps: int = 320):
         super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
@@ -204,11 +205,10 @@ class Scene3DTask(DistillationTask):
             raise ValueError(f"task.editor.views={editor['views']} exceeds the {n_train} training views")
         self.images = EditableImageSet.from_scene(self.scene)   # originals stay untouched and recoverable
 
-        # ---- theta: the radiance field
-        spec = dict(field or {})
-        backend = spec.pop("backend", "voxel")
-        spec.setdefault("aabb", self.scene.scene_box.tolist())
-        self.field = build_field(backend, **spec)
+        # ---- theta: the radiance field (task.field: a partial of any RadianceField, given the scene box)
+        self.field = field(aabb=self.scene.scene_box.tolist())
+        if not isinstance(self.field, RadianceField):
+            raise ValueError(f"task.field built a {type(self.field).__name__}, not a csd_exp.render.RadianceField")
 
         # ---- schedule (clamped to the step budget so a short run still edits once)
         self.editor = kind
