@@ -21,7 +21,8 @@ GROUP_OPTIONS = [
     *[f"model={p.stem}" for p in (CONFIG_DIR / "model").glob("*.yaml")],
     *[f"guidance={p.stem}" for p in (CONFIG_DIR / "guidance").glob("*.yaml") if p.stem != "sampling"],
     *[f"task={p.stem}" for p in (CONFIG_DIR / "task").glob("*.yaml")],
-    "kernel=identity", "kernel=rbf", "schedule=paper", "metrics=none", "task=scene3d editor=in2n guidance=sampling "
+    *[f"task={p.stem.removeprefix('smoke_')} debug=smoke" for p in (CONFIG_DIR / "debug_sizes").glob("*.yaml")],
+    "debug=fast", "kernel=identity", "kernel=rbf", "schedule=paper", "metrics=none", "task=scene3d editor=in2n guidance=sampling "
     "kernel=none schedule=none", "data.resize_policy=official", "data.resize_policy=short_side",
 ]
 # Passed by csd_exp.run.build_task, not by the YAML.
