@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test bench clean-outputs
+.PHONY: install demo lint test bench clean-outputs
 
 # The venv is rebuilt only when requirements.txt or pyproject.toml change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -21,11 +21,16 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/csd-exp experiment=panorama_exact_cpu
 
+# ruff's lint and format rules (pyproject.toml); `make test` runs them first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # The whole suite, then the numerics-sensitive tests again with the vector ISA capped to AVX2, so a
 # tolerance that holds only on an AVX-512 CPU fails here too (PyTorch, oneDNN and MKL each have a switch).
 ISA_CAP := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-test: install
+test: lint
 	$(BIN)/python -m pytest -q
 	$(ISA_CAP) $(BIN)/python -m pytest -q -m numerics -p no:cacheprovider
 

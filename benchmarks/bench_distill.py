@@ -19,8 +19,15 @@ import argparse
 
 import torch
 
-from benchmarks.common import (add_dtype_argument, bench_dtype, default_device, dtype_line, dtype_name, sd15_unet,
-                               time_call)
+from benchmarks.common import (
+    add_dtype_argument,
+    bench_dtype,
+    default_device,
+    dtype_line,
+    dtype_name,
+    sd15_unet,
+    time_call,
+)
 from csd_exp.distill import RBFKernel, csd_gradient
 
 LATENT_SHAPE = (4, 64, 64)  # SD latents of a 512×512 image: D = 16384
@@ -30,8 +37,9 @@ ALPHAS_CUMPROD_T = 0.5
 TARGET_FRACTION = 0.01
 
 
-def unet_row_seconds(device: torch.device, repeats: int, dtype: torch.dtype,
-                     latent_shape: tuple[int, ...] = LATENT_SHAPE) -> float:
+def unet_row_seconds(
+    device: torch.device, repeats: int, dtype: torch.dtype, latent_shape: tuple[int, ...] = LATENT_SHAPE
+) -> float:
     """Median seconds of one batch-1 UNet call in ``dtype``."""
     unet = sd15_unet(in_channels=latent_shape[0], dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(0)
@@ -46,8 +54,9 @@ def unet_row_seconds(device: torch.device, repeats: int, dtype: torch.dtype,
     return time_call(call, repeats=repeats, warmup=1)
 
 
-def combiner_seconds(count: int, device: torch.device, repeats: int,
-                     latent_shape: tuple[int, ...] = LATENT_SHAPE) -> float:
+def combiner_seconds(
+    count: int, device: torch.device, repeats: int, latent_shape: tuple[int, ...] = LATENT_SHAPE
+) -> float:
     """Median seconds of the RBF kernel + combiner over ``count`` float32 particles."""
     generator = torch.Generator().manual_seed(count)
     residuals = torch.randn(count, *latent_shape, generator=generator).to(device)
@@ -60,12 +69,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, nargs="+", default=[4, 16, 64, 256])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for both measurements; default 1 on CPU, where a shared, "
-                             "loaded machine's thread oversubscription inflates both timings erratically "
-                             "(measured: UNet row 2 s with 1 thread, 16 s with 2 under load), 0 = torch's default")
-    parser.add_argument("--latent-size", type=int, default=LATENT_SHAPE[-1],
-                        help="latent side for both measurements (smaller only for a quick smoke run)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for both measurements; default 1 on CPU, where a shared, "
+        "loaded machine's thread oversubscription inflates both timings erratically "
+        "(measured: UNet row 2 s with 1 thread, 16 s with 2 under load), 0 = torch's default",
+    )
+    parser.add_argument(
+        "--latent-size",
+        type=int,
+        default=LATENT_SHAPE[-1],
+        help="latent side for both measurements (smaller only for a quick smoke run)",
+    )
     add_dtype_argument(parser)
     args = parser.parse_args(argv)
     device = default_device()
@@ -76,9 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
     row = unet_row_seconds(device, args.repeats, dtype, shape)
     print(dtype_line(dtype, reason))
-    print(f"device {device}, threads {torch.get_num_threads()}, D = {'·'.join(map(str, shape))}, "
-          f"one SD-1.5 UNet row ({dtype_name(dtype)}, batch 1, {shape[1]}×{shape[2]}): {row * 1e3:.0f} ms; "
-          f"kernel+combiner in float32")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, D = {'·'.join(map(str, shape))}, "
+        f"one SD-1.5 UNet row ({dtype_name(dtype)}, batch 1, {shape[1]}×{shape[2]}): {row * 1e3:.0f} ms; "
+        f"kernel+combiner in float32"
+    )
     print(f"{'N':>5} {'kernel+combiner ms':>19} {'/ one UNet row':>15} {'/ CSD-Edit step (5N rows)':>26}  target")
     for count in args.particles:
         seconds = combiner_seconds(count, device, args.repeats, shape)

@@ -36,7 +36,7 @@ from benchmarks.common import add_dtype_argument, bench_dtype, default_device, d
 from csd_exp.priors import InstructPix2PixPrior
 from csd_exp.priors.tiny import clip_tokenizer, tiny_text_encoder
 
-SD15_TEXT_HIDDEN = 768          # SD 1.5's cross-attention width (CLIP ViT-L/14 text hidden size)
+SD15_TEXT_HIDDEN = 768  # SD 1.5's cross-attention width (CLIP ViT-L/14 text hidden size)
 LATENT_CHANNELS = 4
 TIMESTEP = 500
 INSTRUCTION = "turn it into autumn"
@@ -50,12 +50,20 @@ def build_prior(dtype: torch.dtype, device: torch.device) -> InstructPix2PixPrio
     tokenizer = clip_tokenizer(tempfile.mkdtemp(prefix="bench_tokenizer_"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        text_encoder = tiny_text_encoder(len(tokenizer), hidden_size=SD15_TEXT_HIDDEN, num_hidden_layers=1,
-                                         intermediate_size=SD15_TEXT_HIDDEN, num_attention_heads=12)
-        vae = AutoencoderKL(latent_channels=LATENT_CHANNELS, block_out_channels=(32, 64),
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    prior = InstructPix2PixPrior(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                 torch_dtype=dtype)
+        text_encoder = tiny_text_encoder(
+            len(tokenizer),
+            hidden_size=SD15_TEXT_HIDDEN,
+            num_hidden_layers=1,
+            intermediate_size=SD15_TEXT_HIDDEN,
+            num_attention_heads=12,
+        )
+        vae = AutoencoderKL(
+            latent_channels=LATENT_CHANNELS,
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+        )
+    prior = InstructPix2PixPrior(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, torch_dtype=dtype)
     return prior.to(device)
 
 
@@ -93,10 +101,14 @@ def step_functions(prior: InstructPix2PixPrior, num_particles: int, latent_size:
     @torch.no_grad()
     def official_video():
         cond3 = [image_cond, image_cond, zeros]
-        target = official_cfg(unet(rows([noisy] * 3, cond3), t, encoder_hidden_states=embeds(
-            text, empty, empty, n=num_particles)).sample)
-        source = official_cfg(unet(rows([noisy_source] * 3, cond3), t, encoder_hidden_states=embeds(
-            empty, empty, empty, n=num_particles)).sample)
+        target = official_cfg(
+            unet(rows([noisy] * 3, cond3), t, encoder_hidden_states=embeds(text, empty, empty, n=num_particles)).sample
+        )
+        source = official_cfg(
+            unet(
+                rows([noisy_source] * 3, cond3), t, encoder_hidden_states=embeds(empty, empty, empty, n=num_particles)
+            ).sample
+        )
         return target - source
 
     @torch.no_grad()
@@ -105,20 +117,31 @@ def step_functions(prior: InstructPix2PixPrior, num_particles: int, latent_size:
         for i in range(num_particles):
             one = slice(i, i + 1)
             cond3 = [image_cond[one], image_cond[one], zeros[one]]
-            target = official_cfg(unet(rows([noisy[one]] * 3, cond3), t,
-                                       encoder_hidden_states=embeds(text, empty, empty, n=1)).sample)
-            source = official_cfg(unet(rows([noisy_source[one]] * 3, cond3), t,
-                                       encoder_hidden_states=embeds(empty, empty, empty, n=1)).sample)
+            target = official_cfg(
+                unet(rows([noisy[one]] * 3, cond3), t, encoder_hidden_states=embeds(text, empty, empty, n=1)).sample
+            )
+            source = official_cfg(
+                unet(
+                    rows([noisy_source[one]] * 3, cond3), t, encoder_hidden_states=embeds(empty, empty, empty, n=1)
+                ).sample
+            )
             deltas.append(target - source)
         return torch.cat(deltas)
 
-    return {OURS: (ours, 5), "bare UNet 5N rows": (bare, 5),
-            "official video (2 x 3N)": (official_video, 6), "official panorama (2N x 3)": (official_panorama, 6)}
+    return {
+        OURS: (ours, 5),
+        "bare UNet 5N rows": (bare, 5),
+        "official video (2 x 3N)": (official_video, 6),
+        "official panorama (2N x 3)": (official_panorama, 6),
+    }
 
 
 OURS = "ours (5N rows, 1 call)"
-TARGETS = {"bare UNet 5N rows": "<= 1.10", "official video (2 x 3N)": "<= 0.85",
-           "official panorama (2N x 3)": "<= 0.70"}
+TARGETS = {
+    "bare UNet 5N rows": "<= 1.10",
+    "official video (2 x 3N)": "<= 0.85",
+    "official panorama (2N x 3)": "<= 0.70",
+}
 
 
 def default_particles(device: torch.device, dtype: torch.dtype) -> list[int]:
@@ -128,8 +151,9 @@ def default_particles(device: torch.device, dtype: torch.dtype) -> list[int]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--particles", type=int, nargs="+", default=None,
-                        help="particle counts (default 4 8; 4 on a CPU in float32)")
+    parser.add_argument(
+        "--particles", type=int, nargs="+", default=None, help="particle counts (default 4 8; 4 on a CPU in float32)"
+    )
     parser.add_argument("--latent-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     add_dtype_argument(parser)
@@ -139,17 +163,19 @@ def main(argv=None) -> None:
     particles = args.particles or default_particles(device, dtype)
     prior = build_prior(dtype, device)
     print(dtype_line(dtype, reason))
-    print(f"device {device}, {dtype}, threads {torch.get_num_threads()}, latent {args.latent_size}x{args.latent_size},"
-          f" SD 1.5 UNet (8 in-channels, random weights), timestep {TIMESTEP}, {args.repeats} interleaved repeats")
+    print(
+        f"device {device}, {dtype}, threads {torch.get_num_threads()}, latent {args.latent_size}x{args.latent_size},"
+        f" SD 1.5 UNet (8 in-channels, random weights), timestep {TIMESTEP}, {args.repeats} interleaved repeats"
+    )
     header = f"{'N':>3} {'variant':<28} {'rows':>5} {'wall s':>9} {'cpu s':>8} {'rows/s':>7}  ours/this (target)"
     print(header)
     print("-" * len(header))
     for n in particles:
         functions = step_functions(prior, n, args.latent_size)
-        functions[next(iter(functions))][0]()                       # warm-up (allocator, kernels)
+        functions[next(iter(functions))][0]()  # warm-up (allocator, kernels)
         wall = {name: [] for name in functions}
         cpu = {name: [] for name in functions}
-        for _ in range(args.repeats):                               # interleaved: contention hits all alike
+        for _ in range(args.repeats):  # interleaved: contention hits all alike
             for name, (fn, _rows) in functions.items():
                 cpu_start = time.process_time()
                 wall[name].append(time_call(fn, repeats=1, warmup=0))
@@ -160,8 +186,10 @@ def main(argv=None) -> None:
             rows = rows_per_particle * n
             ratio, cpu_ratio = median[OURS] / median[name], cpu_median[OURS] / cpu_median[name]
             target = f"{ratio:.2f} (cpu {cpu_ratio:.2f}) {TARGETS[name]}" if name != OURS else ""
-            print(f"{n:>3} {name:<28} {rows:>5} {median[name]:>9.2f} {cpu_median[name]:>8.2f} "
-                  f"{rows / median[name]:>7.1f}  {target}")
+            print(
+                f"{n:>3} {name:<28} {rows:>5} {median[name]:>9.2f} {cpu_median[name]:>8.2f} "
+                f"{rows / median[name]:>7.1f}  {target}"
+            )
 
 
 if __name__ == "__main__":

@@ -37,15 +37,22 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (add_dtype_argument, bench_dtype, default_device, dtype_line, dtype_name, sd15_unet,
-                               time_call)
+from benchmarks.common import (
+    add_dtype_argument,
+    bench_dtype,
+    default_device,
+    dtype_line,
+    dtype_name,
+    sd15_unet,
+    time_call,
+)
 from csd_exp.distill import Guidance
 from csd_exp.priors import ExactScorePrior, NoisePrediction, scaled_linear_alphas_cumprod
 
 PARTICLES = (4, 16, 64)
-EXACT_SHAPE = (3, 64, 64)   # exact prior: latents are pixels (downsample 1)
-SD_SHAPE = (4, 64, 64)      # SD latents of a 512×512 image: D = 16384
-SD_ROWS_PER_PARTICLE = 2    # text-to-image CFG: conditional + unconditional row, for CSD and SDS alike
+EXACT_SHAPE = (3, 64, 64)  # exact prior: latents are pixels (downsample 1)
+SD_SHAPE = (4, 64, 64)  # SD latents of a 512×512 image: D = 16384
+SD_ROWS_PER_PARTICLE = 2  # text-to-image CFG: conditional + unconditional row, for CSD and SDS alike
 TEXT_TOKENS, TEXT_WIDTH = 77, 768
 INSTRUCTION = "turn it into a pop-art painting"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -104,12 +111,15 @@ def exact_prior_table(device: torch.device, repeats: int, particles: tuple[int, 
     for count in particles:
         sds, csd = paired_seconds(
             step_function(Guidance("sds"), prior, EXACT_SHAPE, count, device, image_cond=True),
-            step_function(Guidance("csd"), prior, EXACT_SHAPE, count, device, image_cond=True), repeats)
+            step_function(Guidance("csd"), prior, EXACT_SHAPE, count, device, image_cond=True),
+            repeats,
+        )
         print(f"| {count} | {sds * 1e3:.1f} | {csd * 1e3:.1f} | {csd / sds:.2f} |")
 
 
-def unet_row_seconds(device: torch.device, repeats: int, dtype: torch.dtype, shape: tuple[int, ...] = SD_SHAPE,
-                     batch: int = 2) -> float:
+def unet_row_seconds(
+    device: torch.device, repeats: int, dtype: torch.dtype, shape: tuple[int, ...] = SD_SHAPE, batch: int = 2
+) -> float:
     """Seconds per row of a batch-``batch`` UNet call in ``dtype`` (median over ``repeats``)."""
     unet = sd15_unet(in_channels=shape[0], dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(0)
@@ -125,19 +135,29 @@ def unet_row_seconds(device: torch.device, repeats: int, dtype: torch.dtype, sha
     return seconds
 
 
-def row_model_table(device: torch.device, repeats: int, skip_unet: bool, dtype: torch.dtype,
-                    shape: tuple[int, ...] = SD_SHAPE, particles: tuple[int, ...] = PARTICLES) -> None:
+def row_model_table(
+    device: torch.device,
+    repeats: int,
+    skip_unet: bool,
+    dtype: torch.dtype,
+    shape: tuple[int, ...] = SD_SHAPE,
+    particles: tuple[int, ...] = PARTICLES,
+) -> None:
     extra = {}
     for count in particles:
         prior = StubPrior(shape, count, device)
         extra["sds", count], extra["csd", count] = paired_seconds(
             step_function(Guidance("sds"), prior, shape, count, device, image_cond=False),
-            step_function(Guidance("csd"), prior, shape, count, device, image_cond=False), repeats)
+            step_function(Guidance("csd"), prior, shape, count, device, image_cond=False),
+            repeats,
+        )
     row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2), dtype, shape)
     label = "not measured (--skip-unet)" if row is None else f"{row * 1e3:.0f} ms"
-    print(f"\n### CSD vs SDS step, SD-1.5 row model (D = {'·'.join(map(str, shape))}, {device}; one UNet row, "
-          f"{dtype_name(dtype)}, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per particle; "
-          f"non-UNet work float32)\n")
+    print(
+        f"\n### CSD vs SDS step, SD-1.5 row model (D = {'·'.join(map(str, shape))}, {device}; one UNet row, "
+        f"{dtype_name(dtype)}, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per particle; "
+        f"non-UNet work float32)\n"
+    )
     print("| N | SDS non-UNet ms | CSD non-UNet ms | CSD extra / UNet row | modelled CSD / SDS step |")
     print("|---:|---:|---:|---:|---:|")
     for count in particles:
@@ -166,14 +186,25 @@ def cli_run(overrides: list[str], folder: Path) -> tuple[float, float]:
 
 
 def processes_table(steps: int, windows: int) -> None:
-    run = ["experiment=panorama_exact_cpu", "logger=csv", "metrics=none", "~callbacks.progress",
-           "data.short_side=64", "task.window_size=32", "task.window_stride=8", f"task.windows_per_step={windows}",
-           f"trainer.max_steps={steps}", f"task.snapshot_every={steps}"]
+    run = [
+        "experiment=panorama_exact_cpu",
+        "logger=csv",
+        "metrics=none",
+        "~callbacks.progress",
+        "data.short_side=64",
+        "task.window_size=32",
+        "task.window_stride=8",
+        f"task.windows_per_step={windows}",
+        f"trainer.max_steps={steps}",
+        f"task.snapshot_every={steps}",
+    ]
     pairs = [("cpu, 1 process", ["trainer=cpu"]), ("ddp_sim, 2 processes (gloo)", ["trainer=ddp_sim"])]
     if torch.cuda.device_count() >= 2:
         pairs += [("gpu, 1 process", ["trainer=gpu"]), ("ddp, 2 GPUs (nccl)", ["trainer=ddp", "trainer.devices=2"])]
-    print(f"\n### 1 vs 2 processes: panorama, exact prior, {steps} steps, {windows} windows per step "
-          f"(CLI subprocesses, {os.cpu_count()} CPU cores)\n")
+    print(
+        f"\n### 1 vs 2 processes: panorama, exact prior, {steps} steps, {windows} windows per step "
+        f"(CLI subprocesses, {os.cpu_count()} CPU cores)\n"
+    )
     print("| trainer | command wall s | summary wall_time_s | vs 1 process (command) | vs 1 process (summary) |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
@@ -192,11 +223,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-processes", action="store_true", help="no 1-vs-2-process CLI runs")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--windows", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for (a) (on a loaded shared CPU, 1 avoids oversubscription)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for (a) (on a loaded shared CPU, 1 avoids oversubscription)",
+    )
     parser.add_argument("--particles", type=int, nargs="+", default=list(PARTICLES))
-    parser.add_argument("--latent-size", type=int, default=SD_SHAPE[-1],
-                        help="side of the SD row model's latents (smaller only for a quick smoke run)")
+    parser.add_argument(
+        "--latent-size",
+        type=int,
+        default=SD_SHAPE[-1],
+        help="side of the SD row model's latents (smaller only for a quick smoke run)",
+    )
     add_dtype_argument(parser)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -207,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## bench_scaling (device {device}, torch threads {torch.get_num_threads()})\n")
     print(dtype_line(dtype, reason))
     exact_prior_table(device, args.repeats, particles)
-    row_model_table(device, args.repeats, args.skip_unet, dtype, (SD_SHAPE[0], args.latent_size, args.latent_size),
-                    particles)
+    row_model_table(
+        device, args.repeats, args.skip_unet, dtype, (SD_SHAPE[0], args.latent_size, args.latent_size), particles
+    )
     if not args.skip_processes:
         processes_table(args.steps, args.windows)
 

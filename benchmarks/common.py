@@ -19,7 +19,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,8 +40,9 @@ SD15_UNET_CONFIG = dict(
 )
 
 
-def sd15_unet(in_channels: int = 4, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-              seed: int = 0):
+def sd15_unet(
+    in_channels: int = 4, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", seed: int = 0
+):
     """A UNet2DConditionModel with SD 1.5's configuration (in_channels=8 is InstructPix2Pix's), random weights;
     ``dtype`` None is :func:`bench_dtype`'s choice for ``device``."""
     from diffusers import UNet2DConditionModel
@@ -75,9 +76,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--dtype`` option every benchmark shares (default: $CSD_BENCH_DTYPE or auto)."""
-    parser.add_argument("--dtype", default=None,
-                        help=f"UNet dtype: auto (the device's fast dtype), float32, bfloat16, float16; "
-                             f"default ${DTYPE_ENV} or auto")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help=f"UNet dtype: auto (the device's fast dtype), float32, bfloat16, float16; default ${DTYPE_ENV} or auto",
+    )
 
 
 def dtype_line(dtype: torch.dtype, reason: str) -> str:

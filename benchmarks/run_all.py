@@ -56,10 +56,12 @@ def load_average() -> str:
 
 def git_commit() -> str:
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return result.stdout.strip() + (" (uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -70,8 +72,7 @@ def dtype_header() -> str:
     from benchmarks.common import bench_dtype, default_device, dtype_line
 
     caps = [f"{name}={os.environ[name]}" for name in ISA_CAP_ENV_VARS if os.environ.get(name)]
-    return f"- benchmark {dtype_line(*bench_dtype(default_device()))}" + (
-        f"; caps: {', '.join(caps)}" if caps else "")
+    return f"- benchmark {dtype_line(*bench_dtype(default_device()))}" + (f"; caps: {', '.join(caps)}" if caps else "")
 
 
 def machine_header() -> list[str]:
@@ -124,14 +125,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=None, help="benchmark names to run (default: all)")
     parser.add_argument("--skip", nargs="+", default=[], help="benchmark names to leave out")
-    parser.add_argument("--args", action="append", default=[], metavar='NAME="ARGS"',
-                        help="extra command-line arguments for one benchmark, e.g. bench_scaling=\"--skip-unet\"")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="seconds per benchmark (bench_priors in float32 on 2 CPU cores needs ~8 minutes)")
-    parser.add_argument("--dtype", default=None,
-                        help="force the UNet dtype of every benchmark (auto, float32, bfloat16, float16)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, one repeat: checks every benchmark runs, measures nothing meaningful")
+    parser.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar='NAME="ARGS"',
+        help='extra command-line arguments for one benchmark, e.g. bench_scaling="--skip-unet"',
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds per benchmark (bench_priors in float32 on 2 CPU cores needs ~8 minutes)",
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="force the UNet dtype of every benchmark (auto, float32, bfloat16, float16)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, one repeat: checks every benchmark runs, measures nothing meaningful",
+    )
     parser.add_argument("--output", type=Path, default=None, help="report path (default benchmarks/results/)")
     return parser.parse_args(argv)
 

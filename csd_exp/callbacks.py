@@ -29,8 +29,9 @@ class SaveOnInterrupt(pl.Callback):
             return
         if trainer.world_size > 1 and not getattr(trainer.strategy, "_interrupted", lambda: False)():
             # The other ranks are blocked in this step's all-gather and cannot join a checkpoint barrier.
-            log.error("rank %d failed: not saving last.ckpt; resume from the last periodic checkpoint",
-                      trainer.global_rank)
+            log.error(
+                "rank %d failed: not saving last.ckpt; resume from the last periodic checkpoint", trainer.global_rank
+            )
             return
         path = self.dirpath / "last.ckpt"
         try:
@@ -41,7 +42,11 @@ class SaveOnInterrupt(pl.Callback):
         if trainer.is_global_zero:
             log.warning(
                 "run stopped at step %d (%s); checkpoint saved to %s. Resume with the same overrides plus: "
-                "ckpt_path=%s", trainer.global_step, type(exception).__name__, path, path,
+                "ckpt_path=%s",
+                trainer.global_step,
+                type(exception).__name__,
+                path,
+                path,
             )
 
 
@@ -52,6 +57,7 @@ class RunFingerprint(pl.Callback):
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint.setdefault(CHECKPOINT_KEY, {})["fingerprint"] = self.fingerprint

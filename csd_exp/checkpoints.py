@@ -23,8 +23,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Top-level config entries that define what a run computes.
-FINGERPRINT_SECTIONS = ("model", "guidance", "kernel", "schedule", "task", "data", "prompt", "source_prompt",
-                        "seed")
+FINGERPRINT_SECTIONS = ("model", "guidance", "kernel", "schedule", "task", "data", "prompt", "source_prompt", "seed")
 # Trainer keys that change the optimisation itself; devices, strategy, max_steps etc. may differ on resume.
 FINGERPRINT_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 # Leaf names ignored wherever they appear: run length, caches, and throughput knobs that leave results alone.
@@ -80,7 +79,7 @@ def _value(flat: dict[str, Any], key: str) -> Any:
     """A leaf, or the keys under ``key`` (a leaf on one side may be a section on the other: null vs a kernel)."""
     if key in flat:
         return flat[key]
-    under = {k[len(key) + 1:]: v for k, v in flat.items() if k.startswith(key + ".")}
+    under = {k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")}
     return under or _ABSENT
 
 
@@ -107,35 +106,39 @@ def _siblings(path: Path) -> str:
     if not others:
         return "; no other checkpoint in that folder: start the run again without ckpt_path"
     return "; resume from another checkpoint in that folder instead, e.g. ckpt_path=" + ", ".join(
-        str(p) for p in others[:3])
+        str(p) for p in others[:3]
+    )
 
 
 def _load(path: Path) -> dict:
     """The checkpoint on CPU, tensors and plain containers only (never arbitrary pickled objects)."""
     if path.stat().st_size == 0:
-        raise ValueError(f"ckpt_path={path} is empty (0 bytes: a save that never finished)"
-                         f"{_siblings(path)}")
+        raise ValueError(f"ckpt_path={path} is empty (0 bytes: a save that never finished){_siblings(path)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:   # a readable file holding a Python object: refuse it rather than unpickle code
-            raise ValueError(f"ckpt_path={path} holds a Python object ({unsafe.group(1)}); only tensors and "
-                             "plain containers are loaded from a checkpoint, so resume from one written by "
-                             f"csd-exp{_siblings(path)}") from None
-        raise ValueError(f"ckpt_path={path} is corrupt or truncated (not a readable torch checkpoint)"
-                         f"{_siblings(path)}") from None
+        if unsafe:  # a readable file holding a Python object: refuse it rather than unpickle code
+            raise ValueError(
+                f"ckpt_path={path} holds a Python object ({unsafe.group(1)}); only tensors and "
+                "plain containers are loaded from a checkpoint, so resume from one written by "
+                f"csd-exp{_siblings(path)}"
+            ) from None
+        raise ValueError(
+            f"ckpt_path={path} is corrupt or truncated (not a readable torch checkpoint){_siblings(path)}"
+        ) from None
     except Exception as error:  # truncated zip (OSError, RuntimeError), EOFError, stray bytes (KeyError)
         detail = f"{type(error).__name__}: {str(error).strip()[:100]}"
         raise ValueError(f"ckpt_path={path} is corrupt or truncated ({detail}){_siblings(path)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"ckpt_path={path} is a torch file but not a Lightning checkpoint (no state_dict); "
-                         "point it at a run's checkpoints/last.ckpt")
+        raise ValueError(
+            f"ckpt_path={path} is a torch file but not a Lightning checkpoint (no state_dict); "
+            "point it at a run's checkpoints/last.ckpt"
+        )
     return checkpoint
 
 
-def check_resume_checkpoint(path: str | Path | None, fingerprint: dict,
-                            allow_config_change: bool = False) -> list[str]:
+def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_config_change: bool = False) -> list[str]:
     """Check ``ckpt_path`` before a resume: it exists, loads safely, and was trained with this config.
 
     Raises FileNotFoundError (missing), ValueError (empty, corrupt, not a checkpoint, or a different config
@@ -147,19 +150,21 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict,
         return []
     path = Path(path)
     if path.is_dir():
-        raise FileNotFoundError(f"ckpt_path={path} is a folder; point it at a file in it, e.g. "
-                                f"{path / 'last.ckpt'}")
+        raise FileNotFoundError(f"ckpt_path={path} is a folder; point it at a file in it, e.g. {path / 'last.ckpt'}")
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist; point it at a run's checkpoints/last.ckpt")
     stored = (_load(path).get(CHECKPOINT_KEY) or {}).get("fingerprint")
     if not stored:
-        log.warning("ckpt_path=%s has no config fingerprint (written before csd-exp stored one): cannot check "
-                    "that it was trained with this config", path)
+        log.warning(
+            "ckpt_path=%s has no config fingerprint (written before csd-exp stored one): cannot check "
+            "that it was trained with this config",
+            path,
+        )
         return []
     if stored.get("hash") == fingerprint.get("hash"):
         return []
     differences = fingerprint_differences(stored, fingerprint)
-    if not differences:   # only keys the current rule ignores differ
+    if not differences:  # only keys the current rule ignores differ
         return []
     listed = differences[:MAX_LISTED]
     if len(differences) > MAX_LISTED:
@@ -168,6 +173,8 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict,
     if allow_config_change:
         log.warning("resuming %s with a changed config (%s):\n  %s", path, ALLOW_OVERRIDE, details)
         return differences
-    raise ValueError(f"ckpt_path={path} was trained with a different config:\n  {details}\n"
-                     f"Resume with the checkpoint's settings, or add {ALLOW_OVERRIDE} to continue it under "
-                     "this run's config on purpose")
+    raise ValueError(
+        f"ckpt_path={path} was trained with a different config:\n  {details}\n"
+        f"Resume with the checkpoint's settings, or add {ALLOW_OVERRIDE} to continue it under "
+        "this run's config on purpose"
+    )

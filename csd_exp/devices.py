@@ -33,16 +33,34 @@ import torch
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA / legacy DNNL_MAX_CPU_ISA) that stop short of bf16 instructions.
-ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
-                                      "AVX512_CORE_VNNI", "AVX512_MIC", "AVX512_MIC_4OPS"})
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {
+        "SSE41",
+        "AVX",
+        "AVX2",
+        "AVX2_VNNI",
+        "AVX2_VNNI_2",
+        "AVX512_CORE",
+        "AVX512_CORE_VNNI",
+        "AVX512_MIC",
+        "AVX512_MIC_4OPS",
+    }
+)
 # MKL_ENABLE_INSTRUCTIONS values below AVX512_E3, MKL's first level with bf16.
 MKL_ISAS_WITHOUT_BF16 = frozenset({"SSE4_2", "AVX", "AVX2", "AVX2_E1", "AVX512", "AVX512_E1", "AVX512_E2"})
 
 _DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 ALLOWED_DTYPE_NAMES = ("auto", *_DTYPE_NAMES)
 
@@ -93,8 +111,10 @@ def isa_cap_without_bf16() -> str | None:
     """The first environment cap on oneDNN's or MKL's instruction set that stops below bf16, as
     "NAME=VALUE", or None. Either library running the UNet's convolutions/GEMMs without bf16 instructions
     makes bf16 emulated, so any such cap counts."""
-    for names, blocked in ((("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"), ONEDNN_ISAS_WITHOUT_BF16),
-                           (("MKL_ENABLE_INSTRUCTIONS",), MKL_ISAS_WITHOUT_BF16)):
+    for names, blocked in (
+        (("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"), ONEDNN_ISAS_WITHOUT_BF16),
+        (("MKL_ENABLE_INSTRUCTIONS",), MKL_ISAS_WITHOUT_BF16),
+    ):
         for name in names:
             value = os.environ.get(name, "").strip().upper().removeprefix("MKL_ENABLE_")
             if value in blocked:
@@ -147,7 +167,7 @@ def _choose(device: str | torch.device | None, fast: bool) -> tuple[torch.dtype,
         return torch.float16, "float16: Apple MPS runs half precision natively"
     if device.type != "cpu":
         return torch.float32, f"float32: no reduced-precision preference known for device type {device.type!r}"
-    if not fast:   # a prior's numbers should not change with the CPU it happens to run on
+    if not fast:  # a prior's numbers should not change with the CPU it happens to run on
         return torch.float32, "float32: the CPU default (model.torch_dtype=bfloat16 opts into reduced precision)"
     native, reason = _cpu_bf16_verdict()
     return (torch.bfloat16, f"bfloat16: {reason}") if native else (torch.float32, f"float32: {reason}")
@@ -181,6 +201,5 @@ def parse_torch_dtype(value: str | torch.dtype, device: str | torch.device | Non
     if key == "auto":
         return default_model_dtype(device)
     if key not in _DTYPE_NAMES:
-        raise ValueError(f"unknown torch_dtype {value!r}; allowed: {', '.join(ALLOWED_DTYPE_NAMES)} "
-                         "or a torch.dtype")
+        raise ValueError(f"unknown torch_dtype {value!r}; allowed: {', '.join(ALLOWED_DTYPE_NAMES)} or a torch.dtype")
     return _DTYPE_NAMES[key]

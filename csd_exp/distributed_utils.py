@@ -51,9 +51,11 @@ class FailFastDDPStrategy(DDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        spawns_script_copies = (isinstance(self._launcher, _SubprocessScriptLauncher)
-                                and not self.cluster_environment.creates_processes_externally
-                                and self.num_processes > 1)
+        spawns_script_copies = (
+            isinstance(self._launcher, _SubprocessScriptLauncher)
+            and not self.cluster_environment.creates_processes_externally
+            and self.num_processes > 1
+        )
         if spawns_script_copies and hydra_multirun_active():
             raise RuntimeError(
                 "Hydra multirun (-m) cannot start Lightning DDP ranks with the basic launcher: Lightning starts "
@@ -69,8 +71,9 @@ class FailFastDDPStrategy(DDPStrategy):
 
     def barrier(self, *args: Any, **kwargs: Any) -> None:
         if self._interrupted() and self.world_size > 1:
-            log.debug("rank %d: skipping a barrier after a failure (the other ranks may never reach it)",
-                      self.global_rank)
+            log.debug(
+                "rank %d: skipping a barrier after a failure (the other ranks may never reach it)", self.global_rank
+            )
             return
         super().barrier(*args, **kwargs)
 
@@ -78,8 +81,9 @@ class FailFastDDPStrategy(DDPStrategy):
         super().on_exception(exception)
         if self.world_size <= 1:
             return
-        log.error("rank %d of %d stopped: %s: %s", self.global_rank, self.world_size, type(exception).__name__,
-                  exception)
+        log.error(
+            "rank %d of %d stopped: %s: %s", self.global_rank, self.world_size, type(exception).__name__, exception
+        )
         procs = list(getattr(self._launcher, "procs", None) or [])  # ranks >= 1, only on the launching process
         if not procs:
             return
@@ -89,15 +93,21 @@ class FailFastDDPStrategy(DDPStrategy):
             time.sleep(0.05)
         failed = [(rank, proc) for rank, proc in enumerate(procs, start=1) if proc.returncode not in (None, 0)]
         if failed:
-            names = ", ".join(f"local rank {rank} (pid {proc.pid}) exited with code {proc.returncode}"
-                              for rank, proc in failed)
+            names = ", ".join(
+                f"local rank {rank} (pid {proc.pid}) exited with code {proc.returncode}" for rank, proc in failed
+            )
             log.error("%s: see its traceback ([rank%d] lines on stderr)", names, failed[0][0])
             if isinstance(exception, RuntimeError) and exception.args and isinstance(exception.args[0], str):
                 exception.args = (f"{exception.args[0]} [{names}]", *exception.args[1:])
         alive = [proc for proc in procs if proc.poll() is None]
         if alive:
-            log.error("stopping the %d other rank(s) still running (pids %s) so they do not wait for the %s "
-                      "collective timeout", len(alive), ", ".join(str(p.pid) for p in alive), self._timeout)
+            log.error(
+                "stopping the %d other rank(s) still running (pids %s) so they do not wait for the %s "
+                "collective timeout",
+                len(alive),
+                ", ".join(str(p.pid) for p in alive),
+                self._timeout,
+            )
             for proc in alive:
                 proc.send_signal(signal.SIGKILL)  # SIGTERM is not enough for a process stuck in a collective
                 proc.wait()

@@ -25,8 +25,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -123,8 +123,10 @@ def load_frames(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
     if suffix in VIDEO_SUFFIXES:
         frames = _read_video(path)
         return frames, [f"{path}#{index}" for index in range(frames.shape[0])]
-    raise InputError(f"{path}: unknown file type {suffix!r}; expected an image ({IMAGE_SUFFIXES}), a video "
-                     f"({VIDEO_SUFFIXES}) or a folder of frames")
+    raise InputError(
+        f"{path}: unknown file type {suffix!r}; expected an image ({IMAGE_SUFFIXES}), a video "
+        f"({VIDEO_SUFFIXES}) or a folder of frames"
+    )
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -159,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", required=True, help="source image, folder of frames, or video")
     parser.add_argument("--edited", required=True, help="edited image, folder of frames, or video")
-    parser.add_argument("--source-text", default="", help="y_source for clip/directional ('' in instruction mode, or a source caption)")
-    parser.add_argument("--target-text", required=True, help="y_target for clip/directional (the instruction, or a target caption)")
+    parser.add_argument(
+        "--source-text", default="", help="y_source for clip/directional ('' in instruction mode, or a source caption)"
+    )
+    parser.add_argument(
+        "--target-text", required=True, help="y_target for clip/directional (the instruction, or a target caption)"
+    )
     parser.add_argument("--out", default=".", help="folder for summary.json (created; default: current folder)")
     parser.add_argument("--clip-model", default="ViT-bigG-14", help="OpenCLIP architecture (default: ViT-bigG-14)")
     parser.add_argument(
@@ -169,21 +175,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="open_clip tag, local checkpoint file/folder, or 'none' to skip CLIP (default: laion2b_s39b_b160k)",
     )
     parser.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze", "none"))
-    parser.add_argument("--resize", type=_parse_size, default=None, metavar="HxW", help="resize both inputs to HEIGHTxWIDTH")
+    parser.add_argument(
+        "--resize", type=_parse_size, default=None, metavar="HxW", help="resize both inputs to HEIGHTxWIDTH"
+    )
     parser.add_argument(
         "--sequence",
         choices=("auto", "yes", "no"),
         default="auto",
         help="score consecutive-frame consistency (auto: when there are 2 or more frames)",
     )
-    parser.add_argument("--windows", type=_parse_windows, default=None, metavar="T,L,H,W;...",
-                        help="panorama windows in pixels (after --resize) for consistency/seam_error")
-    parser.add_argument("--flow", default=None, metavar="FILE.npy",
-                        help="flow (F-1, 2, H, W) in pixels mapping frame i+1 to frame i, for consistency/warp_error")
+    parser.add_argument(
+        "--windows",
+        type=_parse_windows,
+        default=None,
+        metavar="T,L,H,W;...",
+        help="panorama windows in pixels (after --resize) for consistency/seam_error",
+    )
+    parser.add_argument(
+        "--flow",
+        default=None,
+        metavar="FILE.npy",
+        help="flow (F-1, 2, H, W) in pixels mapping frame i+1 to frame i, for consistency/warp_error",
+    )
     parser.add_argument("--device", default=None, help="cpu (default) or cuda")
     parser.add_argument("--clip-batch-size", type=int, default=8)
-    parser.add_argument("--allow-download", action="store_true",
-                        help="let open_clip download missing weights (otherwise HF_HUB_OFFLINE=1)")
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let open_clip download missing weights (otherwise HF_HUB_OFFLINE=1)",
+    )
     return parser
 
 
@@ -247,7 +267,9 @@ def run(args: argparse.Namespace) -> dict:
         clip, lpips_net, source_text=args.source_text, target_text=args.target_text, device=args.device
     )
     if clip_pretrained is None:
-        evaluator.unavailable.update({key: "--clip-pretrained none" for key in evaluator.unavailable if key.startswith("clip/")})
+        evaluator.unavailable.update(
+            {key: "--clip-pretrained none" for key in evaluator.unavailable if key.startswith("clip/")}
+        )
     try:
         metrics = evaluator.evaluate(source, edited, sequence=sequence, motion=flow, windows=args.windows)
     except ValueError as error:

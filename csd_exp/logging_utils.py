@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 

@@ -38,9 +38,11 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
     """``trainer=gpu`` / ``ddp`` on a machine without CUDA fails here, before any model is loaded."""
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.accelerator={accelerator} but this machine has no CUDA device "
-                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-                           "use trainer=cpu, or install a CUDA build of torch that matches the driver")
+        raise RuntimeError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA device "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+            "use trainer=cpu, or install a CUDA build of torch that matches the driver"
+        )
 
 
 def instantiate_clearly(node, **kwargs):
@@ -99,8 +101,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         fingerprint = run_fingerprint(resolved)
-        changed = check_resume_checkpoint(cfg.get("ckpt_path"), fingerprint,
-                                          bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False)))
+        changed = check_resume_checkpoint(
+            cfg.get("ckpt_path"), fingerprint, bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False))
+        )
         if changed:
             summary["config_changed_on_resume"] = changed
         check_accelerator(cfg.trainer)
@@ -133,14 +136,19 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(error).__name__}: {error}"
         raise
     finally:
-        _finish(summary, task_steps=lambda: task.completed_steps, trainer=trainer, started=started,
-                output_dir=output_dir, resolved=resolved)
+        _finish(
+            summary,
+            task_steps=lambda: task.completed_steps,
+            trainer=trainer,
+            started=started,
+            output_dir=output_dir,
+            resolved=resolved,
+        )
         finish_wandb(loggers, exit_code=exit_code)
     return summary
 
 
-def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, output_dir: Path,
-            resolved: dict) -> None:
+def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, output_dir: Path, resolved: dict) -> None:
     """Complete and write ``summary.json`` (rank zero). If the write fails (a full disk) while the run
     itself failed, the run's error stays the one raised and the summary's failure is logged beside it."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -162,7 +170,7 @@ def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, out
         checkpoint = output_dir / "checkpoints" / "last.ckpt"
         kept = f"; the checkpoint {checkpoint} is kept" if checkpoint.is_file() else ""
         log.error("%s (run status: %s%s)", error, summary["status"], kept)
-        if "error" not in summary:   # the run itself succeeded: the lost summary is the error to report
+        if "error" not in summary:  # the run itself succeeded: the lost summary is the error to report
             raise OSError(error.errno, f"{error.strerror}{kept}") from None
         return
     log.info("summary: %s", output_dir / "summary.json")

@@ -14,17 +14,21 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".csd-exp.lock"
 # What to do about the errors a user can fix when a file cannot be written.
-_WRITE_FIXES = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space within your disk quota",
-                errno.EACCES: "make the folder writable or pick another (hydra.run.dir=...)",
-                errno.EROFS: "pick a writable folder (hydra.run.dir=...)"}
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EACCES: "make the folder writable or pick another (hydra.run.dir=...)",
+    errno.EROFS: "pick a writable folder (hydra.run.dir=...)",
+}
 
 
 class RunFolderInUse(RuntimeError):
@@ -37,8 +41,7 @@ def _holder_text(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         info = {}
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} "
-            f"since {info.get('since', '?')}")
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {info.get('since', '?')}"
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -61,12 +64,13 @@ def _lock(folder: Path) -> int | None:
         except BlockingIOError:
             holder = _holder_text(fd)
             os.close(fd)
-            raise RunFolderInUse(f"{folder} is in use by another run ({holder}); give this run its own folder "
-                                 "(hydra.run.dir=...) or wait for it to finish") from None
-        except OSError as error:   # e.g. a file system without locks: run, but say it is unguarded
+            raise RunFolderInUse(
+                f"{folder} is in use by another run ({holder}); give this run its own folder "
+                "(hydra.run.dir=...) or wait for it to finish"
+            ) from None
+        except OSError as error:  # e.g. a file system without locks: run, but say it is unguarded
             os.close(fd)
-            log.warning("could not lock %s (%s): nothing stops another run from writing there", path,
-                        error.strerror)
+            log.warning("could not lock %s (%s): nothing stops another run from writing there", path, error.strerror)
             return None
         if _same_file(fd, path):
             return fd
@@ -74,8 +78,11 @@ def _lock(folder: Path) -> int | None:
 
 
 def _write_holder(fd: int) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now().astimezone().isoformat(timespec="seconds")}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
 

@@ -18,22 +18,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 # Choices, imported by the classes that implement them (one list per concept).
 WINDOW_SAMPLERS = ("uniform", "coverage_balanced")
 RESIZE_POLICIES = ("auto", "official", "short_side")
 PANORAMA_SAMPLING_METHODS = ("per_window", "downscaled", "multidiffusion")
 GUIDANCE_METHODS = ("sds", "csd", "csd_edit", "csd_edit_no_svgd", "csd_edit_random_noise")
-METHODS_WITHOUT_KERNEL = ("sds", "csd_edit_no_svgd")   # they fix their own (identity) kernel
+METHODS_WITHOUT_KERNEL = ("sds", "csd_edit_no_svgd")  # they fix their own (identity) kernel
 BANDWIDTH_RULES = ("median", "median_log_n", "fixed")
 ANNEALING_RULES = ("constant", "linear", "sqrt")
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 EDIT_INITS = ("render", "source")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 CLIP_PRECISIONS = ("fp32", "fp16", "bf16")
-MAX_SEED = 2**32 - 1     # numpy's and Lightning's seed range
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 
 class ConfigError(ValueError):
@@ -350,7 +351,10 @@ DATA_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.scene3d.Scene3DTask": SceneDataSchema,
 }
 EDITOR_SCHEMAS = {"csd_edit": CSDEditEditorSchema, "in2n": IN2NEditorSchema}
-SAMPLING_TASKS = ("csd_exp.tasks.panorama_sampling.PanoramaSamplingTask", "csd_exp.tasks.video_sampling.VideoSamplingTask")
+SAMPLING_TASKS = (
+    "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask",
+    "csd_exp.tasks.video_sampling.VideoSamplingTask",
+)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -433,8 +437,10 @@ def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
         if key in ("_target_", "_partial_", "_recursive_", "_convert_"):
             continue
         if key not in fields:
-            raise ConfigError(f"{prefix}.{key} is not a setting of {schema.__name__.removesuffix('Schema')}; "
-                              f"its settings are: {', '.join(fields)}")
+            raise ConfigError(
+                f"{prefix}.{key} is not a setting of {schema.__name__.removesuffix('Schema')}; "
+                f"its settings are: {', '.join(fields)}"
+            )
         check_value(f"{prefix}.{key}", value, fields[key])
         if isinstance(value, Mapping) and value.get("_target_") in TARGET_SCHEMAS:
             check_node(f"{prefix}.{key}", value, TARGET_SCHEMAS[value["_target_"]])
@@ -450,22 +456,28 @@ def _check_steps(trainer: Mapping[str, Any]) -> None:
     check_value("trainer.max_steps", max_steps, int)
     check_value("trainer.max_epochs", max_epochs, int)
     if max_steps == -1 and max_epochs >= 1:
-        return   # sampling baselines: one epoch of reverse steps
+        return  # sampling baselines: one epoch of reverse steps
     if max_steps < 1:
-        raise ConfigError(f"trainer.max_steps={max_steps!r} is not allowed: expected an integer >= 1 "
-                          "(the number of optimisation steps)")
+        raise ConfigError(
+            f"trainer.max_steps={max_steps!r} is not allowed: expected an integer >= 1 "
+            "(the number of optimisation steps)"
+        )
 
 
 def _check_kernel_use(cfg: Mapping[str, Any]) -> None:
     guidance, kernel = cfg.get("guidance") or {}, cfg.get("kernel")
     method = guidance.get("method")
     if "_target_" in guidance and method not in METHODS_WITHOUT_KERNEL and not guidance.get("kernel"):
-        raise ConfigError(f"guidance={method} couples its particles through a kernel but none is chosen; "
-                          "add kernel=rbf (or kernel=identity)")
+        raise ConfigError(
+            f"guidance={method} couples its particles through a kernel but none is chosen; "
+            "add kernel=rbf (or kernel=identity)"
+        )
     if kernel and guidance.get("kernel") is None:
         what = f"guidance={method}" if method else "this task"
-        raise ConfigError(f"{what} uses no kernel, so kernel={kernel.get('_target_', kernel)} would do nothing; "
-                          "drop the kernel override (SDS and csd_edit_no_svgd fix their own identity kernel)")
+        raise ConfigError(
+            f"{what} uses no kernel, so kernel={kernel.get('_target_', kernel)} would do nothing; "
+            "drop the kernel override (SDS and csd_edit_no_svgd fix their own identity kernel)"
+        )
 
 
 def _check_task(cfg: Mapping[str, Any]) -> None:
@@ -483,17 +495,23 @@ def _check_task(cfg: Mapping[str, Any]) -> None:
     samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("kind") == "in2n")
     distills = "_target_" in (cfg.get("guidance") or {})
     if samples and distills:
-        raise ConfigError(f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
-                          "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
-                          f"guidance={cfg['guidance'].get('method')}")
+        raise ConfigError(
+            f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
+            "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
+            f"guidance={cfg['guidance'].get('method')}"
+        )
     if not samples and not distills:
-        raise ConfigError("this task distils the prior and needs a guidance method: guidance=csd_edit | csd | sds | "
-                          "csd_edit_no_svgd | csd_edit_random_noise")
+        raise ConfigError(
+            "this task distils the prior and needs a guidance method: guidance=csd_edit | csd | sds | "
+            "csd_edit_no_svgd | csd_edit_random_noise"
+        )
     if samples:
         for group in ("kernel", "schedule"):
             if cfg.get(group):
-                raise ConfigError(f"this task samples without distillation, so the {group} group would do "
-                                  f"nothing; drop the {group} override ({group}=none)")
+                raise ConfigError(
+                    f"this task samples without distillation, so the {group} group would do "
+                    f"nothing; drop the {group} override ({group}=none)"
+                )
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -504,7 +522,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if isinstance(cfg.get("resume"), Mapping):
         check_node("resume", cfg["resume"], ResumeSchema)
     _check_target("model", cfg.get("model"))
-    _check_target("kernel", cfg.get("kernel"))      # before guidance, which holds them too: name the
+    _check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
     _check_target("schedule", cfg.get("schedule"))  # key the way the user set it
     _check_target("guidance", cfg.get("guidance"))
     _check_task(cfg)
@@ -518,8 +536,21 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
 #: Top-level nodes the checks read; the others (paths, logger, callbacks, hydra) hold no run settings
 #: that the schemas cover, and resolving them may need a job's run folder, which a sweep has not made yet.
-CHECKED_NODES = ("prompt", "source_prompt", "seed", "ckpt_path", "trainer", "resume", "model", "guidance",
-                 "kernel", "schedule", "task", "data", "metrics")
+CHECKED_NODES = (
+    "prompt",
+    "source_prompt",
+    "seed",
+    "ckpt_path",
+    "trainer",
+    "resume",
+    "model",
+    "guidance",
+    "kernel",
+    "schedule",
+    "task",
+    "data",
+    "metrics",
+)
 
 
 def validate_composed(cfg: Any) -> None:
@@ -533,7 +564,7 @@ def validate_composed(cfg: Any) -> None:
             continue
         try:
             node = cfg[key]
-            if key == "trainer":   # only the keys checked: others name the run folder, not made yet in a sweep
+            if key == "trainer":  # only the keys checked: others name the run folder, not made yet in a sweep
                 node = OmegaConf.create({k: node[k] for k in _fields(TrainerSchema) if k in node})
             plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         except OmegaConfBaseException as error:

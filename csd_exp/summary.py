@@ -10,8 +10,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-VERSIONED_PACKAGES = ("csd-exp", "torch", "pytorch-lightning", "hydra-core", "diffusers", "transformers",
-                      "open-clip-torch", "torchmetrics", "wandb")
+VERSIONED_PACKAGES = (
+    "csd-exp",
+    "torch",
+    "pytorch-lightning",
+    "hydra-core",
+    "diffusers",
+    "transformers",
+    "open-clip-torch",
+    "torchmetrics",
+    "wandb",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -38,10 +47,17 @@ def write_failed_summary(cfg: Any, error: str) -> Path | None:
 
     try:
         folder = Path(cfg.paths.output_dir)
-    except OmegaConfBaseException:   # a config too broken to name its folder: the message alone says it
+    except OmegaConfBaseException:  # a config too broken to name its folder: the message alone says it
         return None
     config = OmegaConf.to_container(cfg, resolve=False)
-    summary = {"status": "failed", "error": error, "metrics": {}, "seed": cfg.get("seed"), "steps": 0,
-               "versions": package_versions(), "config": config}
+    summary = {
+        "status": "failed",
+        "error": error,
+        "metrics": {},
+        "seed": cfg.get("seed"),
+        "steps": 0,
+        "versions": package_versions(),
+        "config": config,
+    }
     write_summary(folder / "summary.json", summary)
     return folder / "summary.json"

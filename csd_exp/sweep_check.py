@@ -35,10 +35,10 @@ class ValidateSweep(Callback):
 
         from csd_exp.schema import ConfigError, validate_composed
 
-        HydraConfig.instance().set_config(config)   # ${hydra:...} in the jobs' configs (paths) resolves
+        HydraConfig.instance().set_config(config)  # ${hydra:...} in the jobs' configs (paths) resolves
 
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-            return   # other sweepers (Optuna) draw their jobs as they go; each job is checked when it starts
+            return  # other sweepers (Optuna) draw their jobs as they go; each job is checked when it starts
         jobs = sweep_jobs(config)
         for number, overrides in enumerate(jobs):
             try:

@@ -20,10 +20,14 @@ from pathlib import Path
 from csd_exp.experiments.summarize import load_summaries, table
 
 METRICS = {
-    "panorama": ("consistency/mode_agreement", "consistency/seam_error", "fidelity/psnr", "fidelity/ssim",
-                 "wall_time_s"),
-    "video": ("consistency/mode_agreement", "consistency/warp_error", "fidelity/psnr", "fidelity/ssim",
-              "wall_time_s"),
+    "panorama": (
+        "consistency/mode_agreement",
+        "consistency/seam_error",
+        "fidelity/psnr",
+        "fidelity/ssim",
+        "wall_time_s",
+    ),
+    "video": ("consistency/mode_agreement", "consistency/warp_error", "fidelity/psnr", "fidelity/ssim", "wall_time_s"),
 }
 EXPERIMENT = {"panorama": "panorama_exact_cpu", "video": "video_exact_cpu"}
 SAMPLING = {
@@ -43,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", choices=sorted(EXPERIMENT), default="panorama")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--prompt", default="turn it into a pop-art painting")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: outputs/experiments/<task>_<time>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: outputs/experiments/<task>_<time>)"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run")
     args = parser.parse_args(argv)
     out = args.out or Path("outputs/experiments") / time.strftime(f"{args.task}_%Y%m%d_%H%M%S")

@@ -18,9 +18,15 @@ from pathlib import Path
 from csd_exp.experiments.ablation import multirun
 from csd_exp.experiments.summarize import load_summaries, table
 
-METRICS = ("consistency/mode_agreement", "consistency/mode_agreement_edited_views", "edit/edited_fraction",
-           "consistency/reprojection_error", "fidelity/heldout_psnr", "fidelity/heldout_psnr_pretrain",
-           "wall_time_s")
+METRICS = (
+    "consistency/mode_agreement",
+    "consistency/mode_agreement_edited_views",
+    "edit/edited_fraction",
+    "consistency/reprojection_error",
+    "fidelity/heldout_psnr",
+    "fidelity/heldout_psnr_pretrain",
+    "wall_time_s",
+)
 EXPERIMENT = "scene3d_exact_cpu"
 BASELINE_EXPERIMENT = "scene3d_in2n_exact_cpu"
 
@@ -29,10 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--prompt", default="turn it into a pop-art painting")
-    parser.add_argument("--guidance", default="csd_edit,csd_edit_no_svgd",
-                        help="guidance methods swept for the CSD-Edit editor (comma-separated)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: outputs/experiments/scene3d_<time>)")
+    parser.add_argument(
+        "--guidance",
+        default="csd_edit,csd_edit_no_svgd",
+        help="guidance methods swept for the CSD-Edit editor (comma-separated)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: outputs/experiments/scene3d_<time>)"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run")
     parser.add_argument("--table-only", action="store_true", help="only print the table of an existing --out")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Turn runs' ``summary.json`` files into one table (mean ± std over seeds), optionally beside paper numbers.
 
-    python -m csd_exp.experiments.summarize outputs/multiruns/2026-11-25_07-00-00 --metrics consistency/mode_agreement fidelity/psnr
+    python -m csd_exp.experiments.summarize outputs/multiruns/2026-11-25_07-00-00 \\
+        --metrics consistency/mode_agreement fidelity/psnr
 
 Rows are grouped by a label built from the config (task, method); only ``summary.json`` is read.
 """
@@ -12,11 +13,16 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-DEFAULT_METRICS = ("consistency/mode_agreement", "consistency/seam_error", "fidelity/psnr", "fidelity/ssim",
-                   "wall_time_s")
+DEFAULT_METRICS = (
+    "consistency/mode_agreement",
+    "consistency/seam_error",
+    "fidelity/psnr",
+    "fidelity/ssim",
+    "wall_time_s",
+)
 
 
 def run_label(summary: dict) -> str:

@@ -12,7 +12,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("CSD_EXP_CACHE_DIR", tempfile.mkdtemp(prefix="csd-exp-test-cache-"))
 
 import pytest  # noqa: E402
-
 from framework_support import compose_config  # noqa: E402
 
 

@@ -8,8 +8,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
 
 # Overrides that make any configuration CPU-sized: a few steps, no W&B, tiny windows when needed.
-FAST = ["trainer=cpu", "logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=1",
-        "callbacks.checkpoint.every_n_train_steps=1", "~callbacks.progress"]
+FAST = [
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=1",
+    "callbacks.checkpoint.every_n_train_steps=1",
+    "~callbacks.progress",
+]
 
 
 def compose_config(overrides: list[str], output_dir: Path):

@@ -41,11 +41,23 @@ class Tiny(pl.LightningModule):
 
 
 def _fit(folder: Path, fingerprint: dict, max_steps: int, ckpt_path: Path | None = None) -> Path:
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=folder, filename="step{step:02d}", every_n_train_steps=1,
-                                               save_top_k=-1, save_last=True, auto_insert_metric_name=False)
-    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=folder,
-                         callbacks=[checkpoints, RunFingerprint(fingerprint)])
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=folder,
+        filename="step{step:02d}",
+        every_n_train_steps=1,
+        save_top_k=-1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+        callbacks=[checkpoints, RunFingerprint(fingerprint)],
+    )
     trainer.fit(Tiny(), ckpt_path=ckpt_path)
     return folder / "last.ckpt"
 
@@ -61,17 +73,38 @@ def sds_checkpoint(tmp_path, sds_fingerprint):
 
 
 def test_the_fingerprint_ignores_what_may_change_on_resume(sds_fingerprint):
-    elsewhere = _fingerprint([*SMALL_EXACT, "guidance=sds", "trainer=ddp_sim", "trainer.max_steps=999",
-                              "logger=csv", "metrics=none", "run_name=other", "ckpt_path=/x/last.ckpt",
-                              "~callbacks.progress", "trainer.val_check_interval=7"], Path("/elsewhere"))
+    elsewhere = _fingerprint(
+        [
+            *SMALL_EXACT,
+            "guidance=sds",
+            "trainer=ddp_sim",
+            "trainer.max_steps=999",
+            "logger=csv",
+            "metrics=none",
+            "run_name=other",
+            "ckpt_path=/x/last.ckpt",
+            "~callbacks.progress",
+            "trainer.val_check_interval=7",
+        ],
+        Path("/elsewhere"),
+    )
     assert elsewhere == sds_fingerprint
     keys = sds_fingerprint["keys"]
     assert keys["guidance.method"] == "sds" and keys["seed"] == 0 and keys["trainer.precision"] == "32-true"
     assert not any(k.split(".")[0] in {"logger", "callbacks", "paths", "metrics", "run_name"} for k in keys)
 
 
-@pytest.mark.parametrize("override", ["guidance=csd_edit", "seed=1", "prompt='make it night'",
-                                      "trainer.precision=64-true", "task.window_stride=16", "data.short_side=64"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "guidance=csd_edit",
+        "seed=1",
+        "prompt='make it night'",
+        "trainer.precision=64-true",
+        "task.window_stride=16",
+        "data.short_side=64",
+    ],
+)
 def test_the_fingerprint_sees_what_changes_the_math(override, sds_fingerprint):
     changed = _fingerprint([*SMALL_EXACT, "guidance=sds", override])
     assert changed["hash"] != sds_fingerprint["hash"]
@@ -124,7 +157,7 @@ def test_a_checkpoint_of_an_older_run_only_warns(tmp_path, caplog):
     cfg = compose_config([*SMALL_EXACT, *FAST], tmp_path)
     run(cfg)
     path = tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)   # our own files load safely
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # our own files load safely
     checkpoint.pop("csd_exp", None)
     torch.save(checkpoint, path)
     with caplog.at_level(logging.WARNING):
@@ -154,10 +187,17 @@ def _write_bad(folder: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("empty", "is empty"), ("truncated", "corrupt or truncated"), ("garbage", "corrupt or truncated"),
-    ("text", "corrupt or truncated"), ("object", "holds a Python object"), ("list", "not a Lightning checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "is empty"),
+        ("truncated", "corrupt or truncated"),
+        ("garbage", "corrupt or truncated"),
+        ("text", "corrupt or truncated"),
+        ("object", "holds a Python object"),
+        ("list", "not a Lightning checkpoint"),
+    ],
+)
 def test_a_broken_checkpoint_is_a_clear_value_error(kind, message, sds_checkpoint, sds_fingerprint):
     path = _write_bad(sds_checkpoint.parent, kind)
     with pytest.raises(ValueError, match=message) as refused:

@@ -22,14 +22,29 @@ GROUP_OPTIONS = [
     *[f"guidance={p.stem}" for p in (CONFIG_DIR / "guidance").glob("*.yaml") if p.stem != "sampling"],
     *[f"task={p.stem}" for p in (CONFIG_DIR / "task").glob("*.yaml")],
     *[f"task={p.stem.removeprefix('smoke_')} debug=smoke" for p in (CONFIG_DIR / "debug_sizes").glob("*.yaml")],
-    "debug=fast", "kernel=identity", "kernel=rbf", "schedule=paper", "metrics=none", "task=scene3d editor=in2n guidance=sampling "
-    "kernel=none schedule=none", "data.resize_policy=official", "data.resize_policy=short_side",
+    "debug=fast",
+    "kernel=identity",
+    "kernel=rbf",
+    "schedule=paper",
+    "metrics=none",
+    "task=scene3d editor=in2n guidance=sampling kernel=none schedule=none",
+    "data.resize_policy=official",
+    "data.resize_policy=short_side",
 ]
 # Passed by csd_exp.run.build_task, not by the YAML.
 INJECTED = {"prior", "guidance", "prompt", "source_prompt", "seed", "data", "max_steps"}
 # Constructor parameters for Python callers only (objects, or values fixed by the prior's weights).
-PYTHON_ONLY = {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "instructions", "compute_dtype",
-               "num_train_timesteps", "aabb"}
+PYTHON_ONLY = {
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "instructions",
+    "compute_dtype",
+    "num_train_timesteps",
+    "aabb",
+}
 
 
 def _target_nodes(node, prefix=""):
@@ -54,10 +69,16 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
     for path, node in _target_nodes({k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task")}):
         target = get_object(node["_target_"])
         parameters = inspect.signature(target).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):   # forwards **kwargs
-            forwarded_to = (target.__mro__[2] if isinstance(target, type) else   # a baseline's task class
-                            get_object("csd_exp.priors." + ("InstructPix2PixPrior" if "pix2pix" in node["_target_"]
-                                                            else "StableDiffusionPrior")))   # a tiny builder
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):  # forwards **kwargs
+            forwarded_to = (
+                target.__mro__[2]
+                if isinstance(target, type)
+                # a baseline's task class
+                else get_object(
+                    "csd_exp.priors."
+                    + ("InstructPix2PixPrior" if "pix2pix" in node["_target_"] else "StableDiffusionPrior")
+                )
+            )  # a tiny builder
             parameters = {**parameters, **inspect.signature(forwarded_to).parameters}
         unknown = set(node) - {"_target_", "_partial_"} - set(parameters)
         assert not unknown, f"{path}: keys no constructor takes: {unknown}"
@@ -70,17 +91,17 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
 @pytest.mark.parametrize("target", sorted(TARGET_SCHEMAS))
 def test_schemas_name_exactly_the_constructor_parameters(target):
     if target.startswith("torch."):
-        return   # torch's own classes: the schema lists only the keys our configs set
+        return  # torch's own classes: the schema lists only the keys our configs set
     parameters = inspect.signature(get_object(target)).parameters
     named = {name for name, p in parameters.items() if p.kind is not p.VAR_KEYWORD} - INJECTED
     if not target.startswith("csd_exp.priors.ExactScorePrior"):
         named -= PYTHON_ONLY
     else:
-        named -= PYTHON_ONLY - {"num_train_timesteps"}   # the exact prior's schedule length is a setting
+        named -= PYTHON_ONLY - {"num_train_timesteps"}  # the exact prior's schedule length is a setting
     if "Sampling" in target:
-        named -= {"optimizer", "lr_scheduler"}   # sampling baselines optimise nothing
+        named -= {"optimizer", "lr_scheduler"}  # sampling baselines optimise nothing
         named |= {"window_size", "window_stride"} if "panorama" in target else {"frame_size"}
-    if target.split(".")[-1].startswith("tiny_"):   # builders forward **prior_kwargs to the prior class
+    if target.split(".")[-1].startswith("tiny_"):  # builders forward **prior_kwargs to the prior class
         prior_class = "InstructPix2PixPrior" if "pix2pix" in target else "StableDiffusionPrior"
         named |= {"seed"} | set(inspect.signature(get_object(f"csd_exp.priors.{prior_class}")).parameters)
         assert set(_fields(TARGET_SCHEMAS[target])) <= named
@@ -94,9 +115,18 @@ def test_editor_schemas_match_the_task():
     assert {kind: set(_fields(schema)) for kind, schema in EDITOR_SCHEMAS.items()} == EDITOR_KEYS
 
 
-@pytest.mark.parametrize("group, option", [("model", "exact"), ("guidance", "csd_edit"), ("kernel", "rbf"),
-                                           ("schedule", "default"), ("task", "panorama"), ("task", "video"),
-                                           ("task", "scene3d")])
+@pytest.mark.parametrize(
+    "group, option",
+    [
+        ("model", "exact"),
+        ("guidance", "csd_edit"),
+        ("kernel", "rbf"),
+        ("schedule", "default"),
+        ("task", "panorama"),
+        ("task", "video"),
+        ("task", "scene3d"),
+    ],
+)
 def test_python_defaults_equal_the_default_yaml(group, option, tmp_path):
     _, plain = _composed([f"{group}={option}"] if group == "task" else [], tmp_path)
     node = plain["task" if group == "task" else group]
@@ -107,20 +137,23 @@ def test_python_defaults_equal_the_default_yaml(group, option, tmp_path):
             assert default == value, f"{group}/{option}: {key} is {value!r} in YAML but {default!r} in Python"
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["task.window_sampler=balanced"], "task.window_sampler"),
-    (["kernel.bandwidth=medain"], "kernel.bandwidth"),
-    (["guidance.guidance_scale=nan"], "guidance.guidance_scale"),
-    (["trainer.max_steps=0"], "trainer.max_steps"),
-    (["trainer.max_steps=-1"], "trainer.max_steps"),
-    (["seed=-5"], "seed"),
-    (["task.window_stride=0"], "task.window_stride"),
-    (["guidance=sds", "kernel=rbf"], "kernel"),
-    (["task=panorama_sampling", "guidance=csd_edit"], "guidance"),
-    (["task=scene3d", "task.editor.init=photo"], "task.editor.init"),
-    (["model=ip2p", "model.torch_dtype=half16"], "model.torch_dtype"),
-    (["data.resize_policy=fit"], "data.resize_policy"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["task.window_sampler=balanced"], "task.window_sampler"),
+        (["kernel.bandwidth=medain"], "kernel.bandwidth"),
+        (["guidance.guidance_scale=nan"], "guidance.guidance_scale"),
+        (["trainer.max_steps=0"], "trainer.max_steps"),
+        (["trainer.max_steps=-1"], "trainer.max_steps"),
+        (["seed=-5"], "seed"),
+        (["task.window_stride=0"], "task.window_stride"),
+        (["guidance=sds", "kernel=rbf"], "kernel"),
+        (["task=panorama_sampling", "guidance=csd_edit"], "guidance"),
+        (["task=scene3d", "task.editor.init=photo"], "task.editor.init"),
+        (["model=ip2p", "model.torch_dtype=half16"], "model.torch_dtype"),
+        (["data.resize_policy=fit"], "data.resize_policy"),
+    ],
+)
 def test_bad_values_fail_at_compose_time_naming_the_key(overrides, key, tmp_path):
     cfg, _ = _composed(overrides, tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -130,15 +163,19 @@ def test_bad_values_fail_at_compose_time_naming_the_key(overrides, key, tmp_path
 def _cli(args, cwd):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["task.window_sise=3"], "window_sise"),
-    (["guidance=csd_edt"], "csd_edt"),
-    (["task.window_sampler=balanced"], "coverage_balanced"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["task.window_sise=3"], "window_sise"),
+        (["guidance=csd_edt"], "csd_edt"),
+        (["task.window_sampler=balanced"], "coverage_balanced"),
+    ],
+)
 def test_a_typo_or_a_bad_value_prints_a_few_lines_naming_the_fix(args, needle, tmp_path):
     result = _cli(args, tmp_path)
     output = (result.stdout + result.stderr).strip().splitlines()

@@ -30,8 +30,9 @@ def simulate_cpu(monkeypatch, tmp_path):
         if flags is None:
             cpuinfo = tmp_path / "absent"
         else:
-            cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\n"
-                               f"processor\t: 1\nflags\t\t: {flags}\n")
+            cpuinfo.write_text(
+                f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+            )
         monkeypatch.setattr(devices, "CPUINFO", cpuinfo)
 
     return simulate
@@ -49,7 +50,7 @@ def test_avx2_only_cpu_chooses_float32(simulate_cpu):
 def test_avx512_cpu_with_native_bf16_chooses_bfloat16(simulate_cpu, flag):
     simulate_cpu("AVX512", f"avx2 avx512f {flag}")
     assert devices.fast_float_dtype("cpu") == torch.bfloat16
-    assert devices.default_model_dtype("cpu") == torch.float32   # priors stay float32 on CPUs unless asked
+    assert devices.default_model_dtype("cpu") == torch.float32  # priors stay float32 on CPUs unless asked
     assert devices.describe_dtype_choice("cpu", fast=True).startswith("bfloat16:")
     assert flag in devices.describe_dtype_choice("cpu", fast=True)
 
@@ -66,14 +67,17 @@ def test_capability_cap_wins_over_cpu_flags(simulate_cpu):
     assert devices.fast_float_dtype("cpu") == torch.float32
 
 
-@pytest.mark.parametrize("name, value, expected", [
-    ("ONEDNN_MAX_CPU_ISA", "AVX2", torch.float32),
-    ("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni", torch.float32),
-    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", torch.bfloat16),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX2", torch.float32),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E1", torch.float32),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E3", torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("ONEDNN_MAX_CPU_ISA", "AVX2", torch.float32),
+        ("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni", torch.float32),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", torch.bfloat16),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX2", torch.float32),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E1", torch.float32),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E3", torch.bfloat16),
+    ],
+)
 def test_library_isa_caps_are_honoured(simulate_cpu, monkeypatch, name, value, expected):
     simulate_cpu("AVX512", AVX512_BF16_FLAGS)
     monkeypatch.setenv(name, value)
@@ -119,12 +123,24 @@ def test_default_model_dtype_is_never_float16_on_cpu(simulate_cpu):
         assert devices.default_model_dtype("cpu") == torch.float32
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("float32", torch.float32), ("fp32", torch.float32), ("FP32", torch.float32), ("torch.float32", torch.float32),
-    ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16),
-    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), (" bf16 ", torch.bfloat16),
-    ("float64", torch.float64), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("FP32", torch.float32),
+        ("torch.float32", torch.float32),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("half", torch.float16),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        (" bf16 ", torch.bfloat16),
+        ("float64", torch.float64),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float32),
+    ],
+)
 def test_parse_torch_dtype_names(value, expected):
     assert devices.parse_torch_dtype(value, "cpu") == expected
 
@@ -133,7 +149,7 @@ def test_parse_torch_dtype_auto_follows_the_device(simulate_cpu, monkeypatch):
     simulate_cpu("AVX2", AVX2_FLAGS)
     assert devices.parse_torch_dtype("auto", "cpu") == torch.float32
     simulate_cpu("AVX512", AVX512_BF16_FLAGS)
-    assert devices.parse_torch_dtype("AUTO", "cpu") == torch.float32   # auto never depends on the CPU model
+    assert devices.parse_torch_dtype("AUTO", "cpu") == torch.float32  # auto never depends on the CPU model
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert devices.parse_torch_dtype("auto", "cuda") == torch.float16
 
@@ -164,6 +180,13 @@ def test_real_aten_capability_cap_chooses_float32():
     """End to end with the real PyTorch: ATEN_CPU_CAPABILITY=avx2 must give float32, whatever this CPU has."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     code = "from csd_exp.devices import fast_float_dtype as f; print(f('cpu'))"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1], check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     assert result.stdout.strip() == "torch.float32"

@@ -17,18 +17,40 @@ from pathlib import Path
 import pytest
 import torch
 
-DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT",
-                "LOCAL_WORLD_SIZE", "GROUP_RANK")
+DDP_ENV_VARS = (
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GLOBAL_RANK",
+    "RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+)
 RUN_TIMEOUT_S = 240  # one CLI run here takes 10-30 s; a hang is caught, never waited out
 FAILURE_TIMEOUT_S = 120  # a failing DDP run must stop well before ddp_sim's 5-minute collective timeout
 COMMON = ["logger=csv", "metrics=none", "~callbacks.progress", "+trainer.enable_model_summary=false"]
-PANORAMA = ["experiment=panorama_exact_cpu", "data.short_side=32", "task.window_size=32", "task.window_stride=8",
-            "trainer.max_steps=4"]
+PANORAMA = [
+    "experiment=panorama_exact_cpu",
+    "data.short_side=32",
+    "task.window_size=32",
+    "task.window_stride=8",
+    "trainer.max_steps=4",
+]
 VIDEO = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4", "trainer.max_steps=4"]
 # 3 pre-training steps (clamped to max_steps - 1), then one CSD-Edit round of 4 views: 2 + 2 per rank.
-SCENE = ["experiment=scene3d_exact_cpu", "data.image_size=16", "data.max_views=8", "task.field.resolution=16",
-         "task.field.num_samples=16", "task.editor.views=4", "task.editor.iterations=3", "task.turntable_views=4",
-         "trainer.max_steps=4"]
+SCENE = [
+    "experiment=scene3d_exact_cpu",
+    "data.image_size=16",
+    "data.max_views=8",
+    "task.field.resolution=16",
+    "task.field.num_samples=16",
+    "task.editor.views=4",
+    "task.editor.iterations=3",
+    "task.turntable_views=4",
+    "trainer.max_steps=4",
+]
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -38,8 +60,14 @@ def csd_exp(args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> subpr
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     cwd.mkdir(parents=True, exist_ok=True)
     try:
-        return subprocess.run([sys.executable, "-m", "csd_exp.cli", *COMMON, *args], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "csd_exp.cli", *COMMON, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as expired:
         output = (expired.stdout or b"")[-3000:], (expired.stderr or b"")[-3000:]
         pytest.fail(f"csd-exp {' '.join(args)} did not stop within {timeout} s (hang?): {output}")
@@ -63,7 +91,7 @@ def assert_same_result(single_dir: Path, sharded_dir: Path) -> float:
         actual = sharded["state_dict"][name]
         assert actual.shape == expected.shape, name
         largest = max(largest, float((actual - expected).abs().max()))
-        torch.testing.assert_close(actual, expected, **TOLERANCE, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(actual, expected, **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
     assert single["lr_schedulers"] == sharded["lr_schedulers"]
     # Theta must also have moved: equal because nothing happened would prove nothing.
     source = json.loads((single_dir / "summary.json").read_text())
@@ -117,8 +145,11 @@ def test_two_processes_equal_one(tmp_path, name, overrides):
 
 def test_fewer_particles_than_processes_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "run"
-    result = csd_exp([*PANORAMA, "task.windows_per_step=1", "trainer=ddp_sim", f"hydra.run.dir={run_dir}"],
-                     cwd=tmp_path, timeout=FAILURE_TIMEOUT_S)
+    result = csd_exp(
+        [*PANORAMA, "task.windows_per_step=1", "trainer=ddp_sim", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        timeout=FAILURE_TIMEOUT_S,
+    )
     assert result.returncode != 0
     message = "1 particles per step cannot be shared by 2 processes"
     assert message in result.stderr
@@ -129,10 +160,20 @@ def test_fewer_particles_than_processes_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_a_dying_rank_stops_the_run(tmp_path, failing_rank):
     run_dir = tmp_path / "run"
-    result = csd_exp([*PANORAMA, "task.windows_per_step=4", "trainer=ddp_sim", "trainer.max_steps=20",
-                      f"hydra.run.dir={run_dir}", "+callbacks.fail._target_=csd_exp.distributed_utils.FailOnRank",
-                      f"+callbacks.fail.rank={failing_rank}", "+callbacks.fail.step=2"],
-                     cwd=tmp_path, timeout=FAILURE_TIMEOUT_S)
+    result = csd_exp(
+        [
+            *PANORAMA,
+            "task.windows_per_step=4",
+            "trainer=ddp_sim",
+            "trainer.max_steps=20",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.fail._target_=csd_exp.distributed_utils.FailOnRank",
+            f"+callbacks.fail.rank={failing_rank}",
+            "+callbacks.fail.step=2",
+        ],
+        cwd=tmp_path,
+        timeout=FAILURE_TIMEOUT_S,
+    )
     assert result.returncode != 0
     assert f"InjectedFailure: injected failure on rank {failing_rank} at step 2" in result.stderr
     written = summary(run_dir)  # rank zero records the failure

@@ -58,7 +58,8 @@ def test_resume_continues_at_the_right_step(run_job):
     _, straight = run_job([*base, "trainer.max_steps=4"], name="straight")
     _, first = run_job([*base, "trainer.max_steps=2"], name="first")
     resumed_summary, resumed = run_job(
-        [*base, "trainer.max_steps=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], name="resumed")
+        [*base, "trainer.max_steps=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], name="resumed"
+    )
     assert resumed_summary["steps"] == 4
     torch.testing.assert_close(_canvas(resumed), _canvas(straight), rtol=0, atol=1e-6)
 
@@ -92,8 +93,16 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch,
         return original(self, step)
 
     monkeypatch.setattr(PanoramaTask, "distillation_step", interrupt_at_step_3)
-    cfg = compose_config(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=6",
-                          "callbacks.checkpoint.every_n_train_steps=100"], tmp_path)
+    cfg = compose_config(
+        [
+            "experiment=panorama_exact_cpu",
+            *FAST,
+            *SMALL_EXACT,
+            "trainer.max_steps=6",
+            "callbacks.checkpoint.every_n_train_steps=100",
+        ],
+        tmp_path,
+    )
     with caplog.at_level("WARNING"), pytest.raises(SystemExit):
         run(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -186,8 +195,9 @@ def test_unreadable_image_is_named(tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    return subprocess.run([sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
@@ -197,8 +207,17 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 
 def test_two_job_multirun(tmp_path):
-    result = _cli(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment=panorama_exact_cpu", *FAST,
-                   *SMALL_EXACT, "guidance=csd_edit,sds"], cwd=REPO_ROOT)
+    result = _cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "experiment=panorama_exact_cpu",
+            *FAST,
+            *SMALL_EXACT,
+            "guidance=csd_edit,sds",
+        ],
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
     assert [s["config"]["guidance"]["method"] for s in summaries] == ["csd_edit", "sds"]
@@ -265,8 +284,17 @@ def test_a_full_disk_reports_the_run_error_first_and_names_the_checkpoint(tmp_pa
 
 def test_auto_dtype_is_float32_on_cpu_and_the_first_step_is_logged(run_job, caplog):
     with caplog.at_level("INFO"):
-        summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, "model=tiny_ip2p", "model.torch_dtype=auto",
-                              "data.short_side=8", "task.window_size=8", "task.window_stride=4"])
+        summary, _ = run_job(
+            [
+                "experiment=panorama_exact_cpu",
+                *FAST,
+                "model=tiny_ip2p",
+                "model.torch_dtype=auto",
+                "data.short_side=8",
+                "task.window_size=8",
+                "task.window_stride=4",
+            ]
+        )
     assert summary["status"] == "completed"
     assert "prior on cpu, model.torch_dtype=auto -> float32" in caplog.text
     assert "first step took" in caplog.text and "prior in float32" in caplog.text
@@ -288,9 +316,9 @@ def test_every_model_group_runs_at_its_own_scale_with_only_its_location_set(task
     cfg = compose_config([f"task={task}", f"model={model}", *location], tmp_path)
     built = build_task(cfg)
     scale = int(built.prior.latent_scale_factor)
-    if task == "panorama":   # the bundled 200 x 640 photo
+    if task == "panorama":  # the bundled 200 x 640 photo
         height, width = built.source_image.shape[-2:]
-        expected = (192, 640) if model != "exact" else (64, 208)   # official: no upscaling, floored to 32 px
+        expected = (192, 640) if model != "exact" else (64, 208)  # official: no upscaling, floored to 32 px
         assert (height, width) == expected and built.grid.size * scale <= min(height, width)
     elif task == "video":
         assert built.source_frames.shape[-1] == 64 * scale

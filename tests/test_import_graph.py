@@ -16,7 +16,7 @@ FORBIDDEN = {
     "csd_exp.render": {"csd_exp.tasks", "csd_exp.priors"},
     "csd_exp.priors": {"csd_exp.tasks", "csd_exp.data", "csd_exp.render"},
     "csd_exp.metrics": {"csd_exp.tasks"},
-    "csd_exp.schema": {"csd_exp.tasks", "csd_exp.priors", "csd_exp.distill"},   # must stay light
+    "csd_exp.schema": {"csd_exp.tasks", "csd_exp.priors", "csd_exp.distill"},  # must stay light
 }
 
 
@@ -56,7 +56,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+                found.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = "done"

@@ -10,12 +10,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from framework_support import REPO_ROOT
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -50,8 +50,11 @@ def test_declared_dependencies_are_the_imported_ones():
     imported = _imported_distributions()
     assert imported - declared == set(), "imported but not declared in pyproject.toml"
     assert declared - imported - RUNTIME_ONLY == set(), "declared in pyproject.toml but never imported"
-    pinned = {_distribution(line) for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    pinned = {
+        _distribution(line)
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert declared <= pinned, "requirements.txt pins the tested set of every dependency"
 
 
@@ -68,23 +71,59 @@ def wheel_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
     # Build from a copy of the checkout's files: an in-tree build/ would keep modules that were since
     # moved, and the wheel would ship them.
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     for name in files:
         if (REPO_ROOT / name).is_file():
             (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, root / "src" / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(root / "dist"), str(root / "src")], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(root / "src"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (root / "dist").glob("csd_exp-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # A .pth line adds our site-packages without processing its .pth files, so the editable csd_exp stays out.
     (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                    "-q", str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return wheel, venv
 
 
@@ -116,8 +155,22 @@ def test_the_wheel_runs_outside_the_checkout(wheel_venv, tmp_path):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == 2
     edited = tmp_path / "panorama" / "edited.png"
-    scored = _outside(venv, [str(bin_dir / "csd-exp"), "eval", "--source", str(tmp_path / "panorama" / "source.png"),
-                             "--edited", str(edited), "--out", str(tmp_path / "eval"), "--target-text", "x"], tmp_path)
+    scored = _outside(
+        venv,
+        [
+            str(bin_dir / "csd-exp"),
+            "eval",
+            "--source",
+            str(tmp_path / "panorama" / "source.png"),
+            "--edited",
+            str(edited),
+            "--out",
+            str(tmp_path / "eval"),
+            "--target-text",
+            "x",
+        ],
+        tmp_path,
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     table = _outside(venv, [str(bin_dir / "python"), "-m", "csd_exp.experiments.summarize", str(tmp_path)], tmp_path)
     assert table.returncode == 0 and "| csd_edit | 2 |" in table.stdout, table.stderr[-2000:]
@@ -128,8 +181,13 @@ def test_a_user_config_folder_adds_experiments(wheel_venv, tmp_path):
     own = tmp_path / "my_conf" / "experiment"
     own.mkdir(parents=True)
     (own / "mine.yaml").write_text("# @package _global_\nprompt: make it night\ntrainer:\n  max_steps: 2\n")
-    args = [str(venv / "bin" / "csd-exp"), "experiment=mine", "logger=csv", "~callbacks.progress",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        str(venv / "bin" / "csd-exp"),
+        "experiment=mine",
+        "logger=csv",
+        "~callbacks.progress",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     job = _outside(venv, args, tmp_path, CSD_EXP_CONFIG_DIR=str(tmp_path / "my_conf"))
     assert job.returncode == 0, job.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

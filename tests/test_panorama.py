@@ -29,18 +29,23 @@ def test_coverage_balanced_sampler_evens_out_corners():
     assert torch.isclose(balanced.sum(), torch.tensor(1.0))
     expected_uniform = torch.einsum("w,whv->hv", uniform, masks)
     expected_balanced = torch.einsum("w,whv->hv", balanced, masks)
-    spread = lambda cover: float(cover.std() / cover.mean())  # noqa: E731
+    spread = lambda cover: float(cover.std() / cover.mean())
     assert spread(expected_balanced) < 0.75 * spread(expected_uniform)
     assert expected_balanced[0, 0] > 2 * expected_uniform[0, 0]  # the corner is visited far more often
 
 
 def _task(**overrides) -> PanoramaTask:
-    kwargs = dict(prompt="turn it into a pop-art painting", data={"path": "sample:rocket", "short_side": 32},
-                  window_size=16, window_stride=8, windows_per_step=3, seed=5)
+    kwargs = dict(
+        prompt="turn it into a pop-art painting",
+        data={"path": "sample:rocket", "short_side": 32},
+        window_size=16,
+        window_stride=8,
+        windows_per_step=3,
+        seed=5,
+    )
     kwargs.update(overrides)
     guidance = Guidance("csd_edit", kernel="rbf", guidance_scale=1.5, image_guidance_scale=1.5)
-    task = PanoramaTask(ExactScorePrior(), guidance, optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
-                        **kwargs)
+    task = PanoramaTask(ExactScorePrior(), guidance, optimizer=lambda params: torch.optim.SGD(params, lr=1.0), **kwargs)
     task.setup("fit")
     return task
 
@@ -52,12 +57,18 @@ def test_window_gradients_are_divided_by_their_step_coverage():
     out.loss.backward()
     windows = task.sample_windows(step)
     # The same step without the 1/coverage scale: identical randomness, raw combiner output.
-    raw = task.guidance(task.prior, task.grid.crop(task.canvas, windows), prompt=task.prompt,
-                        image_cond=task.grid.crop(task.image_condition, windows),
-                        source_latents=task.grid.crop(task.source_latents, windows), step=step, seed=task.seed)
+    raw = task.guidance(
+        task.prior,
+        task.grid.crop(task.canvas, windows),
+        prompt=task.prompt,
+        image_cond=task.grid.crop(task.image_condition, windows),
+        source_latents=task.grid.crop(task.source_latents, windows),
+        step=step,
+        seed=task.seed,
+    )
     expected = torch.zeros_like(task.canvas)
     for (top, left), gradient in zip([task.grid.origins[int(i)] for i in windows], raw.gradients):
-        expected[0, :, top:top + 16, left:left + 16] += gradient
+        expected[0, :, top : top + 16, left : left + 16] += gradient
     coverage = task.grid.coverage(windows)
     expected = torch.where(coverage > 0, expected / coverage.clamp(min=1), torch.zeros_like(expected))
     torch.testing.assert_close(task.canvas.grad, expected, rtol=1e-5, atol=1e-7)

@@ -31,8 +31,7 @@ def holder(tmp_path):
     """A separate process that holds ``tmp_path / "run"`` until killed."""
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
-                               env=env)
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout.readline().strip() == "held"
         yield folder, process
@@ -53,7 +52,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_folder(holder):
 
 def test_a_killed_holder_leaves_no_lock_that_blocks_a_resume(holder):
     folder, process = holder
-    process.kill()   # SIGKILL: no cleanup runs, the lock file stays behind
+    process.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
     process.wait(timeout=30)
     assert (folder / LOCK_NAME).is_file()
     with hold_run_folder(folder) as lock:
@@ -97,12 +96,13 @@ def test_a_full_disk_leaves_no_temp_file_and_says_why(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(run_folder.os, "fsync", disk_full)   # the data is written, the flush fails
+    monkeypatch.setattr(run_folder.os, "fsync", disk_full)  # the data is written, the flush fails
     with pytest.raises(OSError) as failed:
         write_json_atomically(path, {"status": "completed"})
     assert failed.value.errno == errno.ENOSPC
-    assert str(failed.value) == (f"[Errno {errno.ENOSPC}] could not write {path}: "
-                                 f"{os.strerror(errno.ENOSPC)}; free space on that disk")
+    assert str(failed.value) == (
+        f"[Errno {errno.ENOSPC}] could not write {path}: {os.strerror(errno.ENOSPC)}; free space on that disk"
+    )
     assert failed.value.__cause__ is None and failed.value.__suppress_context__
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
     assert json.loads(path.read_text()) == {"status": "running"}, "the previous summary must survive"

@@ -19,15 +19,38 @@ from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.scene3d import Scene3DTask
 
 # 16x16 views, 10 views (8 train + 2 held out), a 16^3 grid: one run takes a few seconds on one thread.
-TINY = ["trainer=cpu", "logger=csv", "~callbacks.progress", "callbacks.checkpoint.every_n_train_steps=1",
-        "data.image_size=16", "data.max_views=10", "task.field.resolution=16", "task.field.num_samples=16",
-        "task.field.lr_density=0.3", "task.field.lr_color=0.3", "task.turntable_views=6", "trainer.val_check_interval=100",
-        "task.views_per_step=4"]
+TINY = [
+    "trainer=cpu",
+    "logger=csv",
+    "~callbacks.progress",
+    "callbacks.checkpoint.every_n_train_steps=1",
+    "data.image_size=16",
+    "data.max_views=10",
+    "task.field.resolution=16",
+    "task.field.num_samples=16",
+    "task.field.lr_density=0.3",
+    "task.field.lr_color=0.3",
+    "task.turntable_views=6",
+    "trainer.val_check_interval=100",
+    "task.views_per_step=4",
+]
 # Pre-train 20 steps, then one CSD-Edit round of 4 views at step 20 and two more training steps.
-CSD = ["task=scene3d", "trainer.max_steps=22", "task.pretrain_steps=20", "task.editor.every=100",
-       "task.editor.views=4", "task.editor.iterations=10", "task.editor.lr=1.0"]
-KEYS = ("consistency/mode_agreement", "consistency/reprojection_error", "fidelity/heldout_psnr",
-        "fidelity/heldout_psnr_pretrain", "fidelity/psnr")
+CSD = [
+    "task=scene3d",
+    "trainer.max_steps=22",
+    "task.pretrain_steps=20",
+    "task.editor.every=100",
+    "task.editor.views=4",
+    "task.editor.iterations=10",
+    "task.editor.lr=1.0",
+]
+KEYS = (
+    "consistency/mode_agreement",
+    "consistency/reprojection_error",
+    "fidelity/heldout_psnr",
+    "fidelity/heldout_psnr_pretrain",
+    "fidelity/psnr",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +87,15 @@ def test_csd_edit_run_writes_outputs_and_never_touches_the_scene(run_job, scene_
     assert 0.0 < metrics["consistency/mode_agreement"] <= 1.0
     assert metrics["edit/num_view_edits"] == 4 and metrics["edit/distinct_views_edited"] == 4
     assert not any(k.startswith(("clip/", "lpips/")) for k in metrics), "CLIP/LPIPS need weights that are absent"
-    for name in ("summary.json", "turntable.mp4", "turntable.gif", "turntable_grid.png", "edited_views/edits.json",
-                 "renders_train_grid.png", "checkpoints/last.ckpt"):
+    for name in (
+        "summary.json",
+        "turntable.mp4",
+        "turntable.gif",
+        "turntable_grid.png",
+        "edited_views/edits.json",
+        "renders_train_grid.png",
+        "checkpoints/last.ckpt",
+    ):
         assert (run_dir / name).is_file(), name
     # The user's scene folder is byte-for-byte unchanged and holds nothing new.
     assert _bytes(scene_folder) == before
@@ -82,8 +112,17 @@ def test_csd_edit_run_writes_outputs_and_never_touches_the_scene(run_job, scene_
 
 
 def test_in2n_baseline_runs(run_job, scene_folder):
-    summary, run_dir = run_job([*TINY, "task=scene3d_in2n", "trainer.max_steps=14", "task.pretrain_steps=10",
-                                "task.editor.every=2", "task.editor.diffusion_steps=4", f"data.path={scene_folder}"])
+    summary, run_dir = run_job(
+        [
+            *TINY,
+            "task=scene3d_in2n",
+            "trainer.max_steps=14",
+            "task.pretrain_steps=10",
+            "task.editor.every=2",
+            "task.editor.diffusion_steps=4",
+            f"data.path={scene_folder}",
+        ]
+    )
     assert summary["status"] == "completed" and summary["steps"] == 14
     metrics = summary["metrics"]
     assert metrics["edit/num_view_edits"] == 2  # steps 10 and 12, one view each
@@ -109,14 +148,18 @@ def _bad_scenes(root: Path) -> dict[str, tuple[Path, str]]:
     (no_cameras / "images").mkdir(parents=True)
     frames = [{"file_path": f"images/{i}.png", "transform_matrix": _pose(3 + i)} for i in range(3)]
     missing = _write_ns(root / "missing", frames, {"images/0.png": (16, 16), "images/1.png": (16, 16)})
-    mixed = _write_ns(root / "mixed", frames, {"images/0.png": (16, 16), "images/1.png": (16, 16),
-                                               "images/2.png": (20, 16)})
+    mixed = _write_ns(
+        root / "mixed", frames, {"images/0.png": (16, 16), "images/1.png": (16, 16), "images/2.png": (20, 16)}
+    )
     degenerate_frames = [dict(f) for f in frames]
     degenerate_frames[1]["transform_matrix"] = [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3], [0, 0, 0, 1]]
-    degenerate = _write_ns(root / "degenerate", degenerate_frames,
-                           {f"images/{i}.png": (16, 16) for i in range(3)})
-    return {"no_cameras": (no_cameras, "transforms.json"), "missing": (missing, "2.png"),
-            "mixed": (mixed, "2.png"), "degenerate": (degenerate, "1.png")}
+    degenerate = _write_ns(root / "degenerate", degenerate_frames, {f"images/{i}.png": (16, 16) for i in range(3)})
+    return {
+        "no_cameras": (no_cameras, "transforms.json"),
+        "missing": (missing, "2.png"),
+        "mixed": (mixed, "2.png"),
+        "degenerate": (degenerate, "1.png"),
+    }
 
 
 @pytest.mark.parametrize("case", ["no_cameras", "missing", "mixed", "degenerate"])
@@ -140,14 +183,22 @@ def _final_state(run_dir: Path) -> tuple[dict, dict]:
 def test_resume_restores_the_edited_image_set(run_job, scene_folder):
     # Edit rounds at steps 3 and 5 (4 views each); the resumed run starts from the checkpoint after step 4,
     # i.e. after the first round, and must end exactly where the uninterrupted run ends.
-    base = [*TINY, "task=scene3d", "task.pretrain_steps=3", "task.editor.every=2", "task.editor.views=4",
-            "task.editor.iterations=5", f"data.path={scene_folder}"]
+    base = [
+        *TINY,
+        "task=scene3d",
+        "task.pretrain_steps=3",
+        "task.editor.every=2",
+        "task.editor.views=4",
+        "task.editor.iterations=5",
+        f"data.path={scene_folder}",
+    ]
     _, straight = run_job([*base, "trainer.max_steps=7"], name="straight")
     _, first = run_job([*base, "trainer.max_steps=4"], name="first")
     first_state = _final_state(first)[1]
     assert len(first_state["edited_indices"]) == 4
-    summary, resumed = run_job([*base, "trainer.max_steps=7", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
-                               name="resumed")
+    summary, resumed = run_job(
+        [*base, "trainer.max_steps=7", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], name="resumed"
+    )
     assert summary["steps"] == 7 and summary["metrics"]["edit/num_view_edits"] == 8
     (field_a, edits_a), (field_b, edits_b) = _final_state(straight), _final_state(resumed)
     assert edits_a["edited_indices"] == edits_b["edited_indices"]
@@ -161,13 +212,18 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     from csd_exp.distill import Guidance
     from csd_exp.priors import ExactScorePrior
 
-    editor = dict(kind="csd_edit", every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20,
-                  init="render")
+    editor = dict(
+        kind="csd_edit", every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20, init="render"
+    )
     editor.update(kwargs.pop("editor", {}))
     guidance = kwargs.pop("guidance", None) or Guidance("csd_edit")
-    options = dict(prompt="turn it into a pop-art painting", data={"image_size": 16, "max_views": 10},
-                   field=partial(VoxelRadianceField, resolution=8, num_samples=8), optimizer=lambda params: torch.optim.Adam(params),
-                   editor=editor)
+    options = dict(
+        prompt="turn it into a pop-art painting",
+        data={"image_size": 16, "max_views": 10},
+        field=partial(VoxelRadianceField, resolution=8, num_samples=8),
+        optimizer=lambda params: torch.optim.Adam(params),
+        editor=editor,
+    )
     options.update(kwargs)
     return Scene3DTask(ExactScorePrior(), guidance, **options)
 
@@ -190,7 +246,7 @@ def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
     with pytest.raises(ValueError, match="training views"):
         _tiny_task(editor={"views": 9})
     with pytest.raises(ValueError, match="needs exactly the keys"):
-        _tiny_task(editor={"diffusion_steps": 20})   # an in2n key under the csd_edit editor
+        _tiny_task(editor={"diffusion_steps": 20})  # an in2n key under the csd_edit editor
 
 
 def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(monkeypatch):
@@ -216,4 +272,4 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
         task.csd_edit_round(task.edit_round_views(1), step=240, round_index=1)
     assert positions == [40]
     low, high = guidance.schedule.bounds(40)
-    assert high > guidance.schedule.bounds(8 * 40)[1]   # not yet at the annealed end point
+    assert high > guidance.schedule.bounds(8 * 40)[1]  # not yet at the annealed end point

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from framework_support import FAST, compose_config
 
 from csd_exp.data.video import write_frames
-from framework_support import FAST, compose_config
 
 SMALL = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4"]
 

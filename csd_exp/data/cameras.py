@@ -23,8 +23,8 @@ Everything is pure torch and runs on CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -99,14 +99,19 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor) -> "Cameras":
+    def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor) -> Cameras:
         """A sub-batch; an integer index keeps the batch dimension (returns one camera)."""
         if isinstance(index, int):
             index = [index]
         idx = torch.as_tensor(index, dtype=torch.long) if not isinstance(index, slice) else index
         return Cameras(
-            self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
-            self.width, self.height,
+            self.c2w[idx],
+            self.fx[idx],
+            self.fy[idx],
+            self.cx[idx],
+            self.cy[idx],
+            self.width,
+            self.height,
         )
 
     @property
@@ -118,10 +123,15 @@ class Cameras:
         """``(V, 3)`` camera centres in world coordinates."""
         return self.c2w[:, :3, 3]
 
-    def to(self, device: torch.device | str) -> "Cameras":
+    def to(self, device: torch.device | str) -> Cameras:
         return Cameras(
-            self.c2w.to(device), self.fx.to(device), self.fy.to(device), self.cx.to(device),
-            self.cy.to(device), self.width, self.height,
+            self.c2w.to(device),
+            self.fx.to(device),
+            self.fy.to(device),
+            self.cx.to(device),
+            self.cy.to(device),
+            self.width,
+            self.height,
         )
 
     def intrinsics(self) -> torch.Tensor:
@@ -142,7 +152,7 @@ class Cameras:
         w2c[:, 3, 3] = 1.0
         return w2c
 
-    def scaled(self, downscale: float) -> "Cameras":
+    def scaled(self, downscale: float) -> Cameras:
         """Cameras for images resized by ``1 / downscale`` (``width // downscale`` pixels).
 
         Intrinsics scale by the exact size ratio, so the image corners stay fixed.
@@ -154,9 +164,7 @@ class Cameras:
         width = max(1, int(self.width // downscale))
         height = max(1, int(self.height // downscale))
         sx, sy = width / self.width, height / self.height
-        return Cameras(
-            self.c2w, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height
-        )
+        return Cameras(self.c2w, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project world points into every camera.
@@ -179,9 +187,7 @@ class Cameras:
         uv = torch.stack([u, v], dim=-1)
         return uv.reshape(*shape[:-1], 2), depth.reshape(shape[:-1])
 
-    def validate(
-        self, source: str = "cameras", atol: float = 1e-3, names: Sequence[str] | None = None
-    ) -> "Cameras":
+    def validate(self, source: str = "cameras", atol: float = 1e-3, names: Sequence[str] | None = None) -> Cameras:
         """Raise :class:`CameraError` naming ``source`` and the view for any degenerate camera.
 
         Checks: finite values, bottom row ``[0, 0, 0, 1]``, orthonormal rotation with det +1 (to
@@ -220,15 +226,19 @@ class Cameras:
         return self
 
     @staticmethod
-    def cat(cameras: Sequence["Cameras"]) -> "Cameras":
+    def cat(cameras: Sequence[Cameras]) -> Cameras:
         """Concatenate camera batches with the same image size."""
         sizes = {(c.width, c.height) for c in cameras}
         if len(sizes) != 1:
             raise CameraError(f"cannot concatenate cameras with different image sizes {sorted(sizes)}")
         return Cameras(
-            torch.cat([c.c2w for c in cameras]), torch.cat([c.fx for c in cameras]),
-            torch.cat([c.fy for c in cameras]), torch.cat([c.cx for c in cameras]),
-            torch.cat([c.cy for c in cameras]), cameras[0].width, cameras[0].height,
+            torch.cat([c.c2w for c in cameras]),
+            torch.cat([c.fx for c in cameras]),
+            torch.cat([c.fy for c in cameras]),
+            torch.cat([c.cx for c in cameras]),
+            torch.cat([c.cy for c in cameras]),
+            cameras[0].width,
+            cameras[0].height,
         )
 
 

@@ -34,9 +34,7 @@ def sample_image(name: str = "rocket") -> torch.Tensor:
     return load_photo(name)[:, rows, cols]
 
 
-def load_image(
-    path: str | Path | None, *, min_size: tuple[int, int] | None = None, min_side: int = 8
-) -> torch.Tensor:
+def load_image(path: str | Path | None, *, min_size: tuple[int, int] | None = None, min_side: int = 8) -> torch.Tensor:
     """Read an RGB image file as ``(3, H, W)`` in [0, 1]; ``None`` or ``"sample:<name>"`` returns a bundled sample.
 
     ``min_size`` is the smallest ``(h, w)`` the caller will resize to: big images are then decoded at a
@@ -79,7 +77,7 @@ def fit_to_multiple(height: int, width: int, short_side: int, multiple: int) -> 
     if short_side < multiple:
         raise ValueError(f"data.short_side={short_side} is smaller than one tiling unit ({multiple} px)")
     scale = short_side / min(height, width)
-    round_to = lambda size: max(multiple, int(round(size * scale / multiple)) * multiple)  # noqa: E731
+    round_to = lambda size: max(multiple, int(round(size * scale / multiple)) * multiple)
     return round_to(height), round_to(width)
 
 
@@ -87,7 +85,7 @@ def official_size(height: int, width: int, min_short_side: int, multiple: int) -
     """The official CSD panorama resize: upscale (aspect kept) only if the short side is below
     ``min_short_side`` (512 px for Stable Diffusion), never shrink, then floor both sides to ``multiple``."""
     scale = max(1.0, min_short_side / min(height, width))
-    floor_to = lambda size: max(multiple, int(round(size * scale)) // multiple * multiple)  # noqa: E731
+    floor_to = lambda size: max(multiple, int(round(size * scale)) // multiple * multiple)
     return floor_to(height), floor_to(width)
 
 

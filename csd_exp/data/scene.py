@@ -33,17 +33,18 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace as dc_replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from csd_exp.data.video import follow_umask, read_image_size, read_rgb
 from csd_exp.data.cameras import CameraError, Cameras, generate_rays, turntable_cameras
+from csd_exp.data.video import follow_umask, read_image_size, read_rgb
 
 __all__ = [
     "SceneError",
@@ -392,11 +393,13 @@ def _nerfstudio_split(meta: dict, frames: list[dict], json_path: Path) -> tuple[
     names = [os.path.normpath(str(f["file_path"])) for f in frames]
     if "train_filenames" in meta:
         lookup = {n: i for i, n in enumerate(names)}
+
         def indices(key: str) -> list[int]:
             listed = meta.get(key, [])
             if not isinstance(listed, list):
                 raise SceneError(f"{json_path}: '{key}' must be a list of file paths")
             return sorted(lookup[n] for n in map(os.path.normpath, map(str, listed)) if n in lookup)
+
         train = indices("train_filenames")
         val = sorted((set(indices("val_filenames")) | set(indices("test_filenames"))) - set(train))
         return train, val
@@ -503,8 +506,17 @@ def load_blender_scene(
         all_paths += paths
         all_frames += frames
         counts.append(len(frames))
-        _validated_cameras(torch.stack(c2w[-len(frames):]), focal, focal, size[0] / 2, size[1] / 2,
-                           size[0], size[1], json_path, frames)
+        _validated_cameras(
+            torch.stack(c2w[-len(frames) :]),
+            focal,
+            focal,
+            size[0] / 2,
+            size[1] / 2,
+            size[0],
+            size[1],
+            json_path,
+            frames,
+        )
     W, H = size
     cameras = Cameras(torch.stack(c2w), fx, fx, W / 2.0, H / 2.0, W, H)
     n_train = counts[0]
@@ -527,7 +539,7 @@ def load_scene(path: str | os.PathLike, **kwargs) -> SceneDataset:
         if path.name == "transforms.json":
             return load_nerfstudio_scene(path, **kwargs)
         if path.name.startswith("transforms_") and path.suffix == ".json":
-            return load_blender_scene(path.parent, path.stem[len("transforms_"):], **kwargs)
+            return load_blender_scene(path.parent, path.stem[len("transforms_") :], **kwargs)
         raise SceneError(f"{path}: not a transforms.json / transforms_<split>.json file")
     if not path.is_dir():
         raise SceneError(f"{path}: scene folder not found")
@@ -639,8 +651,15 @@ def render_sample_views(cameras: Cameras, supersample: int = 3) -> tuple[torch.T
         "box": _texture("astronaut", (96, 96)),
     }
     V, H, W = len(cameras), cameras.height, cameras.width
-    fine = Cameras(cameras.c2w, cameras.fx * supersample, cameras.fy * supersample,
-                   cameras.cx * supersample, cameras.cy * supersample, W * supersample, H * supersample)
+    fine = Cameras(
+        cameras.c2w,
+        cameras.fx * supersample,
+        cameras.fy * supersample,
+        cameras.cx * supersample,
+        cameras.cy * supersample,
+        W * supersample,
+        H * supersample,
+    )
     o, d = generate_rays(fine)
     color, _ = _trace_sample(o.reshape(-1, 3), d.reshape(-1, 3), textures)
     images = F.avg_pool2d(color.reshape(V, H * supersample, W * supersample, 3).permute(0, 3, 1, 2), supersample)
@@ -676,16 +695,26 @@ def make_sample_scene(
     elevation = lo + (hi - lo) * torch.rand(num_views, generator=gen)
     start = float(torch.rand((), generator=gen)) * 360.0 / num_views
     cameras = turntable_cameras(
-        radius=radius, elevation_deg=elevation, num_views=num_views, width=W, height=H,
-        fov_deg=fov_deg, start_azimuth_deg=start,
+        radius=radius,
+        elevation_deg=elevation,
+        num_views=num_views,
+        width=W,
+        height=H,
+        fov_deg=fov_deg,
+        start_azimuth_deg=start,
     )
     images, depths = render_sample_views(cameras)
     images = (images * 255.0).round() / 255.0
     val = sorted({int((k + 0.5) * num_views / num_val) for k in range(num_val)})  # interleaved
     train = [i for i in range(num_views) if i not in set(val)]
     dataset = SceneDataset(
-        images=images, cameras=cameras, image_paths=[None] * num_views, train_indices=train,
-        val_indices=val, scene_box=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), depths=depths,
+        images=images,
+        cameras=cameras,
+        image_paths=[None] * num_views,
+        train_indices=train,
+        val_indices=val,
+        scene_box=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]),
+        depths=depths,
     )
     if out_dir is not None:
         json_path = write_nerfstudio_scene(dataset, out_dir)
@@ -730,7 +759,7 @@ class EditableImageSet:
         self.protected = [Path(p).resolve() for p in self.protected]
 
     @classmethod
-    def from_scene(cls, scene: SceneDataset) -> "EditableImageSet":
+    def from_scene(cls, scene: SceneDataset) -> EditableImageSet:
         names = [
             f"view_{i:05d}" if p is None else f"view_{i:05d}_{Path(p).stem}" for i, p in enumerate(scene.image_paths)
         ]

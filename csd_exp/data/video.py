@@ -117,9 +117,7 @@ class VideoClip:
         if not self.frame_names:
             self.frame_names = [_frame_name(i) for i in range(self.num_frames)]
         if len(self.frame_names) != self.num_frames:
-            raise ValueError(
-                f"VideoClip has {self.num_frames} frames but {len(self.frame_names)} frame names"
-            )
+            raise ValueError(f"VideoClip has {self.num_frames} frames but {len(self.frame_names)} frame names")
         if not self.fps > 0:
             raise ValueError(f"VideoClip.fps must be positive, got {self.fps}")
 
@@ -573,7 +571,9 @@ def _read_video_file(path: Path, start: int, stride: int, max_frames: int | None
         # frame by frame otherwise, so an oversized clip is refused before it exhausts memory.
         expected = len(_selected_indices(count, start, stride, max_frames)) if count else len(kept) + 1
         check_fits_in_memory(
-            max(expected, len(kept) + 1), *frame.shape[:2], budget_bytes=budget,
+            max(expected, len(kept) + 1),
+            *frame.shape[:2],
+            budget_bytes=budget,
             bytes_per_value=_READ_BYTES_PER_VALUE,
         )
         kept.append(frame)
@@ -615,9 +615,7 @@ def resize_frames(frames: torch.Tensor, height: int, width: int, *, mode: str = 
     return out[0] if single else out
 
 
-def restore_size(
-    frames: torch.Tensor, original_hw: tuple[int, int], *, mode: str = "bicubic"
-) -> torch.Tensor:
+def restore_size(frames: torch.Tensor, original_hw: tuple[int, int], *, mode: str = "bicubic") -> torch.Tensor:
     """Resize frames back to their source ``(height, width)``, e.g. ``clip.size`` before editing."""
     height, width = original_hw
     return resize_frames(frames, height, width, mode=mode)
@@ -632,9 +630,7 @@ def restore_size(
 def _atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}"
-    )
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
     os.close(handle)
     tmp = Path(tmp_name)
     follow_umask(tmp)
@@ -674,9 +670,7 @@ def _palette_frame(frame: np.ndarray):
     import av
     from PIL import Image
 
-    quantized = Image.fromarray(frame).quantize(
-        colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-    )
+    quantized = Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     rgb = np.asarray(quantized.getpalette()[: 3 * 256], dtype=np.uint8).reshape(-1, 3)
     palette = np.zeros((256, 4), dtype=np.uint8)  # ARGB, as PyAV expects
     palette[:, 0] = 255
@@ -690,9 +684,7 @@ def _rgb_frame(frame: np.ndarray):
     return av.VideoFrame.from_ndarray(frame, format="rgb24")
 
 
-def _encode(
-    frames: np.ndarray, target: Path, container_format: str, codec: str, fps: float, crf: int
-) -> None:
+def _encode(frames: np.ndarray, target: Path, container_format: str, codec: str, fps: float, crf: int) -> None:
     """Encode uint8 ``(F, H, W, 3)`` frames into ``target`` with PyAV."""
     import av
 
@@ -713,9 +705,7 @@ def _encode(
         container.mux(stream.encode(None))
 
 
-def write_video(
-    frames: torch.Tensor, path: str | os.PathLike, fps: float = _DEFAULT_FPS, *, crf: int = 18
-) -> Path:
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = _DEFAULT_FPS, *, crf: int = 18) -> Path:
     """Write float frames ``(F, 3, H, W)`` in [0, 1] to a video file, atomically.
 
     ``.mp4`` / ``.mov``: H.264 (libx264, yuv420p, constant quality ``crf``; 18 is visually near lossless).

@@ -6,8 +6,15 @@ See ``docs/interfaces.md`` for the contract and the paper's Eq. 5 (SDS), Eq. 8 (
 from csd_exp.distill.combine import csd_gradient, distillation_weight, sds_gradient, surrogate_loss
 from csd_exp.distill.distributed import gather_particles
 from csd_exp.distill.guidance import Guidance, GuidanceOutput
-from csd_exp.distill.kernels import (IdentityKernel, Kernel, KernelOutput, RBFKernel, make_kernel, rbf_kernel,
-                                     squared_distances)
+from csd_exp.distill.kernels import (
+    IdentityKernel,
+    Kernel,
+    KernelOutput,
+    RBFKernel,
+    make_kernel,
+    rbf_kernel,
+    squared_distances,
+)
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness, step_seed
 
 __all__ = [

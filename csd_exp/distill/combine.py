@@ -27,8 +27,10 @@ def distillation_weight(alphas_cumprod_t) -> float:
     """w(t) = 1 − ᾱ_t for a scalar ᾱ_t (float or one-element tensor) in [0, 1]."""
     if isinstance(alphas_cumprod_t, Tensor):
         if alphas_cumprod_t.numel() != 1:
-            raise ValueError("alphas_cumprod_t must be a scalar (one t per step), got a tensor of shape "
-                             f"{tuple(alphas_cumprod_t.shape)}")
+            raise ValueError(
+                "alphas_cumprod_t must be a scalar (one t per step), got a tensor of shape "
+                f"{tuple(alphas_cumprod_t.shape)}"
+            )
         alphas_cumprod_t = alphas_cumprod_t.item()
     alphas_cumprod_t = float(alphas_cumprod_t)
     if not (math.isfinite(alphas_cumprod_t) and 0.0 <= alphas_cumprod_t <= 1.0):
@@ -47,16 +49,19 @@ def _check_pair(residuals: Tensor, noisy_latents: Tensor) -> None:
     check_particles(residuals, "residuals")
     check_particles(noisy_latents, "noisy_latents")
     if residuals.shape != noisy_latents.shape:
-        raise ValueError(f"residuals and noisy_latents must have the same shape, got residuals "
-                         f"{tuple(residuals.shape)} and noisy_latents {tuple(noisy_latents.shape)}")
+        raise ValueError(
+            f"residuals and noisy_latents must have the same shape, got residuals "
+            f"{tuple(residuals.shape)} and noisy_latents {tuple(noisy_latents.shape)}"
+        )
 
 
 def _mean_row_norm(rows: Tensor) -> float:
     return float(rows.reshape(rows.shape[0], -1).norm(dim=1).mean())
 
 
-def kernel_diagnostics(output: KernelOutput, mixed: Tensor, residuals: Tensor, gradients: Tensor,
-                       weight: float) -> dict[str, float]:
+def kernel_diagnostics(
+    output: KernelOutput, mixed: Tensor, residuals: Tensor, gradients: Tensor, weight: float
+) -> dict[str, float]:
     """Floats describing one combination (all particles): see :func:`csd_gradient`."""
     matrix = output.matrix
     count = matrix.shape[0]
@@ -75,8 +80,15 @@ def kernel_diagnostics(output: KernelOutput, mixed: Tensor, residuals: Tensor, g
     }
 
 
-def csd_gradient(residuals: Tensor, noisy_latents: Tensor, kernel: str | Kernel, alphas_cumprod_t, *,
-                 process_group=None, return_diagnostics: bool = False):
+def csd_gradient(
+    residuals: Tensor,
+    noisy_latents: Tensor,
+    kernel: str | Kernel,
+    alphas_cumprod_t,
+    *,
+    process_group=None,
+    return_diagnostics: bool = False,
+):
     """CSD / CSD-Edit gradients (Eq. 8 / 9): (w(t) / normalizer) (K Δ + R), one row per particle.
 
     Args:
@@ -119,7 +131,7 @@ def csd_gradient(residuals: Tensor, noisy_latents: Tensor, kernel: str | Kernel,
         mixed = (output.matrix.to(dtype) @ residuals.reshape(count, -1)).reshape(residuals.shape)
         combined = mixed + output.repulsion.to(dtype)
     gradients = (weight / output.normalizer) * combined
-    local = gradients[offset:offset + local_count]
+    local = gradients[offset : offset + local_count]
     if not return_diagnostics:
         return local
     return local, kernel_diagnostics(output, mixed, residuals, gradients, weight)
@@ -133,8 +145,10 @@ def surrogate_loss(latents: Tensor, gradients: Tensor) -> Tensor:
     Σ g·latents terms cancel exactly in value (same inputs, same reduction), leaving 0.5‖g‖².
     """
     if latents.shape != gradients.shape:
-        raise ValueError(f"latents and gradients must have the same shape, got latents {tuple(latents.shape)} "
-                         f"and gradients {tuple(gradients.shape)}")
+        raise ValueError(
+            f"latents and gradients must have the same shape, got latents {tuple(latents.shape)} "
+            f"and gradients {tuple(gradients.shape)}"
+        )
     target = gradients.detach().to(latents.dtype)
     linear = (target * latents).sum()
     return linear - linear.detach() + 0.5 * target.float().square().sum()

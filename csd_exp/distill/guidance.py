@@ -62,19 +62,30 @@ class Guidance:
 
     METHODS = ("sds", "csd", "csd_edit", "csd_edit_no_svgd", "csd_edit_random_noise")
 
-    def __init__(self, method: str, kernel: str | Kernel | None = None, schedule: TimestepSchedule | None = None,
-                 guidance_scale: float = 1.5, image_guidance_scale: float = 1.5, grad_clip: float | None = None,
-                 official_scaling: bool = False) -> None:
+    def __init__(
+        self,
+        method: str,
+        kernel: str | Kernel | None = None,
+        schedule: TimestepSchedule | None = None,
+        guidance_scale: float = 1.5,
+        image_guidance_scale: float = 1.5,
+        grad_clip: float | None = None,
+        official_scaling: bool = False,
+    ) -> None:
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         if method in FIXED_KERNEL_METHODS:
             if kernel is not None:
-                raise ValueError(f"method {method!r} fixes its kernel ({FIXED_KERNEL_METHODS[method]()!r}); "
-                                 f"leave kernel unset instead of {kernel!r}")
+                raise ValueError(
+                    f"method {method!r} fixes its kernel ({FIXED_KERNEL_METHODS[method]()!r}); "
+                    f"leave kernel unset instead of {kernel!r}"
+                )
             kernel = FIXED_KERNEL_METHODS[method]()
         if official_scaling and method != "csd_edit_no_svgd":
-            raise ValueError("official_scaling only changes method 'csd_edit_no_svgd' (the official panorama path "
-                             f"without SVGD); the other methods already match the official code, got {method!r}")
+            raise ValueError(
+                "official_scaling only changes method 'csd_edit_no_svgd' (the official panorama path "
+                f"without SVGD); the other methods already match the official code, got {method!r}"
+            )
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
         self.method = method
@@ -86,19 +97,25 @@ class Guidance:
         self.official_scaling = bool(official_scaling)
 
     def __repr__(self) -> str:
-        return (f"Guidance(method={self.method!r}, kernel={self.kernel!r}, schedule={self.schedule!r}, "
-                f"guidance_scale={self.guidance_scale}, image_guidance_scale={self.image_guidance_scale}, "
-                f"grad_clip={self.grad_clip}, official_scaling={self.official_scaling})")
+        return (
+            f"Guidance(method={self.method!r}, kernel={self.kernel!r}, schedule={self.schedule!r}, "
+            f"guidance_scale={self.guidance_scale}, image_guidance_scale={self.image_guidance_scale}, "
+            f"grad_clip={self.grad_clip}, official_scaling={self.official_scaling})"
+        )
 
-    def _residuals(self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None,
-                   latents: Tensor) -> Tensor:
+    def _residuals(
+        self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None, latents: Tensor
+    ) -> Tensor:
         if self.method in EDIT_METHODS:
             if source_latents is None:
-                raise ValueError(f"method {self.method!r} needs source_latents (the source x~ to noise with the "
-                                 f"same t and eps), got None for latents of shape {tuple(latents.shape)}")
+                raise ValueError(
+                    f"method {self.method!r} needs source_latents (the source x~ to noise with the "
+                    f"same t and eps), got None for latents of shape {tuple(latents.shape)}"
+                )
             if source_latents.shape != latents.shape:
-                raise ValueError(f"source_latents must match latents {tuple(latents.shape)}, got "
-                                 f"{tuple(source_latents.shape)}")
+                raise ValueError(
+                    f"source_latents must match latents {tuple(latents.shape)}, got {tuple(source_latents.shape)}"
+                )
             source_noisy = prior.add_noise(source_latents.detach(), noise, t)
             prediction = prior.predict_noise(noisy_latents, t, cond, source_noisy_latents=source_noisy)
             if prediction.source is None:
@@ -109,10 +126,22 @@ class Guidance:
             baseline = noise
         return prediction.target.float() - baseline.float()
 
-    def __call__(self, prior, latents: Tensor, *, prompt: str, image_cond: Tensor | None = None,
-                 source_latents: Tensor | None = None, step: int, seed: int, particle_offset: int = 0,
-                 num_particles_total: int | None = None, process_group=None,
-                 gradient_scale: Tensor | float | None = None, schedule_step: int | None = None) -> GuidanceOutput:
+    def __call__(
+        self,
+        prior,
+        latents: Tensor,
+        *,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        source_latents: Tensor | None = None,
+        step: int,
+        seed: int,
+        particle_offset: int = 0,
+        num_particles_total: int | None = None,
+        process_group=None,
+        gradient_scale: Tensor | float | None = None,
+        schedule_step: int | None = None,
+    ) -> GuidanceOutput:
         """One distillation step on this process's particles ``latents`` (N_local, C, h, w).
 
         With particles sharded over ranks, pass ``process_group``, ``num_particles_total`` and this rank's
@@ -132,43 +161,71 @@ class Guidance:
                 raise ValueError("with process_group, pass num_particles_total and this rank's particle_offset")
             num_particles_total = local_count
         if not 0 <= particle_offset <= num_particles_total - local_count:
-            raise ValueError(f"particles [{particle_offset}, {particle_offset + local_count}) of latents "
-                             f"{tuple(latents.shape)} do not fit in num_particles_total={num_particles_total}")
+            raise ValueError(
+                f"particles [{particle_offset}, {particle_offset + local_count}) of latents "
+                f"{tuple(latents.shape)} do not fit in num_particles_total={num_particles_total}"
+            )
 
         if len(prior.alphas_cumprod) != self.schedule.num_train_timesteps:
-            raise ValueError(f"the schedule assumes {self.schedule.num_train_timesteps} training timesteps but the "
-                             f"prior's alphas_cumprod has shape {tuple(prior.alphas_cumprod.shape)}: set "
-                             "schedule.num_train_timesteps to match")
-        t, noise = draw_step_randomness(seed, step, self.schedule, num_particles_total, latents.shape[1:],
-                                        device=latents.device, schedule_step=schedule_step)
-        noise = noise[particle_offset:particle_offset + local_count]
+            raise ValueError(
+                f"the schedule assumes {self.schedule.num_train_timesteps} training timesteps but the "
+                f"prior's alphas_cumprod has shape {tuple(prior.alphas_cumprod.shape)}: set "
+                "schedule.num_train_timesteps to match"
+            )
+        t, noise = draw_step_randomness(
+            seed,
+            step,
+            self.schedule,
+            num_particles_total,
+            latents.shape[1:],
+            device=latents.device,
+            schedule_step=schedule_step,
+        )
+        noise = noise[particle_offset : particle_offset + local_count]
         latents_detached = latents.detach()
         noisy_latents = prior.add_noise(latents_detached, noise, t)  # float32 ε, also the baseline
-        cond = prior.make_conditioning(prompt, image_cond=image_cond, guidance_scale=self.guidance_scale,
-                                       image_guidance_scale=self.image_guidance_scale)
+        cond = prior.make_conditioning(
+            prompt,
+            image_cond=image_cond,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+        )
         with torch.no_grad():
             residuals = self._residuals(prior, noisy_latents, noise, t, cond, source_latents, latents_detached)
         if not bool(torch.isfinite(residuals).all()):
             raise FloatingPointError(
                 f"the prior's noise prediction is not finite at step {step}, t={t} ({self.method}): run the prior "
-                "in float32 or bfloat16 instead of float16 (model.torch_dtype), or lower the guidance scales")
+                "in float32 or bfloat16 instead of float16 (model.torch_dtype), or lower the guidance scales"
+            )
         alphas_cumprod_t = prior.alphas_cumprod[t]
 
         if self.official_scaling:
             weight = distillation_weight(alphas_cumprod_t)
             check_particles(residuals, "residuals")
             gradients = residuals
-            diagnostics = {"w_t": weight,
-                           "grad_norm": float(gradients.flatten(1).norm(dim=1).mean()),
-                           "residual_norm": float(residuals.flatten(1).norm(dim=1).mean())}
+            diagnostics = {
+                "w_t": weight,
+                "grad_norm": float(gradients.flatten(1).norm(dim=1).mean()),
+                "residual_norm": float(residuals.flatten(1).norm(dim=1).mean()),
+            }
         else:
-            gradients, diagnostics = csd_gradient(residuals, noisy_latents, self.kernel, alphas_cumprod_t,
-                                                  process_group=process_group, return_diagnostics=True)
+            gradients, diagnostics = csd_gradient(
+                residuals,
+                noisy_latents,
+                self.kernel,
+                alphas_cumprod_t,
+                process_group=process_group,
+                return_diagnostics=True,
+            )
         gradients = torch.nan_to_num(gradients, nan=0.0, posinf=0.0, neginf=0.0)
         if self.grad_clip is not None:
             gradients = gradients.clamp(-self.grad_clip, self.grad_clip)
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
         gradients = gradients.to(latents.dtype)
-        return GuidanceOutput(loss=surrogate_loss(latents, gradients), gradients=gradients, t=t,
-                              diagnostics={"t": float(t), **diagnostics})
+        return GuidanceOutput(
+            loss=surrogate_loss(latents, gradients),
+            gradients=gradients,
+            t=t,
+            diagnostics={"t": float(t), **diagnostics},
+        )

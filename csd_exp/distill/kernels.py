@@ -101,8 +101,13 @@ class RBFKernel:
     particular N = 1 gives K = [[1]], R = 0, so CSD reduces to SDS exactly (Eq. 8 with N = 1).
     """
 
-    def __init__(self, bandwidth: str = "median", gamma: float | None = None, bandwidth_multiplier: float = 1.0,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        bandwidth: str = "median",
+        gamma: float | None = None,
+        bandwidth_multiplier: float = 1.0,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         if bandwidth not in BANDWIDTH_RULES:
             raise ValueError(f"bandwidth must be one of {BANDWIDTH_RULES}, got {bandwidth!r}")
         if bandwidth == "fixed":
@@ -120,8 +125,10 @@ class RBFKernel:
         self.compute_dtype = compute_dtype
 
     def __repr__(self) -> str:
-        return (f"RBFKernel(bandwidth={self.bandwidth!r}, gamma={self.gamma!r}, "
-                f"bandwidth_multiplier={self.bandwidth_multiplier}, compute_dtype={self.compute_dtype})")
+        return (
+            f"RBFKernel(bandwidth={self.bandwidth!r}, gamma={self.gamma!r}, "
+            f"bandwidth_multiplier={self.bandwidth_multiplier}, compute_dtype={self.compute_dtype})"
+        )
 
     def _gamma(self, distances: Tensor) -> Tensor:
         count = distances.shape[0]
@@ -152,8 +159,7 @@ class RBFKernel:
         matrix = torch.exp(-gamma * distances)
         # R_i = Σ_j −2γ K_ij (x_i − x_j) = −2γ (x_i Σ_j K_ij − (K x)_i); a shift of x cancels, so centred is used.
         repulsion = -2.0 * gamma * (matrix.sum(dim=1, keepdim=True) * centred - matrix @ centred)
-        return KernelOutput(matrix=matrix, repulsion=repulsion.reshape(x.shape), gamma=gamma,
-                            normalizer=float(count))
+        return KernelOutput(matrix=matrix, repulsion=repulsion.reshape(x.shape), gamma=gamma, normalizer=float(count))
 
 
 class IdentityKernel:

@@ -39,8 +39,14 @@ class TimestepSchedule:
     the task that uses the schedule (:meth:`set_horizon`: its number of distillation steps) unless given here.
     """
 
-    def __init__(self, min_fraction: float = 0.02, max_fraction: float = 0.5, annealing: str = "constant",
-                 max_steps: int | None = None, num_train_timesteps: int = 1000) -> None:
+    def __init__(
+        self,
+        min_fraction: float = 0.02,
+        max_fraction: float = 0.5,
+        annealing: str = "constant",
+        max_steps: int | None = None,
+        num_train_timesteps: int = 1000,
+    ) -> None:
         for name, value in (("min_fraction", min_fraction), ("max_fraction", max_fraction)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1) (a fraction of the training steps), got {value!r}")
@@ -56,16 +62,18 @@ class TimestepSchedule:
         self.max_fraction = float(max_fraction)
         self.annealing = annealing
         self.max_steps = None if max_steps is None else int(max_steps)
-        self.horizon_given = max_steps is not None   # an explicit max_steps wins over the task's horizon
+        self.horizon_given = max_steps is not None  # an explicit max_steps wins over the task's horizon
         self.num_train_timesteps = int(num_train_timesteps)
         last = self.num_train_timesteps - 1
         self.min_timestep = min(max(round(self.min_fraction * self.num_train_timesteps), 0), last)
         self.max_timestep = min(max(round(self.max_fraction * self.num_train_timesteps), 0), last)
 
     def __repr__(self) -> str:
-        return (f"TimestepSchedule(min_fraction={self.min_fraction}, max_fraction={self.max_fraction}, "
-                f"annealing={self.annealing!r}, max_steps={self.max_steps}, "
-                f"num_train_timesteps={self.num_train_timesteps})")
+        return (
+            f"TimestepSchedule(min_fraction={self.min_fraction}, max_fraction={self.max_fraction}, "
+            f"annealing={self.annealing!r}, max_steps={self.max_steps}, "
+            f"num_train_timesteps={self.num_train_timesteps})"
+        )
 
     def set_horizon(self, max_steps: int) -> None:
         """The number of steps an annealed schedule runs over (kept if ``max_steps`` was given explicitly)."""
@@ -76,8 +84,9 @@ class TimestepSchedule:
 
     def _progress(self, step: int) -> float:
         if self.max_steps is None:
-            raise ValueError(f"annealing={self.annealing!r} needs a horizon: the task sets it (set_horizon), "
-                             "or pass max_steps")
+            raise ValueError(
+                f"annealing={self.annealing!r} needs a horizon: the task sets it (set_horizon), or pass max_steps"
+            )
         return min(step / self.max_steps, 1.0)
 
     def bounds(self, step: int) -> tuple[int, int]:
@@ -106,9 +115,17 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(digest[:SEED_BYTES], "little") & SEED_MASK
 
 
-def draw_step_randomness(seed: int, step: int, schedule: TimestepSchedule, num_particles: int, particle_shape, *,
-                         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                         schedule_step: int | None = None) -> tuple[int, Tensor]:
+def draw_step_randomness(
+    seed: int,
+    step: int,
+    schedule: TimestepSchedule,
+    num_particles: int,
+    particle_shape,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    schedule_step: int | None = None,
+) -> tuple[int, Tensor]:
     """(t, ε) of one step: t shared by all particles, ε of shape (num_particles, *particle_shape).
 
     A fresh CPU ``torch.Generator`` seeded from (seed, step) draws t first, then ε for **all** ``num_particles``

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ class ClipEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def to(self, device: torch.device | str) -> "ClipEncoder":
+    def to(self, device: torch.device | str) -> ClipEncoder:
         self.model.to(device)
         return self
 
@@ -195,17 +196,14 @@ def _cached_weights_for_tag(tag_config: dict, cache_dir: str | None) -> str | No
 
 def _looks_like_path(value: str) -> bool:
     return (
-        os.sep in value
-        or "/" in value
-        or value.startswith(("~", "."))
-        or value.lower().endswith(_CHECKPOINT_SUFFIXES)
+        os.sep in value or "/" in value or value.startswith(("~", ".")) or value.lower().endswith(_CHECKPOINT_SUFFIXES)
     )
 
 
 def _missing_weights_warning(what: str, model_name: str) -> None:
     logger.warning(
         "CLIP metrics (clip/directional, clip/image_similarity, clip/consistency) skipped: %s. To compute "
-        "them, download the weights on a connected machine (python -c \"import open_clip; "
+        'them, download the weights on a connected machine (python -c "import open_clip; '
         "open_clip.create_model('%s', pretrained='%s')\" fills the Hugging Face cache) and copy the cache "
         "over, or pass metrics.clip.pretrained=/path/to/open_clip_pytorch_model.bin "
         "(csd-exp-eval --clip-pretrained PATH).",
@@ -278,16 +276,15 @@ def load_clip(
             cached = _cached_weights_for_tag(tag_config, cache_dir)
             if cached is None and _hub_offline(allow_download):
                 _missing_weights_warning(
-                    f"OpenCLIP weights {model_name}/{pretrained} are not in the local cache and downloads are off (metrics.clip.allow_download=false or HF_HUB_OFFLINE=1)",
+                    f"OpenCLIP weights {model_name}/{pretrained} are not in the local cache and downloads are off "
+                    "(metrics.clip.allow_download=false or HF_HUB_OFFLINE=1)",
                     model_name,
                 )
                 return None
             source_name, source_pretrained = model_name, cached or pretrained
             # a file path loses the tag's preprocessing and activation settings; pass them on explicitly
             preprocess_override = {
-                key: tag_config[key]
-                for key in ("mean", "std", "interpolation", "resize_mode")
-                if key in tag_config
+                key: tag_config[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag_config
             }
             if preprocess_override:
                 create_kwargs["force_preprocess_cfg"] = preprocess_override
@@ -440,7 +437,8 @@ class ClipDirectionalSimilarity(_ClipMetric):
 
 
 class ClipImageSimilarity(_ClipMetric):
-    """``clip/image_similarity``: mean over frames of ``cos(E_I(source_f), E_I(edited_f))`` (how much of the source survives).
+    """``clip/image_similarity``: mean over frames of ``cos(E_I(source_f), E_I(edited_f))`` (how much of the
+    source survives).
 
     ``update(source, edited)``: images (F, 3, H, W) in [0, 1] or precomputed embeddings (F, E).
     """

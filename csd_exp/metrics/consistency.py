@@ -18,7 +18,8 @@ All three need no network weights, so they are reported on every machine. Defini
     to frame ``i``: the pixel ``(x, y)`` of frame ``i+1`` shows the point at ``(x + dx, y + dy)`` of
     frame ``i``. Frame ``i`` is resampled at those points (bilinear ``grid_sample``,
     ``align_corners=True``) to give ``warp_i``; pixels whose point falls outside frame ``i``, or that
-    the caller marks occluded, are masked out. Per pair, ``E_i = Σ_p M(p) · mean_c (frame_{i+1}(p) − warp_i(p))² / Σ_p M(p)``
+    the caller marks occluded, are masked out. Per pair,
+    ``E_i = Σ_p M(p) · mean_c (frame_{i+1}(p) − warp_i(p))² / Σ_p M(p)``
     (Lai et al. 2018, "Learning blind video temporal consistency"), and the metric is the mean of
     ``E_i`` over pairs with at least one valid pixel. The flow should describe the *source* motion
     (known synthetic motion, or an estimator run on the source frames): a consistent edit moves with
@@ -34,7 +35,7 @@ All three need no network weights, so they are reported on every machine. Defini
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -118,9 +119,7 @@ def warp_previous_frames(frames: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     sample_x = xs.unsqueeze(0) + flow[:, 0]
     sample_y = ys.unsqueeze(0) + flow[:, 1]
     in_bounds = (sample_x >= 0) & (sample_x <= width - 1) & (sample_y >= 0) & (sample_y <= height - 1)
-    grid = torch.stack(
-        (2.0 * sample_x / max(width - 1, 1) - 1.0, 2.0 * sample_y / max(height - 1, 1) - 1.0), dim=-1
-    )
+    grid = torch.stack((2.0 * sample_x / max(width - 1, 1) - 1.0, 2.0 * sample_y / max(height - 1, 1) - 1.0), dim=-1)
     warped = F.grid_sample(previous, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return warped, in_bounds.unsqueeze(1)
 

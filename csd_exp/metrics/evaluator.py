@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -117,7 +117,9 @@ class EditEvaluator:
 
         for key, metric_class in ((keys.FIDELITY_PSNR, SourcePSNR), (keys.FIDELITY_SSIM, SourceSSIM)):
             if key == keys.FIDELITY_SSIM and min(source.shape[-2:]) < 11:
-                logger.info("fidelity/ssim skipped: frames %s are smaller than its 11x11 window", tuple(source.shape[-2:]))
+                logger.info(
+                    "fidelity/ssim skipped: frames %s are smaller than its 11x11 window", tuple(source.shape[-2:])
+                )
                 continue
             metric = self._new(metric_class)
             metric.update(source, edited)

@@ -23,7 +23,6 @@ from torch import Tensor
 from csd_exp.metrics._base import MeanOverPairs
 from csd_exp.metrics._validation import check_pair
 
-
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01**2

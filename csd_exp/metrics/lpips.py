@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import torch

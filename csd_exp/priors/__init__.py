@@ -10,16 +10,30 @@ diffusers / transformers are imported only when a diffusers-backed prior is buil
 
 from .base import Conditioning, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
 from .exact import ExactScorePrior
-from .instructions import INSTRUCTIONS, InstructionFamily
 from .instruct_pix2pix import InstructPix2PixPrior
+from .instructions import INSTRUCTIONS, InstructionFamily
 from .stable_diffusion import StableDiffusionPrior
-from .tiny import (build_tiny_ip2p, build_tiny_sd, tiny_instruct_pix2pix_prior, tiny_stable_diffusion_prior,
-                   write_clip_tokenizer)
+from .tiny import (
+    build_tiny_ip2p,
+    build_tiny_sd,
+    tiny_instruct_pix2pix_prior,
+    tiny_stable_diffusion_prior,
+    write_clip_tokenizer,
+)
 
 __all__ = [
-    "Conditioning", "NoisePrediction", "ScorePrior", "scaled_linear_alphas_cumprod",
-    "ExactScorePrior", "INSTRUCTIONS", "InstructionFamily",
-    "InstructPix2PixPrior", "StableDiffusionPrior",
-    "build_tiny_ip2p", "build_tiny_sd", "tiny_instruct_pix2pix_prior", "tiny_stable_diffusion_prior",
+    "Conditioning",
+    "NoisePrediction",
+    "ScorePrior",
+    "scaled_linear_alphas_cumprod",
+    "ExactScorePrior",
+    "INSTRUCTIONS",
+    "InstructionFamily",
+    "InstructPix2PixPrior",
+    "StableDiffusionPrior",
+    "build_tiny_ip2p",
+    "build_tiny_sd",
+    "tiny_instruct_pix2pix_prior",
+    "tiny_stable_diffusion_prior",
     "write_clip_tokenizer",
 ]

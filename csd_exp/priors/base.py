@@ -33,10 +33,17 @@ SD_BETA_START = 0.00085
 SD_BETA_END = 0.012
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -53,11 +60,11 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
-def scaled_linear_alphas_cumprod(num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS,
-                                 beta_start: float = SD_BETA_START,
-                                 beta_end: float = SD_BETA_END) -> Tensor:
+def scaled_linear_alphas_cumprod(
+    num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS, beta_start: float = SD_BETA_START, beta_end: float = SD_BETA_END
+) -> Tensor:
     """ᾱ_t = Π_{s≤t} (1 − β_s) with β = linspace(√β_start, √β_end, T)² (diffusers' "scaled_linear"), float32."""
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
 
 
@@ -65,20 +72,20 @@ def scaled_linear_alphas_cumprod(num_train_timesteps: int = SD_NUM_TRAIN_TIMESTE
 class Conditioning:
     """What a noise prediction is conditioned on (see ``ScorePrior.make_conditioning``)."""
 
-    prompt: str                          # the instruction (IP2P / exact) or the text prompt (SD)
-    image_cond: Tensor | None            # (N, C, h, w) image-conditioning latents (IP2P, exact); None for SD
-    guidance_scale: float                # ω_y
-    image_guidance_scale: float = 1.5    # ω_s (ignored by SD)
+    prompt: str  # the instruction (IP2P / exact) or the text prompt (SD)
+    image_cond: Tensor | None  # (N, C, h, w) image-conditioning latents (IP2P, exact); None for SD
+    guidance_scale: float  # ω_y
+    image_guidance_scale: float = 1.5  # ω_s (ignored by SD)
     negative_prompt: str = ""
-    source_prompt: str = ""              # the source branch's prompt (DDS); "" = the unconditional branch
+    source_prompt: str = ""  # the source branch's prompt (DDS); "" = the unconditional branch
 
 
 @dataclass
 class NoisePrediction:
     """Guided noise estimates, float32, shaped like the noisy latents they belong to."""
 
-    target: Tensor                       # guided ε̂ for the noisy targets
-    source: Tensor | None = None         # baseline ε̂ for the noisy sources, when they were given
+    target: Tensor  # guided ε̂ for the noisy targets
+    source: Tensor | None = None  # baseline ε̂ for the noisy sources, when they were given
 
 
 class ScorePrior(torch.nn.Module):
@@ -86,9 +93,9 @@ class ScorePrior(torch.nn.Module):
 
     name: str = "prior"
     num_train_timesteps: int
-    alphas_cumprod: Tensor               # (T,) float32, non-persistent buffer
+    alphas_cumprod: Tensor  # (T,) float32, non-persistent buffer
     latent_channels: int
-    latent_scale_factor: int             # image pixels per latent pixel
+    latent_scale_factor: int  # image pixels per latent pixel
     supports_image_condition: bool = False
     #: what ``data.resize_policy=auto`` means for this prior (csd_exp.data.image.canvas_size): the official
     #: code's policy at the scale the network was trained for, unless a prior says otherwise
@@ -99,7 +106,7 @@ class ScorePrior(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
 
-    def to_device(self, device: torch.device) -> "ScorePrior":
+    def to_device(self, device: torch.device) -> ScorePrior:
         """Move to the device the Trainer chose (the task's ``setup`` calls this); priors whose dtype is
         ``auto`` also pick their dtype for that device here."""
         return self.to(device)
@@ -119,23 +126,35 @@ class ScorePrior(torch.nn.Module):
         """x_t = √ᾱ_t z₀ + √(1 − ᾱ_t) ε, in float32 (float64 inputs stay float64)."""
         alpha_bar = float(self.alphas_cumprod[self._check_timestep(t)])
         dtype = torch.promote_types(latents.dtype, torch.float32)
-        return alpha_bar ** 0.5 * latents.to(dtype) + (1.0 - alpha_bar) ** 0.5 * noise.to(device=latents.device,
-                                                                                         dtype=dtype)
+        return alpha_bar**0.5 * latents.to(dtype) + (1.0 - alpha_bar) ** 0.5 * noise.to(
+            device=latents.device, dtype=dtype
+        )
 
     # -- frozen module behaviour -------------------------------------------------------------------
-    def train(self, mode: bool = True):  # noqa: D401 - torch signature
+    def train(self, mode: bool = True):
         """A prior stays frozen: its sub-modules remain in evaluation mode whatever ``mode`` is."""
         super().train(False)
         return self
 
     # -- conditioning ------------------------------------------------------------------------------
-    def make_conditioning(self, prompt: str, image_cond: Tensor | None = None, guidance_scale: float = 7.5,
-                          image_guidance_scale: float = 1.5, negative_prompt: str = "",
-                          source_prompt: str = "") -> Conditioning:
+    def make_conditioning(
+        self,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str = "",
+        source_prompt: str = "",
+    ) -> Conditioning:
         """Bundle the conditions of a guided noise prediction (and validate / cache what can be)."""
-        return Conditioning(prompt=prompt, image_cond=image_cond, guidance_scale=float(guidance_scale),
-                            image_guidance_scale=float(image_guidance_scale), negative_prompt=negative_prompt,
-                            source_prompt=source_prompt)
+        return Conditioning(
+            prompt=prompt,
+            image_cond=image_cond,
+            guidance_scale=float(guidance_scale),
+            image_guidance_scale=float(image_guidance_scale),
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
+        )
 
     def validate_prompt(self, prompt: str) -> None:
         """Raise ``ValueError`` if this prior cannot follow ``prompt`` (text priors follow any prompt)."""
@@ -150,8 +169,9 @@ class ScorePrior(torch.nn.Module):
     def encode_image_condition(self, images: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
-                      source_noisy_latents: Tensor | None = None) -> NoisePrediction:
+    def predict_noise(
+        self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
+    ) -> NoisePrediction:
         raise NotImplementedError
 
     def validate_image_size(self, height: int, width: int) -> None:
@@ -162,7 +182,8 @@ class ScorePrior(torch.nn.Module):
             raise ValueError(
                 f"{type(self).__name__} needs image sides that are positive multiples of {factor} "
                 f"(image pixels per latent pixel); got {height}x{width}. Resize the image first, "
-                f"e.g. to {fixed[0]}x{fixed[1]}.")
+                f"e.g. to {fixed[0]}x{fixed[1]}."
+            )
 
     def _check_images(self, images: Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -178,12 +199,14 @@ def expand_image_condition(image_cond: Tensor | None, num_particles: int, what: 
         return image_cond
     if image_cond.shape[0] == 1:
         return image_cond.expand(num_particles, *image_cond.shape[1:])
-    raise ValueError(f"image_cond has {image_cond.shape[0]} rows for {num_particles} particles; "
-                     "pass one row per particle (the source crop / frame of each) or a single row")
+    raise ValueError(
+        f"image_cond has {image_cond.shape[0]} rows for {num_particles} particles; "
+        "pass one row per particle (the source crop / frame of each) or a single row"
+    )
 
 
-def instruct_pix2pix_guidance(eps_text_image: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float,
-                              image_guidance_scale: float) -> Tensor:
+def instruct_pix2pix_guidance(
+    eps_text_image: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float, image_guidance_scale: float
+) -> Tensor:
     """ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)] + ω_y [ε(x̃,y) − ε(x̃,∅)] (InstructPix2Pix's 3-way guidance, Eq. 3)."""
-    return (eps_uncond + image_guidance_scale * (eps_image - eps_uncond)
-            + guidance_scale * (eps_text_image - eps_image))
+    return eps_uncond + image_guidance_scale * (eps_image - eps_uncond) + guidance_scale * (eps_text_image - eps_image)

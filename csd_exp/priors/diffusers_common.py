@@ -29,8 +29,10 @@ from .base import ScorePrior, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-OFFLINE_HINT = ("cannot load '{id}': this machine is offline or the id is unknown; download it on a connected "
-                "machine (huggingface-cli download {id}) and set model.pretrained_model_name_or_path=/path/to/folder")
+OFFLINE_HINT = (
+    "cannot load '{id}': this machine is offline or the id is unknown; download it on a connected "
+    "machine (huggingface-cli download {id}) and set model.pretrained_model_name_or_path=/path/to/folder"
+)
 
 
 @functools.cache
@@ -43,8 +45,12 @@ def _dtype_keyword() -> str:
     return "dtype" if 'kwargs.pop("dtype"' in source else "torch_dtype"
 
 
-def load_pipeline(pipeline_class_name: str, pretrained_model_name_or_path: str, torch_dtype: torch.dtype,
-                  local_files_only: bool | None = None):
+def load_pipeline(
+    pipeline_class_name: str,
+    pretrained_model_name_or_path: str,
+    torch_dtype: torch.dtype,
+    local_files_only: bool | None = None,
+):
     """``<pipeline_class>.from_pretrained(path_or_id, torch_dtype=...)`` with the safety checker left out.
 
     A hub id that cannot be reached (offline machine, unknown id) becomes an ``OSError`` that says how to
@@ -53,8 +59,12 @@ def load_pipeline(pipeline_class_name: str, pretrained_model_name_or_path: str, 
     import diffusers
 
     pipeline_class = getattr(diffusers, pipeline_class_name)
-    kwargs: dict[str, Any] = {_dtype_keyword(): torch_dtype, "safety_checker": None, "feature_extractor": None,
-                              "requires_safety_checker": False}
+    kwargs: dict[str, Any] = {
+        _dtype_keyword(): torch_dtype,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
     if local_files_only is not None:
         kwargs["local_files_only"] = local_files_only
     location = str(pretrained_model_name_or_path)
@@ -89,14 +99,31 @@ class DiffusersPrior(ScorePrior):
 
     pipeline_class_name: str
 
-    def __init__(self, pretrained_model_name_or_path: str | None = None, *,
-                 torch_dtype: str | torch.dtype = "float32", max_rows_per_call: int | None = None,
-                 local_files_only: bool | None = None, unet=None, vae=None, text_encoder=None, tokenizer=None,
-                 scheduler=None) -> None:
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        *,
+        torch_dtype: str | torch.dtype = "float32",
+        max_rows_per_call: int | None = None,
+        local_files_only: bool | None = None,
+        unet=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler=None,
+    ) -> None:
         super().__init__()
-        components = load_components(self.pipeline_class_name, pretrained_model_name_or_path, torch_dtype,
-                                     local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
-                                     tokenizer=tokenizer, scheduler=scheduler)
+        components = load_components(
+            self.pipeline_class_name,
+            pretrained_model_name_or_path,
+            torch_dtype,
+            local_files_only,
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+        )
         unet, vae = components["unet"], components["vae"]
         text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
         alphas_cumprod, prediction_type = components["alphas_cumprod"], components["prediction_type"]
@@ -106,7 +133,7 @@ class DiffusersPrior(ScorePrior):
         if max_rows_per_call is not None and int(max_rows_per_call) < 1:
             raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
         self.max_rows_per_call = None if max_rows_per_call is None else int(max_rows_per_call)
-        self.auto_dtype = str(torch_dtype) == "auto"   # float32 until to_device picks the device's dtype
+        self.auto_dtype = str(torch_dtype) == "auto"  # float32 until to_device picks the device's dtype
         self.model_dtype = resolve_dtype(torch_dtype)
         self.unet = _frozen(unet, self.model_dtype)
         self.vae = _frozen(vae, self.model_dtype)
@@ -130,10 +157,10 @@ class DiffusersPrior(ScorePrior):
         return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
 
     # -- devices -----------------------------------------------------------------------------------
-    def to_device(self, device: torch.device) -> "DiffusersPrior":
+    def to_device(self, device: torch.device) -> DiffusersPrior:
         """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32:
         float16 on a CPU is ~20x slower than float32 and looks hung)."""
-        from csd_exp.devices import describe_dtype_choice, default_model_dtype
+        from csd_exp.devices import default_model_dtype, describe_dtype_choice
 
         self.to(device)
         if self.auto_dtype:
@@ -145,8 +172,9 @@ class DiffusersPrior(ScorePrior):
                 self._prompt_embeds.clear()
             log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
         elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
-            log.warning("prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto "
-                        "or float32")
+            log.warning(
+                "prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto or float32"
+            )
         return self
 
     @property
@@ -185,8 +213,13 @@ class DiffusersPrior(ScorePrior):
         cached = self._prompt_embeds.get(prompt)
         device = self.text_encoder.device
         if cached is None:
-            tokens = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt")
+            tokens = self.tokenizer(
+                prompt,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
             attention_mask = None
             if getattr(self.text_encoder.config, "use_attention_mask", False):
                 attention_mask = tokens.attention_mask.to(device)
@@ -215,8 +248,9 @@ class DiffusersPrior(ScorePrior):
         outputs = []
         for start in range(0, sample.shape[0], chunk):
             rows = slice(start, start + chunk)
-            out = self.unet(sample[rows], timestep, encoder_hidden_states=encoder_hidden_states[rows],
-                            return_dict=False)[0]
+            out = self.unet(
+                sample[rows], timestep, encoder_hidden_states=encoder_hidden_states[rows], return_dict=False
+            )[0]
             outputs.append(out.float())
             self.unet_calls += 1
             self.unet_rows_evaluated += out.shape[0]
@@ -228,8 +262,13 @@ class DiffusersPrior(ScorePrior):
         return eps
 
 
-def load_components(pipeline_class_name: str, pretrained_model_name_or_path: str | None,
-                    torch_dtype: str | torch.dtype, local_files_only: bool | None, **given) -> dict:
+def load_components(
+    pipeline_class_name: str,
+    pretrained_model_name_or_path: str | None,
+    torch_dtype: str | torch.dtype,
+    local_files_only: bool | None,
+    **given,
+) -> dict:
     """The networks, tokenizer and ᾱ_t schedule, from a pipeline folder / hub id or from given components.
 
     ``given`` holds ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and optionally ``scheduler`` (whose
@@ -241,16 +280,25 @@ def load_components(pipeline_class_name: str, pretrained_model_name_or_path: str
     if pretrained_model_name_or_path is not None:
         if scheduler is not None or any(v is not None for v in given.values()):
             raise ValueError("pass either pretrained_model_name_or_path or components, not both")
-        pipe = load_pipeline(pipeline_class_name, pretrained_model_name_or_path, resolve_dtype(torch_dtype),
-                             local_files_only)
-        return dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                    alphas_cumprod=DiffusersPrior._schedule_from(pipe.scheduler),
-                    prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"))
+        pipe = load_pipeline(
+            pipeline_class_name, pretrained_model_name_or_path, resolve_dtype(torch_dtype), local_files_only
+        )
+        return dict(
+            unet=pipe.unet,
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            alphas_cumprod=DiffusersPrior._schedule_from(pipe.scheduler),
+            prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
+        )
     missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer") if given.get(k) is None]
     if missing:
-        raise ValueError("pass pretrained_model_name_or_path, or all of unet, vae, text_encoder, tokenizer "
-                         f"(missing: {', '.join(missing)})")
-    alphas_cumprod = (DiffusersPrior._schedule_from(scheduler) if scheduler is not None
-                      else scaled_linear_alphas_cumprod())
+        raise ValueError(
+            "pass pretrained_model_name_or_path, or all of unet, vae, text_encoder, tokenizer "
+            f"(missing: {', '.join(missing)})"
+        )
+    alphas_cumprod = (
+        DiffusersPrior._schedule_from(scheduler) if scheduler is not None else scaled_linear_alphas_cumprod()
+    )
     prediction_type = scheduler.config.get("prediction_type", "epsilon") if scheduler is not None else "epsilon"
     return dict(given, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type)

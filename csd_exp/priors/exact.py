@@ -55,14 +55,24 @@ returned as float32 on the input's device.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (SD_BETA_END, SD_BETA_START, SD_NUM_TRAIN_TIMESTEPS, Conditioning, NoisePrediction, ScorePrior,
-                   expand_image_condition, instruct_pix2pix_guidance, resolve_dtype, scaled_linear_alphas_cumprod)
+from .base import (
+    SD_BETA_END,
+    SD_BETA_START,
+    SD_NUM_TRAIN_TIMESTEPS,
+    Conditioning,
+    NoisePrediction,
+    ScorePrior,
+    expand_image_condition,
+    instruct_pix2pix_guidance,
+    resolve_dtype,
+    scaled_linear_alphas_cumprod,
+)
 from .instructions import INSTRUCTIONS, InstructionFamily, find_instruction
 
 PIXEL_CHANNELS = 3
@@ -83,13 +93,22 @@ class ExactScorePrior(ScorePrior):
 
     name = "exact"
     supports_image_condition = True
-    default_resize_policy = "short_side"   # CPU-sized runs: the canvas is data.short_side tall, not at least it
+    default_resize_policy = "short_side"  # CPU-sized runs: the canvas is data.short_side tall, not at least it
     recommended_guidance = {"guidance_scale": 1.5, "image_guidance_scale": 1.5}
 
-    def __init__(self, downsample: int = 1, edit_std: float = 0.05, image_std: float = 0.05,
-                 uncond_std: float = 1.0, uncond_mean: float = 0.0, torch_dtype: str | torch.dtype = "float32",
-                 num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS, beta_start: float = SD_BETA_START,
-                 beta_end: float = SD_BETA_END, instructions: Mapping[str, InstructionFamily] | None = None) -> None:
+    def __init__(
+        self,
+        downsample: int = 1,
+        edit_std: float = 0.05,
+        image_std: float = 0.05,
+        uncond_std: float = 1.0,
+        uncond_mean: float = 0.0,
+        torch_dtype: str | torch.dtype = "float32",
+        num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS,
+        beta_start: float = SD_BETA_START,
+        beta_end: float = SD_BETA_END,
+        instructions: Mapping[str, InstructionFamily] | None = None,
+    ) -> None:
         super().__init__()
         if int(downsample) != downsample or downsample < 1:
             raise ValueError(f"downsample must be a positive integer; got {downsample}")
@@ -101,8 +120,9 @@ class ExactScorePrior(ScorePrior):
         self.uncond_std, self.uncond_mean = float(uncond_std), float(uncond_mean)
         self.compute_dtype = resolve_dtype(torch_dtype)
         if not self.compute_dtype.is_floating_point or self.compute_dtype in (torch.float16, torch.bfloat16):
-            raise ValueError("ExactScorePrior computes in float32 or float64; half precision would lose the "
-                             "mixture responsibilities")
+            raise ValueError(
+                "ExactScorePrior computes in float32 or float64; half precision would lose the mixture responsibilities"
+            )
         self._register_schedule(scaled_linear_alphas_cumprod(num_train_timesteps, beta_start, beta_end))
         self.instructions: dict[str, InstructionFamily] = dict(instructions or INSTRUCTIONS)
         self.latent_channels = PIXEL_CHANNELS
@@ -150,21 +170,30 @@ class ExactScorePrior(ScorePrior):
         """(K, N, C, h, w): μ_k = E_k(x̃) for every particle, float32."""
         return self.instruction(prompt).mode_means(image_cond.float())
 
-    def make_conditioning(self, prompt: str, image_cond: Tensor | None = None, guidance_scale: float = 7.5,
-                          image_guidance_scale: float = 1.5, negative_prompt: str = "",
-                          source_prompt: str = "") -> Conditioning:
+    def make_conditioning(
+        self,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str = "",
+        source_prompt: str = "",
+    ) -> Conditioning:
         self.validate_prompt(prompt)
         if source_prompt:
             self.validate_prompt(source_prompt)
         if negative_prompt:
-            raise ValueError("ExactScorePrior has no negative prompt (its unconditional branch is fixed); "
-                             "leave negative_prompt empty")
+            raise ValueError(
+                "ExactScorePrior has no negative prompt (its unconditional branch is fixed); "
+                "leave negative_prompt empty"
+            )
         if image_cond is None:
             raise ValueError("ExactScorePrior needs image_cond (the source latents x̃, one row per particle)")
         if image_cond.shape[1] != self.latent_channels:
             raise ValueError(f"image_cond must have {self.latent_channels} channels; got {image_cond.shape[1]}")
-        return super().make_conditioning(prompt, image_cond, guidance_scale, image_guidance_scale,
-                                         negative_prompt, source_prompt)
+        return super().make_conditioning(
+            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+        )
 
     # -- closed-form denoising ---------------------------------------------------------------------
     def _alpha_sigma(self, t: int) -> tuple[float, float]:
@@ -172,18 +201,19 @@ class ExactScorePrior(ScorePrior):
         return math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
 
     @staticmethod
-    def mixture_eps(noisy: Tensor, means: Tensor, log_weights: Tensor, std: float, alpha: float, sigma: float
-                    ) -> tuple[Tensor, Tensor]:
+    def mixture_eps(
+        noisy: Tensor, means: Tensor, log_weights: Tensor, std: float, alpha: float, sigma: float
+    ) -> tuple[Tensor, Tensor]:
         """ε̂ = (σ/v) Σ_k r_k (x_t − α μ_k) and r (N, K) for x_t ~ Σ_k π_k N(α μ_k, v I), v = α²s² + σ².
 
         ``noisy`` (N, ...), ``means`` (K, N, ...) or broadcastable, ``log_weights`` (K,). With σ = 0 (t = 0)
         only the responsibilities are meaningful.
         """
-        variance = alpha ** 2 * std ** 2 + sigma ** 2
-        logits = torch.stack([
-            -((noisy - alpha * mean) ** 2).flatten(1).sum(dim=1) / (2.0 * variance) for mean in means
-        ], dim=1) + log_weights.to(noisy)
-        responsibilities = torch.softmax(logits, dim=1)                       # (N, K)
+        variance = alpha**2 * std**2 + sigma**2
+        logits = torch.stack(
+            [-((noisy - alpha * mean) ** 2).flatten(1).sum(dim=1) / (2.0 * variance) for mean in means], dim=1
+        ) + log_weights.to(noisy)
+        responsibilities = torch.softmax(logits, dim=1)  # (N, K)
         eps = torch.zeros_like(noisy)
         for k, mean in enumerate(means):
             eps += responsibilities[:, k].view(-1, *([1] * (noisy.ndim - 1))) * (noisy - alpha * mean)
@@ -201,29 +231,34 @@ class ExactScorePrior(ScorePrior):
     def _instruction_eps(self, noisy: Tensor, image_cond: Tensor, prompt: str, alpha: float, sigma: float) -> Tensor:
         family = self.instruction(prompt)
         means = family.mode_means(image_cond)
-        return self.mixture_eps(noisy, means, family.log_weights(noisy.dtype, noisy.device), self.edit_std,
-                                alpha, sigma)[0]
+        return self.mixture_eps(
+            noisy, means, family.log_weights(noisy.dtype, noisy.device), self.edit_std, alpha, sigma
+        )[0]
 
     @torch.no_grad()
-    def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
-                      source_noisy_latents: Tensor | None = None) -> NoisePrediction:
+    def predict_noise(
+        self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
+    ) -> NoisePrediction:
         """Exact guided ε̂ at the noisy targets and, if given, CSD-Edit's baseline at the noisy sources."""
         alpha, sigma = self._alpha_sigma(t)
         n = noisy_latents.shape[0]
         image_cond = expand_image_condition(cond.image_cond, n, "ExactScorePrior")
         if image_cond.shape[1:] != noisy_latents.shape[1:]:
-            raise ValueError(f"image_cond {tuple(image_cond.shape[1:])} must match the particles' latent shape "
-                             f"{tuple(noisy_latents.shape[1:])} (pass each particle's own source crop / frame)")
+            raise ValueError(
+                f"image_cond {tuple(image_cond.shape[1:])} must match the particles' latent shape "
+                f"{tuple(noisy_latents.shape[1:])} (pass each particle's own source crop / frame)"
+            )
         work = dict(device=self.device, dtype=self.compute_dtype)
         image_cond = image_cond.to(**work)
 
         def guided(noisy: Tensor, prompt: str | None) -> Tensor:
             branches = self._branch_eps(noisy, image_cond, alpha, sigma)
-            if prompt is None:       # ε^{ω_s}: the ω_y term is absent (its text and image rows coincide)
+            if prompt is None:  # ε^{ω_s}: the ω_y term is absent (its text and image rows coincide)
                 return branches["uncond"] + cond.image_guidance_scale * (branches["image"] - branches["uncond"])
             eps_text = self._instruction_eps(noisy, image_cond, prompt, alpha, sigma)
-            return instruct_pix2pix_guidance(eps_text, branches["image"], branches["uncond"], cond.guidance_scale,
-                              cond.image_guidance_scale)
+            return instruct_pix2pix_guidance(
+                eps_text, branches["image"], branches["uncond"], cond.guidance_scale, cond.image_guidance_scale
+            )
 
         target = guided(noisy_latents.to(**work), cond.prompt)
         source = None
@@ -241,6 +276,7 @@ class ExactScorePrior(ScorePrior):
         work = dict(device=self.device, dtype=self.compute_dtype)
         z = latents.to(**work)
         image_cond = expand_image_condition(image_cond, z.shape[0], "mode_responsibilities").to(**work)
-        _, responsibilities = self.mixture_eps(z, family.mode_means(image_cond), family.log_weights(**work),
-                                               self.edit_std, 1.0, 0.0)
+        _, responsibilities = self.mixture_eps(
+            z, family.mode_means(image_cond), family.log_weights(**work), self.edit_std, 1.0, 0.0
+        )
         return responsibilities.to(device=latents.device, dtype=torch.float32)

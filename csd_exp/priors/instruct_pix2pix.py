@@ -54,19 +54,39 @@ class InstructPix2PixPrior(DiffusersPrior):
     supports_image_condition = True
     recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
-    def __init__(self, pretrained_model_name_or_path: str | None = None, *, torch_dtype: str | torch.dtype = "float32",
-                 max_rows_per_call: int | None = None, official_condition_latents: bool = False,
-                 condition_seed: int = 0, local_files_only: bool | None = None,
-                 unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None) -> None:
-        super().__init__(pretrained_model_name_or_path, torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
-                         local_files_only=local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
-                         tokenizer=tokenizer, scheduler=scheduler)
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        *,
+        torch_dtype: str | torch.dtype = "float32",
+        max_rows_per_call: int | None = None,
+        official_condition_latents: bool = False,
+        condition_seed: int = 0,
+        local_files_only: bool | None = None,
+        unet=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler=None,
+    ) -> None:
+        super().__init__(
+            pretrained_model_name_or_path,
+            torch_dtype=torch_dtype,
+            max_rows_per_call=max_rows_per_call,
+            local_files_only=local_files_only,
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+        )
         expected = 2 * self.latent_channels
         if int(self.unet.config.in_channels) != expected:
             raise ValueError(
                 f"InstructPix2PixPrior needs a UNet with {expected} input channels ({self.latent_channels} noisy + "
                 f"{self.latent_channels} image-conditioning latents) for CSD-Edit; this UNet has "
-                f"{self.unet.config.in_channels}. A text-to-image checkpoint belongs in StableDiffusionPrior.")
+                f"{self.unet.config.in_channels}. A text-to-image checkpoint belongs in StableDiffusionPrior."
+            )
         self.official_condition_latents = bool(official_condition_latents)
         self.condition_seed = int(condition_seed)
 
@@ -88,21 +108,31 @@ class InstructPix2PixPrior(DiffusersPrior):
         z / s under the IP2P convention (exactly ``mode()``), z itself under the official one."""
         return latents if self.official_condition_latents else latents / self.vae_scaling_factor
 
-    def make_conditioning(self, prompt: str, image_cond: Tensor | None = None, guidance_scale: float = 7.5,
-                          image_guidance_scale: float = 1.5, negative_prompt: str = "",
-                          source_prompt: str = "") -> Conditioning:
+    def make_conditioning(
+        self,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str = "",
+        source_prompt: str = "",
+    ) -> Conditioning:
         if image_cond is not None and image_cond.shape[1] != self.latent_channels:
-            raise ValueError(f"image_cond must have {self.latent_channels} latent channels; got "
-                             f"{image_cond.shape[1]} (use encode_image_condition on the source images)")
+            raise ValueError(
+                f"image_cond must have {self.latent_channels} latent channels; got "
+                f"{image_cond.shape[1]} (use encode_image_condition on the source images)"
+            )
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
-        return super().make_conditioning(prompt, image_cond, guidance_scale, image_guidance_scale,
-                                         negative_prompt, source_prompt)
+        return super().make_conditioning(
+            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+        )
 
     # -- guided noise ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
-                      source_noisy_latents: Tensor | None = None) -> NoisePrediction:
+    def predict_noise(
+        self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
+    ) -> NoisePrediction:
         """Guided ε̂ for N noisy targets (3N rows) and, if given, the N noisy sources (2N rows), in one batch.
 
         Row layout: [x_t|x̃|y, x_t|x̃|∅, x_t|0|∅, (x̃_t|x̃|∅, x̃_t|0|∅ | x̃_t|x̃|y_src, x̃_t|x̃|∅, x̃_t|0|∅)].
@@ -120,8 +150,10 @@ class InstructPix2PixPrior(DiffusersPrior):
         source_has_text_row = cond.source_prompt != cond.negative_prompt
         if source_noisy_latents is not None:
             if source_noisy_latents.shape != noisy_latents.shape:
-                raise ValueError("source_noisy_latents must have the shape of noisy_latents; got "
-                                 f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}")
+                raise ValueError(
+                    "source_noisy_latents must have the shape of noisy_latents; got "
+                    f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
+                )
             src_t = source_noisy_latents.to(device=self.device, dtype=self.dtype)
             if source_has_text_row:
                 samples += [src_t]
@@ -139,8 +171,9 @@ class InstructPix2PixPrior(DiffusersPrior):
         source = None
         if source_noisy_latents is not None:
             if source_has_text_row:
-                source = instruct_pix2pix_guidance(eps[3], eps[4], eps[5], cond.guidance_scale, cond.image_guidance_scale)
+                source = instruct_pix2pix_guidance(
+                    eps[3], eps[4], eps[5], cond.guidance_scale, cond.image_guidance_scale
+                )
             else:  # ε^{ω_s}(x̃_t; x̃) = ε(∅,∅) + ω_s [ε(x̃,∅) − ε(∅,∅)]
                 source = eps[4] + cond.image_guidance_scale * (eps[3] - eps[4])
         return NoisePrediction(target=target, source=source)
-

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ class AffineColourEdit:
             raise ValueError(f"colour edits need 3 (RGB) latent channels; got {latents.shape[1]}")
         m = torch.tensor(self.matrix, dtype=latents.dtype, device=latents.device)
         b = torch.tensor(self.offset, dtype=latents.dtype, device=latents.device)
-        latent_offset = m.sum(dim=1) + 2.0 * b - 1.0       # M·1 + 2b − 1
+        latent_offset = m.sum(dim=1) + 2.0 * b - 1.0  # M·1 + 2b − 1
         return torch.einsum("ij,nj...->ni...", m, latents) + latent_offset.view(1, 3, *([1] * (latents.ndim - 2)))
 
 
@@ -59,10 +59,10 @@ class InstructionFamily:
     name: str
     mode_names: tuple[str, ...]
     edits: tuple[Callable[[Tensor], Tensor], ...]
-    kind: str                                   # "content" or "shared" (see the module docstring)
+    kind: str  # "content" or "shared" (see the module docstring)
     description: str = ""
     aliases: tuple[str, ...] = ()
-    weights: tuple[float, ...] | None = None    # mixture weights π_k (None: uniform)
+    weights: tuple[float, ...] | None = None  # mixture weights π_k (None: uniform)
 
     def __post_init__(self) -> None:
         if len(self.mode_names) != len(self.edits) or not self.edits:
@@ -109,11 +109,13 @@ def hue_rotation(degrees: float, chroma_gain: float = 1.0) -> AffineColourEdit:
     cos, sin, third = math.cos(angle), math.sin(angle), 1.0 / 3.0
     # Rodrigues: R = cos I + sin [u]_x + (1 − cos) u uᵀ with u = (1,1,1)/√3, [u]_x = S/√3 below.
     cross = ((0.0, -1.0, 1.0), (1.0, 0.0, -1.0), (-1.0, 1.0, 0.0))
-    rotation = [[cos * (i == j) + sin * math.sqrt(third) * cross[i][j] + (1.0 - cos) * third for j in range(3)]
-                for i in range(3)]
+    rotation = [
+        [cos * (i == j) + sin * math.sqrt(third) * cross[i][j] + (1.0 - cos) * third for j in range(3)]
+        for i in range(3)
+    ]
     # Chroma gain g: M = P + g (R − P) with P = u uᵀ (every entry 1/3), the projection onto grey.
     matrix = [[third + chroma_gain * (rotation[i][j] - third) for j in range(3)] for i in range(3)]
-    offset = [0.5 * (1.0 - sum(row)) for row in matrix]          # keep grey 0.5 fixed
+    offset = [0.5 * (1.0 - sum(row)) for row in matrix]  # keep grey 0.5 fixed
     return AffineColourEdit(tuple(tuple(row) for row in matrix), tuple(offset))
 
 

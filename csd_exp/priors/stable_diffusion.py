@@ -37,30 +37,59 @@ class StableDiffusionPrior(DiffusersPrior):
     supports_image_condition = False
     recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
-    def __init__(self, pretrained_model_name_or_path: str | None = None, *, torch_dtype: str | torch.dtype = "float32",
-                 max_rows_per_call: int | None = None, local_files_only: bool | None = None,
-                 unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None) -> None:
-        super().__init__(pretrained_model_name_or_path, torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call,
-                         local_files_only=local_files_only, unet=unet, vae=vae, text_encoder=text_encoder,
-                         tokenizer=tokenizer, scheduler=scheduler)
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        *,
+        torch_dtype: str | torch.dtype = "float32",
+        max_rows_per_call: int | None = None,
+        local_files_only: bool | None = None,
+        unet=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler=None,
+    ) -> None:
+        super().__init__(
+            pretrained_model_name_or_path,
+            torch_dtype=torch_dtype,
+            max_rows_per_call=max_rows_per_call,
+            local_files_only=local_files_only,
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+        )
         if int(self.unet.config.in_channels) != self.latent_channels:
-            raise ValueError(f"StableDiffusionPrior needs a text-to-image UNet with {self.latent_channels} input "
-                             f"channels; this one has {self.unet.config.in_channels} (an InstructPix2Pix UNet "
-                             "belongs in InstructPix2PixPrior)")
+            raise ValueError(
+                f"StableDiffusionPrior needs a text-to-image UNet with {self.latent_channels} input "
+                f"channels; this one has {self.unet.config.in_channels} (an InstructPix2Pix UNet "
+                "belongs in InstructPix2PixPrior)"
+            )
 
     def encode_image_condition(self, images: Tensor) -> Tensor:
         raise ValueError("StableDiffusionPrior takes no image condition (use InstructPix2PixPrior for CSD-Edit)")
 
-    def make_conditioning(self, prompt: str, image_cond: Tensor | None = None, guidance_scale: float = 7.5,
-                          image_guidance_scale: float = 1.5, negative_prompt: str = "",
-                          source_prompt: str = "") -> Conditioning:
+    def make_conditioning(
+        self,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str = "",
+        source_prompt: str = "",
+    ) -> Conditioning:
         if image_cond is not None:
-            raise ValueError("StableDiffusionPrior takes no image_cond (text-to-image); CSD-Edit needs "
-                             "InstructPix2PixPrior or ExactScorePrior")
+            raise ValueError(
+                "StableDiffusionPrior takes no image_cond (text-to-image); CSD-Edit needs "
+                "InstructPix2PixPrior or ExactScorePrior"
+            )
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
-        return super().make_conditioning(prompt, None, guidance_scale, image_guidance_scale, negative_prompt,
-                                         source_prompt)
+        return super().make_conditioning(
+            prompt, None, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+        )
 
     @staticmethod
     def guide(eps_text: Tensor, eps_negative: Tensor, guidance_scale: float) -> Tensor:
@@ -68,8 +97,9 @@ class StableDiffusionPrior(DiffusersPrior):
         return eps_negative + guidance_scale * (eps_text - eps_negative)
 
     @torch.no_grad()
-    def predict_noise(self, noisy_latents: Tensor, t: int, cond: Conditioning, *,
-                      source_noisy_latents: Tensor | None = None) -> NoisePrediction:
+    def predict_noise(
+        self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
+    ) -> NoisePrediction:
         """Guided ε̂ for N noisy targets (2N rows) and, if given, N noisy sources (2N rows, or N when the
         source prompt is the negative prompt). Row layout: [x_t|y, x_t|n, (x̃_t|y_src, x̃_t|n | x̃_t|n)]."""
         t = self._check_timestep(t)
@@ -79,8 +109,10 @@ class StableDiffusionPrior(DiffusersPrior):
         source_has_text_row = cond.source_prompt != cond.negative_prompt
         if source_noisy_latents is not None:
             if source_noisy_latents.shape != noisy_latents.shape:
-                raise ValueError("source_noisy_latents must have the shape of noisy_latents; got "
-                                 f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}")
+                raise ValueError(
+                    "source_noisy_latents must have the shape of noisy_latents; got "
+                    f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
+                )
             src_t = source_noisy_latents.to(device=self.device, dtype=self.dtype)
             if source_has_text_row:
                 samples += [src_t]

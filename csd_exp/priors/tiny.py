@@ -27,7 +27,7 @@ from .base import SD_BETA_END, SD_BETA_START, SD_NUM_TRAIN_TIMESTEPS
 
 TINY_FORMAT_VERSION = 1
 CLIP_MAX_LENGTH = 77
-CLIP_NUM_MERGES = 49152 - 256 - 2          # merges CLIP uses from its BPE file (48,894)
+CLIP_NUM_MERGES = 49152 - 256 - 2  # merges CLIP uses from its BPE file (48,894)
 START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
 TINY_HIDDEN_SIZE = 32
 TINY_BLOCK_OUT_CHANNELS = (32, 64)
@@ -37,8 +37,9 @@ LATENT_CHANNELS = 4
 # -- tokenizer -----------------------------------------------------------------------------------------
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte-level BPE alphabet: every byte maps to a printable unicode character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -64,13 +65,14 @@ def write_clip_tokenizer(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(_open_clip_bpe_file()).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : CLIP_NUM_MERGES + 1]]
     alphabet = list(_byte_to_unicode().values())
     vocab = alphabet + [token + "</w>" for token in alphabet] + ["".join(m) for m in merges]
     vocab += [START_TOKEN, END_TOKEN]
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                       encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+    )
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=CLIP_MAX_LENGTH)
     tokenizer.save_pretrained(folder)
     return folder
@@ -86,14 +88,26 @@ def clip_tokenizer(folder: str | os.PathLike):
 
 
 # -- components ----------------------------------------------------------------------------------------
-def tiny_text_encoder(vocab_size: int, hidden_size: int = TINY_HIDDEN_SIZE, num_hidden_layers: int = 2,
-                      intermediate_size: int = 37, num_attention_heads: int = 4):
+def tiny_text_encoder(
+    vocab_size: int,
+    hidden_size: int = TINY_HIDDEN_SIZE,
+    num_hidden_layers: int = 2,
+    intermediate_size: int = 37,
+    num_attention_heads: int = 4,
+):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-                            num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
-                            max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=vocab_size - 2,
-                            eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_attention_heads=num_attention_heads,
+        num_hidden_layers=num_hidden_layers,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
     return CLIPTextModel(config)
 
 
@@ -105,21 +119,36 @@ def tiny_components(folder_for_tokenizer: str | os.PathLike, *, in_channels: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=16, in_channels=in_channels, out_channels=LATENT_CHANNELS, layers_per_block=2,
-            block_out_channels=TINY_BLOCK_OUT_CHANNELS, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TINY_HIDDEN_SIZE,
-            attention_head_dim=4)
+            sample_size=16,
+            in_channels=in_channels,
+            out_channels=LATENT_CHANNELS,
+            layers_per_block=2,
+            block_out_channels=TINY_BLOCK_OUT_CHANNELS,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=TINY_HIDDEN_SIZE,
+            attention_head_dim=4,
+        )
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=TINY_BLOCK_OUT_CHANNELS,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            sample_size=32)
+            in_channels=3,
+            out_channels=3,
+            latent_channels=LATENT_CHANNELS,
+            block_out_channels=TINY_BLOCK_OUT_CHANNELS,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            sample_size=32,
+        )
         text_encoder = tiny_text_encoder(len(tokenizer))
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer)
 
 
 def _schedule_kwargs() -> dict:
-    return dict(num_train_timesteps=SD_NUM_TRAIN_TIMESTEPS, beta_start=SD_BETA_START, beta_end=SD_BETA_END,
-                beta_schedule="scaled_linear")
+    return dict(
+        num_train_timesteps=SD_NUM_TRAIN_TIMESTEPS,
+        beta_start=SD_BETA_START,
+        beta_end=SD_BETA_END,
+        beta_schedule="scaled_linear",
+    )
 
 
 def build_tiny_ip2p(folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -130,8 +159,12 @@ def build_tiny_ip2p(folder: str | os.PathLike, seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         parts = tiny_components(tokenizer_dir, in_channels=2 * LATENT_CHANNELS, seed=seed)
     pipe = StableDiffusionInstructPix2PixPipeline(
-        **parts, scheduler=EulerAncestralDiscreteScheduler(**_schedule_kwargs()), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+        **parts,
+        scheduler=EulerAncestralDiscreteScheduler(**_schedule_kwargs()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     return folder
 
@@ -143,10 +176,10 @@ def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         parts = tiny_components(tokenizer_dir, in_channels=LATENT_CHANNELS, seed=seed)
-    scheduler = DDIMScheduler(**_schedule_kwargs(), clip_sample=False, set_alpha_to_one=False,
-                              steps_offset=1)
-    pipe = StableDiffusionPipeline(**parts, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = DDIMScheduler(**_schedule_kwargs(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        **parts, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(folder)
     return folder
 

@@ -6,12 +6,12 @@ fine-tuning loop on edited views, called repeatedly). It works with any :class:`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from csd_exp.render.base import RadianceField
 from csd_exp.data.cameras import Cameras
+from csd_exp.render.base import RadianceField
 
 __all__ = ["psnr", "fit_field", "evaluate_psnr"]
 

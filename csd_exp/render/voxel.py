@@ -8,7 +8,8 @@ initialisation from points (Gaussians need a point cloud or a careful random ini
 parameter receives gradients from the first step, and trilinear interpolation gives a smooth,
 well-conditioned optimisation that converges in a few hundred Adam steps at 48x48 to 64x64. The
 price is memory cubic in resolution, which is irrelevant at the sizes a CPU can train (32³-96³).
-GPU backends such as gsplat implement :class:`csd_exp.render.base.RadianceField` and are named by ``task.field._target_``.
+GPU backends such as gsplat implement :class:`csd_exp.render.base.RadianceField` and are named by
+``task.field._target_``.
 
 Model (in the style of Plenoxels / DVGO, written from the equations):
 
@@ -40,13 +41,13 @@ after 100, 35.5 dB after 300; held-out views 24.1 dB after 300.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from csd_exp.render.base import RadianceField, RenderOutput, resolve_background
 from csd_exp.data.cameras import Cameras, generate_rays
+from csd_exp.render.base import RadianceField, RenderOutput, resolve_background
 
 __all__ = ["VoxelRadianceField", "ray_aabb_intersect"]
 
@@ -159,7 +160,7 @@ class VoxelRadianceField(RadianceField):
         self,
         density_fn: Callable[[torch.Tensor], torch.Tensor],
         color_fn: Callable[[torch.Tensor], torch.Tensor],
-    ) -> "VoxelRadianceField":
+    ) -> VoxelRadianceField:
         """Fill the grids from ``density_fn(points) -> sigma (...)`` and ``color_fn(points) -> rgb (..., 3)``.
 
         Inverts the activations (colour clamped to [1e-3, 1 - 1e-3]); useful for tests and for
@@ -223,8 +224,10 @@ class VoxelRadianceField(RadianceField):
         bg_rays = bg.permute(0, 2, 3, 1).reshape(-1, 3)
         outputs = [
             self.render_rays(
-                origins[s : s + self.chunk_rays], directions[s : s + self.chunk_rays],
-                bg_rays[s : s + self.chunk_rays], generator,
+                origins[s : s + self.chunk_rays],
+                directions[s : s + self.chunk_rays],
+                bg_rays[s : s + self.chunk_rays],
+                generator,
             )
             for s in range(0, origins.shape[0], self.chunk_rays)
         ]

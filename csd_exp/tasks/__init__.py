@@ -5,5 +5,12 @@ from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
 from csd_exp.tasks.scene3d import Scene3DTask
 from csd_exp.tasks.video import VideoTask
 
-__all__ = ["DistillationTask", "PanoramaTask", "Scene3DTask", "StepTickets", "VideoTask", "WindowGrid",
-           "step_generator"]
+__all__ = [
+    "DistillationTask",
+    "PanoramaTask",
+    "Scene3DTask",
+    "StepTickets",
+    "VideoTask",
+    "WindowGrid",
+    "step_generator",
+]

@@ -22,8 +22,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -78,7 +79,7 @@ class DistillationTask(pl.LightningModule):
         self.seed = int(seed)
         self.max_steps = int(max_steps)
         if guidance is not None and self.max_steps > 0:
-            guidance.schedule.set_horizon(self.max_steps)   # annealed schedules run over the whole fit
+            guidance.schedule.set_horizon(self.max_steps)  # annealed schedules run over the whole fit
         self._particles_ready = False
         self._first_step_started: float | None = None
         self._first_step_logged = False
@@ -170,11 +171,24 @@ class DistillationTask(pl.LightningModule):
         diagnostics = {f"train/{name}": float(value) for name, value in out.diagnostics.items()}
         self.log_dict(diagnostics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
         # Each rank's surrogate covers its own particles: the sum over ranks is the single-process loss.
-        self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
-                 sync_dist=self.world_size > 1, reduce_fx="sum")
+        self.log(
+            "loss",
+            out.loss.detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            sync_dist=self.world_size > 1,
+            reduce_fx="sum",
+        )
         self.log("t", float(out.t), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log("grad", float(out.diagnostics.get("grad_norm", math.nan)), prog_bar=True, on_step=True,
-                 on_epoch=False, rank_zero_only=True)
+        self.log(
+            "grad",
+            float(out.diagnostics.get("grad_norm", math.nan)),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            rank_zero_only=True,
+        )
         return out.loss * self.world_size
 
     def _check_finite(self, out, step: int) -> None:
@@ -190,12 +204,15 @@ class DistillationTask(pl.LightningModule):
             self._first_step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if not self._first_step_logged:   # a slow device or dtype (float16 on a CPU) shows at once, not as a hang
+        if not self._first_step_logged:  # a slow device or dtype (float16 on a CPU) shows at once, not as a hang
             self._first_step_logged = True
-            log.info("first step took %.1f s on %s (prior in %s); %d steps to go",
-                     time.perf_counter() - self._first_step_started, self.device,
-                     str(getattr(self.prior, "dtype", "float32")).removeprefix("torch."),
-                     max(self.max_steps - self.global_step, 0))
+            log.info(
+                "first step took %.1f s on %s (prior in %s); %d steps to go",
+                time.perf_counter() - self._first_step_started,
+                self.device,
+                str(getattr(self.prior, "dtype", "float32")).removeprefix("torch."),
+                max(self.max_steps - self.global_step, 0),
+            )
         for name, param in self.named_parameters():
             if param.requires_grad and not torch.isfinite(param).all():
                 raise FloatingPointError(

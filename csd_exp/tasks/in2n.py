@@ -19,9 +19,20 @@ from csd_exp.tasks.sampling import guided_sample
 
 
 @torch.no_grad()
-def in2n_edit(prior, render: torch.Tensor, original: torch.Tensor, *, prompt: str, generator: torch.Generator,
-              lower: float = 0.02, upper: float = 0.98, diffusion_steps: int = 20, eta: float = 0.0,
-              guidance_scale: float, image_guidance_scale: float) -> tuple[torch.Tensor, float]:
+def in2n_edit(
+    prior,
+    render: torch.Tensor,
+    original: torch.Tensor,
+    *,
+    prompt: str,
+    generator: torch.Generator,
+    lower: float = 0.02,
+    upper: float = 0.98,
+    diffusion_steps: int = 20,
+    eta: float = 0.0,
+    guidance_scale: float,
+    image_guidance_scale: float,
+) -> tuple[torch.Tensor, float]:
     """Edit ``render`` ``(N, 3, H, W)`` in [0, 1] conditioned on ``original`` (same shape).
 
     One strength (noise level as a fraction of the training timesteps) ~ U[lower, upper] is drawn from
@@ -33,8 +44,18 @@ def in2n_edit(prior, render: torch.Tensor, original: torch.Tensor, *, prompt: st
     strength = lower + (upper - lower) * float(torch.rand((), generator=generator))
     init = prior.encode(render).float()
     image_cond = prior.encode_image_condition(original) if getattr(prior, "supports_image_condition", False) else None
-    cond = prior.make_conditioning(prompt, image_cond=image_cond, guidance_scale=guidance_scale,
-                                   image_guidance_scale=image_guidance_scale)
-    latents = guided_sample(prior, cond, tuple(init.shape), num_steps=diffusion_steps, eta=eta, strength=strength,
-                            init_latents=init, generator=generator, device=init.device)
+    cond = prior.make_conditioning(
+        prompt, image_cond=image_cond, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+    )
+    latents = guided_sample(
+        prior,
+        cond,
+        tuple(init.shape),
+        num_steps=diffusion_steps,
+        eta=eta,
+        strength=strength,
+        init_latents=init,
+        generator=generator,
+        device=init.device,
+    )
     return prior.decode(latents).float().clamp(0, 1), strength

@@ -69,7 +69,7 @@ class WindowGrid:
         origins = self.origins
         for index in indices:
             top, left = origins[int(index)]
-            count[..., top:top + self.size, left:left + self.size] += 1
+            count[..., top : top + self.size, left : left + self.size] += 1
         return count
 
     def crop(self, canvas: torch.Tensor, indices) -> torch.Tensor:
@@ -77,7 +77,10 @@ class WindowGrid:
         canvas = canvas[0] if canvas.dim() == 4 else canvas
         origins = self.origins
         return torch.stack(
-            [canvas[:, top:top + self.size, left:left + self.size] for top, left in (origins[int(i)] for i in indices)]
+            [
+                canvas[:, top : top + self.size, left : left + self.size]
+                for top, left in (origins[int(i)] for i in indices)
+            ]
         )
 
     def balanced_probabilities(self, iterations: int = 200) -> torch.Tensor:
@@ -117,30 +120,49 @@ class PanoramaTask(DistillationTask):
         source_prompt: str = "",
         max_steps: int = 200,
     ):
-        super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps)
+        super().__init__(
+            prior,
+            guidance,
+            optimizer,
+            lr_scheduler,
+            prompt=prompt,
+            seed=seed,
+            source_prompt=source_prompt,
+            max_steps=max_steps,
+        )
         if window_sampler not in WINDOW_SAMPLERS:
             raise ValueError(f"task.window_sampler must be one of {WINDOW_SAMPLERS}, got {window_sampler!r}")
         if windows_per_step < 1 or window_size < 1 or window_stride < 1:
-            raise ValueError("task.windows_per_step, task.window_size and task.window_stride must be >= 1, got "
-                             f"{windows_per_step}, {window_size}, {window_stride}")
+            raise ValueError(
+                "task.windows_per_step, task.window_size and task.window_stride must be >= 1, got "
+                f"{windows_per_step}, {window_size}, {window_stride}"
+            )
         self.window_sampler = window_sampler
 
         # Everything about the geometry is decided here, before any long work, so bad input fails early.
         scale = int(prior.latent_scale_factor)
         if "max_image_pixels" in data:
             set_max_image_pixels(data["max_image_pixels"])
-        height, width = self.canvas_pixels(data, image_file_size(data.get("path")), prior, int(window_size),
-                                           int(window_stride))
+        height, width = self.canvas_pixels(
+            data, image_file_size(data.get("path")), prior, int(window_size), int(window_stride)
+        )
         if hasattr(prior, "validate_image_size"):
             prior.validate_image_size(height, width)
         self.grid = WindowGrid(height // scale, width // scale, int(window_size), int(window_stride))
         self.windows_per_step = min(int(windows_per_step), len(self.grid))
         if self.windows_per_step < windows_per_step:
-            log.warning("panorama: this canvas has %d window(s) (%dx%d latent px, window %d, stride %d); using %d "
-                        "per step instead of task.windows_per_step=%d%s", len(self.grid), self.grid.height,
-                        self.grid.width, window_size, window_stride, self.windows_per_step, windows_per_step,
-                        " (one particle: CSD is SDS there)" if self.windows_per_step == 1 else "")
+            log.warning(
+                "panorama: this canvas has %d window(s) (%dx%d latent px, window %d, stride %d); using %d "
+                "per step instead of task.windows_per_step=%d%s",
+                len(self.grid),
+                self.grid.height,
+                self.grid.width,
+                window_size,
+                window_stride,
+                self.windows_per_step,
+                windows_per_step,
+                " (one particle: CSD is SDS there)" if self.windows_per_step == 1 else "",
+            )
         source = load_image(data.get("path"), min_size=(height, width))
         self.original_size = image_file_size(data.get("path"))
         self.source_image = resize_frames(source, height, width)
@@ -150,12 +172,20 @@ class PanoramaTask(DistillationTask):
         self.window_probabilities = (
             self.grid.balanced_probabilities() if window_sampler == "coverage_balanced" else None
         )
-        log.info("panorama: %dx%d px -> canvas %dx%d latent px, %d windows, %d per step",
-                 height, width, self.grid.height, self.grid.width, len(self.grid), self.windows_per_step)
+        log.info(
+            "panorama: %dx%d px -> canvas %dx%d latent px, %d windows, %d per step",
+            height,
+            width,
+            self.grid.height,
+            self.grid.width,
+            len(self.grid),
+            self.windows_per_step,
+        )
 
     @staticmethod
-    def canvas_pixels(data: dict, image_size: tuple[int, int], prior: Any, window_size: int,
-                      window_stride: int) -> tuple[int, int]:
+    def canvas_pixels(
+        data: dict, image_size: tuple[int, int], prior: Any, window_size: int, window_stride: int
+    ) -> tuple[int, int]:
         """(height, width) in px of the canvas for an image of ``image_size`` px.
 
         ``data.resize_policy=auto`` is the prior's own (``official`` for the diffusers priors: the official
@@ -168,8 +198,13 @@ class PanoramaTask(DistillationTask):
         if policy == "auto":
             policy = prior.default_resize_policy
         short_side = data.get("short_side") or window_size
-        return canvas_size(*image_size, policy=policy, short_side=int(short_side),
-                           scale=int(prior.latent_scale_factor), stride=window_stride)
+        return canvas_size(
+            *image_size,
+            policy=policy,
+            short_side=int(short_side),
+            scale=int(prior.latent_scale_factor),
+            stride=window_stride,
+        )
 
     def configure_particles(self, device: torch.device) -> None:
         self.source_latents, self.image_condition = self.encode_sources(self.source_image[None].to(device))
@@ -180,13 +215,14 @@ class PanoramaTask(DistillationTask):
         generator = step_generator(self.seed, step, "windows")
         if self.window_probabilities is None:
             return torch.randperm(len(self.grid), generator=generator)[: self.windows_per_step]
-        return torch.multinomial(self.window_probabilities, self.windows_per_step, replacement=False,
-                                 generator=generator)
+        return torch.multinomial(
+            self.window_probabilities, self.windows_per_step, replacement=False, generator=generator
+        )
 
     def distillation_step(self, step: int):
         windows = self.sample_windows(step)
         offset, count = self.particle_shard(len(windows))
-        local = windows[offset:offset + count]
+        local = windows[offset : offset + count]
         coverage = self.grid.coverage(windows, device=self.canvas.device)
         scale = 1.0 / self.grid.crop(coverage, local)  # each window pixel divided by its step coverage
         return self.guidance(

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.data.video import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
+from csd_exp.tasks.sampling import ReverseSamplingMixin
 
 METHODS = ("per_window", "downscaled", "multidiffusion")
 
@@ -28,9 +28,20 @@ METHODS = ("per_window", "downscaled", "multidiffusion")
 class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
     """Runs a sampling baseline through the same CLI, logging and metrics as the distillation tasks."""
 
-    def __init__(self, prior: Any, guidance: Any = None, optimizer=None, lr_scheduler=None, *, method: str,
-                 num_inference_steps: int = 50, eta: float = 1.0, guidance_scale: float = 1.5,
-                 image_guidance_scale: float = 1.5, **kwargs):
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any = None,
+        optimizer=None,
+        lr_scheduler=None,
+        *,
+        method: str,
+        num_inference_steps: int = 50,
+        eta: float = 1.0,
+        guidance_scale: float = 1.5,
+        image_guidance_scale: float = 1.5,
+        **kwargs,
+    ):
         if method not in METHODS:
             raise ValueError(f"task.method must be one of {', '.join(METHODS)}, got {method!r}")
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
@@ -65,8 +76,9 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         elif self.method == "downscaled":
             eps = self.prior.predict_noise(self.state, t, self.conditioning(self._downscaled_condition())).target
         else:
-            window_eps = self.prior.predict_noise(self.grid.crop(self.state, every), t,
-                                                  self.conditioning(cond_windows)).target.float()
+            window_eps = self.prior.predict_noise(
+                self.grid.crop(self.state, every), t, self.conditioning(cond_windows)
+            ).target.float()
             eps = self.stitch(window_eps)
         if self.reverse_step(index, eps.float()):
             self.canvas.data.copy_(self.final_canvas(self.state))
@@ -76,7 +88,7 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         """Average (W, C, s, s) windows onto the (1, C, H, W) canvas where they overlap."""
         canvas = torch.zeros_like(self.canvas)
         for (top, left), window in zip(self.grid.origins, windows):
-            canvas[0, :, top:top + self.grid.size, left:left + self.grid.size] += window
+            canvas[0, :, top : top + self.grid.size, left : left + self.grid.size] += window
         return canvas / self.grid.coverage(range(len(self.grid)), device=canvas.device)
 
     def final_canvas(self, state: torch.Tensor) -> torch.Tensor:

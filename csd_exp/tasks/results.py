@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -11,9 +12,7 @@ def mode_fractions(responsibilities: torch.Tensor, mode_names: Sequence[str] | N
     """Fraction of particles whose most responsible mode is each mode (exact prior only)."""
     choice = responsibilities.argmax(dim=1)
     names = list(mode_names) if mode_names else [str(k) for k in range(responsibilities.shape[1])]
-    return {
-        f"consistency/mode_fraction/{name}": float((choice == k).float().mean()) for k, name in enumerate(names)
-    }
+    return {f"consistency/mode_fraction/{name}": float((choice == k).float().mean()) for k, name in enumerate(names)}
 
 
 def final_edit_metrics(

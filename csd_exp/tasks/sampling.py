@@ -27,8 +27,15 @@ def sampling_timesteps(num_train_timesteps: int, num_steps: int, strength: float
     return [int(round(float(t))) for t in steps]
 
 
-def ddim_step(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int | None,
-              eta: float, generator: torch.Generator | None) -> torch.Tensor:
+def ddim_step(
+    alphas_cumprod: torch.Tensor,
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int | None,
+    eta: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """One reverse step from ``t`` to ``t_prev`` (``None``: to the clean sample)."""
     abar_t = alphas_cumprod[t].to(x_t)
     abar_prev = alphas_cumprod[t_prev].to(x_t) if t_prev is not None else torch.ones((), device=x_t.device)
@@ -43,9 +50,18 @@ def ddim_step(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor
 
 
 @torch.no_grad()
-def guided_sample(prior, cond, shape, *, num_steps: int = 50, eta: float = 1.0, strength: float = 1.0,
-                  init_latents: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  device=None) -> torch.Tensor:
+def guided_sample(
+    prior,
+    cond,
+    shape,
+    *,
+    num_steps: int = 50,
+    eta: float = 1.0,
+    strength: float = 1.0,
+    init_latents: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
     """Sample latents of ``shape`` from ``prior`` under ``cond`` (a prior.make_conditioning result).
 
     With ``strength < 1`` sampling starts from ``init_latents`` noised to the first timestep.
@@ -73,8 +89,14 @@ class ReverseSamplingMixin:
     ``completed_steps`` counts reverse steps, and :meth:`reverse_step` advances ``self.state``.
     """
 
-    def setup_reverse_process(self, num_inference_steps: int, eta: float, guidance_scale: float,
-                              image_guidance_scale: float, strength: float = 1.0) -> None:
+    def setup_reverse_process(
+        self,
+        num_inference_steps: int,
+        eta: float,
+        guidance_scale: float,
+        image_guidance_scale: float,
+        strength: float = 1.0,
+    ) -> None:
         self.automatic_optimization = False
         self.eta, self.strength = float(eta), float(strength)
         self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
@@ -97,8 +119,12 @@ class ReverseSamplingMixin:
         return self.reverse_steps_done
 
     def conditioning(self, image_cond: torch.Tensor | None):
-        return self.prior.make_conditioning(self.prompt, image_cond=image_cond, guidance_scale=self.guidance_scale,
-                                            image_guidance_scale=self.image_guidance_scale)
+        return self.prior.make_conditioning(
+            self.prompt,
+            image_cond=image_cond,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+        )
 
     def reverse_step(self, index: int, eps: torch.Tensor) -> bool:
         """Move ``self.state`` from timestep ``index`` to the next; True after the last step."""
@@ -106,8 +132,15 @@ class ReverseSamplingMixin:
 
         t = self.timesteps[index]
         t_prev = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else None
-        self.state = ddim_step(self.prior.alphas_cumprod.float(), self.state, eps, t, t_prev, self.eta,
-                               step_generator(self.seed, index, "sampling"))
+        self.state = ddim_step(
+            self.prior.alphas_cumprod.float(),
+            self.state,
+            eps,
+            t,
+            t_prev,
+            self.eta,
+            step_generator(self.seed, index, "sampling"),
+        )
         self.reverse_steps_done = index + 1
         self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
         return t_prev is None

@@ -22,7 +22,8 @@ own keys, so no setting of the editor not chosen can sit in a config doing nothi
   a local latent tensor z; each inner iteration is one call of the configured guidance (``guidance=``
   csd_edit | csd_edit_no_svgd | sds ...) with its own step id ``global_step * iterations + k``, so
   t and noise are fresh per iteration and reproducible after a resume; an annealed timestep schedule
-  runs over all edit iterations of the run (round r, iteration k is position ``r * iterations + k``). z starts from the render
+  runs over all edit iterations of the run (round r, iteration k is position ``r * iterations + k``).
+  z starts from the render
   (``init: render``, as IN2N starts from the render; the choice is UNCONFIRMED for CSD, paper notes
   §2.4) or from the photo (``init: source``). The edited z is decoded and written into the set.
 * ``in2n`` (the baseline, :mod:`csd_exp.tasks.in2n`): every ``every`` steps ``views`` views
@@ -86,14 +87,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_scene, make_sample_scene
 from csd_exp.data.cameras import Cameras, turntable_cameras
+from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_scene, make_sample_scene
 from csd_exp.render import RadianceField, psnr, reprojection_error
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
@@ -102,8 +104,16 @@ log = logging.getLogger(__name__)
 
 EDITOR_KEYS = {  # conf/editor/<kind>.yaml; csd_exp.schema checks their values at compose time
     "csd_edit": {"every", "views", "iterations", "lr", "lr_decay", "lr_decay_every", "init"},
-    "in2n": {"every", "views", "diffusion_steps", "noise_lower", "noise_upper", "sampler_eta", "guidance_scale",
-             "image_guidance_scale"},
+    "in2n": {
+        "every",
+        "views",
+        "diffusion_steps",
+        "noise_lower",
+        "noise_upper",
+        "sampler_eta",
+        "guidance_scale",
+        "image_guidance_scale",
+    },
 }
 DATA_KEYS = {"path", "downscale", "max_views", "image_size", "num_val"}
 SAMPLE_DEFAULTS = {"max_views": 30, "image_size": 32}
@@ -123,9 +133,16 @@ def _resize_scene(scene: SceneDataset, image_size: int, multiple: int) -> SceneD
     sx, sy = new_w / W, new_h / H
     c = scene.cameras
     cameras = Cameras(c.c2w, c.fx * sx, c.fy * sy, c.cx * sx, c.cy * sy, new_w, new_h)
-    return SceneDataset(images=images, cameras=cameras, image_paths=scene.image_paths,
-                        train_indices=scene.train_indices, val_indices=scene.val_indices,
-                        scene_box=scene.scene_box, depths=None, source=scene.source)
+    return SceneDataset(
+        images=images,
+        cameras=cameras,
+        image_paths=scene.image_paths,
+        train_indices=scene.train_indices,
+        val_indices=scene.val_indices,
+        scene_box=scene.scene_box,
+        depths=None,
+        source=scene.source,
+    )
 
 
 def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
@@ -151,16 +168,21 @@ def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
         scene = make_sample_scene(num_views=num_views, num_val=num_val, size=(size, size), seed=0)
     else:
         if data.get("num_val") is not None:
-            raise ValueError("data.num_val only applies to the bundled sample scene; file scenes use their "
-                             "own split (train_filenames / val_filenames, or nerfstudio's 90 % rule)")
+            raise ValueError(
+                "data.num_val only applies to the bundled sample scene; file scenes use their "
+                "own split (train_filenames / val_filenames, or nerfstudio's 90 % rule)"
+            )
         max_views = data.get("max_views")
-        scene = load_scene(path, downscale=int(data.get("downscale") or 1),
-                           max_views=None if max_views is None else int(max_views))
+        scene = load_scene(
+            path, downscale=int(data.get("downscale") or 1), max_views=None if max_views is None else int(max_views)
+        )
         if image_size is not None:
             scene = _resize_scene(scene, int(image_size) * multiple, multiple)
     if len(scene.train_indices) < 2:
-        raise SceneError(f"{scene.source or 'scene'}: 3D editing needs at least 2 training views, "
-                         f"got {len(scene.train_indices)} (raise data.max_views)")
+        raise SceneError(
+            f"{scene.source or 'scene'}: 3D editing needs at least 2 training views, "
+            f"got {len(scene.train_indices)} (raise data.max_views)"
+        )
     return scene
 
 
@@ -168,19 +190,44 @@ def load_scene_data(data: dict, multiple: int = 1) -> SceneDataset:
 class Scene3DTask(DistillationTask):
     """Edit a radiance field through its training views (CSD-Edit dataset updates or IN2N)."""
 
-    def __init__(self, prior: Any, guidance: Any, optimizer, lr_scheduler=None, *, prompt: str, data: dict,
-                 editor: dict, field: Callable[..., RadianceField], pretrain_steps: int = 200, views_per_step: int = 4,
-                 jitter: bool = True, turntable_views: int = 24, turntable_fps: float = 8.0,
-                 seed: int = 0, source_prompt: str = "", max_steps: int = 320):
-        super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps)
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any,
+        optimizer,
+        lr_scheduler=None,
+        *,
+        prompt: str,
+        data: dict,
+        editor: dict,
+        field: Callable[..., RadianceField],
+        pretrain_steps: int = 200,
+        views_per_step: int = 4,
+        jitter: bool = True,
+        turntable_views: int = 24,
+        turntable_fps: float = 8.0,
+        seed: int = 0,
+        source_prompt: str = "",
+        max_steps: int = 320,
+    ):
+        super().__init__(
+            prior,
+            guidance,
+            optimizer,
+            lr_scheduler,
+            prompt=prompt,
+            seed=seed,
+            source_prompt=source_prompt,
+            max_steps=max_steps,
+        )
         editor = dict(editor)
         kind = editor.pop("kind", None)
         if kind not in EDITOR_KEYS:
             raise ValueError(f"task.editor.kind={kind!r} is not one of {tuple(EDITOR_KEYS)}")
         if set(editor) != EDITOR_KEYS[kind]:
-            raise ValueError(f"task.editor ({kind}) needs exactly the keys {sorted(EDITOR_KEYS[kind])}, "
-                             f"got {sorted(editor)}")
+            raise ValueError(
+                f"task.editor ({kind}) needs exactly the keys {sorted(EDITOR_KEYS[kind])}, got {sorted(editor)}"
+            )
         if kind == "csd_edit" and guidance is None:
             raise ValueError("editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
         for key in ("every", "views", "iterations", "diffusion_steps", "lr_decay_every"):
@@ -190,8 +237,10 @@ class Scene3DTask(DistillationTask):
             if int(value) < 1:
                 raise ValueError(f"task.{key} must be >= 1, got {value}")
         if kind == "in2n" and not 0.0 < float(editor["noise_lower"]) <= float(editor["noise_upper"]) <= 1.0:
-            raise ValueError("need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got "
-                             f"{editor['noise_lower']}, {editor['noise_upper']}")
+            raise ValueError(
+                "need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got "
+                f"{editor['noise_lower']}, {editor['noise_upper']}"
+            )
 
         # ---- the scene: every input check happens here, before any long work
         multiple = int(getattr(prior, "latent_scale_factor", 1))
@@ -203,7 +252,7 @@ class Scene3DTask(DistillationTask):
         n_train = len(self.train_indices)
         if int(editor["views"]) > n_train:
             raise ValueError(f"task.editor.views={editor['views']} exceeds the {n_train} training views")
-        self.images = EditableImageSet.from_scene(self.scene)   # originals stay untouched and recoverable
+        self.images = EditableImageSet.from_scene(self.scene)  # originals stay untouched and recoverable
 
         # ---- theta: the radiance field (task.field: a partial of any RadianceField, given the scene box)
         self.field = field(aabb=self.scene.scene_box.tolist())
@@ -215,8 +264,12 @@ class Scene3DTask(DistillationTask):
         self.pretrain_steps = int(pretrain_steps)
         if self.max_steps > 0 and self.pretrain_steps >= self.max_steps:
             clamped = max(self.max_steps - 1, 0)
-            log.warning("scene3d: task.pretrain_steps=%d >= trainer.max_steps=%d; pre-training %d steps so the run "
-                        "still edits", self.pretrain_steps, self.max_steps, clamped)
+            log.warning(
+                "scene3d: task.pretrain_steps=%d >= trainer.max_steps=%d; pre-training %d steps so the run still edits",
+                self.pretrain_steps,
+                self.max_steps,
+                clamped,
+            )
             self.pretrain_steps = clamped
         self.views_per_step = min(int(views_per_step), n_train)
         self.jitter = bool(jitter)
@@ -239,8 +292,15 @@ class Scene3DTask(DistillationTask):
         # ---- run state persisted in the checkpoint
         self.num_view_edits = 0
         self.heldout_psnr_pretrain: float | None = None
-        log.info("scene3d: %d training + %d held-out views at %dx%d, editor %s, pre-training %d steps",
-                 n_train, len(self.val_indices), self.scene.width, self.scene.height, editor, self.pretrain_steps)
+        log.info(
+            "scene3d: %d training + %d held-out views at %dx%d, editor %s, pre-training %d steps",
+            n_train,
+            len(self.val_indices),
+            self.scene.width,
+            self.scene.height,
+            editor,
+            self.pretrain_steps,
+        )
 
     # ------------------------------------------------------------------ set-up
     def configure_particles(self, device: torch.device) -> None:
@@ -284,10 +344,15 @@ class Scene3DTask(DistillationTask):
     @torch.no_grad()
     def render_views(self, cameras: Cameras, batch: int = 8):
         device = self.field_device()
-        outs = [self.field.render(cameras[list(range(s, min(s + batch, len(cameras))))].to(device))
-                for s in range(0, len(cameras), batch)]
-        return (torch.cat([o.rgb for o in outs]).float(), torch.cat([o.depth for o in outs]).float(),
-                torch.cat([o.opacity for o in outs]).float())
+        outs = [
+            self.field.render(cameras[list(range(s, min(s + batch, len(cameras))))].to(device))
+            for s in range(0, len(cameras), batch)
+        ]
+        return (
+            torch.cat([o.rgb for o in outs]).float(),
+            torch.cat([o.depth for o in outs]).float(),
+            torch.cat([o.opacity for o in outs]).float(),
+        )
 
     def heldout_psnr(self) -> float | None:
         if not self.val_indices:
@@ -304,11 +369,18 @@ class Scene3DTask(DistillationTask):
             round_index = (step - self.pretrain_steps) // self.round_interval
             views = self.edit_round_views(round_index)
             with torch.no_grad():
-                diagnostics = (self.csd_edit_round(views, step, round_index) if self.editor == "csd_edit"
-                               else self.in2n_round(views, step))
+                diagnostics = (
+                    self.csd_edit_round(views, step, round_index)
+                    if self.editor == "csd_edit"
+                    else self.in2n_round(views, step)
+                )
             self.num_view_edits += len(views)
-            self.log_dict({f"edit/{k}": float(v) for k, v in diagnostics.items()}, on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            self.log_dict(
+                {f"edit/{k}": float(v) for k, v in diagnostics.items()},
+                on_step=True,
+                on_epoch=False,
+                rank_zero_only=True,
+            )
         return self.photometric_loss(step)
 
     def photometric_loss(self, step: int) -> torch.Tensor:
@@ -317,15 +389,21 @@ class Scene3DTask(DistillationTask):
         views = [self.train_indices[i] for i in order.tolist()]
         device = self.field_device()
         targets = torch.stack([self.images.current(v) for v in views]).to(device)
-        out = self.field.render(self.scene.cameras[views].to(device),
-                                generator=step_generator(self.seed, step, "jitter") if self.jitter else None)
+        out = self.field.render(
+            self.scene.cameras[views].to(device),
+            generator=step_generator(self.seed, step, "jitter") if self.jitter else None,
+        )
         loss = torch.mean((out.rgb - targets) ** 2)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite photometric loss at step {step}: lower task.optimizer.lr")
         phase = 0.0 if step < self.pretrain_steps else 1.0
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log_dict({"train/photometric_psnr": -10.0 * math.log10(max(loss.item(), 1e-10)), "train/phase": phase},
-                      on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log_dict(
+            {"train/photometric_psnr": -10.0 * math.log10(max(loss.item(), 1e-10)), "train/phase": phase},
+            on_step=True,
+            on_epoch=False,
+            rank_zero_only=True,
+        )
         return loss + self.field.regularizer()
 
     def _end_pretraining(self, step: int) -> None:
@@ -333,9 +411,12 @@ class Scene3DTask(DistillationTask):
         self.heldout_psnr_pretrain = self.heldout_psnr()
         if self._trainer is not None:
             for optimizer in self.trainer.optimizers:
-                optimizer.state.clear()   # Adam moments and step counts start again, same object
-        log.info("scene3d: pre-training done at step %d (held-out PSNR %s dB); optimiser re-initialised", step,
-                 "n/a" if self.heldout_psnr_pretrain is None else f"{self.heldout_psnr_pretrain:.2f}")
+                optimizer.state.clear()  # Adam moments and step counts start again, same object
+        log.info(
+            "scene3d: pre-training done at step %d (held-out PSNR %s dB); optimiser re-initialised",
+            step,
+            "n/a" if self.heldout_psnr_pretrain is None else f"{self.heldout_psnr_pretrain:.2f}",
+        )
 
     # ------------------------------------------------------------------ editors
     def _edit_inputs(self, views: list[int]):
@@ -351,21 +432,31 @@ class Scene3DTask(DistillationTask):
         kernel needs), then every rank receives every edited view, so the training sets stay equal.
         """
         offset, count = self.particle_shard(len(views))
-        local_views = views[offset:offset + count]
+        local_views = views[offset : offset + count]
         rendered, originals = self._edit_inputs(local_views)
         source_latents, image_cond = self.encode_sources(originals)
-        z = (self.prior.encode(rendered).float() if self.edit_init == "render" else source_latents.clone())
+        z = self.prior.encode(rendered).float() if self.edit_init == "render" else source_latents.clone()
         grad_norms = []
         for k in range(self.edit_iterations):
             lr = self.edit_lr * self.edit_lr_decay ** (k // self.edit_lr_decay_every)
-            out = self.guidance(self.prior, z, prompt=self.prompt, image_cond=image_cond,
-                                source_latents=source_latents, step=step * self.edit_iterations + k,
-                                schedule_step=round_index * self.edit_iterations + k, seed=self.seed,
-                                particle_offset=offset, num_particles_total=len(views),
-                                process_group=self.process_group())
+            out = self.guidance(
+                self.prior,
+                z,
+                prompt=self.prompt,
+                image_cond=image_cond,
+                source_latents=source_latents,
+                step=step * self.edit_iterations + k,
+                schedule_step=round_index * self.edit_iterations + k,
+                seed=self.seed,
+                particle_offset=offset,
+                num_particles_total=len(views),
+                process_group=self.process_group(),
+            )
             if not torch.isfinite(out.gradients).all():
-                raise FloatingPointError(f"non-finite CSD-Edit gradient in the edit round at step {step}: lower "
-                                         "task.edit_lr or the guidance scales, or set guidance.grad_clip")
+                raise FloatingPointError(
+                    f"non-finite CSD-Edit gradient in the edit round at step {step}: lower "
+                    "task.edit_lr or the guidance scales, or set guidance.grad_clip"
+                )
             z = z - lr * out.gradients.to(z.dtype)
             grad_norms.append(float(out.diagnostics.get("grad_norm", math.nan)))
         edited = self.prior.decode(z).float().clamp(0, 1)
@@ -386,10 +477,18 @@ class Scene3DTask(DistillationTask):
         for i, view in enumerate(views):
             generator = step_generator(self.seed, step, f"in2n/{view}")
             edited, strength = in2n_edit(
-                self.prior, rendered[i:i + 1], originals[i:i + 1], prompt=self.prompt, generator=generator,
-                lower=self.noise_lower, upper=self.noise_upper, diffusion_steps=self.diffusion_steps,
-                eta=self.sampler_eta, guidance_scale=self.sampler_guidance_scale,
-                image_guidance_scale=self.sampler_image_guidance_scale)
+                self.prior,
+                rendered[i : i + 1],
+                originals[i : i + 1],
+                prompt=self.prompt,
+                generator=generator,
+                lower=self.noise_lower,
+                upper=self.noise_upper,
+                diffusion_steps=self.diffusion_steps,
+                eta=self.sampler_eta,
+                guidance_scale=self.sampler_guidance_scale,
+                image_guidance_scale=self.sampler_image_guidance_scale,
+            )
             self.images.replace(view, edited[0].cpu())
             strengths.append(strength)
         return {"views": len(views), "strength": sum(strengths) / len(strengths)}
@@ -410,8 +509,10 @@ class Scene3DTask(DistillationTask):
         if state is None:
             raise ValueError("this checkpoint was not written by the scene3d task (no 'scene3d' entry)")
         if state["num_views"] != len(self.images):
-            raise ValueError(f"the checkpoint's scene has {state['num_views']} views, this run's has "
-                             f"{len(self.images)}: resume with the same data.* settings")
+            raise ValueError(
+                f"the checkpoint's scene has {state['num_views']} views, this run's has "
+                f"{len(self.images)}: resume with the same data.* settings"
+            )
         self.images.reset()
         for index, image in zip(state["edited_indices"], state["edited_images"] if state["edited_indices"] else []):
             self.images.replace(int(index), image)
@@ -436,10 +537,17 @@ class Scene3DTask(DistillationTask):
         distance = offsets.norm(dim=-1)
         elevation = torch.rad2deg(torch.asin((offsets[:, 2] / distance.clamp_min(1e-8)).clamp(-1, 1)))
         start = float(torch.rad2deg(torch.atan2(offsets[0, 1], offsets[0, 0])))
-        return turntable_cameras(center=center.tolist(), radius=float(distance.median()),
-                                 elevation_deg=float(elevation.median()), num_views=self.turntable_views,
-                                 width=self.scene.width, height=self.scene.height, fx=float(cams.fx.median()),
-                                 fy=float(cams.fy.median()), start_azimuth_deg=start)
+        return turntable_cameras(
+            center=center.tolist(),
+            radius=float(distance.median()),
+            elevation_deg=float(elevation.median()),
+            num_views=self.turntable_views,
+            width=self.scene.width,
+            height=self.scene.height,
+            fx=float(cams.fx.median()),
+            fy=float(cams.fy.median()),
+            start_azimuth_deg=start,
+        )
 
     def mode_agreement(self, latents_images: torch.Tensor, views: list[int]) -> tuple[float, torch.Tensor] | None:
         if not hasattr(self.prior, "mode_responsibilities") or not views:
@@ -447,8 +555,8 @@ class Scene3DTask(DistillationTask):
         device = self.field_device()
         originals = torch.stack([self.images.original(v) for v in views]).to(device)
         responsibilities = self.prior.mode_responsibilities(
-            self.prior.encode(latents_images.to(device)), self.prior.encode_image_condition(originals),
-            self.prompt).cpu()
+            self.prior.encode(latents_images.to(device)), self.prior.encode_image_condition(originals), self.prompt
+        ).cpu()
         modes = responsibilities.argmax(dim=1)
         return float(torch.bincount(modes).max()) / modes.numel(), responsibilities
 
@@ -501,8 +609,9 @@ class Scene3DTask(DistillationTask):
             b = (a + 1) % len(path)
             if a == b:
                 continue
-            value = reprojection_error(tt_rgb[a], tt_depth[a], path[a], tt_rgb[b], path[b], depth_b=tt_depth[b],
-                                       mask_a=tt_opacity[a] > 0.5)
+            value = reprojection_error(
+                tt_rgb[a], tt_depth[a], path[a], tt_rgb[b], path[b], depth_b=tt_depth[b], mask_a=tt_opacity[a] > 0.5
+            )
             if not math.isnan(value):
                 errors.append(value)
         if errors:
@@ -525,9 +634,16 @@ class Scene3DTask(DistillationTask):
             metrics["edit/edited_fraction"] = edited_fraction
         metrics["edit/num_view_edits"] = float(self.num_view_edits)
         metrics["edit/distinct_views_edited"] = float(len(self.images.edited_indices))
-        metrics.update(final_edit_metrics(
-            evaluator, source, renders, source_text=self.source_prompt, target_text=self.prompt, sequence=True,
-            mode_responsibilities=responsibilities,
-            mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
-        ))
+        metrics.update(
+            final_edit_metrics(
+                evaluator,
+                source,
+                renders,
+                source_text=self.source_prompt,
+                target_text=self.prompt,
+                sequence=True,
+                mode_responsibilities=responsibilities,
+                mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
+            )
+        )
         return metrics

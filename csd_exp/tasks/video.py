@@ -18,8 +18,16 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.video import (frame_grid, read_video, resize_frames, restore_size, sample_clip, save_frame_grid,
-                                 write_frames, write_video)
+from csd_exp.data.video import (
+    frame_grid,
+    read_video,
+    resize_frames,
+    restore_size,
+    sample_clip,
+    save_frame_grid,
+    write_frames,
+    write_video,
+)
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -33,20 +41,45 @@ def load_clip(data: dict, frame_size: tuple[int, int]):
         name = "pan" if path is None else str(path).split(":", 1)[1]
         clip, motion = sample_clip(name, num_frames=int(data.get("max_frames") or 12), frame_size=frame_size)
         return clip.frames, clip.size, clip.fps, motion.flow
-    clip = read_video(path, start=int(data.get("start", 0)), stride=int(data.get("stride", 1)),
-                      max_frames=data.get("max_frames"), min_frames=2)
+    clip = read_video(
+        path,
+        start=int(data.get("start", 0)),
+        stride=int(data.get("stride", 1)),
+        max_frames=data.get("max_frames"),
+        min_frames=2,
+    )
     return resize_frames(clip.frames, *frame_size), clip.size, clip.fps, None
 
 
 class VideoTask(DistillationTask):
     """CSD-Edit (or SDS / the ablations, by guidance config) over the frames of a clip."""
 
-    def __init__(self, prior: Any, guidance: Any, optimizer, lr_scheduler=None, *, prompt: str, data: dict,
-                 frame_size: int = 64, frames_per_step: int | None = None, seed: int = 0, source_prompt: str = "",
-                 max_steps: int = 100):
-        super().__init__(prior, guidance, optimizer, lr_scheduler, prompt=prompt, seed=seed,
-                         source_prompt=source_prompt, max_steps=max_steps)
-        side = int(frame_size) * int(prior.latent_scale_factor)   # frame_size is in latent px
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any,
+        optimizer,
+        lr_scheduler=None,
+        *,
+        prompt: str,
+        data: dict,
+        frame_size: int = 64,
+        frames_per_step: int | None = None,
+        seed: int = 0,
+        source_prompt: str = "",
+        max_steps: int = 100,
+    ):
+        super().__init__(
+            prior,
+            guidance,
+            optimizer,
+            lr_scheduler,
+            prompt=prompt,
+            seed=seed,
+            source_prompt=source_prompt,
+            max_steps=max_steps,
+        )
+        side = int(frame_size) * int(prior.latent_scale_factor)  # frame_size is in latent px
         size = (side, side)
         if hasattr(prior, "validate_image_size"):
             prior.validate_image_size(*size)
@@ -59,12 +92,18 @@ class VideoTask(DistillationTask):
             raise ValueError(f"task.frames_per_step={frames_per_step} must be between 1 and the {num_frames} frames")
         self.frames_per_step = None if frames_per_step is None else int(frames_per_step)
         scale = int(prior.latent_scale_factor)
-        self.latents = torch.nn.Parameter(torch.zeros(num_frames, prior.latent_channels, size[0] // scale,
-                                                      size[1] // scale))
+        self.latents = torch.nn.Parameter(
+            torch.zeros(num_frames, prior.latent_channels, size[0] // scale, size[1] // scale)
+        )
         self.register_buffer("source_latents", torch.zeros_like(self.latents), persistent=False)
         self.register_buffer("image_condition", torch.zeros_like(self.latents), persistent=False)
-        log.info("video: %d frames at %dx%d (from %dx%d), %s frames per step", num_frames, *size,
-                 *self.original_size, self.frames_per_step or "all")
+        log.info(
+            "video: %d frames at %dx%d (from %dx%d), %s frames per step",
+            num_frames,
+            *size,
+            *self.original_size,
+            self.frames_per_step or "all",
+        )
 
     @property
     def num_frames(self) -> int:
@@ -83,7 +122,7 @@ class VideoTask(DistillationTask):
     def distillation_step(self, step: int):
         frames = self.sample_frames(step)
         offset, count = self.particle_shard(len(frames))
-        local = frames[offset:offset + count].to(self.latents.device)
+        local = frames[offset : offset + count].to(self.latents.device)
         return self.guidance(
             self.prior,
             self.latents[local],
@@ -126,7 +165,13 @@ class VideoTask(DistillationTask):
             log_video(self.trainer.loggers, "final/edited", output_dir / "edited.mp4", fps=self.fps)
         self.log_final_images({"source_grid": frame_grid(source)[None], "edited_grid": frame_grid(edited)[None]})
         return final_edit_metrics(
-            evaluator, source, edited, source_text=self.source_prompt, target_text=self.prompt, sequence=True,
-            motion=self.flow, mode_responsibilities=self.mode_responsibilities(),
+            evaluator,
+            source,
+            edited,
+            source_text=self.source_prompt,
+            target_text=self.prompt,
+            sequence=True,
+            motion=self.flow,
+            mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
         )

@@ -11,15 +11,26 @@ from typing import Any
 
 import torch
 
-from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.base import step_generator
+from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.video import VideoTask
 
 
 class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
-    def __init__(self, prior: Any, guidance: Any = None, optimizer=None, lr_scheduler=None, *,
-                 num_inference_steps: int = 50, eta: float = 1.0, strength: float = 1.0,
-                 guidance_scale: float = 1.5, image_guidance_scale: float = 1.5, **kwargs):
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any = None,
+        optimizer=None,
+        lr_scheduler=None,
+        *,
+        num_inference_steps: int = 50,
+        eta: float = 1.0,
+        strength: float = 1.0,
+        guidance_scale: float = 1.5,
+        image_guidance_scale: float = 1.5,
+        **kwargs,
+    ):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
         self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale, strength)
@@ -30,8 +41,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         if index == 0 or self.state is None:
             noise = torch.randn(self.latents.shape, generator=step_generator(self.seed, 0, "sampling-init"))
             noise = noise.to(self.latents.device)
-            self.state = (noise if self.strength >= 1.0
-                          else self.prior.add_noise(self.source_latents, noise, self.timesteps[0]))
+            self.state = (
+                noise if self.strength >= 1.0 else self.prior.add_noise(self.source_latents, noise, self.timesteps[0])
+            )
         cond = self.conditioning(self.image_condition)
         eps = self.prior.predict_noise(self.state, self.timesteps[index], cond).target.float()
         if self.reverse_step(index, eps):

@@ -69,8 +69,9 @@ def test_downscale_keeps_image_corners_fixed():
 
 
 def test_turntable_views_look_at_center_and_sit_on_ring():
-    cams = turntable_cameras(center=(0.5, 0.0, 0.2), radius=3.0, elevation_deg=30.0, num_views=8,
-                             width=32, height=24, fov_deg=60.0)
+    cams = turntable_cameras(
+        center=(0.5, 0.0, 0.2), radius=3.0, elevation_deg=30.0, num_views=8, width=32, height=24, fov_deg=60.0
+    )
     assert len(cams) == 8 and (cams.width, cams.height) == (32, 24)
     assert cams.fx[0].item() == pytest.approx(focal_from_fov(60.0, 32))
     center = torch.tensor([0.5, 0.0, 0.2])

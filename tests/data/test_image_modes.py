@@ -18,7 +18,8 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from csd_exp.data import image as image_mod
-from csd_exp.data.scene import SceneError, _read_image as scene_read, make_sample_scene, write_nerfstudio_scene
+from csd_exp.data.scene import SceneError, make_sample_scene, write_nerfstudio_scene
+from csd_exp.data.scene import _read_image as scene_read
 from csd_exp.data.video import (
     current_umask,
     read_image_size,

@@ -140,8 +140,9 @@ def _write_blender(folder: Path, scene, splits: dict) -> None:
             rgba = np.concatenate([rgb, np.where(white, 0, 255).astype(np.uint8)[..., None]], axis=-1)
             rgba[white, :3] = 0  # transparent pixels carry black colour, as Blender writes them
             Image.fromarray(rgba).save(folder / split / f"r_{k}.png")
-            frames.append({"file_path": f"./{split}/r_{k}", "rotation": 0.1,
-                           "transform_matrix": scene.cameras.c2w[i].tolist()})
+            frames.append(
+                {"file_path": f"./{split}/r_{k}", "rotation": 0.1, "transform_matrix": scene.cameras.c2w[i].tolist()}
+            )
         (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": fov, "frames": frames}))
 
 
@@ -193,8 +194,10 @@ def _resize_one_image(folder: Path) -> None:
     [
         (lambda f: _edit_json(f, lambda m: m.update(frames=[])), r"transforms\.json: no cameras"),
         (lambda f: _edit_json(f, lambda m: m.pop("frames")), "no cameras"),
-        (lambda f: _edit_json(f, lambda m: m["frames"][0].pop("transform_matrix")),
-         r"frame_00000\.png\) has no 'transform_matrix'"),
+        (
+            lambda f: _edit_json(f, lambda m: m["frames"][0].pop("transform_matrix")),
+            r"frame_00000\.png\) has no 'transform_matrix'",
+        ),
         (lambda f: (f / "images" / "frame_00004.png").unlink(), r"missing: .*frame_00004\.png"),
         (_resize_one_image, r"mixed sizes.*frame_0000[03]\.png.*frame_0000[03]\.png"),
         (lambda f: _edit_json(f, _scale_rotation), r"view 2 \(images/frame_00002\.png\) rotation is not orthonormal"),
@@ -205,8 +208,10 @@ def _resize_one_image(folder: Path) -> None:
         (lambda f: _edit_json(f, lambda m: m.update(camera_model="OPENCV_FISHEYE")), "not supported"),
         (lambda f: _edit_json(f, lambda m: m["frames"][0].update(transform_matrix=[[1, 0], [0, 1]])), "expected 4x4"),
         (lambda f: (f / "transforms.json").write_text("{not json"), "not valid JSON"),
-        (lambda f: (f / "images" / "frame_00001.png").write_bytes(b"not a png"),
-         r"cannot read image .*frame_00001\.png"),
+        (
+            lambda f: (f / "images" / "frame_00001.png").write_bytes(b"not a png"),
+            r"cannot read image .*frame_00001\.png",
+        ),
     ],
 )
 def test_bad_nerfstudio_input_raises_clear_errors(ns_scene, corrupt, message):

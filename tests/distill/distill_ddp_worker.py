@@ -15,8 +15,9 @@ PROMPT, STEP, SEED = "make it red", 4, 11
 
 def make_particles(count: int = sum(SHARD_SIZES), shape=(4, 8, 8)) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    tensors = {name: torch.randn(count, *shape, generator=generator)
-               for name in ("residuals", "noisy", "source", "image_cond")}
+    tensors = {
+        name: torch.randn(count, *shape, generator=generator) for name in ("residuals", "noisy", "source", "image_cond")
+    }
     tensors["latents"] = tensors["source"] + 0.1 * tensors["noisy"]
     return tensors
 
@@ -28,16 +29,35 @@ def shard_bounds(rank: int, sizes=SHARD_SIZES) -> tuple[int, int]:
 
 def distill_shard(particles: dict[str, torch.Tensor], start: int, stop: int, process_group=None) -> dict:
     """The combiner and a CSD-Edit guidance step on particles[start:stop] (all of them without a group)."""
-    gradients, diagnostics = csd_gradient(particles["residuals"][start:stop], particles["noisy"][start:stop], "rbf",
-                                          ALPHAS_CUMPROD_T, process_group=process_group, return_diagnostics=True)
+    gradients, diagnostics = csd_gradient(
+        particles["residuals"][start:stop],
+        particles["noisy"][start:stop],
+        "rbf",
+        ALPHAS_CUMPROD_T,
+        process_group=process_group,
+        return_diagnostics=True,
+    )
     latents = particles["latents"][start:stop].clone().requires_grad_(True)
-    output = Guidance("csd_edit")(FakePrior(), latents, prompt=PROMPT, image_cond=particles["image_cond"][start:stop],
-                                  source_latents=particles["source"][start:stop], step=STEP, seed=SEED,
-                                  particle_offset=start, num_particles_total=len(particles["latents"]),
-                                  process_group=process_group)
+    output = Guidance("csd_edit")(
+        FakePrior(),
+        latents,
+        prompt=PROMPT,
+        image_cond=particles["image_cond"][start:stop],
+        source_latents=particles["source"][start:stop],
+        step=STEP,
+        seed=SEED,
+        particle_offset=start,
+        num_particles_total=len(particles["latents"]),
+        process_group=process_group,
+    )
     output.loss.backward()
-    return {"gradients": gradients, "diagnostics": diagnostics, "guidance_gradients": output.gradients,
-            "latent_grad": latents.grad, "guidance_diagnostics": output.diagnostics}
+    return {
+        "gradients": gradients,
+        "diagnostics": diagnostics,
+        "guidance_gradients": output.gradients,
+        "latent_grad": latents.grad,
+        "guidance_diagnostics": output.diagnostics,
+    }
 
 
 def worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

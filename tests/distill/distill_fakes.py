@@ -26,14 +26,31 @@ class FakePrior:
         alpha_bar = self.alphas_cumprod[t].double()
         return (alpha_bar.sqrt() * latents.float() + (1.0 - alpha_bar).sqrt() * noise.float()).float()
 
-    def make_conditioning(self, prompt, image_cond=None, guidance_scale=7.5, image_guidance_scale=1.5,
-                          negative_prompt="", source_prompt=""):
-        return SimpleNamespace(prompt=prompt, image_cond=image_cond, guidance_scale=guidance_scale,
-                               image_guidance_scale=image_guidance_scale)
+    def make_conditioning(
+        self,
+        prompt,
+        image_cond=None,
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        negative_prompt="",
+        source_prompt="",
+    ):
+        return SimpleNamespace(
+            prompt=prompt,
+            image_cond=image_cond,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+        )
 
     def predict_noise(self, noisy_latents, t, cond, *, source_noisy_latents=None):
-        self.calls.append({"noisy": noisy_latents.clone(), "t": t, "cond": cond,
-                           "source_noisy": None if source_noisy_latents is None else source_noisy_latents.clone()})
+        self.calls.append(
+            {
+                "noisy": noisy_latents.clone(),
+                "t": t,
+                "cond": cond,
+                "source_noisy": None if source_noisy_latents is None else source_noisy_latents.clone(),
+            }
+        )
         target = torch.tanh(noisy_latents) * cond.guidance_scale / 10
         if cond.image_cond is not None:
             target = target + 0.1 * cond.image_cond

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from csd_exp.distill import (IdentityKernel, RBFKernel, TimestepSchedule, csd_gradient, draw_step_randomness,
-                             sds_gradient, surrogate_loss)
+from csd_exp.distill import (
+    IdentityKernel,
+    RBFKernel,
+    TimestepSchedule,
+    csd_gradient,
+    draw_step_randomness,
+    sds_gradient,
+    surrogate_loss,
+)
 
 ALPHAS_CUMPROD_T = 0.6
 
@@ -16,8 +23,9 @@ def particles(count, seed=0, shape=(4, 8, 8)):
 
 def test_single_particle_csd_is_sds_exactly():
     residuals, noisy = particles(1)
-    assert torch.equal(csd_gradient(residuals, noisy, "rbf", ALPHAS_CUMPROD_T),
-                       sds_gradient(residuals, ALPHAS_CUMPROD_T))
+    assert torch.equal(
+        csd_gradient(residuals, noisy, "rbf", ALPHAS_CUMPROD_T), sds_gradient(residuals, ALPHAS_CUMPROD_T)
+    )
 
 
 @pytest.mark.parametrize("count", [1, 3, 16])
@@ -34,8 +42,9 @@ def test_identity_kernel_is_sds_for_any_count(count):
 def test_csd_matches_eq8_written_out():
     residuals, noisy = particles(5, seed=1)
     noisy = noisy * 0.3  # particles close enough for the kernel to matter
-    gradients, diagnostics = csd_gradient(residuals, noisy, RBFKernel(compute_dtype=torch.float64), ALPHAS_CUMPROD_T,
-                                          return_diagnostics=True)
+    gradients, diagnostics = csd_gradient(
+        residuals, noisy, RBFKernel(compute_dtype=torch.float64), ALPHAS_CUMPROD_T, return_diagnostics=True
+    )
     flat_x, flat_delta = noisy.double().flatten(1), residuals.double().flatten(1)
     distances = torch.cdist(flat_x, flat_x) ** 2
     gamma = torch.log(torch.tensor(6.0, dtype=torch.float64)) / distances.flatten().sort().values[12]

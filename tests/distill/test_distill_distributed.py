@@ -34,8 +34,9 @@ def test_single_process_group_equals_plain_call(single_thread, single_process_gr
 
 
 def test_two_gloo_processes_equal_single_process(single_thread, tmp_path):
-    mp.spawn(worker, args=(len(SHARD_SIZES), str(tmp_path / "store"), str(tmp_path)), nprocs=len(SHARD_SIZES),
-             join=True)
+    mp.spawn(
+        worker, args=(len(SHARD_SIZES), str(tmp_path / "store"), str(tmp_path)), nprocs=len(SHARD_SIZES), join=True
+    )
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(len(SHARD_SIZES))]
     particles = make_particles()
     reference = distill_shard(particles, 0, len(particles["latents"]))

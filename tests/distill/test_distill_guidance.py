@@ -4,8 +4,7 @@ import pytest
 import torch
 from distill_fakes import FakePrior
 
-from csd_exp.distill import (Guidance, IdentityKernel, RBFKernel, TimestepSchedule, csd_gradient,
-                             draw_step_randomness)
+from csd_exp.distill import Guidance, IdentityKernel, RBFKernel, TimestepSchedule, csd_gradient, draw_step_randomness
 
 SEED, STEP = 5, 9
 SHAPE = (4, 4, 8, 8)
@@ -25,9 +24,10 @@ def expected_randomness(latents, prior, schedule=None):
 
 def run(method, latents, source, image_cond, **kwargs):
     prior = FakePrior()
-    guidance = Guidance(method, **{"guidance_scale": 7.5, **kwargs})   # the fake prior's expectations use 7.5
-    out = guidance(prior, latents, prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP,
-                   seed=SEED)
+    guidance = Guidance(method, **{"guidance_scale": 7.5, **kwargs})  # the fake prior's expectations use 7.5
+    out = guidance(
+        prior, latents, prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP, seed=SEED
+    )
     return prior, out
 
 
@@ -40,8 +40,16 @@ def test_sds_is_weighted_noise_residual_and_loss_is_exact():
     torch.testing.assert_close(out.gradients, (1 - alpha_bar) * (target - noise))
     out.loss.backward()
     assert torch.equal(latents.grad, out.gradients)
-    assert set(out.diagnostics) >= {"t", "w_t", "grad_norm", "gamma", "kernel_offdiag_mean",
-                                    "kernel_self_weight_ratio", "repulsion_ratio", "residual_norm"}
+    assert set(out.diagnostics) >= {
+        "t",
+        "w_t",
+        "grad_norm",
+        "gamma",
+        "kernel_offdiag_mean",
+        "kernel_self_weight_ratio",
+        "repulsion_ratio",
+        "residual_norm",
+    }
 
 
 def test_csd_edit_noises_source_with_same_t_and_eps():
@@ -92,8 +100,16 @@ def test_sharded_noise_is_the_slice_of_the_full_stream():
     latents, source, image_cond = inputs()
     _, full = run("sds", latents, source, image_cond)
     prior = FakePrior()
-    shard = Guidance("sds", guidance_scale=7.5)(prior, latents[1:3], prompt="make it red", image_cond=image_cond[1:3], step=STEP,
-                            seed=SEED, particle_offset=1, num_particles_total=4)
+    shard = Guidance("sds", guidance_scale=7.5)(
+        prior,
+        latents[1:3],
+        prompt="make it red",
+        image_cond=image_cond[1:3],
+        step=STEP,
+        seed=SEED,
+        particle_offset=1,
+        num_particles_total=4,
+    )
     assert torch.equal(shard.gradients, full.gradients[1:3])
 
 
@@ -109,10 +125,12 @@ def test_bad_configuration_and_calls():
     with pytest.raises(ValueError, match=r"needs source_latents.*\(4, 4, 8, 8\)"):
         Guidance("csd_edit")(FakePrior(), latents, prompt="p", image_cond=image_cond, step=0, seed=0)
     with pytest.raises(ValueError, match=r"source_latents must match"):
-        Guidance("csd_edit")(FakePrior(), latents, prompt="p", image_cond=image_cond, source_latents=source[:2],
-                             step=0, seed=0)
+        Guidance("csd_edit")(
+            FakePrior(), latents, prompt="p", image_cond=image_cond, source_latents=source[:2], step=0, seed=0
+        )
     with pytest.raises(ValueError, match=r"assumes 100 training timesteps.*\(1000,\)"):
-        Guidance("csd", schedule=TimestepSchedule(num_train_timesteps=100))(FakePrior(), latents, prompt="p", step=0,
-                                                                             seed=0)
+        Guidance("csd", schedule=TimestepSchedule(num_train_timesteps=100))(
+            FakePrior(), latents, prompt="p", step=0, seed=0
+        )
     with pytest.raises(ValueError, match="do not fit"):
         Guidance("csd")(FakePrior(), latents, prompt="p", step=0, seed=0, particle_offset=2, num_particles_total=5)

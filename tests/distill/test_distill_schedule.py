@@ -35,13 +35,16 @@ def test_sqrt_annealing_is_deterministic():
     assert schedule.sample(25, torch.Generator().manual_seed(2)) == 260
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(min_fraction=0.0), "min_fraction must lie in \\(0, 1\\)"),
-    (dict(max_fraction=1.0), "max_fraction must lie in \\(0, 1\\)"),
-    (dict(min_fraction=0.6, max_fraction=0.5), "must not exceed"),
-    (dict(annealing="cosine"), "annealing must be one of"),
-    (dict(annealing="linear", max_steps=0), "max_steps must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(min_fraction=0.0), "min_fraction must lie in \\(0, 1\\)"),
+        (dict(max_fraction=1.0), "max_fraction must lie in \\(0, 1\\)"),
+        (dict(min_fraction=0.6, max_fraction=0.5), "must not exceed"),
+        (dict(annealing="cosine"), "annealing must be one of"),
+        (dict(annealing="linear", max_steps=0), "max_steps must be > 0"),
+    ],
+)
 def test_bad_schedules(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TimestepSchedule(**kwargs)

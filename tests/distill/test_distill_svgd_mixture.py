@@ -43,8 +43,9 @@ def exact_noise_prediction(noisy, alpha_bar):
 
 def distill(kernel, learning_rate=LEARNING_RATE, seed=0):
     start = torch.tensor([-1.0, 0.0], dtype=torch.float64)
-    particles = start + 0.1 * torch.randn(NUM_PARTICLES, 2, generator=torch.Generator().manual_seed(1234),
-                                          dtype=torch.float64)
+    particles = start + 0.1 * torch.randn(
+        NUM_PARTICLES, 2, generator=torch.Generator().manual_seed(1234), dtype=torch.float64
+    )
     for step in range(NUM_STEPS):
         t, noise = draw_step_randomness(seed, step, SCHEDULE, NUM_PARTICLES, (2,), dtype=torch.float64)
         alpha_bar = ALPHAS_CUMPROD[t].item()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,4 +89,3 @@ def write_fake_lpips_backbone(torch_home: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), target)
     return target
-

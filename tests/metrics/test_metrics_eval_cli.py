@@ -53,9 +53,20 @@ def test_folders_with_tiny_clip_and_lpips_give_every_sequence_key(tmp_path, tiny
     edited = _write_folder(tmp_path / "edited", _frames(12)[..., ::-1])  # channel swap as the "edit"
     code, summary = _run(
         tmp_path,
-        "--source", str(source), "--edited", str(edited),
-        "--source-text", "a photo", "--target-text", "a blue painting",
-        "--clip-model", TINY_CLIP_NAME, "--clip-pretrained", str(checkpoint), "--lpips-net", "squeeze",
+        "--source",
+        str(source),
+        "--edited",
+        str(edited),
+        "--source-text",
+        "a photo",
+        "--target-text",
+        "a blue painting",
+        "--clip-model",
+        TINY_CLIP_NAME,
+        "--clip-pretrained",
+        str(checkpoint),
+        "--lpips-net",
+        "squeeze",
     )
     assert code == 0
     expected = set(keys.CLIP_KEYS) | {keys.LPIPS_CONSECUTIVE, keys.FIDELITY_PSNR, keys.FIDELITY_SSIM}
@@ -77,8 +88,16 @@ def test_offline_default_skips_clip_and_lpips_but_scores_the_rest(tmp_path, monk
     np.save(tmp_path / "flow.npy", flow)
     code, summary = _run(
         tmp_path,
-        "--source", str(source), "--edited", str(edited), "--target-text", "make it red",
-        "--flow", str(tmp_path / "flow.npy"), "--windows", "0,0,32,24;0,12,32,24;0,24,32,24",
+        "--source",
+        str(source),
+        "--edited",
+        str(edited),
+        "--target-text",
+        "make it red",
+        "--flow",
+        str(tmp_path / "flow.npy"),
+        "--windows",
+        "0,0,32,24;0,12,32,24;0,24,32,24",
     )
     assert code == 0
     assert set(summary["metrics"]) == {keys.FIDELITY_PSNR, keys.FIDELITY_SSIM, keys.WARP_ERROR, keys.SEAM_ERROR}
@@ -97,11 +116,38 @@ def test_video_against_gif_and_resize(tmp_path):
     assert loaded.shape == (6, 3, 32, 48) and names[0].endswith("source.mp4#0")
     assert load_frames(gif)[0].shape == (6, 3, 40, 40)
 
-    code = main(["--source", str(video), "--edited", str(gif), "--target-text", "x", "--clip-pretrained", "none",
-                 "--lpips-net", "none", "--out", str(tmp_path / "no_resize")])
+    code = main(
+        [
+            "--source",
+            str(video),
+            "--edited",
+            str(gif),
+            "--target-text",
+            "x",
+            "--clip-pretrained",
+            "none",
+            "--lpips-net",
+            "none",
+            "--out",
+            str(tmp_path / "no_resize"),
+        ]
+    )
     assert code == 2  # sizes differ and no --resize
-    code, summary = _run(tmp_path, "--source", str(video), "--edited", str(gif), "--target-text", "x",
-                         "--clip-pretrained", "none", "--lpips-net", "none", "--resize", "24x36")
+    code, summary = _run(
+        tmp_path,
+        "--source",
+        str(video),
+        "--edited",
+        str(gif),
+        "--target-text",
+        "x",
+        "--clip-pretrained",
+        "none",
+        "--lpips-net",
+        "none",
+        "--resize",
+        "24x36",
+    )
     assert code == 0
     assert (summary["inputs"]["height"], summary["inputs"]["width"]) == (24, 36)
     assert summary["inputs"]["resized_to"] == [24, 36]
@@ -114,9 +160,21 @@ def test_single_panorama_images_with_windows(tmp_path):
     edited[:, 48:] = np.clip(edited[:, 48:].astype(int) + 40, 0, 255).astype(np.uint8)  # a seam at x = 48
     iio.imwrite(tmp_path / "source.png", source)
     iio.imwrite(tmp_path / "edited.jpg", edited, quality=95)
-    code, summary = _run(tmp_path, "--source", str(tmp_path / "source.png"), "--edited", str(tmp_path / "edited.jpg"),
-                         "--target-text", "x", "--clip-pretrained", "none", "--lpips-net", "none",
-                         "--windows", "0,0,32,48;0,48,32,48")
+    code, summary = _run(
+        tmp_path,
+        "--source",
+        str(tmp_path / "source.png"),
+        "--edited",
+        str(tmp_path / "edited.jpg"),
+        "--target-text",
+        "x",
+        "--clip-pretrained",
+        "none",
+        "--lpips-net",
+        "none",
+        "--windows",
+        "0,0,32,48;0,48,32,48",
+    )
     assert code == 0
     assert summary["inputs"]["sequence"] is False and summary["inputs"]["num_frames"] == 1
     assert summary["metrics"][keys.SEAM_ERROR] > 0.05
@@ -161,9 +219,23 @@ def test_console_script_offline_logs_one_line_per_skipped_model(tmp_path):
     }
     environment.update({"HF_HOME": str(tmp_path / "hf_home"), "TORCH_HOME": str(tmp_path / "torch_home")})
     completed = subprocess.run(
-        [str(script), "--source", str(source), "--edited", str(source), "--target-text", "x",
-         "--lpips-net", "none", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, env=environment, timeout=120,
+        [
+            str(script),
+            "--source",
+            str(source),
+            "--edited",
+            str(source),
+            "--target-text",
+            "x",
+            "--lpips-net",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     warning_lines = [line for line in completed.stderr.splitlines() if line.startswith("WARNING")]

@@ -256,7 +256,9 @@ def test_evaluator_returns_only_computable_metrics():
     )
     assert set(report) == set(keys.ALL_METRIC_KEYS)
     assert report[keys.MODE_AGREEMENT] == pytest.approx(2 / 3)
-    assert report[keys.LPIPS_CONSECUTIVE] == pytest.approx(mean_abs_distance(edited[:-1], edited[1:]).mean().item(), rel=1e-5)
+    assert report[keys.LPIPS_CONSECUTIVE] == pytest.approx(
+        mean_abs_distance(edited[:-1], edited[1:]).mean().item(), rel=1e-5
+    )
     assert all(math.isfinite(value) for value in report.values())
     # without sequence=True the consecutive-frame metrics are absent, not zero
     single = evaluator.evaluate(source[:1], edited[:1])

@@ -121,7 +121,7 @@ def test_default_config_builds_and_skips_unavailable_metrics(caplog, monkeypatch
     caplog.set_level(logging.WARNING)
     config = _compose("default", prompt="turn into Van Gogh style painting")
     assert config["clip"]["model_name"] == "ViT-bigG-14"
-    assert "directional_text" not in config   # the texts are the run's source_prompt and prompt
+    assert "directional_text" not in config  # the texts are the run's source_prompt and prompt
     config["clip"]["cache_dir"] = str(tmp_path / "empty_hf_cache")
     evaluator = build_evaluator(config)
     assert evaluator.clip is None and evaluator.lpips is None
@@ -145,8 +145,9 @@ def test_none_config_and_tiny_clip_config(tiny_clip_checkpoint):
     )
     torch.manual_seed(0)
     source = torch.rand(3, 3, 24, 24)
-    report = evaluator.evaluate(source, (source * 0.5).clamp(0, 1), sequence=True, source_text="a photo",
-                                target_text="a painting")
+    report = evaluator.evaluate(
+        source, (source * 0.5).clamp(0, 1), sequence=True, source_text="a photo", target_text="a painting"
+    )
     assert set(keys.CLIP_KEYS) <= set(report)
     assert -1.0 <= report[keys.CLIP_DIRECTIONAL] <= 1.0
     with pytest.raises(ValueError, match="unknown key"):

@@ -43,7 +43,6 @@ def sd_prior64(tiny_cache):
     return tiny_stable_diffusion_prior(tiny_cache, torch_dtype="float64")
 
 
-
 @pytest.fixture(scope="package", autouse=True)
 def single_thread():
     """Tiny models run as fast on one thread, and one thread is not slowed by a busy shared machine."""

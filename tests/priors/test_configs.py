@@ -16,14 +16,15 @@ EXPECTED = {"ip2p", "sd15", "sd21", "exact", "tiny_ip2p", "tiny_sd"}
 
 
 def load(name, cache_dir="/unused"):
-    root = OmegaConf.create({"paths": {"cache_dir": str(cache_dir)},
-                             "model": OmegaConf.load(MODEL_CONFIGS / f"{name}.yaml")})
+    root = OmegaConf.create(
+        {"paths": {"cache_dir": str(cache_dir)}, "model": OmegaConf.load(MODEL_CONFIGS / f"{name}.yaml")}
+    )
     return root.model
 
 
 def constructor_parameters(target):
     parameters = set(inspect.signature(target).parameters)
-    if target.__name__.startswith("tiny_"):      # tiny builders forward **prior_kwargs to the prior
+    if target.__name__.startswith("tiny_"):  # tiny builders forward **prior_kwargs to the prior
         prior_class = InstructPix2PixPrior if "pix2pix" in target.__name__ else StableDiffusionPrior
         parameters |= set(inspect.signature(prior_class).parameters)
     return parameters

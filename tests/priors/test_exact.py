@@ -17,11 +17,16 @@ def reference_eps(x_t, means, weights, std, alpha_bar):
     """ε̂ = −σ ∇ log p_t(x_t) for p_t = Σ_k π_k N(√ᾱ μ_k, (ᾱ s² + 1 − ᾱ) I), by float64 autograd."""
     x = x_t.double().clone().requires_grad_(True)
     alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
-    variance = alpha_bar * std ** 2 + sigma ** 2
+    variance = alpha_bar * std**2 + sigma**2
     dims = x[0].numel()
-    log_components = torch.stack([
-        math.log(w) - ((x - alpha * m.double()) ** 2).flatten(1).sum(1) / (2 * variance)
-        - 0.5 * dims * math.log(2 * math.pi * variance) for w, m in zip(weights, means)])
+    log_components = torch.stack(
+        [
+            math.log(w)
+            - ((x - alpha * m.double()) ** 2).flatten(1).sum(1) / (2 * variance)
+            - 0.5 * dims * math.log(2 * math.pi * variance)
+            for w, m in zip(weights, means)
+        ]
+    )
     (score,) = torch.autograd.grad(torch.logsumexp(log_components, dim=0).sum(), x)
     return -sigma * score
 
@@ -45,8 +50,13 @@ def test_guided_eps_equals_independent_float64_computation(t, dtype, tolerance):
     image_cond = 0.8 * (2 * seeded_images(3, size=4, seed=0) - 1)
     family = prior.instruction(POP_ART)
     # targets near different modes and one between two modes, so responsibilities are not all one-hot
-    clean = torch.stack([family.edits[0](image_cond[:1])[0], family.edits[2](image_cond[1:2])[0],
-                         0.5 * (family.edits[1](image_cond[2:]) + family.edits[3](image_cond[2:]))[0]])
+    clean = torch.stack(
+        [
+            family.edits[0](image_cond[:1])[0],
+            family.edits[2](image_cond[1:2])[0],
+            0.5 * (family.edits[1](image_cond[2:]) + family.edits[3](image_cond[2:]))[0],
+        ]
+    )
     noise, source_noise = seeded_normal(*clean.shape, seed=1), seeded_normal(*clean.shape, seed=2)
     x_t, source_t = prior.add_noise(clean, noise, t), prior.add_noise(image_cond, source_noise, t)
     cond = prior.make_conditioning(POP_ART, image_cond, guidance_scale=2.5, image_guidance_scale=1.7)
@@ -83,8 +93,12 @@ def ancestral_sample(prior, cond, shape, num_steps, generator):
 def test_ancestral_sampling_lands_in_the_modes_in_the_right_proportions():
     weights = (0.5, 0.3, 0.2)
     family = InstructionFamily(
-        name="three tints", mode_names=("red", "green", "blue"), kind="shared", weights=weights,
-        edits=tuple(darken_and_tint(0.6, tint) for tint in ((0.3, 0, 0), (0, 0.3, 0), (0, 0, 0.3))))
+        name="three tints",
+        mode_names=("red", "green", "blue"),
+        kind="shared",
+        weights=weights,
+        edits=tuple(darken_and_tint(0.6, tint) for tint in ((0.3, 0, 0), (0, 0.3, 0), (0, 0, 0.3))),
+    )
     prior = ExactScorePrior(instructions={family.name: family})
     n = 600
     image_cond = (2 * seeded_images(1, size=4, seed=3) - 1).expand(n, -1, -1, -1)
@@ -92,9 +106,9 @@ def test_ancestral_sampling_lands_in_the_modes_in_the_right_proportions():
     samples = ancestral_sample(prior, cond, image_cond.shape, 50, torch.Generator().manual_seed(0))
     responsibilities = prior.mode_responsibilities(samples.float(), image_cond, "three tints")
     assert responsibilities.shape == (n, 3)
-    assert (responsibilities.max(dim=1).values > 0.99).float().mean() > 0.98   # every sample sits in a mode
+    assert (responsibilities.max(dim=1).values > 0.99).float().mean() > 0.98  # every sample sits in a mode
     proportions = torch.bincount(responsibilities.argmax(dim=1), minlength=3).float() / n
-    torch.testing.assert_close(proportions, torch.tensor(weights), atol=0.06, rtol=0)   # 3 sigma at n = 600
+    torch.testing.assert_close(proportions, torch.tensor(weights), atol=0.06, rtol=0)  # 3 sigma at n = 600
     spread = (samples.float() - family.mode_means(image_cond)[responsibilities.argmax(1), torch.arange(n)]).std()
     # the denoised end point E[z0 | x_0] has spread s²/√(s² + σ_0²) ≈ 0.86 s; coarse steps shrink it a bit more
     assert 0.4 * prior.edit_std < spread.item() < prior.edit_std
@@ -103,7 +117,7 @@ def test_ancestral_sampling_lands_in_the_modes_in_the_right_proportions():
 def test_mode_responsibilities_pick_the_edit_a_particle_carries():
     prior = ExactScorePrior()
     image_cond = 2 * seeded_images(4, size=8, seed=4) - 1
-    means = prior.mode_means(image_cond, POP_ART)                          # (K, N, C, h, w)
+    means = prior.mode_means(image_cond, POP_ART)  # (K, N, C, h, w)
     chosen = torch.tensor([2, 0, 3, 1])
     latents = means[chosen, torch.arange(4)] + 0.05 * seeded_normal(4, 3, 8, 8, seed=5)
     responsibilities = prior.mode_responsibilities(latents, image_cond, POP_ART)
@@ -132,7 +146,7 @@ def test_instruction_kinds_are_what_they_claim(name):
     a, b = (2 * seeded_images(1, size=8, seed=s) - 1 for s in (6, 7))
     diff_a, diff_b = family.edits[0](a) - family.edits[1](a), family.edits[0](b) - family.edits[1](b)
     assert torch.allclose(diff_a, diff_b, atol=1e-6) == (family.kind == "shared")
-    means = family.mode_means(a)                                            # modes are far apart next to s
+    means = family.mode_means(a)  # modes are far apart next to s
     distances = torch.cdist(means.flatten(1), means.flatten(1))
     off_diagonal = distances[~torch.eye(family.num_modes, dtype=torch.bool)]
     assert off_diagonal.min() > 10 * ExactScorePrior().edit_std * math.sqrt(2)
@@ -145,7 +159,7 @@ def test_downsampled_latents_encode_by_average_pooling_and_decode_by_nearest_ups
     assert latents.shape == (2, 3, 4, 4) and prior.latent_scale_factor == 2
     torch.testing.assert_close(latents, torch.nn.functional.avg_pool2d(2 * images - 1, 2))
     blocky = prior.decode(latents)
-    torch.testing.assert_close(prior.encode(blocky), latents)                # nearest blocks pool back exactly
+    torch.testing.assert_close(prior.encode(blocky), latents)  # nearest blocks pool back exactly
     torch.testing.assert_close(blocky[..., ::2, ::2], blocky[..., 1::2, 1::2])
     with pytest.raises(ValueError, match="multiples of 2"):
         prior.encode(torch.rand(1, 3, 7, 8))

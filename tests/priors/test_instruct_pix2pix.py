@@ -42,8 +42,11 @@ def official_3way(prior, noisy, image_cond, text_prompt, omega_y, omega_s):
 
 def unet_branches(prior, noisy, image_cond, text_prompt):
     """ε(x̃,y), ε(x̃,∅), ε(∅,∅) from three separate UNet calls."""
-    return (unet_eps(prior, noisy, image_cond, text_prompt), unet_eps(prior, noisy, image_cond, ""),
-            unet_eps(prior, noisy, torch.zeros_like(image_cond), ""))
+    return (
+        unet_eps(prior, noisy, image_cond, text_prompt),
+        unet_eps(prior, noisy, image_cond, ""),
+        unet_eps(prior, noisy, torch.zeros_like(image_cond), ""),
+    )
 
 
 def assert_equals_official(actual, branches, omega_y, omega_s):
@@ -58,19 +61,21 @@ def assert_equals_official(actual, branches, omega_y, omega_s):
 # Batching tests run the networks in float64 (``ip2p_prior64``): there, how rows are batched changes a
 # UNet output by ~1e-15, so what they compare is the prior's row bookkeeping, on any CPU.
 def test_batched_guidance_equals_three_separate_unet_calls(ip2p_prior64, batch):
-    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
-                                          image_guidance_scale=1.5)
+    cond = ip2p_prior64.make_conditioning(
+        "make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+    )
     prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond)
     assert prediction.source is None
     assert prediction.target.dtype == torch.float32 and prediction.target.shape == batch["noisy"].shape
     branches = unet_branches(ip2p_prior64, batch["noisy"], batch["image_cond"], "make it autumn")
     assert_equals_official(prediction.target, branches, 7.5, 1.5)
-    assert prediction.target.abs().mean() > 0.1   # not trivially zero
+    assert prediction.target.abs().mean() > 0.1  # not trivially zero
 
 
 def test_two_row_source_branch_equals_official_three_rows_with_empty_prompt(ip2p_prior64, batch):
-    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5,
-                                          image_guidance_scale=1.5)
+    cond = ip2p_prior64.make_conditioning(
+        "make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+    )
     prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     branches = unet_branches(ip2p_prior64, batch["noisy_source"], batch["image_cond"], "")
     assert_equals_official(prediction.source, branches, 7.5, 1.5)

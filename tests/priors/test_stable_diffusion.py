@@ -26,17 +26,29 @@ def two_way_tolerance(negative, positive, omega):
 # bookkeeping and not the CPU's float32 summation order (which differs between AVX2 and AVX-512).
 def test_two_way_guidance_with_negative_prompt_and_dds_source(sd_prior64):
     noisy, noisy_source = seeded_normal(3, 4, 8, 8, seed=0), seeded_normal(3, 4, 8, 8, seed=1)
-    cond = sd_prior64.make_conditioning("a watercolor of a fox", guidance_scale=5.0, negative_prompt="blurry",
-                                        source_prompt="a photo of a fox")
+    cond = sd_prior64.make_conditioning(
+        "a watercolor of a fox", guidance_scale=5.0, negative_prompt="blurry", source_prompt="a photo of a fox"
+    )
     rows = sd_prior64.unet_rows_evaluated
     prediction = sd_prior64.predict_noise(noisy, T, cond, source_noisy_latents=noisy_source)
     assert sd_prior64.unet_rows_evaluated - rows == 4 * 3
     negative, positive = unet_eps(sd_prior64, noisy, "blurry"), unet_eps(sd_prior64, noisy, "a watercolor of a fox")
-    torch.testing.assert_close(prediction.target, negative + 5.0 * (positive - negative),
-                               atol=two_way_tolerance(negative, positive, 5.0), rtol=0)
-    negative, positive = unet_eps(sd_prior64, noisy_source, "blurry"), unet_eps(sd_prior64, noisy_source, "a photo of a fox")
-    torch.testing.assert_close(prediction.source, negative + 5.0 * (positive - negative),
-                               atol=two_way_tolerance(negative, positive, 5.0), rtol=0)
+    torch.testing.assert_close(
+        prediction.target,
+        negative + 5.0 * (positive - negative),
+        atol=two_way_tolerance(negative, positive, 5.0),
+        rtol=0,
+    )
+    negative, positive = (
+        unet_eps(sd_prior64, noisy_source, "blurry"),
+        unet_eps(sd_prior64, noisy_source, "a photo of a fox"),
+    )
+    torch.testing.assert_close(
+        prediction.source,
+        negative + 5.0 * (positive - negative),
+        atol=two_way_tolerance(negative, positive, 5.0),
+        rtol=0,
+    )
 
 
 def test_source_prompt_equal_to_negative_needs_one_row(sd_prior64):
@@ -75,15 +87,17 @@ def test_v_prediction_unet_output_is_converted_to_eps(tiny_cache):
     from diffusers import DDIMScheduler
 
     parts = tiny_components(tiny_cache / "tokenizer", in_channels=LATENT_CHANNELS, seed=0)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              prediction_type="v_prediction")
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"
+    )
     prior = StableDiffusionPrior(**parts, scheduler=scheduler, torch_dtype="float64")  # batching-proof, as above
     noisy = seeded_normal(2, 4, 8, 8, seed=4)
     cond = prior.make_conditioning("a fox")
     v_text, v_negative = unet_eps(prior, noisy, "a fox"), unet_eps(prior, noisy, "")
     alpha_bar = prior.alphas_cumprod[T]
-    to_eps = lambda v: alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * noisy  # noqa: E731
+    to_eps = lambda v: alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * noisy
     negative, positive = to_eps(v_negative), to_eps(v_text)
     expected = negative + 7.5 * (positive - negative)
-    torch.testing.assert_close(prior.predict_noise(noisy, T, cond).target, expected,
-                               atol=two_way_tolerance(negative, positive, 7.5), rtol=0)
+    torch.testing.assert_close(
+        prior.predict_noise(noisy, T, cond).target, expected, atol=two_way_tolerance(negative, positive, 7.5), rtol=0
+    )

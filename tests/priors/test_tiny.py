@@ -36,8 +36,9 @@ def _assert_same_weights(module, reference):
 
 
 def test_ip2p_round_trips_through_disk_and_predicts_deterministically(ip2p_prior, tiny_cache):
-    in_memory = InstructPix2PixPrior(**tiny_components(tiny_cache / "tokenizer", in_channels=2 * LATENT_CHANNELS,
-                                                       seed=0))
+    in_memory = InstructPix2PixPrior(
+        **tiny_components(tiny_cache / "tokenizer", in_channels=2 * LATENT_CHANNELS, seed=0)
+    )
     for name in ("unet", "vae", "text_encoder"):
         _assert_same_weights(getattr(ip2p_prior, name), getattr(in_memory, name))
     from_disk, reference = _prediction(ip2p_prior), _prediction(in_memory)
@@ -45,7 +46,7 @@ def test_ip2p_round_trips_through_disk_and_predicts_deterministically(ip2p_prior
     torch.testing.assert_close(from_disk.target, reference.target, atol=1e-4, rtol=0)
     torch.testing.assert_close(from_disk.source, reference.source, atol=1e-4, rtol=0)
     torch.testing.assert_close(_prediction(ip2p_prior).target, from_disk.target, atol=0, rtol=0)  # deterministic
-    again = tiny_instruct_pix2pix_prior(tiny_cache)            # second load: the cached folder, same weights
+    again = tiny_instruct_pix2pix_prior(tiny_cache)  # second load: the cached folder, same weights
     _assert_same_weights(again.unet, ip2p_prior.unet)
     torch.testing.assert_close(_prediction(again).target, from_disk.target, atol=1e-4, rtol=0)
 
@@ -54,7 +55,7 @@ def test_seeds_give_different_weights(tiny_cache):
     other = tiny_instruct_pix2pix_prior(tiny_cache, seed=1)
     reference = tiny_instruct_pix2pix_prior(tiny_cache, seed=0)
     assert not torch.equal(other.unet.conv_in.weight, reference.unet.conv_in.weight)
-    assert len(list(tiny_cache.glob(".tiny_*"))) == 0        # no staging folders left behind
+    assert len(list(tiny_cache.glob(".tiny_*"))) == 0  # no staging folders left behind
 
 
 def test_sd_round_trips_through_disk(sd_prior, tiny_cache):
@@ -63,8 +64,12 @@ def test_sd_round_trips_through_disk(sd_prior, tiny_cache):
         _assert_same_weights(getattr(sd_prior, name), getattr(in_memory, name))
     latents = seeded_normal(2, LATENT_CHANNELS, 8, 8, seed=3)
     cond = sd_prior.make_conditioning("a photo of a cat", negative_prompt="blurry")
-    torch.testing.assert_close(sd_prior.predict_noise(latents, 500, cond).target,
-                               in_memory.predict_noise(latents, 500, cond).target, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sd_prior.predict_noise(latents, 500, cond).target,
+        in_memory.predict_noise(latents, 500, cond).target,
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_prior_is_frozen_and_stays_in_eval_mode(ip2p_prior):
@@ -72,5 +77,4 @@ def test_prior_is_frozen_and_stays_in_eval_mode(ip2p_prior):
     assert not ip2p_prior.unet.training and not ip2p_prior.training
     assert not any(p.requires_grad for p in ip2p_prior.parameters())
     assert "alphas_cumprod" not in ip2p_prior.state_dict()
-    torch.testing.assert_close(ip2p_prior.alphas_cumprod[[0, 999]], torch.tensor([0.99915, 0.0047]), atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(ip2p_prior.alphas_cumprod[[0, 999]], torch.tensor([0.99915, 0.0047]), atol=1e-4, rtol=0)

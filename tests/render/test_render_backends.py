@@ -21,8 +21,13 @@ def test_the_default_scene3d_field_is_the_voxel_backend(tmp_path):
 def test_a_new_backend_is_one_class_named_in_the_config(tmp_path):
     from csd_exp.run import build_task
 
-    overrides = ["task=scene3d", "data.image_size=8", "data.max_views=12", "~task.field",
-                 "+task.field={_target_:backends_support.ConstantField,_partial_:true,colour:0.25}"]
+    overrides = [
+        "task=scene3d",
+        "data.image_size=8",
+        "data.max_views=12",
+        "~task.field",
+        "+task.field={_target_:backends_support.ConstantField,_partial_:true,colour:0.25}",
+    ]
     task = build_task(compose_config(overrides, tmp_path))
     assert isinstance(task.field, ConstantField) and isinstance(task.field, RadianceField)
     out = task.field.render(turntable_cameras(num_views=2, width=4, height=3))
@@ -33,8 +38,13 @@ def test_a_new_backend_is_one_class_named_in_the_config(tmp_path):
 def test_a_field_target_that_is_not_a_radiance_field_is_refused(tmp_path):
     from csd_exp.run import build_task
 
-    overrides = ["task=scene3d", "data.image_size=8", "data.max_views=12", "~task.field",
-                 "+task.field={_target_:builtins.dict,_partial_:true}"]
+    overrides = [
+        "task=scene3d",
+        "data.image_size=8",
+        "data.max_views=12",
+        "~task.field",
+        "+task.field={_target_:builtins.dict,_partial_:true}",
+    ]
     with pytest.raises(ValueError, match="not a csd_exp.render.RadianceField"):
         build_task(compose_config(overrides, tmp_path))
 

@@ -16,8 +16,14 @@ def textured_sphere():
     field = VoxelRadianceField(resolution=48, num_samples=96)
     field.set_from_functions(
         lambda p: 60.0 * torch.sigmoid((0.6 - p.norm(dim=-1)) * 40.0),
-        lambda p: torch.stack([0.5 + 0.4 * torch.sin(4 * p[..., 0]), 0.5 + 0.4 * torch.cos(3 * p[..., 1]),
-                               0.5 + 0.4 * torch.sin(5 * p[..., 2] + 1.0)], dim=-1),
+        lambda p: torch.stack(
+            [
+                0.5 + 0.4 * torch.sin(4 * p[..., 0]),
+                0.5 + 0.4 * torch.cos(3 * p[..., 1]),
+                0.5 + 0.4 * torch.sin(5 * p[..., 2] + 1.0),
+            ],
+            dim=-1,
+        ),
     )
     return field
 
@@ -36,15 +42,17 @@ def test_identity_warp_returns_the_image():
 
 
 def test_rendered_views_are_consistent_and_perturbations_are_not(textured_sphere):
-    cams = turntable_cameras(radius=3.0, elevation_deg=25.0, num_views=2, width=40, height=40,
-                             fov_deg=35.0, azimuths_deg=[0.0, 25.0])
+    cams = turntable_cameras(
+        radius=3.0, elevation_deg=25.0, num_views=2, width=40, height=40, fov_deg=35.0, azimuths_deg=[0.0, 25.0]
+    )
     out = _views(textured_sphere, cams)
     a, b = cams[0], cams[1]
     kwargs = dict(depth_b=out.depth[1], mask_a=out.opacity[0] > 0.5)
     consistent = reprojection_error(out.rgb[0], out.depth[0], a, out.rgb[1], b, **kwargs)
     # b's image paired with a wrongly posed camera (15 degrees further round the ring)
-    wrong = turntable_cameras(radius=3.0, elevation_deg=25.0, num_views=1, width=40, height=40,
-                              fov_deg=35.0, azimuths_deg=[40.0])
+    wrong = turntable_cameras(
+        radius=3.0, elevation_deg=25.0, num_views=1, width=40, height=40, fov_deg=35.0, azimuths_deg=[40.0]
+    )
     misposed = reprojection_error(out.rgb[0], out.depth[0], a, out.rgb[1], wrong, **kwargs)
     # b's image recoloured (a view-inconsistent edit)
     edited = reprojection_error(out.rgb[0], out.depth[0], a, out.rgb[1].flip(0), b, **kwargs)
@@ -60,8 +68,9 @@ def test_occluded_and_out_of_view_pixels_are_excluded(textured_sphere):
     out = _views(textured_sphere, cams)
     _, valid = warp_to_view(out.depth[0], cams[0], out.rgb[1], cams[1], depth_b=out.depth[1])
     assert valid.float().mean().item() < 0.02
-    err = reprojection_error(out.rgb[0], out.depth[0], cams[0], out.rgb[1], cams[1],
-                             depth_b=out.depth[1], min_valid_fraction=0.05)
+    err = reprojection_error(
+        out.rgb[0], out.depth[0], cams[0], out.rgb[1], cams[1], depth_b=out.depth[1], min_valid_fraction=0.05
+    )
     assert math.isnan(err)
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from csd_exp.render.base import RadianceField
 from csd_exp.data.cameras import turntable_cameras
+from csd_exp.render.base import RadianceField
 from csd_exp.render.fit import evaluate_psnr, fit_field, psnr
 from csd_exp.render.voxel import VoxelRadianceField, ray_aabb_intersect
 
@@ -121,8 +121,14 @@ def test_reconstruction_learns_the_sample_scene(small_scene):
     scene = small_scene
     field = VoxelRadianceField(resolution=32, num_samples=32, aabb=scene.scene_box)
     before = evaluate_psnr(field, scene.train_images, scene.train_cameras)
-    losses = fit_field(field, scene.train_images, scene.train_cameras, steps=100, views_per_step=4,
-                       generator=torch.Generator().manual_seed(0))
+    losses = fit_field(
+        field,
+        scene.train_images,
+        scene.train_cameras,
+        steps=100,
+        views_per_step=4,
+        generator=torch.Generator().manual_seed(0),
+    )
     after = evaluate_psnr(field, scene.train_images, scene.train_cameras)
     held_out = evaluate_psnr(field, scene.val_images, scene.val_cameras)
     assert all(math.isfinite(x) for x in losses)
