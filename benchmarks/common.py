@@ -5,7 +5,7 @@ Real-size figures here come from Stable Diffusion 1.5's UNet configuration with 
 offline (no download). Speed does not depend on the weights' values, so step-time ratios measured with
 it transfer to the real checkpoint.
 
-The dtype is the device's fast one (``csd_exp.devices.fast_float_dtype``): bfloat16 on CUDA with native bf16,
+The dtype is the device's fast one (``csd_exp.infra.devices.fast_float_dtype``): bfloat16 on CUDA with native bf16,
 else float16; on a CPU bfloat16 only with native bf16 instructions (AVX-512 BF16 / AMX, uncapped), else
 float32, because emulated bf16 made one UNet row ~49x slower than float32 on an AVX2-only CPU. ``--dtype`` on
 any benchmark, or ``CSD_BENCH_DTYPE`` in the environment (``run_all --dtype`` sets it), forces one. Each
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from csd_exp.devices import describe_dtype_choice, fast_float_dtype, parse_torch_dtype
+from csd_exp.infra.devices import describe_dtype_choice, fast_float_dtype, parse_torch_dtype
 
 DTYPE_ENV = "CSD_BENCH_DTYPE"
 

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:  # user --args come last, so they override the quick defaults
         extra = {name: [*QUICK_ARGS.get(name, []), *extra.get(name, [])] for name in available}
     if args.dtype is not None:
-        from csd_exp.devices import parse_torch_dtype
+        from csd_exp.infra.devices import parse_torch_dtype
 
         if args.dtype.strip().lower() != "auto":
             try:

@@ -23,7 +23,7 @@ CONFIG_DIR_VARIABLE = "CSD_EXP_CONFIG_DIR"
 
 def _reject(cfg: DictConfig, message: str) -> None:
     """Record the refusal in the run folder's ``summary.json`` and stop with a short message."""
-    from csd_exp.summary import write_failed_summary
+    from csd_exp.infra.summary import write_failed_summary
 
     write_failed_summary(cfg, message)
     raise SystemExit(f"csd-exp: {message}")

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from csd_exp.run_folder import hold_run_folder
-from csd_exp.summary import package_versions, write_summary
+from csd_exp.infra.run_folder import hold_run_folder
+from csd_exp.infra.summary import package_versions, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from csd_exp.callbacks import RunFingerprint
-    from csd_exp.checkpoints import check_resume_checkpoint, run_fingerprint
-    from csd_exp.logging_utils import finish_wandb, log_metrics_table, resolve_wandb_mode
+    from csd_exp.infra.callbacks import RunFingerprint
+    from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
+    from csd_exp.infra.loggers import finish_wandb, log_metrics_table, resolve_wandb_mode
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)

@@ -12,8 +12,8 @@ import torch
 from framework_support import FAST, compose_config
 from omegaconf import OmegaConf
 
-from csd_exp.callbacks import RunFingerprint
-from csd_exp.checkpoints import check_resume_checkpoint, run_fingerprint
+from csd_exp.infra.callbacks import RunFingerprint
+from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
 
 SMALL_EXACT = ["experiment=panorama_exact_cpu", "data.short_side=32", "task.window_size=32", "task.window_stride=8"]
 

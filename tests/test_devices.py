@@ -1,4 +1,4 @@
-"""csd_exp.devices: dtype choice per device, with simulated CPUs (capability + /proc/cpuinfo flags) and GPUs."""
+"""csd_exp.infra.devices: dtype choice per device, with simulated CPUs (capability + /proc/cpuinfo flags) and GPUs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csd_exp import devices
+from csd_exp.infra import devices
 
 CAP_ENV_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 AVX512_BF16_FLAGS = "fpu sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16"
@@ -179,7 +179,7 @@ def test_benchmark_dtype_helper_on_avx2_only_cpu(simulate_cpu, monkeypatch):
 def test_real_aten_capability_cap_chooses_float32():
     """End to end with the real PyTorch: ATEN_CPU_CAPABILITY=avx2 must give float32, whatever this CPU has."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
-    code = "from csd_exp.devices import fast_float_dtype as f; print(f('cpu'))"
+    code = "from csd_exp.infra.devices import fast_float_dtype as f; print(f('cpu'))"
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=env,

@@ -57,7 +57,13 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 def csd_exp(args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run the CLI in a clean environment; a timeout fails the test (with the output so far), it never hangs it."""
     env = {key: value for key, value in os.environ.items() if key not in DDP_ENV_VARS}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")])),
+    )
     cwd.mkdir(parents=True, exist_ok=True)
     try:
         return subprocess.run(
@@ -167,7 +173,7 @@ def test_a_dying_rank_stops_the_run(tmp_path, failing_rank):
             "trainer=ddp_sim",
             "trainer.max_steps=20",
             f"hydra.run.dir={run_dir}",
-            "+callbacks.fail._target_=csd_exp.distributed_utils.FailOnRank",
+            "+callbacks.fail._target_=ddp_support.FailOnRank",
             f"+callbacks.fail.rank={failing_rank}",
             "+callbacks.fail.step=2",
         ],

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from framework_support import REPO_ROOT
 
-from csd_exp import run_folder
-from csd_exp.run_folder import LOCK_NAME, RunFolderInUse, hold_run_folder, write_json_atomically
+from csd_exp.infra import run_folder
+from csd_exp.infra.run_folder import LOCK_NAME, RunFolderInUse, hold_run_folder, write_json_atomically
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from csd_exp.run_folder import hold_run_folder
+    from csd_exp.infra.run_folder import hold_run_folder
     with hold_run_folder(sys.argv[1]):
         print("held", flush=True)
         time.sleep(120)

@@ -160,7 +160,7 @@ class DiffusersPrior(ScorePrior):
     def to_device(self, device: torch.device) -> DiffusersPrior:
         """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32:
         float16 on a CPU is ~20x slower than float32 and looks hung)."""
-        from csd_exp.devices import default_model_dtype, describe_dtype_choice
+        from csd_exp.infra.devices import default_model_dtype, describe_dtype_choice
 
         self.to(device)
         if self.auto_dtype:

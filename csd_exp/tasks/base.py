@@ -233,7 +233,7 @@ class DistillationTask(pl.LightningModule):
 
     def save_snapshot(self, images: dict[str, torch.Tensor]) -> None:
         from csd_exp.data.image import save_image
-        from csd_exp.logging_utils import log_images
+        from csd_exp.infra.loggers import log_images
 
         folder = Path(self.trainer.default_root_dir) / "snapshots"
         for name, batch in images.items():
@@ -244,7 +244,7 @@ class DistillationTask(pl.LightningModule):
 
     def log_final_images(self, images: dict[str, torch.Tensor]) -> None:
         """Send the final (B, 3, H, W) images to the loggers that take media (W&B)."""
-        from csd_exp.logging_utils import log_images
+        from csd_exp.infra.loggers import log_images
 
         if self._trainer is not None:
             log_images(self.trainer.loggers, {f"final/{k}": v for k, v in images.items()}, step=self.global_step)

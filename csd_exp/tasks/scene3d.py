@@ -579,7 +579,7 @@ class Scene3DTask(DistillationTask):
     def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
         from csd_exp.data.image import save_image
         from csd_exp.data.video import save_frame_grid, write_video
-        from csd_exp.logging_utils import log_video
+        from csd_exp.infra.loggers import log_video
 
         output_dir = Path(output_dir)
         train = self.train_indices

@@ -150,7 +150,7 @@ class VideoTask(DistillationTask):
             return self.prior.mode_responsibilities(self.latents.detach(), self.image_condition, self.prompt).cpu()
 
     def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
-        from csd_exp.logging_utils import log_video
+        from csd_exp.infra.loggers import log_video
 
         edited = self.edited_frames()
         source = self.source_frames

@@ -35,7 +35,7 @@ def package_versions() -> dict[str, str]:
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """Write ``summary`` as JSON atomically: a reader never sees half a file, a failed write leaves none."""
-    from csd_exp.run_folder import write_json_atomically
+    from csd_exp.infra.run_folder import write_json_atomically
 
     write_json_atomically(Path(path), summary)
 

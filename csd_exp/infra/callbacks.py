@@ -1,5 +1,5 @@
 """Callbacks that protect a user's run: a checkpoint on Ctrl-C or on a crash, with the resume command, and the
-config fingerprint in every checkpoint so a resume under another config is caught (csd_exp/checkpoints.py)."""
+config fingerprint in every checkpoint so a resume under another config is caught (csd_exp/infra/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from csd_exp.checkpoints import CHECKPOINT_KEY
+from csd_exp.infra.checkpoints import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SaveOnInterrupt(pl.Callback):
 
 
 class RunFingerprint(pl.Callback):
-    """Store the run's config fingerprint (:func:`csd_exp.checkpoints.run_fingerprint`) in every checkpoint,
+    """Store the run's config fingerprint (:func:`csd_exp.infra.checkpoints.run_fingerprint`) in every checkpoint,
     periodic, last and on-interrupt alike, under ``checkpoint["csd_exp"]["fingerprint"]``."""
 
     def __init__(self, fingerprint: dict):

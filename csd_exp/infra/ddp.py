@@ -24,7 +24,6 @@ import signal
 import time
 from typing import Any
 
-import pytorch_lightning as pl
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
@@ -111,22 +110,3 @@ class FailFastDDPStrategy(DDPStrategy):
             for proc in alive:
                 proc.send_signal(signal.SIGKILL)  # SIGTERM is not enough for a process stuck in a collective
                 proc.wait()
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by :class:`FailOnRank`."""
-
-
-class FailOnRank(pl.Callback):
-    """Raise :class:`InjectedFailure` on one rank at the start of one step: tests what a run does when a rank dies.
-
-    ``csd-exp trainer=ddp_sim +callbacks.fail._target_=csd_exp.distributed_utils.FailOnRank +callbacks.fail.rank=1``
-    """
-
-    def __init__(self, rank: int = 1, step: int = 2):
-        self.rank = int(rank)
-        self.step = int(step)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
-        if trainer.global_rank == self.rank and trainer.global_step == self.step:
-            raise InjectedFailure(f"injected failure on rank {self.rank} at step {self.step}")

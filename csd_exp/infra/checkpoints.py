@@ -3,7 +3,7 @@
 :func:`run_fingerprint` keeps the keys of the resolved config that change the math of a run (prior,
 guidance, kernel, schedule, task, data, prompts, seed, numeric precision) and drops what may
 legitimately differ on resume: the run length (extending a run is the main use of resuming), loggers,
-callbacks, paths, hardware. :class:`csd_exp.callbacks.RunFingerprint` stores it in every checkpoint
+callbacks, paths, hardware. :class:`csd_exp.infra.callbacks.RunFingerprint` stores it in every checkpoint
 under ``checkpoint["csd_exp"]["fingerprint"]``; :func:`check_resume_checkpoint` compares it with the
 current run's before anything heavy is built.
 """
