@@ -321,6 +321,7 @@ class RunSchema:
     ckpt_path: str | None
 
 
+IN2N_EDITOR = "csd_exp.tasks.scene3d_editors.IN2NEditor"
 #: ``_target_`` -> schema of that node's keys.
 TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.priors.ExactScorePrior": ExactPriorSchema,
@@ -341,6 +342,8 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoSamplingTaskSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": Scene3DTaskSchema,
     "csd_exp.render.VoxelRadianceField": FieldSchema,
+    "csd_exp.tasks.scene3d_editors.CSDEditEditor": CSDEditEditorSchema,
+    IN2N_EDITOR: IN2NEditorSchema,
 }
 #: task ``_target_`` -> schema of the ``data`` block it reads.
 DATA_SCHEMAS: dict[str, type] = {
@@ -350,7 +353,6 @@ DATA_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoDataSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": SceneDataSchema,
 }
-EDITOR_SCHEMAS = {"csd_edit": CSDEditEditorSchema, "in2n": IN2NEditorSchema}
 SAMPLING_TASKS = (
     "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask",
     "csd_exp.tasks.video_sampling.VideoSamplingTask",
@@ -487,12 +489,7 @@ def _check_task(cfg: Mapping[str, Any]) -> None:
     if target in DATA_SCHEMAS:
         check_node("data", cfg.get("data") or {}, DATA_SCHEMAS[target])
     editor = task.get("editor")
-    if isinstance(editor, Mapping):
-        kind = editor.get("kind")
-        if kind not in EDITOR_SCHEMAS:
-            raise _type_error("task.editor.kind", kind, "one of " + ", ".join(EDITOR_SCHEMAS))
-        check_node("task.editor", {k: v for k, v in editor.items() if k != "kind"}, EDITOR_SCHEMAS[kind])
-    samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("kind") == "in2n")
+    samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("_target_") == IN2N_EDITOR)
     distills = "_target_" in (cfg.get("guidance") or {})
     if samples and distills:
         raise ConfigError(

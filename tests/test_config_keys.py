@@ -13,7 +13,7 @@ import pytest
 from framework_support import CONFIG_DIR, compose_config
 from hydra.utils import get_object
 
-from csd_exp.schema import DATA_SCHEMAS, EDITOR_SCHEMAS, TARGET_SCHEMAS, ConfigError, _fields, validate_composed
+from csd_exp.schema import DATA_SCHEMAS, TARGET_SCHEMAS, ConfigError, _fields, validate_composed
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Every option of every group, each with the task it belongs to where it needs one.
@@ -107,12 +107,6 @@ def test_schemas_name_exactly_the_constructor_parameters(target):
         assert set(_fields(TARGET_SCHEMAS[target])) <= named
         return
     assert set(_fields(TARGET_SCHEMAS[target])) == named
-
-
-def test_editor_schemas_match_the_task():
-    from csd_exp.tasks.scene3d import EDITOR_KEYS
-
-    assert {kind: set(_fields(schema)) for kind, schema in EDITOR_SCHEMAS.items()} == EDITOR_KEYS
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from csd_exp.data.scene import make_sample_scene, write_nerfstudio_scene
 from csd_exp.priors import ExactScorePrior
 from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.scene3d import Scene3DTask
+from csd_exp.tasks.scene3d_editors import CSDEditEditor
 
 # 16x16 views, 10 views (8 train + 2 held out), a 16^3 grid: one run takes a few seconds on one thread.
 TINY = [
@@ -128,7 +129,7 @@ def test_in2n_baseline_runs(run_job, scene_folder):
     assert metrics["edit/num_view_edits"] == 2  # steps 10 and 12, one view each
     assert metrics["edit/distinct_views_edited"] == 2
     assert "consistency/mode_agreement" in metrics and (run_dir / "turntable.mp4").is_file()
-    assert summary["config"]["task"]["editor"]["kind"] == "in2n"
+    assert summary["config"]["task"]["editor"]["_target_"].endswith("IN2NEditor")
 
 
 def _write_ns(folder: Path, frames: list[dict], images: dict[str, tuple[int, int]]) -> Path:
@@ -212,10 +213,9 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     from csd_exp.distill import Guidance
     from csd_exp.priors import ExactScorePrior
 
-    editor = dict(
-        kind="csd_edit", every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20, init="render"
-    )
-    editor.update(kwargs.pop("editor", {}))
+    settings = dict(every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20, init="render")
+    settings.update(kwargs.pop("editor", {}))
+    editor = kwargs.pop("editor_object", None) or CSDEditEditor(**settings)
     guidance = kwargs.pop("guidance", None) or Guidance("csd_edit")
     options = dict(
         prompt="turn it into a pop-art painting",
@@ -241,12 +241,14 @@ def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
     assert _tiny_task(pretrain_steps=200, max_steps=2).pretrain_steps == 1
     with pytest.raises(ValueError, match="unknown data key"):
         _tiny_task(data={"image_size": 16, "frame_size": 3})
-    with pytest.raises(ValueError, match="editor"):
-        _tiny_task(editor={"kind": "dreamfusion"})
+    with pytest.raises(ValueError, match="DatasetEditor"):
+        _tiny_task(editor_object={"kind": "dreamfusion"})
     with pytest.raises(ValueError, match="training views"):
         _tiny_task(editor={"views": 9})
-    with pytest.raises(ValueError, match="needs exactly the keys"):
-        _tiny_task(editor={"diffusion_steps": 20})  # an in2n key under the csd_edit editor
+    with pytest.raises(TypeError, match="diffusion_steps"):
+        _tiny_task(editor={"diffusion_steps": 20})  # an in2n setting given to the csd_edit editor
+    with pytest.raises(ValueError, match="task.editor.init"):
+        _tiny_task(editor={"init": "photo"})
 
 
 def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(monkeypatch):
@@ -269,7 +271,7 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
 
     monkeypatch.setattr(type(guidance), "__call__", record_position)
     with pytest.raises(Stop):
-        task.csd_edit_round(task.edit_round_views(1), step=240, round_index=1)
+        task.editor.edit_round(task, task.edit_round_views(1), step=240, round_index=1)
     assert positions == [40]
     low, high = guidance.schedule.bounds(40)
     assert high > guidance.schedule.bounds(8 * 40)[1]  # not yet at the annealed end point

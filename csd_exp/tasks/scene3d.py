@@ -11,25 +11,9 @@ two phases on one step counter (``trainer.max_steps`` counts both):
    replaces some training views of the image set by edited versions, and every step keeps training the
    field photometrically on the CURRENT (partly edited) image set, so the field fuses the edits in 3D.
 
-Two editors (``task.editor``, chosen by the config group ``editor=csd_edit | in2n``; each has only its
-own keys, so no setting of the editor not chosen can sit in a config doing nothing):
-
-* ``csd_edit`` (the paper): a round draws ``views`` training views (B; paper 16 every 2,000
-  steps), renders them from the current field and edits them JOINTLY: the B renders are the particles
-  of CSD-Edit (Eq. 9), the original photos of the same views are the sources (``source_latents``) and
-  the image condition. ``iterations`` inner iterations of plain SGD (step ``lr``, decayed by
-  ``lr_decay`` every ``lr_decay_every`` iterations: the official code's SGD + StepLR) act on
-  a local latent tensor z; each inner iteration is one call of the configured guidance (``guidance=``
-  csd_edit | csd_edit_no_svgd | sds ...) with its own step id ``global_step * iterations + k``, so
-  t and noise are fresh per iteration and reproducible after a resume; an annealed timestep schedule
-  runs over all edit iterations of the run (round r, iteration k is position ``r * iterations + k``).
-  z starts from the render
-  (``init: render``, as IN2N starts from the render; the choice is UNCONFIRMED for CSD, paper notes
-  §2.4) or from the photo (``init: source``). The edited z is decoded and written into the set.
-* ``in2n`` (the baseline, :mod:`csd_exp.tasks.in2n`): every ``every`` steps ``views`` views
-  (IN2N: 1 every 10) are each edited independently by InstructPix2Pix-style sampling: the render is
-  encoded, noised to a strength drawn uniformly from ``[noise_lower, noise_upper]`` (IN2N [0.02, 0.98])
-  and denoised in ``diffusion_steps`` (20) DDIM steps conditioned on the original photo (SDEdit).
+The editor (``task.editor``, a :class:`~csd_exp.tasks.scene3d_editors.DatasetEditor` chosen by
+``editor=csd_edit | in2n``; :mod:`csd_exp.tasks.scene3d_editors` describes both) edits the views of a
+round: CSD-Edit jointly (the renders are the particles), or Instruct-NeRF2NeRF one view at a time.
 
 Which views: both editors walk through the training views in random permutations ("epochs", drawn from
 the step-seeded generator), ``views`` per round, so every view is edited once before any is
@@ -99,22 +83,10 @@ from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_
 from csd_exp.render import RadianceField, psnr, reprojection_error
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
+from csd_exp.tasks.scene3d_editors import DatasetEditor
 
 log = logging.getLogger(__name__)
 
-EDITOR_KEYS = {  # conf/editor/<kind>.yaml; csd_exp.schema checks their values at compose time
-    "csd_edit": {"every", "views", "iterations", "lr", "lr_decay", "lr_decay_every", "init"},
-    "in2n": {
-        "every",
-        "views",
-        "diffusion_steps",
-        "noise_lower",
-        "noise_upper",
-        "sampler_eta",
-        "guidance_scale",
-        "image_guidance_scale",
-    },
-}
 DATA_KEYS = {"path", "downscale", "max_views", "image_size", "num_val"}
 SAMPLE_DEFAULTS = {"max_views": 30, "image_size": 32}
 
@@ -199,7 +171,7 @@ class Scene3DTask(DistillationTask):
         *,
         prompt: str,
         data: dict,
-        editor: dict,
+        editor: DatasetEditor,
         field: Callable[..., RadianceField],
         pretrain_steps: int = 200,
         views_per_step: int = 4,
@@ -220,27 +192,11 @@ class Scene3DTask(DistillationTask):
             source_prompt=source_prompt,
             max_steps=max_steps,
         )
-        editor = dict(editor)
-        kind = editor.pop("kind", None)
-        if kind not in EDITOR_KEYS:
-            raise ValueError(f"task.editor.kind={kind!r} is not one of {tuple(EDITOR_KEYS)}")
-        if set(editor) != EDITOR_KEYS[kind]:
-            raise ValueError(
-                f"task.editor ({kind}) needs exactly the keys {sorted(EDITOR_KEYS[kind])}, got {sorted(editor)}"
-            )
-        if kind == "csd_edit" and guidance is None:
-            raise ValueError("editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
-        for key in ("every", "views", "iterations", "diffusion_steps", "lr_decay_every"):
-            if key in editor and int(editor[key]) < 1:
-                raise ValueError(f"task.editor.{key} must be >= 1, got {editor[key]}")
+        if not isinstance(editor, DatasetEditor):
+            raise ValueError(f"task.editor built a {type(editor).__name__}, not a scene3d_editors.DatasetEditor")
         for key, value in (("views_per_step", views_per_step), ("turntable_views", turntable_views)):
             if int(value) < 1:
                 raise ValueError(f"task.{key} must be >= 1, got {value}")
-        if kind == "in2n" and not 0.0 < float(editor["noise_lower"]) <= float(editor["noise_upper"]) <= 1.0:
-            raise ValueError(
-                "need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got "
-                f"{editor['noise_lower']}, {editor['noise_upper']}"
-            )
 
         # ---- the scene: every input check happens here, before any long work
         multiple = int(getattr(prior, "latent_scale_factor", 1))
@@ -250,8 +206,8 @@ class Scene3DTask(DistillationTask):
         self.train_indices = list(self.scene.train_indices)
         self.val_indices = list(self.scene.val_indices)
         n_train = len(self.train_indices)
-        if int(editor["views"]) > n_train:
-            raise ValueError(f"task.editor.views={editor['views']} exceeds the {n_train} training views")
+        if editor.views > n_train:
+            raise ValueError(f"task.editor.views={editor.views} exceeds the {n_train} training views")
         self.images = EditableImageSet.from_scene(self.scene)  # originals stay untouched and recoverable
 
         # ---- theta: the radiance field (task.field: a partial of any RadianceField, given the scene box)
@@ -260,7 +216,7 @@ class Scene3DTask(DistillationTask):
             raise ValueError(f"task.field built a {type(self.field).__name__}, not a csd_exp.render.RadianceField")
 
         # ---- schedule (clamped to the step budget so a short run still edits once)
-        self.editor = kind
+        self.editor = editor
         self.pretrain_steps = int(pretrain_steps)
         if self.max_steps > 0 and self.pretrain_steps >= self.max_steps:
             clamped = max(self.max_steps - 1, 0)
@@ -273,21 +229,10 @@ class Scene3DTask(DistillationTask):
             self.pretrain_steps = clamped
         self.views_per_step = min(int(views_per_step), n_train)
         self.jitter = bool(jitter)
-        self.round_interval, self.round_size = int(editor["every"]), int(editor["views"])
-        if kind == "csd_edit":
-            self.edit_iterations, self.edit_lr = int(editor["iterations"]), float(editor["lr"])
-            self.edit_lr_decay, self.edit_lr_decay_every = float(editor["lr_decay"]), int(editor["lr_decay_every"])
-            self.edit_init = editor["init"]
-            if self.edit_init not in ("render", "source"):
-                raise ValueError(f"task.editor.init={self.edit_init!r} is not one of ('render', 'source')")
-            # Annealed timestep schedules run over all edit iterations of the run, not over trainer steps.
-            self.guidance.schedule.set_horizon(self.num_edit_rounds * self.edit_iterations)
-        else:
-            self.diffusion_steps, self.sampler_eta = int(editor["diffusion_steps"]), float(editor["sampler_eta"])
-            self.noise_lower, self.noise_upper = float(editor["noise_lower"]), float(editor["noise_upper"])
-            self.sampler_guidance_scale = float(editor["guidance_scale"])
-            self.sampler_image_guidance_scale = float(editor["image_guidance_scale"])
+        self.round_interval, self.round_size = editor.every, editor.views
         self.turntable_views, self.turntable_fps = int(turntable_views), float(turntable_fps)
+
+        editor.attach(self)
 
         # ---- run state persisted in the checkpoint
         self.num_view_edits = 0
@@ -298,7 +243,7 @@ class Scene3DTask(DistillationTask):
             len(self.val_indices),
             self.scene.width,
             self.scene.height,
-            editor,
+            type(editor).__name__,
             self.pretrain_steps,
         )
 
@@ -369,11 +314,7 @@ class Scene3DTask(DistillationTask):
             round_index = (step - self.pretrain_steps) // self.round_interval
             views = self.edit_round_views(round_index)
             with torch.no_grad():
-                diagnostics = (
-                    self.csd_edit_round(views, step, round_index)
-                    if self.editor == "csd_edit"
-                    else self.in2n_round(views, step)
-                )
+                diagnostics = self.editor.edit_round(self, views, step, round_index)
             self.num_view_edits += len(views)
             self.log_dict(
                 {f"edit/{k}": float(v) for k, v in diagnostics.items()},
@@ -419,79 +360,12 @@ class Scene3DTask(DistillationTask):
         )
 
     # ------------------------------------------------------------------ editors
-    def _edit_inputs(self, views: list[int]):
+    def edit_inputs(self, views: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(current renders, original photos) of ``views`` on the field's device, for an editor."""
         device = self.field_device()
         rendered, _, _ = self.render_views(self.scene.cameras[views])
         originals = torch.stack([self.images.original(v) for v in views]).to(device)
         return rendered.to(device), originals
-
-    def csd_edit_round(self, views: list[int], step: int, round_index: int) -> dict[str, float]:
-        """Jointly edit the renders of ``views`` with the configured guidance (views = particles).
-
-        Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
-        kernel needs), then every rank receives every edited view, so the training sets stay equal.
-        """
-        offset, count = self.particle_shard(len(views))
-        local_views = views[offset : offset + count]
-        rendered, originals = self._edit_inputs(local_views)
-        source_latents, image_cond = self.encode_sources(originals)
-        z = self.prior.encode(rendered).float() if self.edit_init == "render" else source_latents.clone()
-        grad_norms = []
-        for k in range(self.edit_iterations):
-            lr = self.edit_lr * self.edit_lr_decay ** (k // self.edit_lr_decay_every)
-            out = self.guidance(
-                self.prior,
-                z,
-                prompt=self.prompt,
-                image_cond=image_cond,
-                source_latents=source_latents,
-                step=step * self.edit_iterations + k,
-                schedule_step=round_index * self.edit_iterations + k,
-                seed=self.seed,
-                particle_offset=offset,
-                num_particles_total=len(views),
-                process_group=self.process_group(),
-            )
-            if not torch.isfinite(out.gradients).all():
-                raise FloatingPointError(
-                    f"non-finite CSD-Edit gradient in the edit round at step {step}: lower "
-                    "task.edit_lr or the guidance scales, or set guidance.grad_clip"
-                )
-            z = z - lr * out.gradients.to(z.dtype)
-            grad_norms.append(float(out.diagnostics.get("grad_norm", math.nan)))
-        edited = self.prior.decode(z).float().clamp(0, 1)
-        change = (edited - rendered).abs().flatten(1).mean(dim=1)
-        if self.process_group() is not None:
-            from csd_exp.distill.distributed import gather_particles
-
-            (edited, change), _ = gather_particles([edited.contiguous(), change], self.process_group())
-        for view, image in zip(views, edited):
-            self.images.replace(view, image.cpu())
-        return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms), "change": float(change.mean())}
-
-    def in2n_round(self, views: list[int], step: int) -> dict[str, float]:
-        from csd_exp.tasks.in2n import in2n_edit
-
-        rendered, originals = self._edit_inputs(views)
-        strengths = []
-        for i, view in enumerate(views):
-            generator = step_generator(self.seed, step, f"in2n/{view}")
-            edited, strength = in2n_edit(
-                self.prior,
-                rendered[i : i + 1],
-                originals[i : i + 1],
-                prompt=self.prompt,
-                generator=generator,
-                lower=self.noise_lower,
-                upper=self.noise_upper,
-                diffusion_steps=self.diffusion_steps,
-                eta=self.sampler_eta,
-                guidance_scale=self.sampler_guidance_scale,
-                image_guidance_scale=self.sampler_image_guidance_scale,
-            )
-            self.images.replace(view, edited[0].cpu())
-            strengths.append(strength)
-        return {"views": len(views), "strength": sum(strengths) / len(strengths)}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

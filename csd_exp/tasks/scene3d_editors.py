@@ -1,0 +1,213 @@
+"""The 3D task's dataset editors (Instruct-NeRF2NeRF's iterative dataset update, which CSD-Edit plugs
+into): strategy objects chosen by ``task.editor._target_`` (config group ``editor=csd_edit | in2n``).
+
+Every ``every`` steps from ``task.pretrain_steps`` an edit round takes the next ``views`` training views
+(:meth:`csd_exp.tasks.scene3d.Scene3DTask.edit_round_views`) and an editor replaces them by edited images:
+
+* :class:`CSDEditEditor` (the paper): the renders of the round's views are the particles of CSD-Edit
+  (Eq. 9), edited JOINTLY by ``iterations`` SGD steps of the task's guidance on their latents, with the
+  original photos as sources and image condition.
+* :class:`IN2NEditor` (the baseline of Table 2, Haque et al. 2023): each view is edited independently:
+  the render is encoded, noised to a strength drawn from ``[noise_lower, noise_upper]`` of the training
+  timesteps (IN2N: [0.02, 0.98]) and denoised in ``diffusion_steps`` (20) DDIM steps of InstructPix2Pix
+  conditioned on the ORIGINAL photo, i.e. SDEdit from the render; consistency comes only from the
+  radiance field averaging the edits and later edits starting at renders of that average.
+
+A new editor is one subclass of :class:`DatasetEditor` and one YAML naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from csd_exp.schema import EDIT_INITS
+from csd_exp.tasks.base import step_generator
+from csd_exp.tasks.sampling import guided_sample
+
+if TYPE_CHECKING:
+    from csd_exp.tasks.scene3d import Scene3DTask
+
+
+@torch.no_grad()
+def in2n_edit(
+    prior,
+    render: torch.Tensor,
+    original: torch.Tensor,
+    *,
+    prompt: str,
+    generator: torch.Generator,
+    lower: float = 0.02,
+    upper: float = 0.98,
+    diffusion_steps: int = 20,
+    eta: float = 0.0,
+    guidance_scale: float,
+    image_guidance_scale: float,
+) -> tuple[torch.Tensor, float]:
+    """Edit ``render`` ``(N, 3, H, W)`` in [0, 1] conditioned on ``original`` (same shape).
+
+    One strength (noise level as a fraction of the training timesteps) ~ U[lower, upper] is drawn from
+    ``generator`` for the whole call (IN2N edits one view per call); ``eta = 0`` is DDIM as in IN2N.
+    Returns the edited images in [0, 1] and the strength used.
+    """
+    if not 0.0 < lower <= upper <= 1.0:
+        raise ValueError(f"need 0 < lower <= upper <= 1, got {lower}, {upper}")
+    strength = lower + (upper - lower) * float(torch.rand((), generator=generator))
+    init = prior.encode(render).float()
+    image_cond = prior.encode_image_condition(original) if getattr(prior, "supports_image_condition", False) else None
+    cond = prior.make_conditioning(
+        prompt, image_cond=image_cond, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+    )
+    latents = guided_sample(
+        prior,
+        cond,
+        tuple(init.shape),
+        num_steps=diffusion_steps,
+        eta=eta,
+        strength=strength,
+        init_latents=init,
+        generator=generator,
+        device=init.device,
+    )
+    return prior.decode(latents).float().clamp(0, 1), strength
+
+
+class DatasetEditor:
+    """Edits ``views`` training views every ``every`` steps; subclasses implement :meth:`edit_round`."""
+
+    #: whether the task's guidance (a distillation method) drives this editor
+    uses_guidance = False
+
+    def __init__(self, every: int, views: int):
+        if int(every) < 1 or int(views) < 1:
+            raise ValueError(f"task.editor.every and task.editor.views must be >= 1, got {every}, {views}")
+        self.every, self.views = int(every), int(views)
+
+    def attach(self, task: Scene3DTask) -> None:
+        """Called once the task knows its scene and schedule (a hook for checks and horizons)."""
+
+    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
+        """Replace ``views`` in ``task.images`` by edited images; return diagnostics for the loggers."""
+        raise NotImplementedError
+
+
+class CSDEditEditor(DatasetEditor):
+    """Joint CSD-Edit of the round's renders (views = particles) with the task's guidance.
+
+    ``iterations`` SGD steps of size ``lr`` (times ``lr_decay`` every ``lr_decay_every`` steps: the
+    official code's SGD + StepLR) act on a local latent tensor that starts from the render
+    (``init=render``, as IN2N starts from the render; UNCONFIRMED for CSD, paper notes §2.4) or the photo
+    (``init=source``). Each iteration is one guidance call with its own stream id
+    ``global_step * iterations + k`` (fresh t and noise, reproducible after a resume); an annealed
+    timestep schedule runs over all edit iterations of the run (round r, iteration k sits at
+    ``r * iterations + k``).
+    """
+
+    uses_guidance = True
+
+    def __init__(
+        self, every: int, views: int, iterations: int, lr: float, lr_decay: float, lr_decay_every: int, init: str
+    ):
+        super().__init__(every, views)
+        if init not in EDIT_INITS:
+            raise ValueError(f"task.editor.init={init!r} is not one of {EDIT_INITS}")
+        if int(iterations) < 1 or int(lr_decay_every) < 1:
+            raise ValueError(
+                f"task.editor.iterations and lr_decay_every must be >= 1, got {iterations}, {lr_decay_every}"
+            )
+        self.iterations, self.lr = int(iterations), float(lr)
+        self.lr_decay, self.lr_decay_every, self.init = float(lr_decay), int(lr_decay_every), init
+
+    def attach(self, task: Scene3DTask) -> None:
+        if task.guidance is None:
+            raise ValueError("editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
+        task.guidance.schedule.set_horizon(task.num_edit_rounds * self.iterations)
+
+    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
+        """Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
+        kernel needs), then every rank receives every edited view, so the training sets stay equal."""
+        offset, count = task.particle_shard(len(views))
+        rendered, originals = task.edit_inputs(views[offset : offset + count])
+        source_latents, image_cond = task.encode_sources(originals)
+        z = task.prior.encode(rendered).float() if self.init == "render" else source_latents.clone()
+        grad_norms = []
+        for k in range(self.iterations):
+            lr = self.lr * self.lr_decay ** (k // self.lr_decay_every)
+            out = task.guidance(
+                task.prior,
+                z,
+                prompt=task.prompt,
+                image_cond=image_cond,
+                source_latents=source_latents,
+                step=step * self.iterations + k,
+                schedule_step=round_index * self.iterations + k,
+                seed=task.seed,
+                particle_offset=offset,
+                num_particles_total=len(views),
+                process_group=task.process_group(),
+            )
+            if not torch.isfinite(out.gradients).all():
+                raise FloatingPointError(
+                    f"non-finite CSD-Edit gradient in the edit round at step {step}: lower "
+                    "task.editor.lr or the guidance scales, or set guidance.grad_clip"
+                )
+            z = z - lr * out.gradients.to(z.dtype)
+            grad_norms.append(float(out.diagnostics.get("grad_norm", math.nan)))
+        edited = task.prior.decode(z).float().clamp(0, 1)
+        change = (edited - rendered).abs().flatten(1).mean(dim=1)
+        if task.process_group() is not None:
+            from csd_exp.distill.distributed import gather_particles
+
+            (edited, change), _ = gather_particles([edited.contiguous(), change], task.process_group())
+        for view, image in zip(views, edited):
+            task.images.replace(view, image.cpu())
+        return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms), "change": float(change.mean())}
+
+
+class IN2NEditor(DatasetEditor):
+    """Instruct-NeRF2NeRF's per-view edit (:func:`in2n_edit`); its scales are the guidance group's."""
+
+    def __init__(
+        self,
+        every: int,
+        views: int,
+        diffusion_steps: int,
+        noise_lower: float,
+        noise_upper: float,
+        sampler_eta: float,
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ):
+        super().__init__(every, views)
+        if int(diffusion_steps) < 1:
+            raise ValueError(f"task.editor.diffusion_steps must be >= 1, got {diffusion_steps}")
+        if not 0.0 < float(noise_lower) <= float(noise_upper) <= 1.0:
+            raise ValueError(
+                f"need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got {noise_lower}, {noise_upper}"
+            )
+        self.diffusion_steps, self.sampler_eta = int(diffusion_steps), float(sampler_eta)
+        self.noise_lower, self.noise_upper = float(noise_lower), float(noise_upper)
+        self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
+
+    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
+        rendered, originals = task.edit_inputs(views)
+        strengths = []
+        for i, view in enumerate(views):
+            edited, strength = in2n_edit(
+                task.prior,
+                rendered[i : i + 1],
+                originals[i : i + 1],
+                prompt=task.prompt,
+                generator=step_generator(task.seed, step, f"in2n/{view}"),
+                lower=self.noise_lower,
+                upper=self.noise_upper,
+                diffusion_steps=self.diffusion_steps,
+                eta=self.sampler_eta,
+                guidance_scale=self.guidance_scale,
+                image_guidance_scale=self.image_guidance_scale,
+            )
+            task.images.replace(view, edited[0].cpu())
+            strengths.append(strength)
+        return {"views": len(views), "strength": sum(strengths) / len(strengths)}
