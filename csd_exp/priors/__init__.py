@@ -8,7 +8,7 @@
 diffusers / transformers are imported only when a diffusers-backed prior is built.
 """
 
-from .base import Conditioning, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
+from .base import Conditioning, ModeOracle, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
 from .exact import ExactScorePrior
 from .instruct_pix2pix import InstructPix2PixPrior
 from .instructions import INSTRUCTIONS, InstructionFamily
@@ -23,6 +23,7 @@ from .tiny import (
 
 __all__ = [
     "Conditioning",
+    "ModeOracle",
     "NoisePrediction",
     "ScorePrior",
     "scaled_linear_alphas_cumprod",

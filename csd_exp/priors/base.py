@@ -23,6 +23,7 @@ enter a task's checkpoint. Inputs may be float32 on any device; outputs are floa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -88,8 +89,37 @@ class NoisePrediction:
     source: Tensor | None = None  # baseline ε̂ for the noisy sources, when they were given
 
 
+@runtime_checkable
+class ModeOracle(Protocol):
+    """A prior that knows the modes of its edit distribution (the exact-score prior): tasks then report
+    which edit every particle settled on (mode agreement, mode fractions)."""
+
+    def mode_names(self, prompt: str) -> list[str]: ...
+
+    def mode_means(self, image_cond: Tensor, prompt: str) -> Tensor: ...
+
+    def mode_responsibilities(self, latents: Tensor, image_cond: Tensor, prompt: str) -> Tensor: ...
+
+
 class ScorePrior(torch.nn.Module):
-    """A frozen diffusion model seen by the distillation. Subclasses fill in the attributes and methods."""
+    """A frozen diffusion model seen by the distillation: the protocol every prior implements.
+
+    Attributes: ``alphas_cumprod`` (T,), ``latent_channels``, ``latent_scale_factor`` (pixels per latent
+    pixel), ``supports_image_condition`` (InstructPix2Pix-style x̃), ``default_resize_policy``.
+
+    Methods (images are (N, 3, H, W) in [0, 1], latents (N, C, H/f, W/f), all outputs float32):
+
+    * ``encode(images, *, differentiable=False)`` / ``decode(latents)``: the latent space; with
+      ``differentiable=True`` a loss on the latents reaches the images (generation tasks);
+    * ``encode_image_condition(images)`` (if ``supports_image_condition``): x̃ for the UNet's extra channels;
+    * ``make_conditioning(prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt,
+      source_prompt)`` then ``predict_noise(noisy_latents, t, cond, *, source_noisy_latents=None)``:
+      the guided ε̂ of the targets and, for CSD-Edit, the baseline ε̂ of the noisy sources, in one call;
+    * ``add_noise``, ``validate_prompt``, ``validate_image_size`` and ``to_device`` (Trainer device).
+
+    Priors that know the modes of their edit distribution also implement :class:`ModeOracle`.
+    ``tests/priors/prior_contract.py`` checks every prior against this protocol.
+    """
 
     name: str = "prior"
     num_train_timesteps: int

@@ -186,17 +186,23 @@ class DiffusersPrior(ScorePrior):
         return next(self.unet.parameters()).dtype
 
     # -- VAE ---------------------------------------------------------------------------------------
-    @torch.no_grad()
     def _vae_latent_dist(self, images: Tensor):
+        """The VAE posterior of ``images``; gradients flow only where the caller enables them."""
         self._check_images(images)
         pixels = (2.0 * images - 1.0).to(device=self.vae.device, dtype=self.vae.dtype)
         return self.vae.encode(pixels).latent_dist
 
-    @torch.no_grad()
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """z = s · VAE(2x − 1): the posterior mode, or a sample drawn with ``generator`` when one is given."""
-        dist = self._vae_latent_dist(images)
-        latents = dist.mode() if generator is None else dist.sample(generator=generator)
+    def encode(
+        self, images: Tensor, generator: torch.Generator | None = None, *, differentiable: bool = False
+    ) -> Tensor:
+        """z = s · VAE(2x − 1): the posterior mode, or a sample drawn with ``generator`` when one is given.
+
+        ``differentiable=True`` keeps the graph through the (frozen) VAE encoder, so a loss on z reaches
+        the images: what generation tasks need, whose images are renders of the parameters. Editing tasks
+        encode fixed images and keep the default, which builds no graph."""
+        with torch.set_grad_enabled(differentiable):
+            dist = self._vae_latent_dist(images)
+            latents = dist.mode() if generator is None else dist.sample(generator=generator)
         return (latents * self.vae_scaling_factor).float()
 
     @torch.no_grad()

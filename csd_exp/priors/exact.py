@@ -133,8 +133,8 @@ class ExactScorePrior(ScorePrior):
         return self.alphas_cumprod.device
 
     # -- latents -----------------------------------------------------------------------------------
-    def encode(self, images: Tensor) -> Tensor:
-        """z = avg_pool_d(2x − 1), float32."""
+    def encode(self, images: Tensor, *, differentiable: bool = True) -> Tensor:
+        """z = avg_pool_d(2x − 1), float32: linear, so always differentiable (the flag is the protocol's)."""
         self._check_images(images)
         latents = 2.0 * images.float() - 1.0
         return F.avg_pool2d(latents, self.downsample) if self.downsample > 1 else latents
