@@ -83,15 +83,14 @@ class DistillationTask(pl.LightningModule):
         self._particles_ready = False
         self._first_step_started: float | None = None
         self._first_step_logged = False
-        if hasattr(prior, "validate_prompt"):
-            prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
+        prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
 
     # ----------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         if self._particles_ready:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        self.prior.to_device(device) if hasattr(self.prior, "to_device") else self.prior.to(device)
+        self.prior.to_device(device)
         with torch.no_grad():
             self.configure_particles(device)
         self._particles_ready = True
@@ -112,7 +111,7 @@ class DistillationTask(pl.LightningModule):
     def encode_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(source latents, image-conditioning latents or None) of source images in [0, 1]."""
         source_latents = self.prior.encode(images).float()
-        if not getattr(self.prior, "supports_image_condition", False):
+        if not self.prior.supports_image_condition:
             return source_latents, None
         return source_latents, self.prior.encode_image_condition(images).float()
 

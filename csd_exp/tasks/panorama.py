@@ -23,6 +23,7 @@ import torch
 
 from csd_exp.data.image import canvas_size, image_file_size, load_image, save_image
 from csd_exp.data.video import resize_frames, set_max_image_pixels
+from csd_exp.priors.base import ModeOracle
 from csd_exp.schema import RESIZE_POLICIES, WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
@@ -146,8 +147,7 @@ class PanoramaTask(DistillationTask):
         height, width = self.canvas_pixels(
             data, image_file_size(data.get("path")), prior, int(window_size), int(window_stride)
         )
-        if hasattr(prior, "validate_image_size"):
-            prior.validate_image_size(height, width)
+        prior.validate_image_size(height, width)
         self.grid = WindowGrid(height // scale, width // scale, int(window_size), int(window_stride))
         self.windows_per_step = min(int(windows_per_step), len(self.grid))
         if self.windows_per_step < windows_per_step:
@@ -253,7 +253,7 @@ class PanoramaTask(DistillationTask):
         return [(top * scale, left * scale, size, size) for top, left in self.grid.origins]
 
     def mode_responsibilities(self) -> torch.Tensor | None:
-        if not hasattr(self.prior, "mode_responsibilities"):
+        if not isinstance(self.prior, ModeOracle):
             return None
         every = range(len(self.grid))
         with torch.no_grad():
@@ -277,5 +277,5 @@ class PanoramaTask(DistillationTask):
             sequence=False,
             windows=self.window_pixel_boxes(),
             mode_responsibilities=self.mode_responsibilities(),
-            mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
+            mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
         )

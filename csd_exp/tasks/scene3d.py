@@ -80,6 +80,7 @@ import torch.nn.functional as F
 
 from csd_exp.data.cameras import Cameras, turntable_cameras
 from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_scene, make_sample_scene
+from csd_exp.priors.base import ModeOracle
 from csd_exp.render import RadianceField, psnr, reprojection_error
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
@@ -199,10 +200,9 @@ class Scene3DTask(DistillationTask):
                 raise ValueError(f"task.{key} must be >= 1, got {value}")
 
         # ---- the scene: every input check happens here, before any long work
-        multiple = int(getattr(prior, "latent_scale_factor", 1))
+        multiple = int(prior.latent_scale_factor)
         self.scene = load_scene_data(dict(data), multiple)
-        if hasattr(prior, "validate_image_size"):
-            prior.validate_image_size(self.scene.height, self.scene.width)
+        prior.validate_image_size(self.scene.height, self.scene.width)
         self.train_indices = list(self.scene.train_indices)
         self.val_indices = list(self.scene.val_indices)
         n_train = len(self.train_indices)
@@ -424,7 +424,7 @@ class Scene3DTask(DistillationTask):
         )
 
     def mode_agreement(self, latents_images: torch.Tensor, views: list[int]) -> tuple[float, torch.Tensor] | None:
-        if not hasattr(self.prior, "mode_responsibilities") or not views:
+        if not isinstance(self.prior, ModeOracle) or not views:
             return None
         device = self.field_device()
         originals = torch.stack([self.images.original(v) for v in views]).to(device)
@@ -439,7 +439,7 @@ class Scene3DTask(DistillationTask):
         instruction's edit modes of their photo than to the photo itself, i.e. visibly edited. Mode
         agreement alone cannot tell an unedited view (whose argmax is merely the nearest mode) from an
         edited one."""
-        if not hasattr(self.prior, "mode_means") or not views:
+        if not isinstance(self.prior, ModeOracle) or not views:
             return None
         device = self.field_device()
         originals = torch.stack([self.images.original(v) for v in views]).to(device)
@@ -517,7 +517,7 @@ class Scene3DTask(DistillationTask):
                 target_text=self.prompt,
                 sequence=True,
                 mode_responsibilities=responsibilities,
-                mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
+                mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
             )
         )
         return metrics

@@ -56,7 +56,7 @@ def in2n_edit(
         raise ValueError(f"need 0 < lower <= upper <= 1, got {lower}, {upper}")
     strength = lower + (upper - lower) * float(torch.rand((), generator=generator))
     init = prior.encode(render).float()
-    image_cond = prior.encode_image_condition(original) if getattr(prior, "supports_image_condition", False) else None
+    image_cond = prior.encode_image_condition(original) if prior.supports_image_condition else None
     cond = prior.make_conditioning(
         prompt, image_cond=image_cond, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
     )

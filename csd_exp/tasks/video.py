@@ -28,6 +28,7 @@ from csd_exp.data.video import (
     write_frames,
     write_video,
 )
+from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics
 
@@ -81,8 +82,7 @@ class VideoTask(DistillationTask):
         )
         side = int(frame_size) * int(prior.latent_scale_factor)  # frame_size is in latent px
         size = (side, side)
-        if hasattr(prior, "validate_image_size"):
-            prior.validate_image_size(*size)
+        prior.validate_image_size(*size)
         frames, self.original_size, self.fps, self.flow = load_clip(data, size)
         self.source_frames = frames
         num_frames = frames.shape[0]
@@ -144,7 +144,7 @@ class VideoTask(DistillationTask):
         return {"edited_frames": frame_grid(self.edited_frames())[None]}
 
     def mode_responsibilities(self) -> torch.Tensor | None:
-        if not hasattr(self.prior, "mode_responsibilities"):
+        if not isinstance(self.prior, ModeOracle):
             return None
         with torch.no_grad():
             return self.prior.mode_responsibilities(self.latents.detach(), self.image_condition, self.prompt).cpu()
@@ -173,5 +173,5 @@ class VideoTask(DistillationTask):
             sequence=True,
             motion=self.flow,
             mode_responsibilities=self.mode_responsibilities(),
-            mode_names=self.prior.mode_names(self.prompt) if hasattr(self.prior, "mode_names") else None,
+            mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
         )
