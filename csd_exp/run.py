@@ -63,16 +63,9 @@ def build_task(cfg: DictConfig):
     """Instantiate the prior, the guidance and the task (cheap checks of the input happen here)."""
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
-    return instantiate_clearly(
-        cfg.task,
-        prior=prior,
-        guidance=guidance,
-        prompt=cfg.prompt,
-        source_prompt=cfg.source_prompt,
-        seed=cfg.seed,
-        data=OmegaConf.to_container(cfg.data, resolve=True),
-        max_steps=cfg.trainer.max_steps,
-    )
+    # The task's YAML names what it takes from the run (prompt, seed, data, ...); only objects built
+    # here are passed in. _convert_=all: the task receives plain dicts and lists, not DictConfigs.
+    return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, _convert_="all")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

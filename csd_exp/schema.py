@@ -164,7 +164,18 @@ class StepLRSchema:
 
 # ------------------------------------------------------------------------------------------ tasks
 @dataclass
-class PanoramaTaskSchema:
+class TaskInputsSchema:
+    """What every task takes from the run, by interpolation in its YAML (``prompt: ${prompt}``, ...)."""
+
+    prompt: str
+    source_prompt: str
+    seed: Annotated[int, Range(min=0, max=MAX_SEED)]
+    max_steps: int
+    data: Node
+
+
+@dataclass
+class PanoramaTaskSchema(TaskInputsSchema):
     window_size: PositiveInt
     window_stride: PositiveInt
     windows_per_step: PositiveInt
@@ -174,7 +185,7 @@ class PanoramaTaskSchema:
 
 
 @dataclass
-class PanoramaSamplingTaskSchema:
+class PanoramaSamplingTaskSchema(TaskInputsSchema):
     method: Literal[PANORAMA_SAMPLING_METHODS]
     num_inference_steps: PositiveInt
     eta: Probability
@@ -185,7 +196,7 @@ class PanoramaSamplingTaskSchema:
 
 
 @dataclass
-class VideoTaskSchema:
+class VideoTaskSchema(TaskInputsSchema):
     frame_size: PositiveInt
     frames_per_step: PositiveInt | None
     optimizer: Node
@@ -193,7 +204,7 @@ class VideoTaskSchema:
 
 
 @dataclass
-class VideoSamplingTaskSchema:
+class VideoSamplingTaskSchema(TaskInputsSchema):
     frame_size: PositiveInt
     num_inference_steps: PositiveInt
     eta: Probability
@@ -242,7 +253,7 @@ class FieldSchema:
 
 
 @dataclass
-class Scene3DTaskSchema:
+class Scene3DTaskSchema(TaskInputsSchema):
     editor: Node
     field: Node
     optimizer: Node

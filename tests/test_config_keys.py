@@ -31,8 +31,8 @@ GROUP_OPTIONS = [
     "data.resize_policy=official",
     "data.resize_policy=short_side",
 ]
-# Passed by csd_exp.run.build_task, not by the YAML.
-INJECTED = {"prior", "guidance", "prompt", "source_prompt", "seed", "data", "max_steps"}
+# Objects csd_exp.run.build_task passes in; everything else comes from the YAML.
+INJECTED = {"prior", "guidance"}
 # Constructor parameters for Python callers only (objects, or values fixed by the prior's weights).
 PYTHON_ONLY = {
     "unet",
@@ -98,9 +98,12 @@ def test_schemas_name_exactly_the_constructor_parameters(target):
         named -= PYTHON_ONLY
     else:
         named -= PYTHON_ONLY - {"num_train_timesteps"}  # the exact prior's schedule length is a setting
+    if target.endswith("TimestepSchedule"):
+        named -= {"max_steps"}  # the horizon: the task sets it (set_horizon)
     if "Sampling" in target:
         named -= {"optimizer", "lr_scheduler"}  # sampling baselines optimise nothing
         named |= {"window_size", "window_stride"} if "panorama" in target else {"frame_size"}
+        named |= {"prompt", "source_prompt", "seed", "max_steps", "data"}  # forwarded through **kwargs
     if target.split(".")[-1].startswith("tiny_"):  # builders forward **prior_kwargs to the prior class
         prior_class = "InstructPix2PixPrior" if "pix2pix" in target else "StableDiffusionPrior"
         named |= {"seed"} | set(inspect.signature(get_object(f"csd_exp.priors.{prior_class}")).parameters)
