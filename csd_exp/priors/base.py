@@ -28,37 +28,18 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from csd_exp.infra.devices import parse_torch_dtype
+
 # Stable Diffusion's training noise schedule ("scaled_linear"): β_t = (linspace(√β_start, √β_end, T))².
 SD_NUM_TRAIN_TIMESTEPS = 1000
 SD_BETA_START = 0.00085
 SD_BETA_END = 0.012
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-    "double": torch.float64,
-}
-
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float16"`` / ``torch.float16`` / ``"torch.float16"`` -> ``torch.float16``; anything else is an error.
     ``"auto"`` is float32 here: a prior that adapts to the device resolves it in ``to_device``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype) == "auto":
-        return torch.float32
-    key = str(dtype).removeprefix("torch.").lower()
-    if key not in _DTYPES:
-        raise ValueError(f"unknown torch_dtype {dtype!r}; use one of float32, float16, bfloat16, float64")
-    return _DTYPES[key]
+    return parse_torch_dtype(dtype, "cpu")
 
 
 def scaled_linear_alphas_cumprod(
