@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger("csd_exp.eval")
 
@@ -68,7 +67,7 @@ def _to_rgb_float(array: np.ndarray, origin: str) -> torch.Tensor:
 
 def _read_image(path: Path) -> torch.Tensor:
     """``(3, H, W)`` in [0, 1] through the project's one image reader (16-bit and float files scaled right)."""
-    from csd_exp.data.video import read_rgb
+    from csd_exp.data.images import read_rgb
 
     try:
         array = read_rgb(path, what="image")
@@ -149,9 +148,11 @@ def _parse_windows(text: str) -> list[tuple[int, int, int, int]]:
 
 
 def _resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    from csd_exp.data.resample import resize_frames
+
     if tuple(frames.shape[-2:]) == size:
         return frames
-    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+    return resize_frames(frames, *size, mode="bilinear")
 
 
 def build_parser() -> argparse.ArgumentParser:

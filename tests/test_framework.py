@@ -185,7 +185,7 @@ def test_a_job_that_cannot_start_still_writes_its_summary(tmp_path):
 
 
 def test_unreadable_image_is_named(tmp_path):
-    from csd_exp.data.image import load_image
+    from csd_exp.data.images import load_image
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")

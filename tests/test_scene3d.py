@@ -13,7 +13,8 @@ import torch
 from framework_support import compose_config
 from PIL import Image
 
-from csd_exp.data.scene import make_sample_scene, write_nerfstudio_scene
+from csd_exp.data.sample_scene import make_sample_scene
+from csd_exp.data.scene_formats import write_nerfstudio_scene
 from csd_exp.priors import ExactScorePrior
 from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.scene3d import Scene3DTask

@@ -6,7 +6,7 @@ import pytest
 import torch
 from framework_support import FAST, compose_config
 
-from csd_exp.data.video import write_frames
+from csd_exp.data.video_write import write_frames
 
 SMALL = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4"]
 

@@ -109,10 +109,16 @@ class TimestepSchedule:
         return int(torch.randint(low, high + 1, (1,), generator=generator).item())
 
 
+def hashed_seed(key: str) -> int:
+    """A 63-bit generator seed hashed from ``key``: stable across processes and Python versions
+    (unlike ``hash``), and distinct keys give independent streams. The project's one seed hash."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:SEED_BYTES], "little") & SEED_MASK
+
+
 def step_seed(seed: int, step: int) -> int:
     """A 63-bit generator seed from (seed, step), stable across processes and Python versions."""
-    digest = hashlib.sha256(f"csd_exp.distill:{int(seed)}:{int(step)}".encode()).digest()
-    return int.from_bytes(digest[:SEED_BYTES], "little") & SEED_MASK
+    return hashed_seed(f"csd_exp.distill:{int(seed)}:{int(step)}")
 
 
 def draw_step_randomness(

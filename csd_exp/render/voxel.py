@@ -33,7 +33,7 @@ sample scene reconstructs without it, but it helps held-out views when few views
 
 Measured on the 2-core CPU (defaults: 64³ grid, 64 samples per ray): 8 views at 48x48 forward +
 backward in 0.24 s on an idle machine (0.45-0.6 s with one thread while the machine was shared).
-:func:`csd_exp.render.fit.fit_field` on :func:`csd_exp.data.scene.sample_scene` (24 training views,
+:func:`csd_exp.render.fit.fit_field` on :func:`csd_exp.data.sample_scene.sample_scene` (24 training views,
 8 per step, jittered samples): training-view PSNR 7.0 dB at init, 18.4 dB after 50 steps, 25.7 dB
 after 100, 35.5 dB after 300; held-out views 24.1 dB after 300.
 """

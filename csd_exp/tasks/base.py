@@ -18,7 +18,6 @@ gradient then equals the single-process sum over all particles.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -29,6 +28,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from csd_exp.distill.schedule import hashed_seed
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ class StepTickets(Dataset):
 
 def step_generator(seed: int, step: int, purpose: str) -> torch.Generator:
     """A fresh CPU generator for one (seed, step, purpose): reproducible and resume-safe."""
-    digest = hashlib.sha256(f"{seed}/{step}/{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.Generator().manual_seed(hashed_seed(f"{seed}/{step}/{purpose}"))
 
 
 class DistillationTask(pl.LightningModule):
@@ -231,7 +231,7 @@ class DistillationTask(pl.LightningModule):
         return None
 
     def save_snapshot(self, images: dict[str, torch.Tensor]) -> None:
-        from csd_exp.data.image import save_image
+        from csd_exp.data.images import save_image
         from csd_exp.infra.loggers import log_images
 
         folder = Path(self.trainer.default_root_dir) / "snapshots"

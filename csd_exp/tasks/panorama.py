@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.image import canvas_size, image_file_size, load_image, save_image
-from csd_exp.data.video import resize_frames, set_max_image_pixels
+from csd_exp.data.images import image_file_size, load_image, save_image, set_max_image_pixels
+from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.priors.base import ModeOracle
 from csd_exp.schema import RESIZE_POLICIES, WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.video import resize_frames
+from csd_exp.data.resample import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
 from csd_exp.tasks.sampling import ReverseSamplingMixin

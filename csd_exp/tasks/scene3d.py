@@ -31,7 +31,7 @@ edit counter and the held-out PSNR measured at the end of pre-training, so a res
 its edits. The frozen prior stays out of the checkpoint.
 
 Safety of the user's data: the scene folder is only read. Edits live in an
-:class:`~csd_exp.data.scene.EditableImageSet` (a private copy; the originals stay in memory and are
+:class:`~csd_exp.data.editable.EditableImageSet` (a private copy; the originals stay in memory and are
 recoverable at any time, also from an interrupted run), and :meth:`Scene3DTask.finalize` writes into the
 run folder only (``EditableImageSet.save`` refuses the scene folder). Bad scene folders (no cameras,
 missing or mixed-size images, degenerate poses) fail in ``__init__``, i.e. before the prior is moved or
@@ -76,10 +76,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from csd_exp.data.cameras import Cameras, turntable_cameras
-from csd_exp.data.scene import EditableImageSet, SceneDataset, SceneError, load_scene, make_sample_scene
+from csd_exp.data.editable import EditableImageSet
+from csd_exp.data.resample import resize_frames
+from csd_exp.data.sample_scene import make_sample_scene
+from csd_exp.data.scene import SceneDataset, SceneError
+from csd_exp.data.scene_formats import load_scene
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import RadianceField, psnr, reprojection_error
 from csd_exp.tasks.base import DistillationTask, step_generator
@@ -102,7 +105,7 @@ def _resize_scene(scene: SceneDataset, image_size: int, multiple: int) -> SceneD
     if (new_h, new_w) == (H, W):
         return scene
     mode = "area" if new_h <= H else "bilinear"
-    images = F.interpolate(scene.images, size=(new_h, new_w), mode=mode).clamp(0, 1)
+    images = resize_frames(scene.images, new_h, new_w, mode=mode, antialias=False)
     sx, sy = new_w / W, new_h / H
     c = scene.cameras
     cameras = Cameras(c.c2w, c.fx * sx, c.fy * sy, c.cx * sx, c.cy * sy, new_w, new_h)
@@ -395,7 +398,7 @@ class Scene3DTask(DistillationTask):
 
     # ------------------------------------------------------------------ snapshots and results
     def current_images(self) -> dict[str, torch.Tensor]:
-        from csd_exp.data.video import frame_grid
+        from csd_exp.data.video_write import frame_grid
 
         shown = self.train_indices[:8]
         rgb, _, _ = self.render_views(self.scene.cameras[shown])
@@ -451,8 +454,8 @@ class Scene3DTask(DistillationTask):
 
     @torch.no_grad()
     def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
-        from csd_exp.data.image import save_image
-        from csd_exp.data.video import save_frame_grid, write_video
+        from csd_exp.data.images import save_image
+        from csd_exp.data.video_write import save_frame_grid, write_video
         from csd_exp.infra.loggers import log_video
 
         output_dir = Path(output_dir)

@@ -18,16 +18,10 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.video import (
-    frame_grid,
-    read_video,
-    resize_frames,
-    restore_size,
-    sample_clip,
-    save_frame_grid,
-    write_frames,
-    write_video,
-)
+from csd_exp.data.resample import resize_frames, restore_size
+from csd_exp.data.sample_clip import sample_clip
+from csd_exp.data.video import read_video
+from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import final_edit_metrics

@@ -17,18 +17,14 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from csd_exp.data import image as image_mod
-from csd_exp.data.scene import SceneError, make_sample_scene, write_nerfstudio_scene
-from csd_exp.data.scene import _read_image as scene_read
-from csd_exp.data.video import (
-    current_umask,
-    read_image_size,
-    read_rgb,
-    save_frame_grid,
-    set_max_image_pixels,
-    write_frames,
-    write_video,
-)
+from csd_exp.data import images as image_mod
+from csd_exp.data.images import current_umask, read_image_size, read_rgb, set_max_image_pixels
+from csd_exp.data.sample_scene import make_sample_scene
+from csd_exp.data.samples import sample_image
+from csd_exp.data.scene import SceneError
+from csd_exp.data.scene import read_scene_image as scene_read
+from csd_exp.data.scene_formats import write_nerfstudio_scene
+from csd_exp.data.video_write import save_frame_grid, write_frames, write_video
 from csd_exp.eval import InputError, load_frames
 
 EXACT = 1e-6  # float32 rounding of an exact division
@@ -287,8 +283,8 @@ def test_image_size_is_height_width_without_decoding(tmp_path):
     Image.new("RGB", (20, 9)).save(path)
     assert read_image_size(path) == (9, 20)
     assert image_mod.image_file_size(path) == (9, 20)
-    assert image_mod.image_file_size(None) == tuple(image_mod.sample_image().shape[1:])
-    assert image_mod.image_file_size("sample:coffee") == tuple(image_mod.sample_image("coffee").shape[1:])
+    assert image_mod.image_file_size(None) == tuple(sample_image().shape[1:])
+    assert image_mod.image_file_size("sample:coffee") == tuple(sample_image("coffee").shape[1:])
     with pytest.raises(FileNotFoundError, match="data.path"):
         image_mod.image_file_size(tmp_path / "missing.png")
 

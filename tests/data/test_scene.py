@@ -9,16 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from csd_exp.data.scene import (
-    EditableImageSet,
-    SceneError,
-    load_blender_scene,
-    load_nerfstudio_scene,
-    load_scene,
-    make_sample_scene,
-    sample_scene,
-    write_nerfstudio_scene,
-)
+from csd_exp.data.editable import EditableImageSet
+from csd_exp.data.sample_scene import make_sample_scene, sample_scene
+from csd_exp.data.scene import SceneError
+from csd_exp.data.scene_formats import load_blender_scene, load_nerfstudio_scene, load_scene, write_nerfstudio_scene
 from csd_exp.render.reprojection import reprojection_error
 
 

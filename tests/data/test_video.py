@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import csd_exp.data.video as video
+import csd_exp.data.video_write as video_write
 from csd_exp.data import (
     ClipMotion,
     VideoClip,
@@ -426,7 +427,7 @@ def test_failing_video_writer_leaves_no_partial_file(clip, tmp_path, monkeypatch
         Path(path).write_bytes(b"half an mp4")
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(video, "_encode", half_then_fail)
+    monkeypatch.setattr(video_write, "_encode", half_then_fail)
     with pytest.raises(RuntimeError, match="encoder crashed"):
         write_video(clip.frames, target)
     assert target.read_bytes() == b"previous result"
@@ -438,7 +439,7 @@ def test_failing_video_writer_leaves_no_partial_file(clip, tmp_path, monkeypatch
 
 def test_failing_frame_writer_leaves_no_partial_folder(clip, tmp_path, monkeypatch) -> None:
     written = []
-    real_save = video._save_png
+    real_save = video_write.write_png
 
     def fail_on_third(image, path):
         if len(written) == 2:
@@ -446,7 +447,7 @@ def test_failing_frame_writer_leaves_no_partial_folder(clip, tmp_path, monkeypat
         real_save(image, path)
         written.append(path)
 
-    monkeypatch.setattr(video, "_save_png", fail_on_third)
+    monkeypatch.setattr(video_write, "write_png", fail_on_third)
     with pytest.raises(OSError, match="disk full"):
         write_frames(clip.frames, tmp_path / "frames")
     assert _leftovers(tmp_path) == []

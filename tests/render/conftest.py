@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from csd_exp.data.scene import make_sample_scene
+from csd_exp.data.sample_scene import make_sample_scene
 
 
 @pytest.fixture(autouse=True)
