@@ -24,6 +24,7 @@ import signal
 import time
 from typing import Any
 
+from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
@@ -42,6 +43,20 @@ def hydra_multirun_active() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+class _LauncherWithoutObserver(_SubprocessScriptLauncher):
+    """Lightning's script launcher without its child-process observer thread. The observer SIGKILLs rank
+    zero within 5 s of a child's failure, which can land before rank zero has written ``summary.json``;
+    :class:`FailFastDDPStrategy` stops the ranks itself (rank zero learns of a dead peer from gloo / NCCL
+    and kills the others in ``on_exception``)."""
+
+    def launch(self, function, *args: Any, trainer=None, **kwargs: Any) -> Any:
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
+
+
 class FailFastDDPStrategy(DDPStrategy):
     """``DDPStrategy`` that never waits on its peers after a failure (see the module docstring).
 
@@ -50,6 +65,8 @@ class FailFastDDPStrategy(DDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
+        if type(self._launcher) is _SubprocessScriptLauncher:
+            self._launcher = _LauncherWithoutObserver(self.cluster_environment, self.num_processes, self.num_nodes)
         spawns_script_copies = (
             isinstance(self._launcher, _SubprocessScriptLauncher)
             and not self.cluster_environment.creates_processes_externally
