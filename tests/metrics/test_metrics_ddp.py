@@ -109,6 +109,9 @@ def _ddp_worker(rank: int, store_file: str, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # The results are on disk: skip the interpreter's teardown, where gloo's background threads still
+    # abort a finished worker now and then (SIGABRT seen in CI after every rank had passed the barrier).
+    os._exit(0)
 
 
 def test_two_process_gloo_reduction_equals_single_process(tmp_path, monkeypatch):
