@@ -59,7 +59,7 @@ def log_images(loggers: Iterable, images: Mapping[str, torch.Tensor], step: int 
             logger.log_image(key=key, images=arrays, step=step)
 
 
-def log_video(loggers: Iterable, key: str, video_path: Path, fps: float, step: int | None = None) -> None:
+def log_video(loggers: Iterable, key: str, video_path: Path, step: int | None = None) -> None:
     """Send an already written video file to every W&B logger."""
     for logger in loggers:
         if _is_wandb(logger):

@@ -7,8 +7,9 @@ exactly that, so Lightning's automatic optimisation applies it.
 
 Subclasses implement :meth:`configure_particles` (build theta from the data, on the right device),
 :meth:`distillation_step` (select the particles of this step and call the guidance),
-:meth:`current_images` (decode theta for snapshots) and :meth:`finalize` (write outputs, return the
-final metrics for ``summary.json``).
+:meth:`current_images` (the snapshots the media callback saves), :meth:`current_pair` (what the
+``val/`` metric curves score), :meth:`final_result` (a :class:`~csd_exp.tasks.results.TaskResult`) and
+:meth:`write_outputs` (its files). :meth:`finalize` composes the last three: files, then media, then metrics.
 
 Distributed runs: each step every rank draws the same particle indices (same seed and step), keeps a
 contiguous shard of them (:meth:`particle_shard`), and the guidance all-gathers what the kernel needs.
@@ -160,41 +161,42 @@ class DistillationTask(pl.LightningModule):
         return self.global_step
 
     def distillation_step(self, step: int):
-        """Run the guidance on this step's particles; return the ``GuidanceOutput``."""
+        """One update of theta: return a ``GuidanceOutput`` or any object with ``loss`` (the surrogate
+        whose gradient is the update) and ``diagnostics`` (name -> float, logged as ``train/<name>``)."""
         raise NotImplementedError
+
+    #: the loss of every rank covers its own particles (DDP averages, so it is scaled by the world size);
+    #: a task whose ranks all compute the same loss sets this False.
+    loss_is_sharded = True
 
     def training_step(self, batch, batch_idx):
         step = self.global_step
         out = self.distillation_step(step)
         self._check_finite(out, step)
         diagnostics = {f"train/{name}": float(value) for name, value in out.diagnostics.items()}
+        shown = {name: diagnostics.pop(name) for name in ("train/t", "train/grad_norm") if name in diagnostics}
         self.log_dict(diagnostics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
-        # Each rank's surrogate covers its own particles: the sum over ranks is the single-process loss.
+        self.log_dict(shown, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
+        sharded = self.loss_is_sharded and self.world_size > 1
+        # With sharded particles the sum over ranks is the single-process loss.
         self.log(
             "loss",
             out.loss.detach(),
             prog_bar=True,
             on_step=True,
             on_epoch=False,
-            sync_dist=self.world_size > 1,
-            reduce_fx="sum",
+            sync_dist=sharded,
+            reduce_fx="sum" if sharded else "mean",
         )
-        self.log("t", float(out.t), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log(
-            "grad",
-            float(out.diagnostics.get("grad_norm", math.nan)),
-            prog_bar=True,
-            on_step=True,
-            on_epoch=False,
-            rank_zero_only=True,
-        )
-        return out.loss * self.world_size
+        return out.loss * self.world_size if sharded else out.loss
 
     def _check_finite(self, out, step: int) -> None:
-        if not torch.isfinite(out.loss) or not torch.isfinite(out.gradients).all():
+        gradients = getattr(out, "gradients", None)
+        if not torch.isfinite(out.loss) or (gradients is not None and not torch.isfinite(gradients).all()):
+            at = f" (t={out.t})" if hasattr(out, "t") else ""
             raise FloatingPointError(
-                f"non-finite distillation gradient at step {step} (t={out.t}). The prior returned NaN/inf: "
-                "run the prior in float32 or bfloat16 (model.torch_dtype), lower the guidance scales, or "
+                f"non-finite loss or gradient at step {step}{at}. The prior returned NaN/inf: run the prior "
+                "in float32 or bfloat16 (model.torch_dtype), lower the guidance scales or the learning rate, or "
                 "set guidance.grad_clip."
             )
 
@@ -219,38 +221,75 @@ class DistillationTask(pl.LightningModule):
                     "learning rate (task.optimizer.lr) or set guidance.grad_clip"
                 )
 
-    # -------------------------------------------------------------- snapshots
+    # ------------------------------------------------------- validation curves
     def current_images(self) -> dict[str, torch.Tensor]:
-        """Decoded images of the current theta: name -> (B, 3, H, W) in [0, 1]."""
+        """Decoded images of the current theta: name -> (B, 3, H, W) in [0, 1] (the snapshots)."""
         raise NotImplementedError
 
-    def validation_step(self, batch, batch_idx):
-        images = self.current_images()
-        if self.trainer.is_global_zero:
-            self.save_snapshot(images)
+    def current_pair(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(edited, source or None), both (F, 3, H, W) in [0, 1]: what the ``val/`` curves score now."""
+        raise NotImplementedError
+
+    def mode_responsibilities(self) -> torch.Tensor | None:
+        """(N, K) responsibilities of the prior's modes for the current particles, if the prior knows them."""
         return None
 
-    def save_snapshot(self, images: dict[str, torch.Tensor]) -> None:
-        from csd_exp.data.images import save_image
-        from csd_exp.infra.loggers import log_images
+    def _validation_metrics(self) -> dict:
+        from csd_exp.metrics import ModeAgreement, SourcePSNR, SourceSSIM
 
-        folder = Path(self.trainer.default_root_dir) / "snapshots"
-        for name, batch in images.items():
-            for index, image in enumerate(batch):
-                suffix = f"_{index:03d}" if batch.shape[0] > 1 else ""
-                save_image(image, folder / f"{name}{suffix}_step{self.global_step:05d}.png")
-        log_images(self.trainer.loggers, {f"snapshots/{k}": v for k, v in images.items()}, step=self.global_step)
+        if not hasattr(self, "_val_metrics"):
+            # Built on first use and kept out of state_dict (torchmetrics states are not persistent), so
+            # checkpoints are those of a task without curves.
+            metrics = {"fidelity/psnr": SourcePSNR(), "fidelity/ssim": SourceSSIM()}
+            metrics["consistency/mode_agreement"] = ModeAgreement()
+            object.__setattr__(self, "_val_metrics", metrics)
+        return self._val_metrics
 
-    def log_final_images(self, images: dict[str, torch.Tensor]) -> None:
-        """Send the final (B, 3, H, W) images to the loggers that take media (W&B)."""
-        from csd_exp.infra.loggers import log_images
-
-        if self._trainer is not None:
-            log_images(self.trainer.loggers, {f"final/{k}": v for k, v in images.items()}, step=self.global_step)
+    def validation_step(self, batch, batch_idx):
+        """Score the current result against the source: ``val/fidelity/*`` and, with a prior that knows its
+        modes, ``val/consistency/mode_agreement`` curves (the snapshots are the media callback's)."""
+        edited, source = self.current_pair()
+        values: dict[str, float] = {}
+        metrics = self._validation_metrics()
+        if source is not None:
+            pairs = [("fidelity/psnr", metrics["fidelity/psnr"])]
+            if min(source.shape[-2:]) >= 11:
+                pairs.append(("fidelity/ssim", metrics["fidelity/ssim"]))
+            for name, metric in pairs:
+                metric.reset()
+                metric.update(source, edited)
+                values[name] = float(metric.compute())
+        responsibilities = self.mode_responsibilities()
+        if responsibilities is not None:
+            agreement = metrics["consistency/mode_agreement"]
+            agreement.reset()
+            agreement.update(responsibilities)
+            values["consistency/mode_agreement"] = float(agreement.compute())
+        finite = {f"val/{name}": value for name, value in values.items() if math.isfinite(value)}
+        if finite:
+            self.log_dict(finite, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=True, batch_size=1)
+        return None
 
     # ----------------------------------------------------------------- results
-    def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
-        """Write the final outputs into ``output_dir`` and return the final metrics (rank zero only).
-
-        ``evaluator`` is a :class:`csd_exp.metrics.EditEvaluator` (or None for no metrics)."""
+    def final_result(self):
+        """The run's :class:`~csd_exp.tasks.results.TaskResult` (decoded outputs, media, metric inputs)."""
         raise NotImplementedError
+
+    def write_outputs(self, output_dir: Path, result) -> dict[str, Path]:
+        """Write ``result``'s files (images, videos, frames) into the run folder ``output_dir``; return the
+        videos among them (name -> path) for the loggers that take media."""
+        raise NotImplementedError
+
+    def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
+        """Write the final outputs, send their media to the loggers and return the final metrics (rank
+        zero only). ``evaluator`` is a :class:`csd_exp.metrics.EditEvaluator` (or None for no metrics)."""
+        from csd_exp.tasks.media import log_final_media
+        from csd_exp.tasks.results import final_metrics
+
+        output_dir = Path(output_dir)
+        with torch.no_grad():
+            result = self.final_result()
+        videos = self.write_outputs(output_dir, result)
+        if self._trainer is not None:
+            log_final_media(self.trainer.loggers, result.media, videos, step=self.global_step)
+        return final_metrics(evaluator, result, source_text=self.source_prompt, target_text=self.prompt)

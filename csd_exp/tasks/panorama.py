@@ -26,7 +26,7 @@ from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.priors.base import ModeOracle
 from csd_exp.schema import RESIZE_POLICIES, WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
-from csd_exp.tasks.results import final_edit_metrics
+from csd_exp.tasks.results import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,9 @@ class PanoramaTask(DistillationTask):
     def current_images(self) -> dict[str, torch.Tensor]:
         return {"edited": self.edited_image()[None]}
 
+    def current_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.edited_image()[None], self.source_image[None]
+
     def window_pixel_boxes(self) -> list[tuple[int, int, int, int]]:
         scale = int(self.prior.latent_scale_factor)
         size = self.grid.size * scale
@@ -261,21 +264,19 @@ class PanoramaTask(DistillationTask):
                 self.grid.crop(self.canvas.detach(), every), self.grid.crop(self.image_condition, every), self.prompt
             ).cpu()
 
-    def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
-        edited = self.edited_image()
-        source = self.source_image
-        save_image(source, output_dir / "source.png")
-        save_image(edited, output_dir / "edited.png")
-        save_image(resize_frames(edited, *self.original_size), output_dir / "edited_fullres.png")
-        self.log_final_images({"source": source[None], "edited": edited[None]})
-        return final_edit_metrics(
-            evaluator,
-            source[None],
-            edited[None],
-            source_text=self.source_prompt,
-            target_text=self.prompt,
-            sequence=False,
+    def final_result(self) -> TaskResult:
+        edited, source = self.edited_image(), self.source_image
+        return TaskResult(
+            edited=edited[None],
+            source=source[None],
+            media={"source": source[None], "edited": resize_frames(edited, *self.original_size)[None]},
             windows=self.window_pixel_boxes(),
             mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
         )
+
+    def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:
+        save_image(result.source[0], output_dir / "source.png")
+        save_image(result.edited[0], output_dir / "edited.png")
+        save_image(result.media["edited"][0], output_dir / "edited_fullres.png")
+        return {}

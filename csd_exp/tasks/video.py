@@ -24,7 +24,7 @@ from csd_exp.data.video import read_video
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
-from csd_exp.tasks.results import final_edit_metrics
+from csd_exp.tasks.results import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -137,35 +137,33 @@ class VideoTask(DistillationTask):
     def current_images(self) -> dict[str, torch.Tensor]:
         return {"edited_frames": frame_grid(self.edited_frames())[None]}
 
+    def current_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.edited_frames(), self.source_frames
+
     def mode_responsibilities(self) -> torch.Tensor | None:
         if not isinstance(self.prior, ModeOracle):
             return None
         with torch.no_grad():
             return self.prior.mode_responsibilities(self.latents.detach(), self.image_condition, self.prompt).cpu()
 
-    def finalize(self, output_dir: Path, evaluator: Any = None) -> dict[str, float]:
-        from csd_exp.infra.loggers import log_video
-
-        edited = self.edited_frames()
-        source = self.source_frames
-        full = restore_size(edited, self.original_size)
-        write_video(full, output_dir / "edited.mp4", fps=self.fps)
-        write_video(full, output_dir / "edited.gif", fps=self.fps)
-        write_video(restore_size(source, self.original_size), output_dir / "source.mp4", fps=self.fps)
-        write_frames(full, output_dir / "edited_frames")
-        save_frame_grid(edited, output_dir / "edited_grid.png")
-        save_frame_grid(source, output_dir / "source_grid.png")
-        if self._trainer is not None:
-            log_video(self.trainer.loggers, "final/edited", output_dir / "edited.mp4", fps=self.fps)
-        self.log_final_images({"source_grid": frame_grid(source)[None], "edited_grid": frame_grid(edited)[None]})
-        return final_edit_metrics(
-            evaluator,
-            source,
-            edited,
-            source_text=self.source_prompt,
-            target_text=self.prompt,
+    def final_result(self) -> TaskResult:
+        edited, source = self.edited_frames(), self.source_frames
+        return TaskResult(
+            edited=edited,
+            source=source,
             sequence=True,
+            media={"source_grid": frame_grid(source)[None], "edited_grid": frame_grid(edited)[None]},
             motion=self.flow,
             mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
         )
+
+    def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:
+        full = restore_size(result.edited, self.original_size)
+        write_video(full, output_dir / "edited.mp4", fps=self.fps)
+        write_video(full, output_dir / "edited.gif", fps=self.fps)
+        write_video(restore_size(result.source, self.original_size), output_dir / "source.mp4", fps=self.fps)
+        write_frames(full, output_dir / "edited_frames")
+        save_frame_grid(result.edited, output_dir / "edited_grid.png")
+        save_frame_grid(result.source, output_dir / "source_grid.png")
+        return {"edited": output_dir / "edited.mp4", "source": output_dir / "source.mp4"}

@@ -1,0 +1,49 @@
+"""What a run leaves for review besides ``summary.json``: ``val/`` metric curves, snapshots, final files."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from framework_support import FAST
+
+SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=8"]
+
+
+def _csv_rows(run_dir):
+    (metrics_file,) = run_dir.rglob("metrics.csv")
+    with metrics_file.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _column(rows, name):
+    return [(int(row["step"]), float(row[name])) for row in rows if row.get(name) not in (None, "")]
+
+
+def test_validation_logs_metric_curves_that_end_at_the_final_metrics(run_job):
+    summary, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "trainer.max_steps=3"])
+    rows = _csv_rows(run_dir)
+    metrics = summary["metrics"]
+    for name in ("fidelity/psnr", "fidelity/ssim", "consistency/mode_agreement"):
+        curve = _column(rows, f"val/{name}")
+        assert len(curve) == 3, name  # one point per validation (every step here)
+        # The last validation sees the final canvas, so the curve ends at the value summary.json reports.
+        assert curve[-1][1] == pytest.approx(metrics[name], rel=1e-6), name
+    psnr = [value for _, value in _column(rows, "val/fidelity/psnr")]
+    assert all(math.isfinite(value) for value in psnr) and len(set(psnr)) > 1, "the curve moves as the edit proceeds"
+
+
+def test_snapshots_come_from_the_media_callback(run_job):
+    _, run_dir = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT])
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == ["edited_step00001.png", "edited_step00002.png"]
+    _, without = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "~callbacks.snapshots"], name="bare")
+    assert not (without / "snapshots").exists()
+    assert (without / "edited.png").is_file() and (without / "edited_fullres.png").is_file()
+
+
+def test_video_curves_and_final_video(run_job):
+    summary, run_dir = run_job(["experiment=video_exact_cpu", "debug=smoke"])
+    rows = _csv_rows(run_dir)
+    assert _column(rows, "val/fidelity/psnr")[-1][1] == pytest.approx(summary["metrics"]["fidelity/psnr"], rel=1e-6)
+    assert (run_dir / "edited.mp4").is_file() and (run_dir / "source.mp4").is_file()
