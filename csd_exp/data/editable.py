@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from csd_exp.data.images import save_image
-from csd_exp.data.scene import SceneDataset, SceneError, read_json, read_scene_image
+from csd_exp.data.scene import SceneDataset, SceneError
 
 
 @dataclass
@@ -69,10 +69,6 @@ class EditableImageSet:
         """A copy of the current (edited or original) view ``(3, H, W)``."""
         return self._current[self._check_index(index)].clone()
 
-    def current_all(self) -> torch.Tensor:
-        """A copy of all current views ``(V, 3, H, W)`` (the training targets)."""
-        return self._current.clone()
-
     def replace(self, index: int, image: torch.Tensor) -> None:
         """Set view ``index`` to ``image`` (``(3, H, W)`` or ``(1, 3, H, W)``, values in [0, 1])."""
         index = self._check_index(index)
@@ -114,14 +110,3 @@ class EditableImageSet:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.replace(tmp, folder / "edits.json")
         return folder
-
-    def restore(self, folder: str | os.PathLike) -> None:
-        """Load edits written by :meth:`save` (e.g. when resuming a run)."""
-        folder = Path(folder)
-        manifest = read_json(folder / "edits.json")
-        if manifest.get("num_views") != len(self):
-            raise SceneError(
-                f"{folder / 'edits.json'} is for {manifest.get('num_views')} views, this set has {len(self)}"
-            )
-        for key, name in manifest.get("edited", {}).items():
-            self.replace(int(key), read_scene_image(folder / name, (1.0, 1.0, 1.0)))
