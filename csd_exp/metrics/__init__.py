@@ -8,6 +8,7 @@ key                               definition                                    
 ``clip/directional``              mean_f cos(E_I(edit_f) − E_I(src_f), E_T(y_tgt) − E_T(y_src))  higher
 ``clip/image_similarity``         mean_f cos(E_I(src_f), E_I(edit_f))                          higher
 ``clip/consistency``              mean_f cos(E_I(edit_f), E_I(edit_{f+1}))                     higher
+``clip/text_similarity``          mean_f cos(E_I(edit_f), E_T(y_tgt)); no source needed       higher
 ``lpips/consecutive``             mean_f LPIPS(edit_f, edit_{f+1}) (torchmetrics, alex)        lower
 ``fidelity/psnr``                 mean_f PSNR(edit_f, src_f), data range 1                     higher
 ``fidelity/ssim``                 mean_f SSIM(edit_f, src_f), data range 1                     higher
@@ -20,7 +21,8 @@ Images are float tensors (F, 3, H, W) in [0, 1]. CLIP is OpenCLIP ViT-bigG-14 / 
 by default (paper App. D; the tag is UNCONFIRMED). Without weights (offline, not cached) ``load_clip``
 and ``load_lpips`` return None after one warning and those keys are absent, never 0. Which texts
 ``clip/directional`` compares (captions or instruction) is an open question of the paper; see
-``ClipDirectionalSimilarity``.
+``ClipDirectionalSimilarity``. A result with no source (generation, e.g. text-to-3D) is scored with
+``EditEvaluator.evaluate(None, edited, ...)``, which returns only the keys that need no source.
 """
 
 from csd_exp.metrics import keys
@@ -31,6 +33,7 @@ from csd_exp.metrics.clip import (
     ClipDirectionalSimilarity,
     ClipEncoder,
     ClipImageSimilarity,
+    ClipTextSimilarity,
     ImageTextEncoder,
     directional_similarity,
     load_clip,
@@ -58,6 +61,7 @@ __all__ = [
     "ClipDirectionalSimilarity",
     "ClipEncoder",
     "ClipImageSimilarity",
+    "ClipTextSimilarity",
     "ConsecutiveFrameLPIPS",
     "EditEvaluator",
     "ImageTextEncoder",

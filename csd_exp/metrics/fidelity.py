@@ -1,60 +1,66 @@
 """Fidelity of the edit to its source: ``fidelity/psnr`` and ``fidelity/ssim`` (higher = closer to the source).
 
 These say how much of the source an edit kept, not how good it is: an identity "edit" scores best.
-Read them beside ``clip/directional``.
+Read them beside ``clip/directional``. Both are torchmetrics' functional image metrics, called on
+float64 copies of the [0, 1] frames with ``data_range=1.0`` and one value per frame
+(``reduction="none"``), then averaged over frames (and updates, and processes) by ``MeanOverPairs``:
 
-- ``fidelity/psnr``: per frame ``10 · log10(1 / MSE(edited_f, source_f))`` on [0, 1] images (data
-  range 1), averaged over frames. An exact copy gives +inf (kept as such, never clipped).
-- ``fidelity/ssim``: per frame SSIM (Wang et al. 2004) with an 11-tap Gaussian window, σ = 1.5,
-  ``C1 = (0.01)²``, ``C2 = (0.03)²`` (data range 1), population statistics, evaluated where the window
-  fits inside the frame, averaged over positions and channels, then over frames. This is the
-  convention of torchmetrics' and scikit-image's Gaussian SSIM (``gaussian_weights=True,
-  use_sample_covariance=False``), written out here so the metrics avoid importing
-  ``torchmetrics.functional.image`` (seconds of start-up per process). Frames must be at least 11 px
-  on a side.
+- ``fidelity/psnr``: per frame ``10 · log10(1 / MSE(edited_f, source_f))``, the MSE over channels and
+  pixels (``dim=(1, 2, 3)``), so the frame mean is a mean of per-frame PSNRs, not the PSNR of the
+  pooled MSE. An exact copy gives +inf (kept as such, never clipped), and so does any mean that
+  includes one. torchmetrics multiplies by ``10 / ln 10`` rounded to float32, which puts the values
+  about 4.5e-8 (relative) below the float64 formula: far below any digit a table shows.
+- ``fidelity/ssim``: per frame SSIM (Wang et al. 2004) with a separable Gaussian window, σ = 1.5,
+  11 taps ``w_d ∝ exp(−d² / (2σ²))``, d = −5..5, summing to 1 (torchmetrics derives the size from σ
+  as ``2·int(3.5σ + 0.5) + 1`` and ignores ``kernel_size`` for a Gaussian window); ``K1 = 0.01``,
+  ``K2 = 0.03``, so ``C1 = 1e-4`` and ``C2 = 9e-4`` (data range 1); population (biased) local
+  statistics, local variances clamped at 0. Each frame is reflect-padded by 5 px on every side
+  (``torch.nn.functional.pad(mode="reflect")``: mirrored about the edge pixel, which is not
+  repeated) before the local statistics, so the SSIM map has the frame's size, and it is averaged
+  over *every* pixel and channel: border pixels count fully, through mirrored neighbourhoods. This
+  is torchmetrics' convention since 1.4.2 (1.4.0 and 1.4.1 cropped the map to where the window fits
+  inside the frame). It is *not* scikit-image's ``gaussian_weights=True`` SSIM nor the original
+  MATLAB code, which average only where the window lies inside the frame; values differ from
+  theirs (most in small frames) and are not comparable across conventions. Frames must be at
+  least 11 px on a side.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from csd_exp.metrics._base import MeanOverPairs
 from csd_exp.metrics._validation import check_pair
 
-SSIM_WINDOW = 11
+SSIM_MIN_SIZE = 11
 SSIM_SIGMA = 1.5
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
-
-
-def per_frame_ssim(source: Tensor, edited: Tensor) -> Tensor:
-    """SSIM of each frame pair (F,), data range 1; see the module docstring."""
-    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64, device=source.device) - (SSIM_WINDOW - 1) / 2
-    taps = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
-    taps = taps / taps.sum()
-    channels = source.shape[1]
-    horizontal = taps.view(1, 1, 1, -1).expand(channels, 1, 1, SSIM_WINDOW)
-    vertical = taps.view(1, 1, -1, 1).expand(channels, 1, SSIM_WINDOW, 1)
-
-    def local_mean(images: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(images, horizontal, groups=channels), vertical, groups=channels)
-
-    x, y = source.double(), edited.double()
-    mean_x, mean_y = local_mean(x), local_mean(y)
-    variance_x = local_mean(x * x) - mean_x**2
-    variance_y = local_mean(y * y) - mean_y**2
-    covariance = local_mean(x * y) - mean_x * mean_y
-    ssim_map = ((2 * mean_x * mean_y + SSIM_C1) * (2 * covariance + SSIM_C2)) / (
-        (mean_x**2 + mean_y**2 + SSIM_C1) * (variance_x + variance_y + SSIM_C2)
-    )
-    return ssim_map.mean(dim=(1, 2, 3))
+DATA_RANGE = 1.0
 
 
 def per_frame_psnr(source: Tensor, edited: Tensor) -> Tensor:
-    mse = (edited - source).pow(2).mean(dim=(1, 2, 3)).double()
-    return 10.0 * torch.log10(1.0 / mse)
+    """PSNR of each frame pair (F,) in dB, data range 1; +inf for an identical pair. See the module docstring."""
+    # deferred so that importing csd_exp.metrics never pays for functional.image itself; note that with
+    # torchmetrics 1.9 `import torchmetrics` (needed for Metric) already loads it, so today this saves nothing
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(
+        edited.double(), source.double(), data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3)
+    )
+
+
+def per_frame_ssim(source: Tensor, edited: Tensor) -> Tensor:
+    """SSIM of each frame pair (F,), data range 1, reflect-padded, whole-frame mean; see the module docstring."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(
+        edited.double(),
+        source.double(),
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_MIN_SIZE,
+        reduction="none",
+        data_range=DATA_RANGE,
+    )
 
 
 class SourcePSNR(MeanOverPairs):
@@ -68,12 +74,15 @@ class SourcePSNR(MeanOverPairs):
 
 
 class SourceSSIM(MeanOverPairs):
-    """``fidelity/ssim``: mean over frames of SSIM(edited_f, source_f), data range 1."""
+    """``fidelity/ssim``: mean over frames of SSIM(edited_f, source_f), data range 1 (torchmetrics' convention)."""
 
     higher_is_better = True
 
     def update(self, source: Tensor, edited: Tensor) -> None:
         source, edited = check_pair(source, edited)
-        if min(source.shape[-2:]) < 11:
-            raise ValueError(f"SSIM needs frames of at least 11x11 pixels, got {tuple(source.shape[-2:])}")
+        if min(source.shape[-2:]) < SSIM_MIN_SIZE:
+            raise ValueError(
+                f"SSIM needs frames of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels (its Gaussian window), "
+                f"got {tuple(source.shape[-2:])}"
+            )
         self._accumulate(per_frame_ssim(source, edited))

@@ -7,6 +7,7 @@ prefix them (``final/``, ``val/``) when logging; the evaluator and the eval comm
 CLIP_DIRECTIONAL = "clip/directional"
 CLIP_IMAGE_SIMILARITY = "clip/image_similarity"
 CLIP_CONSISTENCY = "clip/consistency"
+CLIP_TEXT_SIMILARITY = "clip/text_similarity"
 LPIPS_CONSECUTIVE = "lpips/consecutive"
 FIDELITY_PSNR = "fidelity/psnr"
 FIDELITY_SSIM = "fidelity/ssim"
@@ -14,7 +15,8 @@ SEAM_ERROR = "consistency/seam_error"
 WARP_ERROR = "consistency/warp_error"
 MODE_AGREEMENT = "consistency/mode_agreement"
 
-CLIP_KEYS = (CLIP_DIRECTIONAL, CLIP_IMAGE_SIMILARITY, CLIP_CONSISTENCY)
+# new keys go last: ALL_METRIC_KEYS is the row order of csd-exp-eval's table, which then stays as it was
+CLIP_KEYS = (CLIP_DIRECTIONAL, CLIP_IMAGE_SIMILARITY, CLIP_CONSISTENCY, CLIP_TEXT_SIMILARITY)
 LPIPS_KEYS = (LPIPS_CONSECUTIVE,)
 WEIGHT_FREE_KEYS = (FIDELITY_PSNR, FIDELITY_SSIM, SEAM_ERROR, WARP_ERROR, MODE_AGREEMENT)
 ALL_METRIC_KEYS = CLIP_KEYS + LPIPS_KEYS + WEIGHT_FREE_KEYS
@@ -24,6 +26,7 @@ HIGHER_IS_BETTER = {
     CLIP_DIRECTIONAL: True,
     CLIP_IMAGE_SIMILARITY: True,
     CLIP_CONSISTENCY: True,
+    CLIP_TEXT_SIMILARITY: True,
     LPIPS_CONSECUTIVE: False,
     FIDELITY_PSNR: True,
     FIDELITY_SSIM: True,

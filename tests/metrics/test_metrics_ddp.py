@@ -48,6 +48,7 @@ def _metric_values(shard_list: list[dict]) -> dict[str, float]:
         ClipConsistency,
         ClipDirectionalSimilarity,
         ClipImageSimilarity,
+        ClipTextSimilarity,
         ConsecutiveFrameLPIPS,
         ModeAgreement,
         SeamError,
@@ -60,6 +61,7 @@ def _metric_values(shard_list: list[dict]) -> dict[str, float]:
     metrics = {
         "directional": ClipDirectionalSimilarity(encoder),
         "image_similarity": ClipImageSimilarity(encoder),
+        "text_similarity": ClipTextSimilarity(encoder),
         "consistency": ClipConsistency(encoder),
         "lpips": ConsecutiveFrameLPIPS(mean_abs_distance),
         "psnr": SourcePSNR(),
@@ -73,6 +75,7 @@ def _metric_values(shard_list: list[dict]) -> dict[str, float]:
             source, edited = clip["source"], clip["edited"]
             metrics["directional"].update(source, edited, "src", "tgt")
             metrics["image_similarity"].update(source, edited)
+            metrics["text_similarity"].update(edited, "tgt")
             metrics["consistency"].update(edited)
             metrics["lpips"].update(edited)
             metrics["psnr"].update(source, edited)

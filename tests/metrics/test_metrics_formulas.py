@@ -16,8 +16,6 @@ from csd_exp.metrics import (
     EditEvaluator,
     ModeAgreement,
     SeamError,
-    SourcePSNR,
-    SourceSSIM,
     WarpError,
     directional_similarity,
     keys,
@@ -175,45 +173,6 @@ def test_mode_agreement_is_the_majority_fraction():
     assert metric.compute().item() == pytest.approx(3 / 5)
     with pytest.raises(ValueError, match=r"\(N, K\)"):
         metric.update(torch.ones(4))
-
-
-def test_psnr_and_ssim_to_source():
-    source = torch.full((2, 3, 16, 16), 0.5)
-    edited = source + 0.1  # MSE 0.01 -> PSNR 20 dB
-    psnr = SourcePSNR()
-    psnr.update(source, edited)
-    assert psnr.compute().item() == pytest.approx(20.0, abs=1e-4)
-    torch.manual_seed(0)
-    textured = torch.rand(2, 3, 16, 16)
-    ssim = SourceSSIM()
-    ssim.update(textured, textured)
-    assert ssim.compute().item() == pytest.approx(1.0, abs=1e-5)
-    ssim = SourceSSIM()
-    ssim.update(textured, torch.rand(2, 3, 16, 16))
-    assert ssim.compute().item() < 0.5
-
-
-def test_ssim_matches_scikit_image_gaussian_ssim():
-    from skimage.metrics import structural_similarity
-
-    generator = torch.Generator().manual_seed(3)
-    source = torch.rand(2, 3, 20, 27, generator=generator)
-    edited = (0.7 * source + 0.3 * torch.rand(2, 3, 20, 27, generator=generator)).clamp(0, 1)
-    expected = [
-        structural_similarity(
-            source[f].double().numpy(),
-            edited[f].double().numpy(),
-            data_range=1.0,
-            channel_axis=0,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-        )
-        for f in range(2)
-    ]
-    ssim = SourceSSIM()
-    ssim.update(source, edited)
-    assert ssim.compute().item() == pytest.approx(sum(expected) / 2, abs=1e-6)
 
 
 def test_metric_states_stay_out_of_the_way_of_encoder_weights():
