@@ -42,6 +42,9 @@ class ValidateSweep(Callback):
         jobs = sweep_jobs(config)
         for number, overrides in enumerate(jobs):
             try:
-                validate_composed(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+                # With its own hydra node the job's group choices (guidance=sds, ...) are its own; the global
+                # Hydra config set above holds the multirun's, which the preset rules must not read.
+                job = compose(config_name=config.hydra.job.config_name, overrides=overrides, return_hydra_config=True)
+                validate_composed(job)
             except ConfigError as error:
                 raise SystemExit(f"csd-exp: sweep not started, job {number} ({' '.join(overrides)}): {error}") from None

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--guidance",
         default="csd_edit,csd_edit_no_svgd",
-        help="guidance methods swept for the CSD-Edit editor (comma-separated)",
+        help="guidance presets (conf/guidance) swept for the CSD-Edit editor, comma-separated",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: outputs/experiments/scene3d_<time>)"

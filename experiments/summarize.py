@@ -3,7 +3,8 @@
     python -m csd_exp.experiments.summarize outputs/multiruns/2026-11-25_07-00-00 \\
         --metrics consistency/mode_agreement fidelity/psnr
 
-Rows are grouped by a label built from the config (task, method); only ``summary.json`` is read.
+Rows are grouped by method: a distillation run's guidance preset (the config's ``method``), a sampling
+baseline's run name.
 """
 
 from __future__ import annotations
@@ -25,15 +26,24 @@ DEFAULT_METRICS = (
 )
 
 
+def guidance_label(summary: dict) -> str:
+    """The method of a distillation run: the config's ``method`` (its guidance preset, as in its run name and
+    W&B tag), else, for runs older than that key, its two axes (baseline + kernel class)."""
+    config = summary.get("config", {})
+    if isinstance(config.get("method"), str):
+        return config["method"]
+    guidance = config.get("guidance", {})
+    kernel = guidance.get("kernel") or {}
+    kernel_class = str(kernel.get("_target_", "no kernel")).rsplit(".", 1)[-1]
+    return f"{guidance.get('baseline', '?')} + {kernel_class}"
+
+
 def run_label(summary: dict) -> str:
     config = summary.get("config", {})
-    task = config.get("task", {})
-    if str(task.get("name", "")).endswith("sampling"):  # sampling baselines: no guidance involved
-        return f"{task['name']}:{task['method']}" if "method" in task else task["name"]
-    if task.get("editor") == "in2n":  # Instruct-NeRF2NeRF dataset updates: no guidance involved
-        return "in2n (dataset update baseline)"
     guidance = config.get("guidance", {})
-    label = guidance.get("method", "?")
+    if "_target_" not in guidance:  # sampling baselines and IN2N: no distillation, the run name says which
+        return str(config.get("run_name", "?"))
+    label = guidance_label(summary)
     if guidance.get("official_scaling"):
         label += " (official scaling)"
     multiplier = (guidance.get("kernel") or {}).get("bandwidth_multiplier", 1.0)

@@ -90,7 +90,8 @@ def test_the_fingerprint_ignores_what_may_change_on_resume(sds_fingerprint):
     )
     assert elsewhere == sds_fingerprint
     keys = sds_fingerprint["keys"]
-    assert keys["guidance.method"] == "sds" and keys["seed"] == 0 and keys["trainer.precision"] == "32-true"
+    assert keys["guidance.baseline"] == "random_noise" and keys["guidance.kernel._target_"].endswith("IdentityKernel")
+    assert keys["seed"] == 0 and keys["trainer.precision"] == "32-true"
     assert not any(k.split(".")[0] in {"logger", "callbacks", "paths", "metrics", "run_name"} for k in keys)
 
 
@@ -121,7 +122,7 @@ def test_resuming_under_another_guidance_names_the_keys_and_the_override(sds_che
     with pytest.raises(ValueError) as refused:
         check_resume_checkpoint(sds_checkpoint, csd_edit, allow_config_change=False)
     message = str(refused.value)
-    assert 'guidance.method: "sds" -> "csd_edit"' in message
+    assert 'guidance.baseline: "random_noise" -> "source_branch"' in message
     assert "resume.allow_config_change=true" in message
     assert len(message.splitlines()) <= 13
 

@@ -13,7 +13,7 @@ import pytest
 from framework_support import CONFIG_DIR, compose_config
 from hydra.utils import get_object
 
-from csd_exp.schema import DATA_SCHEMAS, TARGET_SCHEMAS, ConfigError, _fields, validate_composed
+from csd_exp.schema import TARGET_SCHEMAS, ConfigError, _fields, validate_composed
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Every option of every group, each with the task it belongs to where it needs one.
@@ -24,6 +24,7 @@ GROUP_OPTIONS = [
     *[f"task={p.stem.removeprefix('smoke_')} debug=smoke" for p in (CONFIG_DIR / "debug_sizes").glob("*.yaml")],
     "debug=fast",
     "kernel=identity",
+    "kernel=identity_mean",
     "kernel=rbf",
     "schedule=paper",
     "metrics=none",
@@ -66,7 +67,7 @@ def _composed(overrides, tmp_path):
 def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
     cfg, plain = _composed(overrides.split(), tmp_path)
     validate_composed(cfg)
-    for path, node in _target_nodes({k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task")}):
+    for path, node in _target_nodes({k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task", "data")}):
         target = get_object(node["_target_"])
         parameters = inspect.signature(target).parameters
         if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):  # forwards **kwargs
@@ -82,10 +83,11 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
             parameters = {**parameters, **inspect.signature(forwarded_to).parameters}
         unknown = set(node) - {"_target_", "_partial_"} - set(parameters)
         assert not unknown, f"{path}: keys no constructor takes: {unknown}"
-    task_target = plain["task"]["_target_"]
-    assert set(plain["data"]) <= set(_fields(DATA_SCHEMAS[task_target]))
-    if plain["guidance"].get("kernel") is None:
-        assert not plain["kernel"], "a kernel chosen for a method without one would do nothing"
+    assert "_target_" in plain["data"], "every task's data block names its source class"
+    if "_target_" in plain["guidance"]:  # every distillation preset takes the kernel group, so kernel= always acts
+        assert plain["guidance"]["kernel"] == plain["kernel"] and plain["kernel"]
+    else:
+        assert not plain["kernel"], "a kernel chosen for a task that samples would do nothing"
 
 
 @pytest.mark.parametrize("target", sorted(TARGET_SCHEMAS))
@@ -110,6 +112,39 @@ def test_schemas_name_exactly_the_constructor_parameters(target):
         assert set(_fields(TARGET_SCHEMAS[target])) <= named
         return
     assert set(_fields(TARGET_SCHEMAS[target])) == named
+
+
+GUIDANCE_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "guidance").glob("*.yaml") if p.stem != "sampling")
+
+
+@pytest.mark.parametrize("preset", GUIDANCE_PRESETS)
+def test_the_method_label_is_the_guidance_choice(preset, tmp_path):
+    """Run name, W&B tag and the summary table all name a run by its guidance preset, as they did by method."""
+    from csd_exp.experiments.summarize import run_label
+
+    cfg, plain = _composed([f"guidance={preset}"], tmp_path)
+    from csd_exp.infra.wandb_identity import wandb_identity
+
+    assert plain["run_name"] == f"panorama_{preset}" and wandb_identity(plain["method"], 0)["tags"] == [
+        "panorama",
+        preset,
+    ]
+    assert plain["method"] == preset and run_label({"config": plain}) == preset
+
+
+@pytest.mark.parametrize(
+    "overrides, name, tag",
+    [
+        (["task=video_sampling"], "video_sampling", "per_frame"),
+        (["task=panorama_sampling", "task.method=per_window"], "panorama_sampling_per_window", "per_window"),
+        (["task=scene3d", "editor=in2n", "guidance=sampling", "kernel=none"], "scene3d_sampling", "sampling"),
+    ],
+)
+def test_sampling_baselines_keep_their_names(overrides, name, tag, tmp_path):
+    _, plain = _composed(overrides, tmp_path)
+    from csd_exp.infra.wandb_identity import wandb_identity
+
+    assert plain["run_name"] == name and wandb_identity(plain["method"], 0)["tags"][1] == tag
 
 
 @pytest.mark.parametrize(
@@ -145,6 +180,11 @@ def test_python_defaults_equal_the_default_yaml(group, option, tmp_path):
         (["seed=-5"], "seed"),
         (["task.window_stride=0"], "task.window_stride"),
         (["guidance=sds", "kernel=rbf"], "kernel"),
+        (["guidance=sds", "kernel=rbf"], "guidance=csd"),
+        (["guidance=csd", "kernel=none"], "kernel=rbf"),
+        (["guidance.baseline=source"], "guidance.baseline"),
+        (["guidance=csd_edit", "guidance.official_scaling=true"], "guidance.official_scaling"),
+        (["guidance=csd_edit_no_svgd", "kernel=identity", "guidance.official_scaling=true"], "identity_mean"),
         (["task=panorama_sampling", "guidance=csd_edit"], "guidance"),
         (["task=scene3d", "task.editor.init=photo"], "task.editor.init"),
         (["model=ip2p", "model.torch_dtype=half16"], "model.torch_dtype"),
@@ -183,6 +223,14 @@ def test_a_typo_or_a_bad_value_prints_a_few_lines_naming_the_fix(args, needle, t
 def test_a_sweep_with_one_bad_value_starts_no_job(tmp_path):
     result = _cli(["-m", "seed=0,1", "guidance.guidance_scale=1.5,abc", "logger=csv", "trainer.max_steps=2"], tmp_path)
     assert result.returncode != 0 and "sweep not started" in result.stderr and "guidance_scale='abc'" in result.stderr
+    assert not list(Path(tmp_path).rglob("summary.json")), "no job may have run"
+
+
+def test_a_sweep_checks_each_job_under_its_own_presets(tmp_path):
+    """The preset rules read each job's group choices, not the multirun's (whose guidance is the default)."""
+    result = _cli(["-m", "guidance=csd,sds", "kernel=rbf", "logger=csv", "trainer.max_steps=2"], tmp_path)
+    assert result.returncode != 0 and "sweep not started, job 1" in result.stderr, result.stderr[-2000:]
+    assert "guidance=sds with kernel=rbf" in result.stderr and "guidance=csd" in result.stderr
     assert not list(Path(tmp_path).rglob("summary.json")), "no job may have run"
 
 

@@ -220,7 +220,7 @@ def test_two_job_multirun(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
-    assert [s["config"]["guidance"]["method"] for s in summaries] == ["csd_edit", "sds"]
+    assert [s["config"]["run_name"] for s in summaries] == ["panorama_csd_edit", "panorama_sds"]
     assert all(s["status"] == "completed" for s in summaries)
 
 

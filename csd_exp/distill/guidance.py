@@ -1,30 +1,57 @@
-"""One guidance object per method: (prior, particles) → distillation gradients and a surrogate loss.
+"""One guidance object, two axes: (prior, particles) → distillation gradients and a surrogate loss.
 
 The prior is duck-typed (distill never imports ``csd_exp.priors``); it must provide ``alphas_cumprod``,
 ``add_noise(latents, noise, t)``, ``make_conditioning(prompt, image_cond=..., guidance_scale=...,
-image_guidance_scale=...)`` and ``predict_noise(noisy_latents, t, cond, source_noisy_latents=None)`` returning an
-object with ``.target`` (and ``.source`` when source rows were passed).
+image_guidance_scale=..., negative_prompt=..., source_prompt=...)`` and ``predict_noise(noisy_latents, t,
+cond, source_noisy_latents=None)`` returning an object with ``.target`` (and ``.source`` when source rows
+were passed).
 
-Methods (Δ is the residual, K the kernel; see :mod:`csd_exp.distill.combine`):
+A method is a point on two independent axes (see :mod:`csd_exp.distill.combine` for the combiner):
 
-=========================  ===================================================  ==================================
-method                     Δ_i                                                  kernel, gradient
-=========================  ===================================================  ==================================
-``sds``                    ε̂(x_t^i) − ε^i                                       identity: w Δ_i (Eq. 5)
-``csd``                    ε̂(x_t^i) − ε^i                                       RBF: (w/N)(KΔ + R)_i (Eq. 8)
-``csd_edit``               ε̂^{ω_y,ω_s}(x_t^i; x̃, y) − ε̂^{ω_s}(x̃_t^i; x̃)      RBF (Eq. 9)
-``csd_edit_no_svgd``       as ``csd_edit``                                      identity with 1/N: (w/N) Δ_i
-``csd_edit_random_noise``  ε̂^{ω_y,ω_s}(x_t^i; x̃, y) − ε^i                       RBF (= ``csd``, Figs. 7–8 baseline)
-=========================  ===================================================  ==================================
+* the **baseline** says what is subtracted from the guided prediction to form the residual Δ_i:
 
-x_t^i = add_noise(latents_i, ε^i, t) and x̃_t^i = add_noise(source_i, ε^i, t) share t and ε (Eq. 9, official code).
-The two ablations keep the full method's 1/N, step size and random stream, so runs compare pairwise.
-``official_scaling=True`` (``csd_edit_no_svgd`` only) reproduces the official panorama code's path without SVGD,
-which drops both w(t) and 1/N (g_i = Δ_i).
+  ==================  =======================================================  =====================
+  baseline            Δ_i                                                      paper
+  ==================  =======================================================  =====================
+  ``random_noise``    ε̂(x_t^i; y) − ε^i                                        Eq. 5, Eq. 8
+  ``source_branch``   ε̂^{ω_y,ω_s}(x_t^i; x̃, y) − ε̂^{ω_s}(x̃_t^i; x̃)            Eq. 9 (CSD-Edit)
+  ==================  =======================================================  =====================
+
+* the **kernel** alone decides how the particles are coupled, g_i = (w/n)(KΔ + R)_i with n its normaliser:
+  ``IdentityKernel()`` gives w Δ_i (SDS, Eq. 5), ``IdentityKernel(normalize_by_count=True)`` gives (w/N) Δ_i
+  (the without-SVGD ablation, same step size as CSD), ``RBFKernel`` gives SVGD's coupling (Eq. 8 / Eq. 9).
+
+The paper's methods are the presets of ``conf/guidance``:
+
+=========================  =================  ===========================  ================================
+preset                     baseline           kernel                       what it is
+=========================  =================  ===========================  ================================
+``sds``                    ``random_noise``   ``IdentityKernel()``         SDS (Eq. 5)
+``csd``                    ``random_noise``   ``RBFKernel``                CSD (Eq. 8)
+``csd_edit``               ``source_branch``  ``RBFKernel``                CSD-Edit (Eq. 9)
+``csd_edit_no_svgd``       ``source_branch``  ``IdentityKernel`` with 1/N  ablation, Figs. 7–8
+``csd_edit_random_noise``  ``random_noise``   ``RBFKernel``                ablation, Figs. 7–8 (= ``csd``)
+=========================  =================  ===========================  ================================
+
+x_t^i = add_noise(latents_i, ε^i, t) and x̃_t^i = add_noise(source_i, ε^i, t) share t and ε (Eq. 9, official code),
+whatever the baseline and kernel, so any two settings compare pairwise on one random stream.
+``official_scaling=True`` (``source_branch`` with ``IdentityKernel(normalize_by_count=True)`` only) reproduces the
+official panorama code's path without SVGD, which drops both w(t) and 1/N (g_i = Δ_i).
+
+**Several prompts** (region editing, App. B.1): ``prompt`` may be K prompts with ``prompt_weights`` w (N_local, K);
+the residual is then the mixture Δ_i = Σ_k w_ik Δ_ik, each Δ_ik the baseline's residual under prompt k (Eq. 9
+for ``source_branch``). Only the residual changes: t, ε, the kernel (it couples particles, not prompts) and
+everything after the combiner are those of one prompt, so K = 1, or weights that put every particle wholly on
+one prompt, take the single-prompt path bit for bit. A prior's ``predict_noise`` takes one conditioning, so a
+step makes one call per prompt in use: the most used prompt on every particle (with the source rows, which no
+prompt changes, computed once), the others only on the particles that weight them. The official code instead
+draws a fresh ε per prompt copy and keeps the first copy's noisy latents for the kernel; here every prompt of a
+particle shares its ε, so region runs compare pairwise with single-prompt runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +60,7 @@ from torch import Tensor
 from csd_exp.distill.combine import csd_gradient, distillation_weight, surrogate_loss
 from csd_exp.distill.kernels import IdentityKernel, Kernel, check_particles, make_kernel
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness
-
-EDIT_METHODS = ("csd_edit", "csd_edit_no_svgd")  # methods whose baseline is the source-branch prediction
-FIXED_KERNEL_METHODS = {"sds": IdentityKernel, "csd_edit_no_svgd": lambda: IdentityKernel(normalize_by_count=True)}
+from csd_exp.schema import GUIDANCE_BASELINES
 
 
 @dataclass
@@ -46,70 +71,136 @@ class GuidanceOutput:
     diagnostics: dict[str, float]
 
 
+def _is_mean_identity(kernel: Kernel) -> bool:
+    return isinstance(kernel, IdentityKernel) and kernel.normalize_by_count
+
+
+def _take_rows(image_cond: Tensor | None, rows: Tensor) -> Tensor | None:
+    # One row stands for every particle (the priors broadcast it), so only per-particle rows are selected.
+    if image_cond is None or image_cond.shape[0] == 1:
+        return image_cond
+    return image_cond[rows.to(image_cond.device)]
+
+
+def prompt_mixture(
+    prompt: str | Sequence[str], prompt_weights: Tensor | None, num_particles: int
+) -> tuple[list[str], Tensor | None]:
+    """(prompts, weights (N, K)) of a guidance call, weights None where one prompt takes every particle whole.
+
+    That case is the single-prompt path, so K = 1 and weights all on one prompt give today's gradients bit for
+    bit (no product by 1, no sum with 0). Weights need not sum to 1 (the region task normalises them, App. B.1).
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompt must be a string or a non-empty sequence of strings, got {prompt!r}")
+    if prompt_weights is None:
+        if len(prompts) > 1:
+            raise ValueError(
+                f"{len(prompts)} prompts need prompt_weights of shape ({num_particles}, {len(prompts)}): each "
+                "particle's weight on each prompt"
+            )
+        return prompts, None
+    weights = torch.as_tensor(prompt_weights)
+    if tuple(weights.shape) != (num_particles, len(prompts)):
+        raise ValueError(
+            f"prompt_weights must have shape ({num_particles}, {len(prompts)}) (particles, prompts), got "
+            f"{tuple(weights.shape)}"
+        )
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError("prompt_weights must be finite")
+    used = (weights != 0).any(dim=0).nonzero().flatten().tolist()
+    if not used:
+        raise ValueError("prompt_weights are all zero: no prompt guides any particle")
+    if len(used) == 1 and bool((weights[:, used[0]] == 1).all()):
+        return [prompts[used[0]]], None
+    return prompts, weights
+
+
 class Guidance:
-    """SDS / CSD / CSD-Edit and the paper's ablations as one configurable object (see the module docstring).
+    """SDS / CSD / CSD-Edit and the paper's ablations as one object on two axes (see the module docstring).
 
     Args:
-        method: one of :attr:`METHODS`.
-        kernel: the kernel of ``csd``, ``csd_edit`` and ``csd_edit_random_noise`` (name or object; default
-            ``"rbf"``, the official median rule). ``sds`` and ``csd_edit_no_svgd`` fix their kernel (identity,
-            without / with 1/N): leave it ``None`` there; anything else is an error rather than silently ignored.
+        baseline: ``"random_noise"`` (Δ = ε̂ − ε, Eqs. 5 and 8) or ``"source_branch"`` (Δ = target − source
+            prediction of the noisy source, CSD-Edit's Eq. 9); one of :data:`GUIDANCE_BASELINES`.
+        kernel: the coupling, a kernel object or a name of :func:`make_kernel` (``"rbf"``: the official median
+            rule; ``"identity"``: SDS; ``"identity_normalized"``: the without-SVGD ablation).
         schedule: a :class:`TimestepSchedule` (default: the official [0.02, 0.5], constant).
         guidance_scale: ω_y (text / instruction); image_guidance_scale: ω_s (InstructPix2Pix image).
         grad_clip: if set, gradients are clamped to [−grad_clip, grad_clip] (after ``nan_to_num``).
-        official_scaling: ``csd_edit_no_svgd`` only: g_i = Δ_i, no w(t), no 1/N (official panorama code).
+        official_scaling: g_i = Δ_i, no w(t), no 1/N (official panorama code without SVGD); only with
+            ``baseline="source_branch"`` and ``IdentityKernel(normalize_by_count=True)``.
+        negative_prompt: the text of the prior's unconditional rows (the official CLI's ``--negative_prompt``;
+            '' = the usual empty prompt).
+        source_prompt: the text the source branch is conditioned on (the official CLI's ``--source_prompt``):
+            with it, the source-branch baseline is DDS-style, ε̂(x̃_t; x̃, source text) instead of the image
+            branch alone. It is not the run's ``source_prompt``, which only captions the source for CLIP.
     """
-
-    METHODS = ("sds", "csd", "csd_edit", "csd_edit_no_svgd", "csd_edit_random_noise")
 
     def __init__(
         self,
-        method: str,
-        kernel: str | Kernel | None = None,
+        baseline: str,
+        kernel: str | Kernel,
         schedule: TimestepSchedule | None = None,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
         grad_clip: float | None = None,
         official_scaling: bool = False,
+        negative_prompt: str = "",
+        source_prompt: str = "",
     ) -> None:
-        if method not in self.METHODS:
-            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
-        if method in FIXED_KERNEL_METHODS:
-            if kernel is not None:
-                raise ValueError(
-                    f"method {method!r} fixes its kernel ({FIXED_KERNEL_METHODS[method]()!r}); "
-                    f"leave kernel unset instead of {kernel!r}"
-                )
-            kernel = FIXED_KERNEL_METHODS[method]()
-        if official_scaling and method != "csd_edit_no_svgd":
+        if baseline not in GUIDANCE_BASELINES:
+            raise ValueError(f"baseline must be one of {GUIDANCE_BASELINES}, got {baseline!r}")
+        kernel = make_kernel(kernel)
+        # The official code has this shortcut only on its no-SVGD panorama path; elsewhere the flag would
+        # silently change a method that already matches the official code.
+        if official_scaling and not (baseline == "source_branch" and _is_mean_identity(kernel)):
             raise ValueError(
-                "official_scaling only changes method 'csd_edit_no_svgd' (the official panorama path "
-                f"without SVGD); the other methods already match the official code, got {method!r}"
+                "official_scaling reproduces the official panorama path without SVGD: it needs "
+                "baseline='source_branch' and IdentityKernel(normalize_by_count=True), got "
+                f"baseline={baseline!r}, kernel={kernel!r}"
             )
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
-        self.method = method
-        self.kernel = make_kernel("rbf" if kernel is None else kernel)
+        self.baseline = baseline
+        self.kernel = kernel
         self.schedule = TimestepSchedule() if schedule is None else schedule
         self.guidance_scale = float(guidance_scale)
         self.image_guidance_scale = float(image_guidance_scale)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.official_scaling = bool(official_scaling)
+        if source_prompt and baseline != "source_branch":
+            raise ValueError(
+                f"source_prompt conditions the source branch, which baseline={baseline!r} does not use: "
+                "leave guidance.source_prompt empty or choose baseline='source_branch' (guidance=csd_edit)"
+            )
+        self.negative_prompt = str(negative_prompt)
+        self.source_prompt = str(source_prompt)
 
     def __repr__(self) -> str:
         return (
-            f"Guidance(method={self.method!r}, kernel={self.kernel!r}, schedule={self.schedule!r}, "
+            f"Guidance(baseline={self.baseline!r}, kernel={self.kernel!r}, schedule={self.schedule!r}, "
             f"guidance_scale={self.guidance_scale}, image_guidance_scale={self.image_guidance_scale}, "
             f"grad_clip={self.grad_clip}, official_scaling={self.official_scaling})"
         )
 
-    def _residuals(
+    def _conditioning(self, prior, prompt: str, image_cond: Tensor | None):
+        return prior.make_conditioning(
+            prompt,
+            image_cond=image_cond,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+            negative_prompt=self.negative_prompt,
+            source_prompt=self.source_prompt,
+        )
+
+    def _predict(
         self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None, latents: Tensor
-    ) -> Tensor:
-        if self.method in EDIT_METHODS:
+    ) -> tuple[Tensor, Tensor]:
+        """(guided target prediction, baseline) of every particle, as float32."""
+        if self.baseline == "source_branch":
             if source_latents is None:
                 raise ValueError(
-                    f"method {self.method!r} needs source_latents (the source x~ to noise with the "
+                    "baseline 'source_branch' needs source_latents (the source x~ to noise with the "
                     f"same t and eps), got None for latents of shape {tuple(latents.shape)}"
                 )
             if source_latents.shape != latents.shape:
@@ -119,19 +210,63 @@ class Guidance:
             source_noisy = prior.add_noise(source_latents.detach(), noise, t)
             prediction = prior.predict_noise(noisy_latents, t, cond, source_noisy_latents=source_noisy)
             if prediction.source is None:
-                raise ValueError(f"prior {type(prior).__name__} returned no source prediction for {self.method!r}")
+                raise ValueError(
+                    f"prior {type(prior).__name__} returned no source prediction for baseline 'source_branch'"
+                )
             baseline = prediction.source
-        else:  # sds, csd, csd_edit_random_noise: the random noise is the baseline
+        else:  # random_noise: the ε that noised the particles is the baseline
             prediction = prior.predict_noise(noisy_latents, t, cond)
             baseline = noise
-        return prediction.target.float() - baseline.float()
+        return prediction.target.float(), baseline.float()
+
+    def _residuals(
+        self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None, latents: Tensor
+    ) -> Tensor:
+        target, baseline = self._predict(prior, noisy_latents, noise, t, cond, source_latents, latents)
+        return target - baseline
+
+    def _mixture_residuals(
+        self,
+        prior,
+        noisy_latents: Tensor,
+        noise: Tensor,
+        t: int,
+        prompts: list[str],
+        weights: Tensor,
+        image_cond: Tensor | None,
+        source_latents: Tensor | None,
+        latents: Tensor,
+    ) -> Tensor:
+        """Σ_k w_ik Δ_ik (App. B.1), one ``predict_noise`` call per prompt in use (see the module docstring)."""
+        weights = weights.to(device=noisy_latents.device, dtype=torch.float32)
+        uses = (weights != 0).sum(dim=0).tolist()
+        # Most used first: that call runs on every particle, so its source rows are the baseline of all of them.
+        order = sorted((k for k in range(len(prompts)) if uses[k]), key=lambda k: (-uses[k], k))
+        residuals = torch.zeros(noisy_latents.shape, dtype=torch.float32, device=noisy_latents.device)
+        baseline = None
+        for k in order:
+            column = weights[:, k]
+            if baseline is None:
+                rows = torch.arange(len(column), device=column.device)
+                cond = self._conditioning(prior, prompts[k], image_cond)
+                target, baseline = self._predict(prior, noisy_latents, noise, t, cond, source_latents, latents)
+            else:
+                rows = column.nonzero().flatten()
+                cond = self._conditioning(prior, prompts[k], _take_rows(image_cond, rows))
+                target = prior.predict_noise(noisy_latents[rows], t, cond).target.float()
+            weight = column[rows].view(-1, *([1] * (residuals.ndim - 1)))
+            # where, not a product: a particle that does not weight prompt k keeps exactly its residual.
+            contribution = torch.where(weight != 0, weight * (target - baseline[rows]), torch.zeros_like(target))
+            residuals.index_add_(0, rows, contribution)
+        return residuals
 
     def __call__(
         self,
         prior,
         latents: Tensor,
         *,
-        prompt: str,
+        prompt: str | Sequence[str],
+        prompt_weights: Tensor | None = None,
         image_cond: Tensor | None = None,
         source_latents: Tensor | None = None,
         step: int,
@@ -147,10 +282,11 @@ class Guidance:
         With particles sharded over ranks, pass ``process_group``, ``num_particles_total`` and this rank's
         ``particle_offset`` (contiguous shards in rank order): t and ε come from one stream for all particles
         (:func:`draw_step_randomness`), and the kernel sees every rank's particles. ``source_latents`` is used by
-        the CSD-Edit methods and ignored by the others. ``gradient_scale`` (broadcastable to ``latents``)
-        multiplies the gradients before the surrogate loss (the panorama task's 1 / window coverage).
+        the ``source_branch`` baseline and ignored by ``random_noise``. ``gradient_scale`` (broadcastable to
+        ``latents``) multiplies the gradients before the surrogate loss (the panorama task's 1 / window coverage).
         ``schedule_step`` is the position on the timestep schedule if it is not ``step`` (see
-        :func:`draw_step_randomness`).
+        :func:`draw_step_randomness`). ``prompt`` may be K prompts with ``prompt_weights`` (N_local, K): the
+        residual is then Σ_k w_ik Δ_ik (region editing, App. B.1; see the module docstring).
         Order: combiner → ``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → surrogate loss; the
         diagnostics (see :func:`csd_gradient`, plus ``t``) describe the combiner output over all particles.
         """
@@ -184,18 +320,20 @@ class Guidance:
         noise = noise[particle_offset : particle_offset + local_count]
         latents_detached = latents.detach()
         noisy_latents = prior.add_noise(latents_detached, noise, t)  # float32 ε, also the baseline
-        cond = prior.make_conditioning(
-            prompt,
-            image_cond=image_cond,
-            guidance_scale=self.guidance_scale,
-            image_guidance_scale=self.image_guidance_scale,
-        )
+        prompts, weights = prompt_mixture(prompt, prompt_weights, local_count)
         with torch.no_grad():
-            residuals = self._residuals(prior, noisy_latents, noise, t, cond, source_latents, latents_detached)
+            if weights is None:
+                cond = self._conditioning(prior, prompts[0], image_cond)
+                residuals = self._residuals(prior, noisy_latents, noise, t, cond, source_latents, latents_detached)
+            else:
+                residuals = self._mixture_residuals(
+                    prior, noisy_latents, noise, t, prompts, weights, image_cond, source_latents, latents_detached
+                )
         if not bool(torch.isfinite(residuals).all()):
             raise FloatingPointError(
-                f"the prior's noise prediction is not finite at step {step}, t={t} ({self.method}): run the prior "
-                "in float32 or bfloat16 instead of float16 (model.torch_dtype), or lower the guidance scales"
+                f"the prior's noise prediction is not finite at step {step}, t={t} (baseline {self.baseline}, "
+                f"{self.kernel!r}): run the prior in float32 or bfloat16 instead of float16 (model.torch_dtype), "
+                "or lower the guidance scales"
             )
         alphas_cumprod_t = prior.alphas_cumprod[t]
 

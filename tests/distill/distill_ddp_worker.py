@@ -38,7 +38,9 @@ def distill_shard(particles: dict[str, torch.Tensor], start: int, stop: int, pro
         return_diagnostics=True,
     )
     latents = particles["latents"][start:stop].clone().requires_grad_(True)
-    output = Guidance("csd_edit")(
+    output = Guidance(
+        "source_branch", "rbf"
+    )(  # CSD-Edit (Eq. 9)
         FakePrior(),
         latents,
         prompt=PROMPT,

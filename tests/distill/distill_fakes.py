@@ -40,6 +40,8 @@ class FakePrior:
             image_cond=image_cond,
             guidance_scale=guidance_scale,
             image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     def predict_noise(self, noisy_latents, t, cond, *, source_noisy_latents=None):

@@ -1,4 +1,4 @@
-"""Guidance methods on a duck-typed fake prior: residuals, shared (t, ε), scaling, ablations, bad configs."""
+"""Guidance on a duck-typed fake prior: the two axes (baseline, kernel), shared (t, ε), scaling, bad configs."""
 
 import pytest
 import torch
@@ -8,6 +8,19 @@ from csd_exp.distill import Guidance, IdentityKernel, RBFKernel, TimestepSchedul
 
 SEED, STEP = 5, 9
 SHAPE = (4, 4, 8, 8)
+# The conf/guidance presets as (baseline, kernel), so each test reads as the method it checks.
+PRESETS = {
+    "sds": ("random_noise", IdentityKernel),
+    "csd": ("random_noise", RBFKernel),
+    "csd_edit": ("source_branch", RBFKernel),
+    "csd_edit_no_svgd": ("source_branch", lambda: IdentityKernel(normalize_by_count=True)),
+    "csd_edit_random_noise": ("random_noise", RBFKernel),
+}
+
+
+def preset(name, **kwargs):
+    baseline, kernel = PRESETS[name]
+    return Guidance(baseline, kernel(), **kwargs)
 
 
 def inputs():
@@ -24,7 +37,7 @@ def expected_randomness(latents, prior, schedule=None):
 
 def run(method, latents, source, image_cond, **kwargs):
     prior = FakePrior()
-    guidance = Guidance(method, **{"guidance_scale": 7.5, **kwargs})  # the fake prior's expectations use 7.5
+    guidance = preset(method, **{"guidance_scale": 7.5, **kwargs})  # the fake prior's expectations use 7.5
     out = guidance(
         prior, latents, prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP, seed=SEED
     )
@@ -88,7 +101,7 @@ def test_grad_clip_gradient_scale_and_reproducibility():
     _, clipped = run("csd", latents, source, image_cond, grad_clip=clip)
     torch.testing.assert_close(clipped.gradients, plain.gradients.clamp(-clip, clip))
     scale = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
-    prior, guidance = FakePrior(), Guidance("csd", guidance_scale=7.5)
+    prior, guidance = FakePrior(), preset("csd", guidance_scale=7.5)
     scaled = guidance(prior, latents, prompt="p", image_cond=image_cond, step=STEP, seed=SEED, gradient_scale=scale)
     torch.testing.assert_close(scaled.gradients, plain.gradients * scale)
     latents.grad = None
@@ -100,7 +113,7 @@ def test_sharded_noise_is_the_slice_of_the_full_stream():
     latents, source, image_cond = inputs()
     _, full = run("sds", latents, source, image_cond)
     prior = FakePrior()
-    shard = Guidance("sds", guidance_scale=7.5)(
+    shard = preset("sds", guidance_scale=7.5)(
         prior,
         latents[1:3],
         prompt="make it red",
@@ -113,24 +126,56 @@ def test_sharded_noise_is_the_slice_of_the_full_stream():
     assert torch.equal(shard.gradients, full.gradients[1:3])
 
 
+def test_the_kernel_alone_decides_the_coupling():
+    """Same baseline, same stream: IdentityKernel() is SDS (Eq. 5), the 1/N identity the no-SVGD ablation, a name
+    resolves to the same kernel object as the class."""
+    latents, source, image_cond = inputs()
+    _, sds = run("sds", latents, source, image_cond)
+    prior = FakePrior()
+    step = dict(prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP, seed=SEED)
+    by_name = Guidance("random_noise", "identity", guidance_scale=7.5)(prior, latents, **step)
+    assert torch.equal(by_name.gradients, sds.gradients)
+    mean = Guidance("random_noise", IdentityKernel(normalize_by_count=True), guidance_scale=7.5)(prior, latents, **step)
+    torch.testing.assert_close(mean.gradients, sds.gradients / SHAPE[0], rtol=1e-6, atol=0)
+    _, csd = run("csd", latents, source, image_cond)
+    assert not torch.allclose(csd.gradients, sds.gradients / SHAPE[0])  # RBF: the particles interact
+
+
 def test_bad_configuration_and_calls():
-    with pytest.raises(ValueError, match="method must be one of"):
-        Guidance("vsd")
-    with pytest.raises(ValueError, match="fixes its kernel"):
-        Guidance("sds", kernel="rbf")
-    with pytest.raises(ValueError, match="official_scaling only changes"):
-        Guidance("csd", official_scaling=True)
-    assert isinstance(Guidance("csd_edit_no_svgd").kernel, IdentityKernel)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        Guidance("vsd", "rbf")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Guidance("random_noise", "gaussian")
+    for baseline, kernel in [("random_noise", IdentityKernel(normalize_by_count=True)), ("source_branch", RBFKernel())]:
+        with pytest.raises(ValueError, match="official_scaling reproduces the official panorama path"):
+            Guidance(baseline, kernel, official_scaling=True)
+    with pytest.raises(ValueError, match="official_scaling"):
+        Guidance("source_branch", IdentityKernel(), official_scaling=True)  # SDS's normaliser 1, not the ablation's
+    assert preset("csd_edit_no_svgd", official_scaling=True).official_scaling
     latents, source, image_cond = inputs()
     with pytest.raises(ValueError, match=r"needs source_latents.*\(4, 4, 8, 8\)"):
-        Guidance("csd_edit")(FakePrior(), latents, prompt="p", image_cond=image_cond, step=0, seed=0)
+        preset("csd_edit")(FakePrior(), latents, prompt="p", image_cond=image_cond, step=0, seed=0)
     with pytest.raises(ValueError, match=r"source_latents must match"):
-        Guidance("csd_edit")(
+        preset("csd_edit")(
             FakePrior(), latents, prompt="p", image_cond=image_cond, source_latents=source[:2], step=0, seed=0
         )
     with pytest.raises(ValueError, match=r"assumes 100 training timesteps.*\(1000,\)"):
-        Guidance("csd", schedule=TimestepSchedule(num_train_timesteps=100))(
+        preset("csd", schedule=TimestepSchedule(num_train_timesteps=100))(
             FakePrior(), latents, prompt="p", step=0, seed=0
         )
     with pytest.raises(ValueError, match="do not fit"):
-        Guidance("csd")(FakePrior(), latents, prompt="p", step=0, seed=0, particle_offset=2, num_particles_total=5)
+        preset("csd")(FakePrior(), latents, prompt="p", step=0, seed=0, particle_offset=2, num_particles_total=5)
+
+
+def test_negative_and_source_prompts_reach_the_prior():
+    latents, source, image_cond = inputs()
+    prior, _ = run("csd_edit", latents, source, image_cond, negative_prompt="blurry", source_prompt="a photo")
+    cond = prior.calls[0]["cond"]
+    assert cond.negative_prompt == "blurry" and cond.source_prompt == "a photo"
+    prior, _ = run("csd_edit", latents, source, image_cond)
+    assert prior.calls[0]["cond"].negative_prompt == "" and prior.calls[0]["cond"].source_prompt == ""
+
+
+def test_a_source_prompt_without_a_source_branch_is_refused():
+    with pytest.raises(ValueError, match="source_prompt conditions the source branch"):
+        preset("csd", source_prompt="a photo")

@@ -1,0 +1,193 @@
+"""Rules across config groups, and the entry points :func:`validate_config` / :func:`validate_composed`.
+
+A node's own keys are checked by its schema (:mod:`csd_exp.schema.nodes`); what only the combination of groups
+can get wrong (a kernel chosen for a task that uses none, a flag that only one guidance preset honours) is
+checked here, each with a one-line message that names the override that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from csd_exp.schema.checks import ConfigError, _fields, check_node, check_target, check_value
+from csd_exp.schema.nodes import (
+    GUIDANCE,
+    IDENTITY_KERNEL,
+    IN2N_EDITOR,
+    SAMPLING_TASKS,
+    ClipSchema,
+    MetricsSchema,
+    ResumeSchema,
+    RunSchema,
+    TrainerSchema,
+)
+
+#: The presets of conf/guidance, for the message that asks for one.
+GUIDANCE_PRESETS = "guidance=csd_edit | csd | sds | csd_edit_no_svgd | csd_edit_random_noise"
+
+
+def _short(target: Any) -> str:
+    return str(target).rsplit(".", 1)[-1]
+
+
+def guidance_label(guidance: Mapping[str, Any], choices: Mapping[str, str]) -> str:
+    """How messages name the guidance: its preset (``guidance=...``, Hydra's choice, as run names do) or,
+    without Hydra's record of the choices, its two axes."""
+    if choices.get("guidance"):
+        return str(choices["guidance"])
+    kernel = guidance.get("kernel") or {}
+    return f"{guidance.get('baseline')} baseline with {_short(kernel.get('_target_', 'no kernel'))}"
+
+
+def _check_steps(trainer: Mapping[str, Any]) -> None:
+    max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs", -1)
+    check_value("trainer.max_steps", max_steps, int)
+    check_value("trainer.max_epochs", max_epochs, int)
+    if max_steps == -1 and max_epochs >= 1:
+        return  # sampling baselines: one epoch of reverse steps
+    if max_steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps!r} is not allowed: expected an integer >= 1 "
+            "(the number of optimisation steps)"
+        )
+
+
+def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+    """The two axes of a distillation guidance: a kernel is always chosen, and the presets keep their meaning."""
+    guidance = cfg.get("guidance") or {}
+    if "_target_" not in guidance:
+        return  # sampling baselines: _check_task has checked the groups
+    label = guidance_label(guidance, choices)
+    kernel = guidance.get("kernel") or {}
+    # Guidance has no default kernel on purpose (SDS and CSD differ only there), and kernel=none composes
+    # to an empty node that instantiate would pass on as a dict.
+    if not kernel and (guidance["_target_"] == GUIDANCE or "kernel" in guidance):
+        raise ConfigError(
+            f"guidance={label} couples its particles through a kernel but none is chosen; "
+            "add kernel=rbf (or kernel=identity for SDS, kernel=identity_mean for the no-SVGD ablation)"
+        )
+    kernel_target = kernel.get("_target_")
+    # The preset's name is all that tells sds with an RBF kernel from csd, so only Hydra's choices can.
+    if choices.get("guidance") == "sds" and kernel_target not in (None, IDENTITY_KERNEL):
+        chosen = choices.get("kernel") or _short(kernel_target)
+        raise ConfigError(
+            f"guidance=sds with kernel={chosen} couples the particles, which is CSD (Eq. 8): choose "
+            "guidance=csd, or drop the kernel override (SDS is the identity kernel, Eq. 5)"
+        )
+    no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
+    if guidance.get("official_scaling") and not (guidance.get("baseline") == "source_branch" and no_svgd):
+        raise ConfigError(
+            "guidance.official_scaling=true is the official panorama path without SVGD and needs the "
+            "source_branch baseline with kernel=identity_mean (guidance=csd_edit_no_svgd), not "
+            f"guidance={label} (baseline {guidance.get('baseline')}, kernel {_short(kernel_target)})"
+        )
+
+
+def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+    task = cfg.get("task") or {}
+    target = task.get("_target_")
+    check_target("task", task)
+    check_target("data", cfg.get("data") or {})  # the data source class (if it has a schema)
+    editor = task.get("editor")
+    samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("_target_") == IN2N_EDITOR)
+    guidance = cfg.get("guidance") or {}
+    distills = "_target_" in guidance
+    if samples and distills:
+        raise ConfigError(
+            f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
+            "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
+            f"guidance={guidance_label(guidance, choices)}"
+        )
+    if not samples and not distills:
+        raise ConfigError(f"this task distils the prior and needs a guidance preset: {GUIDANCE_PRESETS}")
+    if samples:
+        for group in ("kernel", "schedule"):
+            if cfg.get(group):
+                raise ConfigError(
+                    f"this task samples without distillation, so the {group} group would do "
+                    f"nothing; drop the {group} override ({group}=none)"
+                )
+
+
+def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None) -> None:
+    """Check a resolved config (plain containers); raise :class:`ConfigError` naming the first bad key.
+
+    ``choices`` are Hydra's group choices (``hydra.runtime.choices``: group -> option) where known; the
+    rules that depend on a preset's name (not only on its values) apply only with them.
+    """
+    choices = choices or {}
+    for key, annotation in _fields(RunSchema).items():
+        check_value(key, cfg.get(key), annotation)
+    _check_steps(cfg.get("trainer") or {})
+    if isinstance(cfg.get("resume"), Mapping):
+        check_node("resume", cfg["resume"], ResumeSchema)
+    check_target("model", cfg.get("model"))
+    check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
+    check_target("schedule", cfg.get("schedule"))  # key the way the user set it
+    check_target("guidance", cfg.get("guidance"))
+    _check_task(cfg, choices)
+    _check_guidance(cfg, choices)
+    metrics = cfg.get("metrics")
+    if isinstance(metrics, Mapping):
+        check_node("metrics", metrics, MetricsSchema)
+        if metrics.get("clip"):
+            check_node("metrics.clip", metrics["clip"], ClipSchema)
+
+
+#: Top-level nodes the checks read; the others (paths, logger, callbacks, hydra) hold no run settings
+#: that the schemas cover, and resolving them may need a job's run folder, which a sweep has not made yet.
+CHECKED_NODES = (
+    "prompt",
+    "method",
+    "source_prompt",
+    "seed",
+    "ckpt_path",
+    "trainer",
+    "resume",
+    "model",
+    "guidance",
+    "kernel",
+    "schedule",
+    "task",
+    "data",
+    "metrics",
+)
+
+
+def hydra_choices(cfg: Any) -> dict[str, str]:
+    """Hydra's group choices for ``cfg``: its own ``hydra`` node if it has one (``compose(...,
+    return_hydra_config=True)``, as the sweep check composes each job), else the running job's; {} outside Hydra.
+
+    The sweep check must pass its own: while it runs, the global Hydra config is the multirun's, not the job's.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if "hydra" in cfg:
+        node = OmegaConf.select(cfg, "hydra.runtime.choices")
+    elif HydraConfig.initialized():
+        node = HydraConfig.get().runtime.choices
+    else:
+        return {}
+    plain = OmegaConf.to_container(node) if OmegaConf.is_config(node) else dict(node or {})
+    return {group: option for group, option in plain.items() if isinstance(option, str)}
+
+
+def validate_composed(cfg: Any) -> None:
+    """:func:`validate_config` on a composed ``DictConfig`` (interpolations resolved node by node)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain: dict[str, Any] = {}
+    for key in CHECKED_NODES:
+        if key not in cfg:
+            continue
+        try:
+            node = cfg[key]
+            if key == "trainer":  # only the keys checked: others name the run folder, not made yet in a sweep
+                node = OmegaConf.create({k: node[k] for k in _fields(TrainerSchema) if k in node})
+            plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{key}: {error}".splitlines()[0]) from None
+    validate_config(plain, hydra_choices(cfg))
