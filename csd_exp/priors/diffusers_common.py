@@ -26,13 +26,17 @@ import torch
 from torch import Tensor
 
 from .base import ScorePrior, resolve_dtype
+from .vae_tiles import check_tile_stride, tiled
 
 log = logging.getLogger(__name__)
 
 OFFLINE_HINT = (
     "cannot load '{id}': this machine is offline or the id is unknown; download it on a connected "
-    "machine (huggingface-cli download {id}) and set model.pretrained_model_name_or_path=/path/to/folder"
+    "machine (huggingface-cli download {id}) and set model.{key}=/path/to/folder"
 )
+DECODERS = ("vae", "consistency")
+#: the consistency decoder's noise when decode() gets no generator: decoding is then a function of the latents
+CONSISTENCY_DECODER_SEED = 0
 
 
 @functools.cache
@@ -67,9 +71,15 @@ def load_pipeline(
     }
     if local_files_only is not None:
         kwargs["local_files_only"] = local_files_only
-    location = str(pretrained_model_name_or_path)
+    return _from_folder_or_hub(pipeline_class, pretrained_model_name_or_path, "pretrained_model_name_or_path", kwargs)
+
+
+def _from_folder_or_hub(loader, location, key: str, kwargs: dict):
+    """``loader.from_pretrained(location, **kwargs)``; a hub id that cannot be reached becomes an ``OSError``
+    naming ``model.<key>``."""
+    location = str(location)
     if os.path.isdir(os.path.expanduser(location)):
-        return pipeline_class.from_pretrained(os.path.expanduser(location), **kwargs)
+        return loader.from_pretrained(os.path.expanduser(location), **kwargs)
     hub_errors: tuple[type[BaseException], ...] = (OSError,)
     try:
         from huggingface_hub import errors as hub_errors_module
@@ -78,9 +88,21 @@ def load_pipeline(
     except ImportError:  # pragma: no cover - old huggingface_hub
         pass
     try:
-        return pipeline_class.from_pretrained(location, **kwargs)
+        return loader.from_pretrained(location, **kwargs)
     except hub_errors as error:
-        raise OSError(OFFLINE_HINT.format(id=location)) from error
+        raise OSError(OFFLINE_HINT.format(id=location, key=key)) from error
+
+
+def load_consistency_decoder(decoder_path: str, torch_dtype: torch.dtype, local_files_only: bool | None = None):
+    """diffusers' ``ConsistencyDecoderVAE`` (OpenAI's consistency decoder, hub id ``openai/consistency-decoder``)
+    from a local folder or hub id: the official code's ``--consistency_decoder`` (csdedit.py L140–142, L225–226),
+    which used the ``consistencydecoder`` package; diffusers ships the same weights and 2-step schedule."""
+    from diffusers import ConsistencyDecoderVAE
+
+    kwargs: dict[str, Any] = {_dtype_keyword(): torch_dtype}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    return _from_folder_or_hub(ConsistencyDecoderVAE, decoder_path, "decoder_path", kwargs)
 
 
 def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -90,11 +112,43 @@ def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
+def check_decoder(decoder: str, decoder_path: str | None) -> None:
+    """``decoder`` is ``vae`` or ``consistency``; ``decoder_path`` is needed by, and only by, ``consistency``."""
+    if decoder not in DECODERS:
+        raise ValueError(f"model.decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    if decoder == "consistency" and not decoder_path:
+        raise ValueError(
+            "model.decoder=consistency needs model.decoder_path: a local folder or hub id of a diffusers "
+            "ConsistencyDecoderVAE (openai/consistency-decoder for Stable Diffusion 1.x / InstructPix2Pix)"
+        )
+    if decoder == "vae" and decoder_path is not None:
+        raise ValueError(
+            f"model.decoder_path={decoder_path!r} is only read with model.decoder=consistency: set that, or "
+            "model.decoder_path=null"
+        )
+
+
+def posterior_picker(generator: torch.Generator | None):
+    """The posterior's mode, or a sample drawn with ``generator`` when one is given."""
+    if generator is None:
+        return lambda posterior: posterior.mode()
+    return lambda posterior: posterior.sample(generator=generator)
+
+
 class DiffusersPrior(ScorePrior):
     """Shared machinery of :class:`InstructPix2PixPrior` and :class:`StableDiffusionPrior`.
 
     Subclasses name their diffusers pipeline class in ``pipeline_class_name``; the networks come from
     ``pretrained_model_name_or_path`` (hub id or local folder) or from the given components.
+
+    VAE options (both off by default, which is the plain whole-image VAE):
+
+    * ``vae_tile_stride``: encode / decode in 64-latent-px tiles at this stride, averaged where they
+      overlap (the official ``--stride_vae``, see :mod:`.vae_tiles`), for images larger than the VAE's
+      training size;
+    * ``decoder="consistency"`` with ``decoder_path``: decode with OpenAI's consistency decoder
+      (diffusers' ``ConsistencyDecoderVAE``; the official ``--consistency_decoder``) instead of the VAE's
+      decoder. Encoding stays with the pipeline's VAE, as in the official code.
     """
 
     pipeline_class_name: str
@@ -106,6 +160,9 @@ class DiffusersPrior(ScorePrior):
         torch_dtype: str | torch.dtype = "float32",
         max_rows_per_call: int | None = None,
         local_files_only: bool | None = None,
+        vae_tile_stride: int | None = None,
+        decoder: str = "vae",
+        decoder_path: str | None = None,
         unet=None,
         vae=None,
         text_encoder=None,
@@ -113,6 +170,10 @@ class DiffusersPrior(ScorePrior):
         scheduler=None,
     ) -> None:
         super().__init__()
+        # Option errors first: they must not wait for (or hide behind) a slow checkpoint load.
+        self.vae_tile_stride = check_tile_stride(vae_tile_stride)
+        check_decoder(decoder, decoder_path)
+        self.decoder = decoder
         components = load_components(
             self.pipeline_class_name,
             pretrained_model_name_or_path,
@@ -143,6 +204,11 @@ class DiffusersPrior(ScorePrior):
         self.latent_channels = int(vae.config.latent_channels)
         self.latent_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_scaling_factor = float(vae.config.scaling_factor)
+        self.consistency_decoder = None
+        if decoder == "consistency":
+            consistency = load_consistency_decoder(decoder_path, self.model_dtype, local_files_only)
+            self._check_consistency_decoder(consistency, decoder_path)
+            self.consistency_decoder = _frozen(consistency, self.model_dtype)
         self._prompt_embeds: dict[str, Tensor] = {}
         #: number of UNet rows and calls since construction (benchmarks and tests read these)
         self.unet_rows_evaluated = 0
@@ -167,8 +233,9 @@ class DiffusersPrior(ScorePrior):
             dtype = default_model_dtype(device)
             if dtype != self.model_dtype:
                 self.model_dtype = dtype
-                for module in (self.unet, self.vae, self.text_encoder):
-                    module.to(dtype=dtype)
+                for module in (self.unet, self.vae, self.text_encoder, self.consistency_decoder):
+                    if module is not None:
+                        module.to(dtype=dtype)
                 self._prompt_embeds.clear()
             log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
         elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
@@ -186,30 +253,74 @@ class DiffusersPrior(ScorePrior):
         return next(self.unet.parameters()).dtype
 
     # -- VAE ---------------------------------------------------------------------------------------
-    def _vae_latent_dist(self, images: Tensor):
-        """The VAE posterior of ``images``; gradients flow only where the caller enables them."""
+    def _check_consistency_decoder(self, consistency, decoder_path: str) -> None:
+        """The consistency decoder must read this VAE's latents: same channels and upsampling factor, and
+        the same scaling factor (it normalises VAE latents × its own scaling factor)."""
+        factor = 2 ** (len(consistency.config.block_out_channels) - 1)
+        channels = int(consistency.config.latent_channels)
+        scaling = float(consistency.config.scaling_factor)
+        if (channels, factor) != (self.latent_channels, self.latent_scale_factor) or scaling != self.vae_scaling_factor:
+            raise ValueError(
+                f"model.decoder_path={decoder_path!r} decodes {channels}-channel latents at {factor}x with scaling "
+                f"factor {scaling}, but this pipeline's VAE has {self.latent_channels} channels, "
+                f"{self.latent_scale_factor}x, {self.vae_scaling_factor}: use a consistency decoder trained for "
+                "this VAE (openai/consistency-decoder for Stable Diffusion 1.x / InstructPix2Pix)"
+            )
+
+    def _posterior_latents(self, images: Tensor, pick) -> Tensor:
+        """Unscaled latents ``pick(posterior)`` (mode or a sample) of images in [0, 1], whole-image or tiled
+        (``vae_tile_stride``); gradients flow only where the caller enables them."""
         self._check_images(images)
         pixels = (2.0 * images - 1.0).to(device=self.vae.device, dtype=self.vae.dtype)
-        return self.vae.encode(pixels).latent_dist
+
+        def encode_tile(tile: Tensor) -> Tensor:
+            return pick(self.vae.encode(tile).latent_dist)
+
+        if self.vae_tile_stride is None:
+            return encode_tile(pixels)
+        return tiled(encode_tile, pixels, self.latent_scale_factor, 1, self.vae_tile_stride)
 
     def encode(
         self, images: Tensor, generator: torch.Generator | None = None, *, differentiable: bool = False
     ) -> Tensor:
-        """z = s · VAE(2x − 1): the posterior mode, or a sample drawn with ``generator`` when one is given.
+        """z = s · VAE(2x − 1): the posterior mode, or a sample drawn with ``generator`` when one is given
+        (tiled: the average of the tiles' modes / samples, drawn tile by tile, row-major, from ``generator``).
 
         ``differentiable=True`` keeps the graph through the (frozen) VAE encoder, so a loss on z reaches
         the images: what generation tasks need, whose images are renders of the parameters. Editing tasks
         encode fixed images and keep the default, which builds no graph."""
         with torch.set_grad_enabled(differentiable):
-            dist = self._vae_latent_dist(images)
-            latents = dist.mode() if generator is None else dist.sample(generator=generator)
+            latents = self._posterior_latents(images, posterior_picker(generator))
         return (latents * self.vae_scaling_factor).float()
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """x = (VAE⁻¹(z / s) + 1) / 2, clamped to [0, 1], float32."""
+    def decode(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x = (D(z / s) + 1) / 2, clamped to [0, 1], float32; D is the VAE decoder or the consistency decoder,
+        on the whole latent or tiled (``vae_tile_stride``: tiles averaged before the clamp, as the official
+        code does).
+
+        The consistency decoder is stochastic: its noise comes from ``generator``, by default a fresh one
+        seeded with ``CONSISTENCY_DECODER_SEED``, so decoding the same latents gives the same image (a
+        resumed run's snapshots match); the official code drew it from the global stream."""
         scaled = (latents / self.vae_scaling_factor).to(device=self.vae.device, dtype=self.vae.dtype)
-        images = self.vae.decode(scaled).sample
+        if self.consistency_decoder is None:
+
+            def decode_tile(tile: Tensor) -> Tensor:
+                return self.vae.decode(tile).sample
+
+        else:
+            decoder = self.consistency_decoder
+            if generator is None:
+                generator = torch.Generator(device=decoder.device).manual_seed(CONSISTENCY_DECODER_SEED)
+            scaled = scaled.to(device=decoder.device, dtype=decoder.dtype)
+
+            def decode_tile(tile: Tensor) -> Tensor:
+                return decoder.decode(tile, generator=generator).sample
+
+        if self.vae_tile_stride is None:
+            images = decode_tile(scaled)
+        else:
+            images = tiled(decode_tile, scaled, 1, self.latent_scale_factor, self.vae_tile_stride)
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # -- text --------------------------------------------------------------------------------------

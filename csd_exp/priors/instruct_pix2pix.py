@@ -17,10 +17,27 @@ over N particles is therefore **5N UNet rows** (3N target + 2N source), not the 
 batch or in chunks of ``max_rows_per_call`` rows. A source prompt different from the negative prompt keeps
 the general 3-row source branch (DDS-style editing with IP2P).
 
-Conditioning latents. InstructPix2Pix (and diffusers, Instruct-NeRF2NeRF, threestudio) conditions on the
-**unscaled posterior mode** of the VAE, ``mode(VAE(2x̃ − 1))``. The official CSD code conditions on a
-**sample times the scaling factor** (about 5.5× smaller), which weakens the image condition;
-``official_condition_latents=True`` reproduces that.
+Negative / source prompts (the official ``--neg_prompt`` / ``--src_prompt``, default ''): as in diffusers'
+``_encode_prompt`` for InstructPix2Pix, which the official code calls (csdedit.py L307–315, L561–569), the
+negative prompt conditions both the ε(x̃, ∅) and the ε(∅, ∅) rows of target and source, and the source
+prompt the source's text row.
+
+Source and conditioning latents. InstructPix2Pix (and diffusers, Instruct-NeRF2NeRF, threestudio) conditions
+on the **unscaled posterior mode** of the VAE, ``mode(VAE(2x̃ − 1))``, and the project's latents are
+``s · mode``. The official CSD code encodes the source **once** as a posterior **sample times the scaling
+factor** (``encode_latents``, csdedit.py L214–220) and uses that one tensor as the source x̃, as the
+initial target θ₀ (``tgt_latent = src_latent.clone()``, L321, L573) and as the image condition
+(L353–356, L576–577), about 5.5× smaller than IP2P's, which weakens the image condition. Two switches
+reproduce it:
+
+* ``official_source_latents=True``: ``encode(images)`` (no generator) returns that seeded sample × s;
+* ``official_condition_latents=True``: ``encode_image_condition(images)`` (no generator) returns it too,
+  and ``condition_from_latents`` passes latents cropped from ``encode``'s output through unchanged.
+
+With both, a task's ``encode(images)`` and ``encode_image_condition(images)`` of the same source images
+return the **same one draw** (cached, keyed on the image values), drawn with a fresh generator seeded with
+``condition_seed`` on the VAE's device; the official code drew it from its global stream after
+``seed_everything(0)``, so the draw itself is ours, the way it is used is theirs.
 """
 
 from __future__ import annotations
@@ -29,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction, expand_image_condition, instruct_pix2pix_guidance
-from .diffusers_common import DiffusersPrior
+from .diffusers_common import DiffusersPrior, posterior_picker
 
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 
@@ -45,8 +62,11 @@ class InstructPix2PixPrior(DiffusersPrior):
         max_rows_per_call: at most this many UNet rows per call (``None``: one call for the whole step).
         official_condition_latents: condition on ``sample × scaling_factor`` as the official CSD code does,
             instead of InstructPix2Pix's unscaled ``mode()``.
-        condition_seed: seed of the generator used for sampled conditioning latents when none is passed.
+        official_source_latents: ``encode`` returns the seeded ``sample × scaling_factor`` (the official source
+            x̃ and θ₀) instead of ``mode × scaling_factor``; the same draw as the condition's.
+        condition_seed: seed of the generator of the official-mode posterior sample (used by either switch).
         local_files_only: forwarded to ``from_pretrained`` when not ``None``.
+        vae_tile_stride, decoder, decoder_path: see :class:`DiffusersPrior` (tiled VAE, consistency decoder).
     """
 
     name = "instruct_pix2pix"
@@ -61,19 +81,34 @@ class InstructPix2PixPrior(DiffusersPrior):
         torch_dtype: str | torch.dtype = "float32",
         max_rows_per_call: int | None = None,
         official_condition_latents: bool = False,
+        official_source_latents: bool = False,
         condition_seed: int = 0,
         local_files_only: bool | None = None,
+        vae_tile_stride: int | None = None,
+        decoder: str = "vae",
+        decoder_path: str | None = None,
         unet=None,
         vae=None,
         text_encoder=None,
         tokenizer=None,
         scheduler=None,
     ) -> None:
+        for key, value in (
+            ("official_condition_latents", official_condition_latents),
+            ("official_source_latents", official_source_latents),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"model.{key} must be true or false; got {value!r}")
+        if isinstance(condition_seed, bool) or not isinstance(condition_seed, int) or condition_seed < 0:
+            raise ValueError(f"model.condition_seed must be a non-negative integer; got {condition_seed!r}")
         super().__init__(
             pretrained_model_name_or_path,
             torch_dtype=torch_dtype,
             max_rows_per_call=max_rows_per_call,
             local_files_only=local_files_only,
+            vae_tile_stride=vae_tile_stride,
+            decoder=decoder,
+            decoder_path=decoder_path,
             unet=unet,
             vae=vae,
             text_encoder=text_encoder,
@@ -87,21 +122,55 @@ class InstructPix2PixPrior(DiffusersPrior):
                 f"{self.latent_channels} image-conditioning latents) for CSD-Edit; this UNet has "
                 f"{self.unet.config.in_channels}. A text-to-image checkpoint belongs in StableDiffusionPrior."
             )
-        self.official_condition_latents = bool(official_condition_latents)
-        self.condition_seed = int(condition_seed)
+        self.official_condition_latents = official_condition_latents
+        self.official_source_latents = official_source_latents
+        self.condition_seed = condition_seed
+        self._official_draw: tuple[tuple, Tensor, Tensor] | None = None  # (key, images, latents)
 
-    # -- image conditioning ------------------------------------------------------------------------
+    # -- source and conditioning latents -----------------------------------------------------------
+    def encode(
+        self, images: Tensor, generator: torch.Generator | None = None, *, differentiable: bool = False
+    ) -> Tensor:
+        """z = s · mode(VAE(2x − 1)) (see :meth:`DiffusersPrior.encode`), or with ``official_source_latents``
+        and no ``generator`` the official code's seeded ``s · sample`` (:meth:`official_latents`)."""
+        if not self.official_source_latents or generator is not None:
+            return super().encode(images, generator, differentiable=differentiable)
+        if differentiable:  # a graph cannot be cached; the fresh seeded generator gives the same draw
+            with torch.enable_grad():
+                latents = self._posterior_latents(images, posterior_picker(self._official_generator()))
+            return (latents * self.vae_scaling_factor).float()
+        return self.official_latents(images)
+
     @torch.no_grad()
     def encode_image_condition(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x̃ conditioning latents: ``mode(VAE(2x − 1))`` (IP2P convention), or with
-        ``official_condition_latents`` a posterior sample × scaling factor (drawn with ``generator``, by
-        default a fresh one seeded with ``condition_seed``)."""
-        dist = self._vae_latent_dist(images)
+        ``official_condition_latents`` a posterior sample × scaling factor: drawn with ``generator`` when
+        one is given, else the official draw :meth:`official_latents` (the same tensor ``encode`` returns
+        with ``official_source_latents``)."""
         if not self.official_condition_latents:
-            return dist.mode().float()
-        if generator is None:
-            generator = torch.Generator(device=self.vae.device).manual_seed(self.condition_seed)
-        return (dist.sample(generator=generator) * self.vae_scaling_factor).float()
+            return self._posterior_latents(images, posterior_picker(None)).float()
+        if generator is not None:
+            return (self._posterior_latents(images, posterior_picker(generator)) * self.vae_scaling_factor).float()
+        return self.official_latents(images)
+
+    def _official_generator(self) -> torch.Generator:
+        return torch.Generator(device=self.vae.device).manual_seed(self.condition_seed)
+
+    @torch.no_grad()
+    def official_latents(self, images: Tensor) -> Tensor:
+        """s · sample(VAE(2x − 1)) drawn with a fresh generator seeded with ``condition_seed``: the official
+        code's one source latent (x̃, θ₀ and condition). The last draw is cached, keyed on the image values
+        and on what the draw depends on, so the source and the condition of the same images are one tensor
+        bit for bit even where the VAE is not bitwise deterministic (cuDNN autotuning)."""
+        key = (tuple(images.shape), images.dtype, images.device, self.vae.device, self.vae.dtype)
+        key += (self.condition_seed, self.vae_tile_stride)
+        cached = self._official_draw
+        if cached is not None and cached[0] == key and torch.equal(cached[1], images):
+            return cached[2].clone()
+        generator = self._official_generator()
+        latents = (self._posterior_latents(images, posterior_picker(generator)) * self.vae_scaling_factor).float()
+        self._official_draw = (key, images.detach().clone(), latents)
+        return latents.clone()
 
     def condition_from_latents(self, latents: Tensor) -> Tensor:
         """Conditioning latents from latents made by ``encode`` (e.g. windows cropped from a latent canvas):

@@ -30,6 +30,7 @@ class StableDiffusionPrior(DiffusersPrior):
         torch_dtype: the dtype the networks run in.
         max_rows_per_call: at most this many UNet rows per call (``None``: one call).
         local_files_only: forwarded to ``from_pretrained`` when not ``None``.
+        vae_tile_stride, decoder, decoder_path: see :class:`DiffusersPrior` (tiled VAE, consistency decoder).
     """
 
     name = "stable_diffusion"
@@ -44,6 +45,9 @@ class StableDiffusionPrior(DiffusersPrior):
         torch_dtype: str | torch.dtype = "float32",
         max_rows_per_call: int | None = None,
         local_files_only: bool | None = None,
+        vae_tile_stride: int | None = None,
+        decoder: str = "vae",
+        decoder_path: str | None = None,
         unet=None,
         vae=None,
         text_encoder=None,
@@ -55,6 +59,9 @@ class StableDiffusionPrior(DiffusersPrior):
             torch_dtype=torch_dtype,
             max_rows_per_call=max_rows_per_call,
             local_files_only=local_files_only,
+            vae_tile_stride=vae_tile_stride,
+            decoder=decoder,
+            decoder_path=decoder_path,
             unet=unet,
             vae=vae,
             text_encoder=text_encoder,

@@ -6,6 +6,9 @@ InstructPix2Pix), AutoencoderKL (32, 64) (so 2 image pixels per latent pixel), a
 and a real CLIP BPE tokenizer whose files are written from the vocabulary open_clip ships (no download).
 Weights are seeded; building never touches the global random state.
 
+``build_tiny_consistency_decoder(folder)`` saves a tiny ``ConsistencyDecoderVAE`` that reads the tiny VAE's
+latents (``model.decoder=consistency``, ``model.decoder_path=folder``).
+
 ``tiny_instruct_pix2pix_prior(cache_dir)`` / ``tiny_stable_diffusion_prior(cache_dir)`` build the folder
 once (in a temporary folder renamed into place, so concurrent processes never see a half-written one) and
 load the prior through the same ``from_pretrained`` path users take with real checkpoints.
@@ -140,6 +143,34 @@ def tiny_components(folder_for_tokenizer: str | os.PathLike, *, in_channels: int
         )
         text_encoder = tiny_text_encoder(len(tokenizer))
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer)
+
+
+def tiny_consistency_decoder(seed: int = 0):
+    """A seeded tiny ``ConsistencyDecoderVAE`` for the tiny VAE's latents (4 channels, 2x, same scaling factor):
+    encoder and decoder UNet with block_out_channels (32, 64), one layer per block."""
+    from diffusers import ConsistencyDecoderVAE
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = ConsistencyDecoderVAE(
+            latent_channels=LATENT_CHANNELS,
+            sample_size=32,
+            encoder_block_out_channels=TINY_BLOCK_OUT_CHANNELS,
+            encoder_down_block_types=("DownEncoderBlock2D",) * 2,
+            encoder_layers_per_block=1,
+            decoder_block_out_channels=TINY_BLOCK_OUT_CHANNELS,
+            decoder_down_block_types=("ResnetDownsampleBlock2D",) * 2,
+            decoder_up_block_types=("ResnetUpsampleBlock2D",) * 2,
+            decoder_layers_per_block=1,
+        )
+    return decoder.eval()
+
+
+def build_tiny_consistency_decoder(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save :func:`tiny_consistency_decoder` in ``folder`` (a ``model.decoder_path`` for the tiny pipelines)."""
+    folder = Path(folder)
+    tiny_consistency_decoder(seed).save_pretrained(folder)
+    return folder
 
 
 def _schedule_kwargs() -> dict:

@@ -35,3 +35,23 @@ class TestStableDiffusionPrior(PriorContract):
     @pytest.fixture
     def prior64(self, sd_prior64):
         return sd_prior64
+
+
+class TestInstructPix2PixConsistencyDecoderTiledPrior(PriorContract):
+    """The VAE options keep the contract (official_source_latents does not: its seeded draw is per batch,
+    so a subset of the images draws other noise, as in the official code; test_official_mode covers it).
+    At the contract's 16 px the tiled VAE is one tile; test_vae_options covers larger images."""
+
+    @pytest.fixture(scope="class")
+    def prior(self, tiny_cache, tmp_path_factory):
+        from csd_exp.priors import tiny_instruct_pix2pix_prior
+        from csd_exp.priors.tiny import build_tiny_consistency_decoder
+
+        path = build_tiny_consistency_decoder(tmp_path_factory.mktemp("contract_consistency") / "decoder")
+        return tiny_instruct_pix2pix_prior(
+            tiny_cache, decoder="consistency", decoder_path=str(path), vae_tile_stride=16
+        )
+
+    @pytest.fixture
+    def prior64(self, ip2p_prior64):  # the rows test never decodes: the plain float64 pipeline
+        return ip2p_prior64
