@@ -1,8 +1,10 @@
-"""A new task is first-class with its module, its task YAML and its experiment YAML, and nothing else.
+"""Extending csd-exp from outside the package: a new task, a new data source.
 
-The three files are written into a temporary folder outside the package (as a user's would be) and run
-through the CLI with ``--config-dir``: no switch, schema entry, size table or evaluator edit is needed for
-the run to step, snapshot, log ``val/`` curves, write its outputs and report metrics in ``summary.json``.
+A new task is first-class with its module, its task YAML and its experiment YAML, and nothing else: the
+files are written into a temporary folder (as a user's would be) and run through the CLI with
+``--config-dir``; no switch, schema entry, size table or evaluator edit is needed for the run to step,
+snapshot, log ``val/`` curves, write its outputs and report metrics in ``summary.json``. A new data
+source is one class named by ``data._target_``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,19 @@ trainer:
 """
 
 
+def _run_cli(tmp_path, code_dir, *overrides):
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(code_dir), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *overrides, "logger=csv"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def test_a_new_task_needs_its_module_and_two_yamls(tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "whole_image_task.py").write_text(textwrap.dedent(TASK_MODULE))
@@ -94,25 +109,14 @@ def test_a_new_task_needs_its_module_and_two_yamls(tmp_path):
     ):
         (tmp_path / "conf" / group).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "conf" / group).write_text(textwrap.dedent(text))
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "code"), env.get("PYTHONPATH", "")])
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csd_exp.cli",
-            f"--config-dir={tmp_path / 'conf'}",
-            "experiment=whole_image_exact_cpu",
-            "logger=csv",
-            "~callbacks.progress",
-            f"paths.output_dir={run_dir}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = _run_cli(
+        tmp_path,
+        tmp_path / "code",
+        f"--config-dir={tmp_path / 'conf'}",
+        "experiment=whole_image_exact_cpu",
+        "~callbacks.progress",
+        f"paths.output_dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -123,3 +127,43 @@ def test_a_new_task_needs_its_module_and_two_yamls(tmp_path):
     (metrics_csv,) = run_dir.rglob("metrics.csv")
     assert "val/fidelity/psnr" in metrics_csv.read_text().splitlines()[0]
     assert summary["config"]["run_name"].startswith("whole_image_")
+
+
+CLIP_SOURCE = '''
+"""A user's clip source: a colour ramp that brightens frame by frame (no file involved)."""
+import torch
+
+from csd_exp.data import LoadedClip
+
+
+class RampClip:
+    def __init__(self, num_frames):
+        self.num_frames = num_frames
+
+    def load(self, frame_size):
+        height, width = frame_size
+        ramp = torch.linspace(0.2, 0.8, width).expand(3, height, width)
+        frames = torch.stack([(ramp + 0.02 * i).clamp(0, 1) for i in range(self.num_frames)])
+        return LoadedClip(frames, (height, width), 5.0, None)
+'''
+
+
+def test_a_new_data_source_is_one_class_named_by_data_target(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "ramp_clip.py").write_text(textwrap.dedent(CLIP_SOURCE))
+    run_dir = tmp_path / "run"
+    result = _run_cli(
+        tmp_path,
+        tmp_path / "code",
+        "experiment=video_exact_cpu",
+        "debug=smoke",
+        "~data",
+        "+data._target_=ramp_clip.RampClip",
+        "+data.num_frames=3",
+        f"paths.output_dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["config"]["data"] == {"_target_": "ramp_clip.RampClip", "num_frames": 3}
+    assert len(list((run_dir / "edited_frames").iterdir())) == 3

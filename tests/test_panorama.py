@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from csd_exp.data import ImageSource
 from csd_exp.distill import Guidance
 from csd_exp.priors import ExactScorePrior
 from csd_exp.tasks import PanoramaTask, WindowGrid
@@ -37,14 +38,14 @@ def test_coverage_balanced_sampler_evens_out_corners():
 def _task(**overrides) -> PanoramaTask:
     kwargs = dict(
         prompt="turn it into a pop-art painting",
-        data={"path": "sample:rocket", "short_side": 32},
+        data=ImageSource(path="sample:rocket", short_side=32),
         window_size=16,
         window_stride=8,
         windows_per_step=3,
         seed=5,
     )
     kwargs.update(overrides)
-    guidance = Guidance("csd_edit", kernel="rbf", guidance_scale=1.5, image_guidance_scale=1.5)
+    guidance = Guidance("source_branch", kernel="rbf", guidance_scale=1.5, image_guidance_scale=1.5)  # CSD-Edit
     task = PanoramaTask(ExactScorePrior(), guidance, optimizer=lambda params: torch.optim.SGD(params, lr=1.0), **kwargs)
     task.setup("fit")
     return task

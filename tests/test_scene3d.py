@@ -15,6 +15,7 @@ from PIL import Image
 
 from csd_exp.data.sample_scene import make_sample_scene
 from csd_exp.data.scene_formats import write_nerfstudio_scene
+from csd_exp.data.sources import SceneSource
 from csd_exp.priors import ExactScorePrior
 from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.scene3d import Scene3DTask
@@ -217,10 +218,10 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     settings = dict(every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20, init="render")
     settings.update(kwargs.pop("editor", {}))
     editor = kwargs.pop("editor_object", None) or CSDEditEditor(**settings)
-    guidance = kwargs.pop("guidance", None) or Guidance("csd_edit")
+    guidance = kwargs.pop("guidance", None) or Guidance("source_branch", "rbf")  # CSD-Edit
     options = dict(
         prompt="turn it into a pop-art painting",
-        data={"image_size": 16, "max_views": 10},
+        data=SceneSource(image_size=16, max_views=10),
         field=partial(VoxelRadianceField, resolution=8, num_samples=8),
         optimizer=lambda params: torch.optim.Adam(params),
         editor=editor,
@@ -240,8 +241,8 @@ def test_edit_rounds_cover_every_view_before_repeating():
 
 def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
     assert _tiny_task(pretrain_steps=200, max_steps=2).pretrain_steps == 1
-    with pytest.raises(ValueError, match="unknown data key"):
-        _tiny_task(data={"image_size": 16, "frame_size": 3})
+    with pytest.raises(TypeError, match="frame_size"):
+        _tiny_task(data=SceneSource(image_size=16, frame_size=3))
     with pytest.raises(ValueError, match="DatasetEditor"):
         _tiny_task(editor_object={"kind": "dreamfusion"})
     with pytest.raises(ValueError, match="training views"):
@@ -258,7 +259,7 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
     past the horizon from the first round, i.e. at the schedule's end point)."""
     from csd_exp.distill import Guidance, TimestepSchedule
 
-    guidance = Guidance("csd_edit", schedule=TimestepSchedule(annealing="linear"))
+    guidance = Guidance("source_branch", "rbf", schedule=TimestepSchedule(annealing="linear"))
     task = _tiny_task(guidance=guidance, max_steps=520, pretrain_steps=200)
     assert task.num_edit_rounds == 8 and guidance.schedule.max_steps == 8 * 40
     positions = []

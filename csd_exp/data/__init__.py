@@ -3,12 +3,14 @@
 ``images`` (still-image files), ``resample`` (resizing, canvas sizes), ``samples`` (bundled photos),
 ``video`` / ``video_write`` (clips), ``sample_clip`` (synthetic clip with exact motion), ``cameras``,
 ``scene`` / ``scene_formats`` (multi-view scenes), ``sample_scene`` (ray-traced sample) and
-``editable`` (the IN2N edit buffer). The names below are the video API, re-exported for convenience.
+``editable`` (the IN2N edit buffer), ``sources`` (the ``data._target_`` objects a task edits). The names
+below are the video API and the sources, re-exported for convenience.
 """
 
 from csd_exp.data.resample import resize_frames, restore_size
 from csd_exp.data.sample_clip import SAMPLE_CLIPS, ClipMotion, make_pan_clip, sample_clip, warp_frame
 from csd_exp.data.samples import BUNDLED_PHOTOS, load_photo
+from csd_exp.data.sources import ClipSource, ImageSource, LoadedClip, SceneSource
 from csd_exp.data.video import (
     FRAME_EXTENSIONS,
     READ_VIDEO_EXTENSIONS,
@@ -26,6 +28,10 @@ __all__ = [
     "SAMPLE_CLIPS",
     "WRITE_VIDEO_EXTENSIONS",
     "ClipMotion",
+    "ClipSource",
+    "ImageSource",
+    "LoadedClip",
+    "SceneSource",
     "VideoClip",
     "check_fits_in_memory",
     "default_memory_budget",

@@ -36,6 +36,7 @@ import torch
 
 from csd_exp.data.cameras import Cameras
 from csd_exp.data.images import read_image_size, read_rgb
+from csd_exp.data.resample import resize_frames
 
 
 class SceneError(ValueError):
@@ -166,3 +167,28 @@ def estimate_scene_box(cameras: Cameras, margin: float = 1.0) -> torch.Tensor:
     radius = (origins - center).norm(dim=-1).median().item()
     half = max(margin * 0.5 * radius, 1e-3)
     return torch.stack([center - half, center + half]).float()
+
+
+def resize_scene(scene: SceneDataset, image_size: int, multiple: int) -> SceneDataset:
+    """Resize so the short side is ``image_size`` (sides rounded to ``multiple``); intrinsics follow."""
+    H, W = scene.height, scene.width
+    scale = image_size / min(H, W)
+    new_h = max(multiple, int(round(H * scale / multiple)) * multiple)
+    new_w = max(multiple, int(round(W * scale / multiple)) * multiple)
+    if (new_h, new_w) == (H, W):
+        return scene
+    mode = "area" if new_h <= H else "bilinear"
+    images = resize_frames(scene.images, new_h, new_w, mode=mode, antialias=False)
+    sx, sy = new_w / W, new_h / H
+    c = scene.cameras
+    cameras = Cameras(c.c2w, c.fx * sx, c.fy * sy, c.cx * sx, c.cy * sy, new_w, new_h)
+    return SceneDataset(
+        images=images,
+        cameras=cameras,
+        image_paths=scene.image_paths,
+        train_indices=scene.train_indices,
+        val_indices=scene.val_indices,
+        scene_box=scene.scene_box,
+        depths=None,  # depth maps at the old size would no longer match the pixels
+        source=scene.source,
+    )

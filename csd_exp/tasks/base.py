@@ -240,8 +240,12 @@ class DistillationTask(pl.LightningModule):
         if not hasattr(self, "_val_metrics"):
             # Built on first use and kept out of state_dict (torchmetrics states are not persistent), so
             # checkpoints are those of a task without curves.
-            metrics = {"fidelity/psnr": SourcePSNR(), "fidelity/ssim": SourceSSIM()}
-            metrics["consistency/mode_agreement"] = ModeAgreement()
+            # Every rank holds the whole result, so there is nothing to reduce across processes.
+            metrics = {
+                "fidelity/psnr": SourcePSNR(sync_on_compute=False),
+                "fidelity/ssim": SourceSSIM(sync_on_compute=False),
+                "consistency/mode_agreement": ModeAgreement(sync_on_compute=False),
+            }
             object.__setattr__(self, "_val_metrics", metrics)
         return self._val_metrics
 

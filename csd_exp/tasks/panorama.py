@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.images import image_file_size, load_image, save_image, set_max_image_pixels
+from csd_exp.data.images import save_image
 from csd_exp.data.resample import canvas_size, resize_frames
+from csd_exp.data.sources import ImageSource
 from csd_exp.priors.base import ModeOracle
-from csd_exp.schema import RESIZE_POLICIES, WINDOW_SAMPLERS
+from csd_exp.schema import WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import TaskResult
 
@@ -112,7 +113,7 @@ class PanoramaTask(DistillationTask):
         lr_scheduler=None,
         *,
         prompt: str,
-        data: dict,
+        data: ImageSource,
         window_size: int = 64,
         window_stride: int = 16,
         windows_per_step: int = 4,
@@ -142,11 +143,8 @@ class PanoramaTask(DistillationTask):
 
         # Everything about the geometry is decided here, before any long work, so bad input fails early.
         scale = int(prior.latent_scale_factor)
-        if "max_image_pixels" in data:
-            set_max_image_pixels(data["max_image_pixels"])
-        height, width = self.canvas_pixels(
-            data, image_file_size(data.get("path")), prior, int(window_size), int(window_stride)
-        )
+        self.original_size = data.size()
+        height, width = self.canvas_pixels(data, self.original_size, prior, int(window_size), int(window_stride))
         prior.validate_image_size(height, width)
         self.grid = WindowGrid(height // scale, width // scale, int(window_size), int(window_stride))
         self.windows_per_step = min(int(windows_per_step), len(self.grid))
@@ -163,9 +161,7 @@ class PanoramaTask(DistillationTask):
                 windows_per_step,
                 " (one particle: CSD is SDS there)" if self.windows_per_step == 1 else "",
             )
-        source = load_image(data.get("path"), min_size=(height, width))
-        self.original_size = image_file_size(data.get("path"))
-        self.source_image = resize_frames(source, height, width)
+        self.source_image = resize_frames(data.load(min_size=(height, width)), height, width)
         self.canvas = torch.nn.Parameter(torch.zeros(1, prior.latent_channels, self.grid.height, self.grid.width))
         self.register_buffer("source_latents", torch.zeros_like(self.canvas), persistent=False)
         self.register_buffer("image_condition", torch.zeros_like(self.canvas), persistent=False)
@@ -184,7 +180,7 @@ class PanoramaTask(DistillationTask):
 
     @staticmethod
     def canvas_pixels(
-        data: dict, image_size: tuple[int, int], prior: Any, window_size: int, window_stride: int
+        data: ImageSource, image_size: tuple[int, int], prior: Any, window_size: int, window_stride: int
     ) -> tuple[int, int]:
         """(height, width) in px of the canvas for an image of ``image_size`` px.
 
@@ -192,12 +188,8 @@ class PanoramaTask(DistillationTask):
         code's policy at Stable Diffusion scale; ``short_side`` for the exact prior, whose CPU-sized runs
         want a small canvas); ``data.short_side`` is in latent px, by default one window.
         """
-        policy = data.get("resize_policy", "auto")
-        if policy not in RESIZE_POLICIES:
-            raise ValueError(f"data.resize_policy={policy!r} is not one of {RESIZE_POLICIES}")
-        if policy == "auto":
-            policy = prior.default_resize_policy
-        short_side = data.get("short_side") or window_size
+        policy = prior.default_resize_policy if data.resize_policy == "auto" else data.resize_policy
+        short_side = data.short_side or window_size
         return canvas_size(
             *image_size,
             policy=policy,

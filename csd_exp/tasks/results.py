@@ -68,9 +68,3 @@ def final_metrics(evaluator: Any, result: TaskResult, *, source_text: str, targe
     if result.mode_responsibilities is not None:
         metrics.update(mode_fractions(result.mode_responsibilities, result.mode_names))
     return metrics
-
-
-def final_edit_metrics(evaluator, source, edited, *, source_text, target_text, sequence, **inputs) -> dict[str, float]:
-    """Transitional (removed with the scene3d move to :func:`final_metrics`)."""
-    result = TaskResult(edited=edited, source=source, sequence=sequence, **inputs)
-    return final_metrics(evaluator, result, source_text=source_text, target_text=target_text)

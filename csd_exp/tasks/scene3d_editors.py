@@ -74,6 +74,27 @@ def in2n_edit(
     return prior.decode(latents).float().clamp(0, 1), strength
 
 
+def edit_round_positions(num_views: int, round_size: int, seed: int, round_index: int) -> list[int]:
+    """Positions (in the training-view list) edited in round ``round_index``: consecutive slices of a
+    stream of random permutations ("epochs") of the ``num_views`` training views, so every view is edited
+    once before any is edited twice and no round holds a view twice (the paper: "at random without
+    replacement"). A pure function of (seed, round): a resumed run edits what the uninterrupted one would."""
+    stream: list[int] = []
+    epoch = 0
+    rounds: list[list[int]] = []
+    while len(rounds) <= round_index:
+        batch: list[int] = []
+        while len(batch) < round_size:
+            if not stream:
+                stream = torch.randperm(num_views, generator=step_generator(seed, epoch, "edit-epoch")).tolist()
+                epoch += 1
+            candidate = stream.pop(0)
+            if candidate not in batch:  # an epoch boundary may repeat a view of this round: skip it
+                batch.append(candidate)
+        rounds.append(batch)
+    return rounds[round_index]
+
+
 class DatasetEditor:
     """Edits ``views`` training views every ``every`` steps; subclasses implement :meth:`edit_round`."""
 

@@ -18,32 +18,14 @@ from typing import Any
 
 import torch
 
-from csd_exp.data.resample import resize_frames, restore_size
-from csd_exp.data.sample_clip import sample_clip
-from csd_exp.data.video import read_video
+from csd_exp.data.resample import restore_size
+from csd_exp.data.sources import ClipSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import TaskResult
 
 log = logging.getLogger(__name__)
-
-
-def load_clip(data: dict, frame_size: tuple[int, int]):
-    """(frames at processing size, original size, fps, the exact flow at processing size or None)."""
-    path = data.get("path")
-    if path is None or str(path).startswith("sample:"):
-        name = "pan" if path is None else str(path).split(":", 1)[1]
-        clip, motion = sample_clip(name, num_frames=int(data.get("max_frames") or 12), frame_size=frame_size)
-        return clip.frames, clip.size, clip.fps, motion.flow
-    clip = read_video(
-        path,
-        start=int(data.get("start", 0)),
-        stride=int(data.get("stride", 1)),
-        max_frames=data.get("max_frames"),
-        min_frames=2,
-    )
-    return resize_frames(clip.frames, *frame_size), clip.size, clip.fps, None
 
 
 class VideoTask(DistillationTask):
@@ -57,7 +39,7 @@ class VideoTask(DistillationTask):
         lr_scheduler=None,
         *,
         prompt: str,
-        data: dict,
+        data: ClipSource,
         frame_size: int = 64,
         frames_per_step: int | None = None,
         seed: int = 0,
@@ -77,7 +59,8 @@ class VideoTask(DistillationTask):
         side = int(frame_size) * int(prior.latent_scale_factor)  # frame_size is in latent px
         size = (side, side)
         prior.validate_image_size(*size)
-        frames, self.original_size, self.fps, self.flow = load_clip(data, size)
+        clip = data.load(size)
+        frames, self.original_size, self.fps, self.flow = clip.frames, clip.original_size, clip.fps, clip.flow
         self.source_frames = frames
         num_frames = frames.shape[0]
         if num_frames < 2:
