@@ -1,0 +1,34 @@
+"""``csd-exp-report``: a report per sweep, from the runs' ``summary.json`` files.
+
+    csd-exp-report outputs/multiruns/2026-11-25_07-00-00 [more sweep or run folders] \\
+        [--metrics fidelity/psnr 'consistency/*'] [--out DIR] [--paper-column paper.yaml]
+
+Reads every ``summary.json`` under the given paths (recursively) and writes into the first path (or
+``--out``):
+
+- ``report.md``: one row per distinct (method, swept values) with n (seeds) and mean ± sample std per
+  metric; a line per non-completed status (``2 runs failed: <paths>``), which are counted, never averaged;
+  notes; the figures below.
+- ``report.csv``: the same rows at full precision, plus the runs' folders.
+- ``report_grid.png``: the runs' output images (rows = method and swept values, columns = seeds).
+- ``report_<metric>.png`` per metric (``/`` becomes ``_``): a line plot against the swept key when exactly
+  one numeric key was swept, bars otherwise.
+
+The method is the run's ``run_name`` minus its task prefix (``panorama_csd_edit`` -> ``csd_edit``), or a
+label built from the guidance / task config when there is none. The swept keys are the flattened config
+keys whose values differ between the completed runs, leaving out the seed and bookkeeping (paths, run
+name, checkpoint path, loggers, callbacks, trainer devices, Hydra); a row never averages over a swept
+key. ``.hydra/overrides.yaml`` is not read, so copied or merged run folders report the same.
+
+``--paper-column`` takes a YAML or JSON mapping ``method -> metric -> number`` and shows a "paper" column
+beside each metric it names.
+
+Weights & Biases is not read at all (neither online nor offline runs, whatever ``WANDB_MODE`` says): the
+report rests on ``summary.json`` and the run folders' images only. Imports no torch, so it starts fast.
+"""
+
+from __future__ import annotations
+
+from csd_exp.report.cli import main
+
+__all__ = ["main"]

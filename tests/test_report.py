@@ -1,0 +1,279 @@
+"""``csd-exp-report``: rows per (method, swept values) with the right means, failed runs counted and never
+averaged, the paper column, the files written; and one real 2-job smoke sweep through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from csd_exp.report import main
+from csd_exp.report.plots import line_key
+from csd_exp.report.runs import run_labels
+from csd_exp.report.table import build_rows, swept_columns
+
+RBF = {"_target_": "csd_exp.distill.RBFKernel", "bandwidth": "median", "bandwidth_multiplier": 1.0}
+
+
+def psnr_of(method: str, scale: float, seed: int) -> float:
+    """A made-up metric with a known mean over seeds 0 and 1: base + 0.5, sample std sqrt(0.5)."""
+    return (25.0 if method == "csd_edit" else 18.0) + scale + seed
+
+
+def write_run(
+    sweep: Path,
+    name: str,
+    *,
+    method: str = "csd_edit",
+    scale: float = 3.0,
+    seed: int = 0,
+    status: str = "completed",
+    task: str = "panorama",
+    kernel: dict | None = None,
+    metrics: dict | None = None,
+    image: bool = True,
+) -> Path:
+    """A run folder shaped like a real one: the bookkeeping keys (paths, callbacks, loggers, task.seed)
+    differ between runs as they do in a sweep."""
+    folder = sweep / name
+    folder.mkdir(parents=True)
+    kernel = (RBF if method == "csd_edit" else {}) if kernel is None else kernel
+    config = {
+        "seed": seed,
+        "run_name": f"{task}_{method}",
+        "ckpt_path": None,
+        "kernel": kernel,
+        "guidance": {"method": method, "guidance_scale": scale, "image_guidance_scale": 1.5, "kernel": kernel or None},
+        "task": {"_target_": f"csd_exp.tasks.{task.capitalize()}Task", "seed": seed, "window_size": 32},
+        "trainer": {"max_steps": 2, "default_root_dir": str(folder), "devices": 1},
+        "paths": {"output_dir": str(folder), "root_dir": str(sweep)},
+        "callbacks": {"checkpoint": {"dirpath": str(folder / "checkpoints")}},
+        "logger": {"csv": {"save_dir": str(folder)}},
+    }
+    if metrics is None:
+        metrics = {"fidelity/psnr": psnr_of(method, scale, seed), "consistency/mode_fraction/hue_72": 1.0}
+    summary = {"status": status, "metrics": metrics, "seed": seed, "steps": 2, "wall_time_s": 1.0, "config": config}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if image:
+        Image.new("RGB", (48, 16), (40 * seed, 100, 200)).save(folder / "edited.png")
+    return folder
+
+
+def scale_sweep(root: Path) -> Path:
+    """2 methods x 2 text guidance scales (omega_y) x 2 seeds, numbered like a Hydra multirun."""
+    job = 0
+    for method in ("csd_edit", "sds"):
+        for scale in (3.0, 7.5):
+            for seed in (0, 1):
+                write_run(root, f"{job}_panorama_{method}_seed{seed}", method=method, scale=scale, seed=seed)
+                job += 1
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_row_per_method_and_swept_value_with_the_mean_over_seeds(tmp_path):
+    sweep = scale_sweep(tmp_path / "sweep")
+    assert main([str(sweep)]) == 0
+    rows = read_csv(sweep / "report.csv")
+    assert [(row["method"], row["guidance_scale"], row["n"]) for row in rows] == [
+        ("csd_edit", "3", "2"),
+        ("csd_edit", "7.5", "2"),
+        ("sds", "3", "2"),
+        ("sds", "7.5", "2"),
+    ]
+    for row in rows:
+        scale = float(row["guidance_scale"])
+        assert float(row["fidelity/psnr_mean"]) == pytest.approx(psnr_of(row["method"], scale, 0) + 0.5)
+        assert float(row["fidelity/psnr_std"]) == pytest.approx(math.sqrt(0.5))
+    # The per-mode breakdown is left out by default; seeds, paths and callbacks are not swept keys.
+    assert not any("mode_fraction" in name for name in rows[0])
+    assert list(rows[0])[:4] == ["method", "guidance_scale", "n", "fidelity/psnr_mean"]
+    text = (sweep / "report.md").read_text()
+    assert "| method | guidance_scale | n | fidelity/psnr | wall_time_s |" in text
+    assert "| csd_edit | 7.5 | 2 | 33 ± 0.71 | 1 ± 0 |" in text
+    # The kernel differs only between the methods: a note, not a column.
+    assert "Differ only between methods" in text and "kernel.bandwidth" in text
+
+
+def test_failed_and_interrupted_runs_are_counted_never_averaged(tmp_path):
+    sweep = scale_sweep(tmp_path / "sweep")
+    write_run(sweep, "8_panorama_csd_edit_seed2", seed=2, status="failed", metrics={"fidelity/psnr": 1000.0})
+    # A refused run's config is unresolved and may lack keys: it must not create swept columns either.
+    refused = sweep / "9_panorama_csd_edit_seed3"
+    refused.mkdir()
+    (refused / "summary.json").write_text(
+        json.dumps({"status": "failed", "error": "ValueError: bad\nmore", "metrics": {}, "config": {"x": "${y}"}})
+    )
+    write_run(sweep, "10_panorama_sds_seed2", method="sds", seed=2, status="interrupted")
+    assert main([str(sweep)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "2 runs failed: 8_panorama_csd_edit_seed2, 9_panorama_csd_edit_seed3" in text
+    assert "1 run interrupted: 10_panorama_sds_seed2" in text
+    assert "- 9_panorama_csd_edit_seed3: ValueError: bad\n" in text
+    rows = read_csv(sweep / "report.csv")
+    assert [row["n"] for row in rows] == ["2"] * 4
+    assert float(rows[0]["fidelity/psnr_mean"]) == pytest.approx(28.5)
+    assert list(rows[0])[1] == "guidance_scale"
+
+
+def test_the_paper_column_sits_beside_ours(tmp_path):
+    sweep = scale_sweep(tmp_path / "sweep")
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("csd_edit:\n  fidelity/psnr: 30.5\nin2n:\n  fidelity/psnr: 20\n")
+    assert main([str(sweep), "--metrics", "fidelity/psnr", "--paper-column", str(paper)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "| method | guidance_scale | n | fidelity/psnr | paper |" in text
+    assert "| csd_edit | 3 | 2 | 28.5 ± 0.71 | 30.5 |" in text
+    assert "| sds | 3 | 2 | 21.5 ± 0.71 | – |" in text
+    assert "Paper numbers for methods without runs here: in2n." in text
+    rows = read_csv(sweep / "report.csv")
+    assert [row["fidelity/psnr_paper"] for row in rows] == ["30.5", "30.5", "", ""]
+    # JSON works too; a value that is not a number is a one-line error.
+    paper_json = tmp_path / "paper.json"
+    paper_json.write_text(json.dumps({"sds": {"fidelity/psnr": 19}}))
+    assert main([str(sweep), "--paper-column", str(paper_json), "--out", str(tmp_path / "json")]) == 0
+    paper.write_text("csd_edit:\n  fidelity/psnr: high\n")
+    assert main([str(sweep), "--paper-column", str(paper)]) == 2
+
+
+def test_the_files_are_written_into_the_sweep_or_out(tmp_path, monkeypatch):
+    sweep = scale_sweep(tmp_path / "sweep")
+    monkeypatch.chdir(tmp_path)  # relative paths, from any folder
+    assert main(["sweep", "--metrics", "fidelity/*", "wall_time_s"]) == 0
+    names = {"report.md", "report.csv", "report_grid.png", "report_fidelity_psnr.png", "report_wall_time_s.png"}
+    assert names <= {path.name for path in sweep.iterdir()}
+    with Image.open(sweep / "report_grid.png") as grid:
+        assert grid.width > 2 * grid.height / 4  # 2 seed columns beside the labels, 4 rows
+    text = (sweep / "report.md").read_text()
+    assert "![outputs](report_grid.png)" in text and "![fidelity/psnr](report_fidelity_psnr.png)" in text
+    # Run folders as arguments, the report elsewhere.
+    out = tmp_path / "elsewhere" / "report"
+    assert (
+        main([str(sweep / "0_panorama_csd_edit_seed0"), str(sweep / "1_panorama_csd_edit_seed1"), "--out", str(out)])
+        == 0
+    )
+    rows = read_csv(out / "report.csv")
+    assert [(row["method"], row["n"]) for row in rows] == [("csd_edit", "2")]
+
+
+def test_no_summary_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no summary.json under" in error
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_keys_in_lockstep_give_one_column_and_tasks_stay_apart(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (multiplier, seed) in enumerate([(0.5, 0), (0.5, 1), (2.0, 0), (2.0, 1)]):
+        kernel = {**RBF, "bandwidth_multiplier": multiplier}
+        write_run(sweep, f"{job}_panorama_csd_edit_seed{seed}", seed=seed, kernel=kernel)
+    write_run(sweep, "4_video_csd_edit_seed0", task="video", kernel={**RBF, "bandwidth_multiplier": 0.5})
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    rows = read_csv(sweep / "report.csv")
+    assert [(r["task"], r["method"], r["bandwidth_multiplier"], r["n"]) for r in rows] == [
+        ("panorama", "csd_edit", "0.5", "2"),
+        ("panorama", "csd_edit", "2", "2"),
+        ("video", "csd_edit", "0.5", "1"),
+    ]
+    text = (sweep / "report.md").read_text()
+    assert "Vary together with bandwidth_multiplier: guidance.kernel.bandwidth_multiplier." in text
+
+
+def test_one_numeric_swept_key_gives_line_plots():
+    from csd_exp.report.runs import Run
+
+    def run(scale, seed, method="csd_edit"):
+        config = {"run_name": f"panorama_{method}", "guidance.guidance_scale": scale, "seed": seed}
+        return Run(Path(f"/r/{method}{scale}{seed}"), {}, "completed", "panorama", method, seed, config)
+
+    runs = [run(3.0, 0), run(3.0, 1), run(7.5, 0), run(7.5, 0, "sds")]
+    columns = swept_columns(runs)
+    assert columns.keys == ["guidance.guidance_scale"]
+    assert line_key(build_rows(runs, columns), columns) == "guidance.guidance_scale"
+    runs[-1].config["guidance.guidance_scale"] = "high"
+    assert line_key(build_rows(runs, swept_columns(runs)), swept_columns(runs)) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"run_name": "panorama_csd_edit"}, ("panorama", "csd_edit")),
+        ({"run_name": "panorama_sampling_multidiffusion"}, ("panorama", "sampling_multidiffusion")),
+        ({"run_name": "scene3d_in2n"}, ("scene3d", "in2n")),
+        ({"run_name": "video_sampling"}, ("video", "sampling")),
+        ({"run_name": "mine_csd", "task": {"_target_": "pkg.MineTask"}}, ("mine", "csd")),
+        # The guidance keys are being renamed: a config without run_name still gets a label.
+        ({"guidance": {"baseline": "csd", "kernel": RBF}, "task": {"_target_": "x.VideoTask"}}, ("video", "csd+rbf")),
+        ({"guidance": {"method": "sds"}}, (None, "sds")),
+        ({}, (None, "run7")),
+    ],
+)
+def test_method_labels(config, expected):
+    assert run_labels(config, Path("/x/run7")) == expected
+
+
+def test_non_finite_values_and_eval_summaries(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0_panorama_csd_edit_seed0", metrics={"fidelity/psnr": float("nan")})
+    write_run(sweep, "1_panorama_csd_edit_seed1", seed=1, metrics={"fidelity/psnr": 20.0})
+    # csd-exp-eval output: no status, no config.
+    (sweep / "fatezero").mkdir()
+    (sweep / "fatezero" / "summary.json").write_text(json.dumps({"metrics": {"fidelity/psnr": 15.0}}))
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "| csd_edit | 2 | 20 (1/2) |" in text
+    assert "| fatezero | 1 | 15 |" in text
+
+
+@pytest.mark.slow
+def test_a_real_smoke_sweep_end_to_end(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    sweep = tmp_path / "sweep"
+    overrides = [
+        "-m",
+        "experiment=panorama_exact_cpu",
+        "debug=smoke",
+        "logger=csv",
+        "data.short_side=32",
+        "task.window_size=32",
+        "task.window_stride=8",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    ran = subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    # From an unrelated folder, as a module (the console script is the same function).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    reported = subprocess.run(
+        [sys.executable, "-m", "csd_exp.report", str(sweep)], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert reported.returncode == 0, reported.stderr
+    rows = read_csv(sweep / "report.csv")
+    # Two seeds of one configuration: one row, no swept columns (paths, seeds, callbacks are bookkeeping).
+    assert [(row["method"], row["n"]) for row in rows] == [("csd_edit", "2")]
+    assert list(rows[0])[:2] == ["method", "n"]
+    assert math.isfinite(float(rows[0]["fidelity/psnr_mean"])) and rows[0]["fidelity/psnr_std"]
+    assert {"report.md", "report_grid.png", "report_fidelity_psnr.png"} <= {path.name for path in sweep.iterdir()}
+    assert "| csd_edit | 2 |" in reported.stdout
