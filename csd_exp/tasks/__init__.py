@@ -2,11 +2,13 @@
 
 from csd_exp.tasks.base import DistillationTask, StepTickets, step_generator
 from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
+from csd_exp.tasks.panorama_region import PanoramaRegionTask
 from csd_exp.tasks.scene3d import Scene3DTask
 from csd_exp.tasks.video import VideoTask
 
 __all__ = [
     "DistillationTask",
+    "PanoramaRegionTask",
     "PanoramaTask",
     "Scene3DTask",
     "StepTickets",

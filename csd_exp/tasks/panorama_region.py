@@ -1,0 +1,378 @@
+"""Region-wise (compositional) panorama editing: each instruction edits its own region (paper App. B.1).
+
+``task.regions`` lists any number of ``{prompt, box: [top, left, height, width], units: fraction | pixels}``
+or ``{prompt, mask: <image path, white = region>}`` entries (a region without ``prompt`` takes the run's).
+Boxes in pixels and masks are in the pixels of the input image (``data.path``); fractions are of its size,
+so a fraction layout suits any image. The windows (particles) are those of :class:`PanoramaTask`.
+
+Each window i gets weights α_ik = the fraction of its pixels inside region k (exact pixel-area overlap,
+soft at a box edge that cuts a pixel), normalised over k to sum to 1. Its residual is then the mixture
+Σ_k α_ik ΔE_k (App. B.1's ε(x_t; {y_k}) = Σ_k α_k ε^ω(x_t; y_k), applied to Eq. 9's residual as the official
+``csdedit_image_region.py`` does), through :class:`csd_exp.distill.Guidance`'s ``prompt_weights``; the kernel
+still couples the windows (Eq. 9). The official code hard-codes these weights for 12 windows of a 1920×512
+image (``WEIGHTS_2/3/4``: 2, 3 or 4 equal vertical strips); here they follow from any layout, image size
+and window count, and four equal strips on that image give the official table.
+
+With the exact prior every region is scored against its own instruction's modes, over the windows that lie
+mostly in it (α_ik > 0.5): ``region/<k>/consistency/mode_agreement`` and
+``region/<k>/consistency/mode_fraction/<mode>`` in ``summary.json``. Modes of different instructions do not
+compare, so the global mode metrics (and the ``val/`` mode curve) exist only when every region shares one
+prompt. ``regions.json`` records every window's pixel box and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from csd_exp.data.images import image_file_size, load_image
+from csd_exp.data.resample import resize_frames
+from csd_exp.data.sources import ImageSource
+from csd_exp.priors.base import ModeOracle
+from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
+from csd_exp.tasks.results import TaskResult, mode_fractions
+
+log = logging.getLogger(__name__)
+
+REGION_KEYS = ("prompt", "box", "units", "mask")
+BOX_UNITS = ("fraction", "pixels")
+#: α_ik above this puts window i "mostly" in region k: the windows its metrics score.
+MAJORITY = 0.5
+# Fractions computed in float64 (e.g. 0.1 * 3) must not fail the in-image check by a rounding error.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Region:
+    """One ``task.regions`` entry: an instruction and where it applies (a box or a mask)."""
+
+    index: int
+    prompt: str
+    box: tuple[float, float, float, float] | None = None
+    units: str = "fraction"
+    mask: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"task.regions[{self.index}]"
+
+    def describe(self) -> str:
+        return f"mask {self.mask}" if self.mask is not None else f"box {list(self.box)} ({self.units})"
+
+
+def parse_regions(specs: Sequence[Mapping[str, Any]] | None, default_prompt: str) -> list[Region]:
+    """The regions of ``task.regions`` (None: one region, the whole image, with the run's prompt)."""
+    if specs is None:
+        return [Region(0, default_prompt, box=(0.0, 0.0, 1.0, 1.0))]
+    if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence) or not specs:
+        raise ValueError(
+            "task.regions must be a non-empty list of {prompt, box, units} or {prompt, mask} entries, "
+            f"got {specs!r}"
+        )
+    return [_parse_region(spec, index, default_prompt) for index, spec in enumerate(specs)]
+
+
+def _parse_region(spec: Any, index: int, default_prompt: str) -> Region:
+    name = f"task.regions[{index}]"
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"{name} must be a mapping like {{prompt: ..., box: [top, left, height, width]}}, got {spec!r}"
+        )
+    unknown = sorted(set(spec) - set(REGION_KEYS))
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {unknown}; a region takes {', '.join(REGION_KEYS)}")
+    prompt = spec.get("prompt")
+    prompt = default_prompt if prompt is None else prompt
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{name}.prompt must be a non-empty string, got {prompt!r}")
+    if ("box" in spec) == ("mask" in spec):
+        raise ValueError(f"{name} needs exactly one of box: [top, left, height, width] or mask: <image path>")
+    if "mask" in spec:
+        if "units" in spec:
+            raise ValueError(f"{name}.units applies to a box; a mask is always in the image's pixels: drop units")
+        if not isinstance(spec["mask"], str) or not spec["mask"]:
+            raise ValueError(f"{name}.mask must be an image path, got {spec['mask']!r}")
+        return Region(index, prompt, mask=spec["mask"])
+    units = spec.get("units", "fraction")
+    if units not in BOX_UNITS:
+        raise ValueError(f"{name}.units must be one of {', '.join(BOX_UNITS)}, got {units!r}")
+    box = spec["box"]
+    numbers = isinstance(box, Sequence) and not isinstance(box, str) and len(box) == 4
+    if not numbers or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box
+    ):
+        raise ValueError(f"{name}.box must be 4 finite numbers [top, left, height, width], got {box!r}")
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"{name}.box {list(box)} needs a positive height and width")
+    return Region(index, prompt, box=tuple(float(v) for v in box), units=units)
+
+
+def axis_coverage(start: float, stop: float, length: int) -> torch.Tensor:
+    """(length,) float64: how much of each pixel [p, p + 1) the interval [start, stop) covers."""
+    edges = torch.arange(length, dtype=torch.float64)
+    return ((edges + 1).clamp(max=stop) - edges.clamp(min=start)).clamp(min=0.0)
+
+
+def box_coverage(box_px: Sequence[float], canvas: tuple[int, int]) -> torch.Tensor:
+    """(H, W) float64 pixel-area coverage of a box [top, left, height, width] given in canvas pixels."""
+    top, left, height, width = box_px
+    return torch.outer(axis_coverage(top, top + height, canvas[0]), axis_coverage(left, left + width, canvas[1]))
+
+
+def region_coverage(region: Region, image_size: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
+    """(H, W) float64 in [0, 1] on the canvas: how much of each canvas pixel lies in ``region``.
+
+    ``image_size`` is the input image's (height, width) px: pixel boxes and masks are in its pixels (the
+    canvas is that image resized, so a box keeps its place relative to the content).
+    """
+    height, width = image_size
+    if region.mask is not None:
+        return _mask_coverage(region, image_size, canvas)
+    top, left, box_height, box_width = region.box
+    extent = (1.0, 1.0) if region.units == "fraction" else (float(height), float(width))
+    if (
+        top < -TOLERANCE
+        or left < -TOLERANCE
+        or top + box_height > extent[0] * (1 + TOLERANCE)
+        or (left + box_width > extent[1] * (1 + TOLERANCE))
+    ):
+        keep = (
+            "0 <= top, left and top + height, left + width <= 1"
+            if region.units == "fraction"
+            else (f"0 <= top, left, top + height <= {height} and left + width <= {width}")
+        )
+        raise ValueError(
+            f"{region.name}.box {list(region.box)} ({region.units}) lies outside the {height}x{width} px (HxW) "
+            f"image: keep {keep}"
+        )
+    scale_y, scale_x = (canvas[0], canvas[1]) if region.units == "fraction" else (canvas[0] / height, canvas[1] / width)
+    return box_coverage((top * scale_y, left * scale_x, box_height * scale_y, box_width * scale_x), canvas)
+
+
+def _mask_coverage(region: Region, image_size: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
+    path = Path(region.mask).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{region.name}.mask: no such image file {path} (white = region, the input image's size)")
+    mask_size = image_file_size(path)
+    if tuple(mask_size) != tuple(image_size):
+        raise ValueError(
+            f"{region.name}.mask {path} is {mask_size[0]}x{mask_size[1]} px but the image is "
+            f"{image_size[0]}x{image_size[1]} px (HxW): make the mask the image's size"
+        )
+    # Thresholded, so JPEG noise in the black part gives no window a stray weight; the area resize then
+    # makes each canvas pixel's coverage the fraction of its source pixels inside the region.
+    inside = (load_image(path, min_side=1).mean(dim=0) > 0.5).double()
+    return resize_frames(inside[None, None], *canvas, mode="area")[0, 0]
+
+
+def window_overlaps(coverage: torch.Tensor, grid: WindowGrid, scale: int) -> torch.Tensor:
+    """(windows, K) fraction of each window's pixels inside each region; ``coverage`` is (K, H, W) canvas px.
+
+    Windows are in ``grid.origins`` order (rows, then columns), which is average pooling's output order.
+    """
+    pooled = F.avg_pool2d(coverage[:, None].double(), kernel_size=grid.size * scale, stride=grid.stride * scale)
+    return pooled.flatten(1).T.contiguous()
+
+
+def normalised_weights(overlaps: torch.Tensor, pixel_boxes: Sequence[Sequence[int]], canvas: tuple[int, int]):
+    """α (windows, K): ``overlaps`` normalised to sum to 1 per window (App. B.1); an uncovered window is an error."""
+    totals = overlaps.sum(dim=1)
+    uncovered = (totals <= 0).nonzero().flatten().tolist()
+    if uncovered:
+        first = uncovered[0]
+        more = f" (and {len(uncovered) - 1} more)" if len(uncovered) > 1 else ""
+        raise ValueError(
+            f"task.regions leave window {first}{more} uncovered: pixels [top, left, height, width] = "
+            f"{list(pixel_boxes[first])} of the {canvas[0]}x{canvas[1]} px canvas lie in no region; extend a box "
+            "or mask over it, or add a region that covers it"
+        )
+    return overlaps / totals[:, None]
+
+
+class PanoramaRegionTask(PanoramaTask):
+    """CSD-Edit over a panorama's windows with one instruction per region (App. B.1; see the module docstring).
+
+    ``canvas_size`` ([height, width] px) forces the canvas size, as the official region script resizes every
+    input to 512×1920; None keeps ``data.resize_policy``'s. Both sides must tile: multiples of the prior's
+    latent scale × ``window_stride``.
+    """
+
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any,
+        optimizer,
+        lr_scheduler=None,
+        *,
+        prompt: str,
+        data: ImageSource,
+        regions: Sequence[Mapping[str, Any]] | None = None,
+        canvas_size: Sequence[int] | None = None,
+        window_size: int = 64,
+        window_stride: int = 16,
+        windows_per_step: int = 4,
+        window_sampler: str = "uniform",
+        seed: int = 0,
+        source_prompt: str = "",
+        max_steps: int = 200,
+    ):
+        # The whole layout is checked first: geometry is cheap, and a bad region must fail before the image loads.
+        parsed = parse_regions(regions, prompt)
+        for region in parsed:
+            prior.validate_prompt(region.prompt)  # an instruction the prior cannot follow: the prior's own error
+        scale = int(prior.latent_scale_factor)
+        object.__setattr__(self, "_forced_canvas", _check_canvas_size(canvas_size, scale, int(window_stride)))
+        image_size = data.size()
+        canvas = self.canvas_pixels(data, image_size, prior, int(window_size), int(window_stride))
+        grid = WindowGrid(canvas[0] // scale, canvas[1] // scale, int(window_size), int(window_stride))
+        coverage = torch.stack([region_coverage(region, image_size, canvas) for region in parsed])
+        for region, covered in zip(parsed, coverage):
+            if not covered.sum() > 0:
+                raise ValueError(
+                    f"{region.name} ({region.describe()}) covers no pixel of the {canvas[0]}x{canvas[1]} canvas"
+                )
+        boxes = [(top * scale, left * scale, grid.size * scale, grid.size * scale) for top, left in grid.origins]
+        weights = normalised_weights(window_overlaps(coverage, grid, scale), boxes, canvas)
+
+        super().__init__(
+            prior,
+            guidance,
+            optimizer,
+            lr_scheduler,
+            prompt=prompt,
+            data=data,
+            window_size=window_size,
+            window_stride=window_stride,
+            windows_per_step=windows_per_step,
+            window_sampler=window_sampler,
+            seed=seed,
+            source_prompt=source_prompt,
+            max_steps=max_steps,
+        )
+        self.regions = parsed
+        self.region_weights = weights.float()  # (windows, regions) α; plain CPU tensors: never in a checkpoint
+        # Regions that share an instruction share one prompt column, so a step asks the prior once per prompt.
+        self.prompts = list(dict.fromkeys(region.prompt for region in parsed))
+        columns = torch.tensor([self.prompts.index(region.prompt) for region in parsed])
+        self.prompt_weights = torch.zeros(len(grid), len(self.prompts), dtype=torch.float64)
+        self.prompt_weights.index_add_(1, columns, weights)
+        self.prompt_weights = self.prompt_weights.float()
+        # What the CLIP directional similarity scores the whole edit against (base finalize): every instruction.
+        self.prompt = "; ".join(self.prompts)
+        for region in parsed:
+            log.info(
+                "panorama_region: region %d %r (%s): %d of %d windows mostly inside",
+                region.index,
+                region.prompt,
+                region.describe(),
+                int((weights[:, region.index] > MAJORITY).sum()),
+                len(grid),
+            )
+
+    def canvas_pixels(self, data, image_size, prior, window_size, window_stride) -> tuple[int, int]:
+        if self._forced_canvas is not None:
+            return self._forced_canvas
+        return PanoramaTask.canvas_pixels(data, image_size, prior, window_size, window_stride)
+
+    def distillation_step(self, step: int):
+        windows = self.sample_windows(step)
+        offset, count = self.particle_shard(len(windows))
+        local = windows[offset : offset + count]
+        coverage = self.grid.coverage(windows, device=self.canvas.device)
+        return self.guidance(
+            self.prior,
+            self.grid.crop(self.canvas, local),
+            prompt=self.prompts,
+            prompt_weights=self.prompt_weights[local],
+            image_cond=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
+            source_latents=self.grid.crop(self.source_latents, local),
+            step=step,
+            seed=self.seed,
+            particle_offset=offset,
+            num_particles_total=len(windows),
+            process_group=self.process_group(),
+            gradient_scale=1.0 / self.grid.crop(coverage, local),
+        )
+
+    # ----------------------------------------------------------------- outputs
+    def _responsibilities(self, windows, prompt: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.prior.mode_responsibilities(
+                self.grid.crop(self.canvas.detach(), windows), self.grid.crop(self.image_condition, windows), prompt
+            ).cpu()
+
+    def mode_responsibilities(self) -> torch.Tensor | None:
+        if len(self.prompts) > 1 or not isinstance(self.prior, ModeOracle):
+            return None  # modes of different instructions do not compare: see region_metrics
+        return self._responsibilities(range(len(self.grid)), self.prompts[0])
+
+    def region_metrics(self) -> dict[str, float]:
+        """``region/<k>/consistency/*`` over the windows mostly in region k (exact prior only)."""
+        if not isinstance(self.prior, ModeOracle):
+            return {}
+        from csd_exp.metrics import ModeAgreement
+
+        metrics: dict[str, float] = {}
+        for region in self.regions:
+            inside = (self.region_weights[:, region.index] > MAJORITY).nonzero().flatten().tolist()
+            if not inside:
+                log.warning("panorama_region: no window lies mostly in %s; it has no region metrics", region.name)
+                continue
+            responsibilities = self._responsibilities(inside, region.prompt)
+            agreement = ModeAgreement(sync_on_compute=False)
+            agreement.update(responsibilities)
+            prefix = f"region/{region.index}/"
+            metrics[prefix + "consistency/mode_agreement"] = float(agreement.compute())
+            fractions = mode_fractions(responsibilities, self.prior.mode_names(region.prompt))
+            metrics.update({prefix + name: value for name, value in fractions.items()})
+        return metrics
+
+    def final_result(self) -> TaskResult:
+        edited, source = self.edited_image(), self.source_image
+        responsibilities = self.mode_responsibilities()
+        return TaskResult(
+            edited=edited[None],
+            source=source[None],
+            media={"source": source[None], "edited": resize_frames(edited, *self.original_size)[None]},
+            windows=self.window_pixel_boxes(),
+            mode_responsibilities=responsibilities,
+            mode_names=None if responsibilities is None else self.prior.mode_names(self.prompts[0]),
+            metrics=self.region_metrics(),
+        )
+
+    def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:
+        videos = super().write_outputs(output_dir, result)
+        scale = int(self.prior.latent_scale_factor)
+        layout = {
+            "canvas": [self.grid.height * scale, self.grid.width * scale],
+            "regions": [{"prompt": r.prompt, "where": r.describe()} for r in self.regions],
+            "windows": [
+                {"box": list(box), "weights": [round(float(w), 6) for w in row]}
+                for box, row in zip(self.window_pixel_boxes(), self.region_weights)
+            ],
+        }
+        (Path(output_dir) / "regions.json").write_text(json.dumps(layout, indent=1))
+        return videos
+
+
+def _check_canvas_size(canvas_size: Sequence[int] | None, scale: int, stride: int) -> tuple[int, int] | None:
+    if canvas_size is None:
+        return None
+    unit = scale * stride
+    valid = isinstance(canvas_size, Sequence) and len(canvas_size) == 2
+    if not valid or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in canvas_size):
+        raise ValueError(f"task.canvas_size must be [height, width] in px or null, got {canvas_size!r}")
+    if unit > 0 and (canvas_size[0] % unit or canvas_size[1] % unit):  # a bad stride: PanoramaTask's own error
+        raise ValueError(
+            f"task.canvas_size={list(canvas_size)} does not tile: both sides must be multiples of {unit} px "
+            f"(latent scale {scale} x task.window_stride {stride})"
+        )
+    return int(canvas_size[0]), int(canvas_size[1])
