@@ -7,10 +7,13 @@ from csd_exp.distill.combine import csd_gradient, distillation_weight, sds_gradi
 from csd_exp.distill.distributed import gather_particles
 from csd_exp.distill.guidance import Guidance, GuidanceOutput
 from csd_exp.distill.kernels import (
+    ConsensusKernel,
     IdentityKernel,
     Kernel,
     KernelOutput,
     RBFKernel,
+    coupling,
+    coupling_gamma,
     make_kernel,
     rbf_kernel,
     squared_distances,
@@ -18,6 +21,7 @@ from csd_exp.distill.kernels import (
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness, step_seed
 
 __all__ = [
+    "ConsensusKernel",
     "Guidance",
     "GuidanceOutput",
     "IdentityKernel",
@@ -25,6 +29,8 @@ __all__ = [
     "KernelOutput",
     "RBFKernel",
     "TimestepSchedule",
+    "coupling",
+    "coupling_gamma",
     "csd_gradient",
     "distillation_weight",
     "draw_step_randomness",

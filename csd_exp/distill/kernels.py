@@ -3,7 +3,8 @@
 A kernel takes the particles ``x`` of any shape ``(N, ...)`` (noisy latents x_t, flattened to N × D
 inside) and returns a :class:`KernelOutput`:
 
-* ``matrix``    K, (N, N), ``K[i, j] = k(x_j, x_i)`` (symmetric);
+* ``matrix``    K, (N, N), ``K[i, j] = k(x_j, x_i)``; the combiner forms Σ_j K_ij Δ_j (symmetric for the RBF
+  kernel, not for :class:`ConsensusKernel`'s row-normalised one);
 * ``repulsion`` R, the shape of ``x``: ``R_i = Σ_j ∇_{x_j} k(x_j, x_i)`` with the sign that is *added* to the
   descent gradient (the official code's ``dK_dX``); for the RBF kernel ``R_i = Σ_j −2γ K_ij (x_i − x_j)``, so
   the descent step ``x_i ← x_i − η (… + R_i)`` pushes x_i away from its neighbours (SVGD's repulsion, Eq. 7
@@ -20,6 +21,7 @@ removes the common offset, which keeps the float32 cancellation error of the Gra
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -190,16 +192,147 @@ class IdentityKernel:
         )
 
 
+COUPLING_BISECTION_STEPS = 60  # halvings of the log γ bracket: far below float64 resolution for any d² spread
+
+
+def _off_diagonal(distances: Tensor) -> Tensor:
+    count = distances.shape[0]
+    return distances[~torch.eye(count, dtype=torch.bool, device=distances.device)]
+
+
+def coupling(distances: Tensor, gamma: float) -> float:
+    """S(γ) = (1/N) Σ_i Σ_{j≠i} exp(−γ d²_ij) for (N, N) squared distances: the arithmetic mean over particles i
+    of the others' total RBF weight relative to the particle's own (K_ii = 1), which is what the combiner's
+    ``kernel_self_weight_ratio`` reports (row scaling cancels in that ratio)."""
+    return float(torch.exp(-gamma * _off_diagonal(distances.to(torch.float64))).sum()) / distances.shape[0]
+
+
+def coupling_gamma(distances: Tensor, target: float) -> float:
+    """The γ ≥ 0 with S(γ) = ``target`` (see :func:`coupling`), by bisection on log γ, in float64.
+
+    S falls monotonically from N − 1 (γ = 0) to z = (number of ordered pairs i ≠ j at distance 0) / N (γ → ∞).
+    Returns 0 for ``target ≥ N − 1`` or when all particles coincide, +inf for ``target ≤ z`` (only coincident
+    pairs keep weight). Otherwise, with P/N the positive pairs' share of S, m and M the smallest and largest
+    positive d² and c = log((P/N) / (target − z)) > 0, S(c/M) ≥ target ≥ S(c/m) bracket the root.
+    """
+    count = distances.shape[0]
+    pairs = _off_diagonal(distances.detach().to(torch.float64))
+    positive = pairs[pairs > 0]
+    floor = (pairs.numel() - positive.numel()) / count
+    if positive.numel() == 0 or target >= count - 1:
+        return 0.0
+    if target <= floor:
+        return math.inf
+    scale = math.log(positive.numel() / count / (target - floor))
+    low, high = math.log(scale / float(positive.max())), math.log(scale / float(positive.min()))
+    for _ in range(COUPLING_BISECTION_STEPS):
+        middle = 0.5 * (low + high)
+        if float(torch.exp(-math.exp(middle) * positive).sum()) / count + floor > target:
+            low = middle  # still coupled too strongly: narrow the kernel
+        else:
+            high = middle
+    return math.exp(0.5 * (low + high))
+
+
+class ConsensusKernel:
+    """An RBF kernel whose bandwidth sets the coupling, with row-normalised weights (beyond the paper, opt-in).
+
+    The median rule fixes the coupling by N alone: in 4·64·64 dimensions all pairwise distances of the noisy
+    latents are nearly equal, so K_ij ≈ 1/(N+1) and the others' weight relative to a particle's own is
+    S ≈ (N−1)/(N+1) < 1 (docs/coupling.md). This kernel picks, at every step, the γ of k = exp(−γ d²) for which
+
+        S(γ) = (1/N) Σ_i Σ_{j≠i} exp(−γ d²_ij) = ``target_coupling``
+
+    (the arithmetic mean over particles, exactly what the combiner's ``kernel_self_weight_ratio`` reports), by
+    bisection on log γ over this step's pairwise squared distances in float64 (:func:`coupling_gamma`). S is at
+    most N − 1 (γ → 0, every particle gets the mean residual): a larger target is clamped to N − 1 (γ = 0) with
+    a warning naming the bound, once per particle count, rather than an error, since N is known only per step
+    (4 windows per panorama step, 12 video frames, every rank's particles under DDP).
+
+    Row normalisation keeps the step size of the uncoupled method. With Z_i = Σ_l exp(−γ d²_il), the returned
+    matrix is K̃_ij = exp(−γ d²_ij) / Z_i, so every row sums to 1, the row sum of K = I; with the combiner's 1/N
+    (``normalizer`` N), identical residuals give exactly the step of ``kernel=identity_mean``
+    (``guidance=csd_edit_no_svgd``). The repulsion is normalised by the same Z_i:
+
+        R̃_i = −Σ_j ∇_y k̃(y, x_i)|_{y=x_j} = −2γ Σ_j K̃_ij (x_i − x_j) = R_i / Z_i,   k̃(y, x_i) = exp(−γ‖y − x_i‖²) / Z_i
+
+    with γ and Z_i statistics of the step's particles, held fixed within the step (as SVGD and the official code
+    hold the median rule's γ fixed). The minus sign is the descent-gradient convention of every kernel here
+    (Δ ∝ −∇ log p, the official ``dK_dX``). So g_i = (w(t)/N) Σ_j [k̃(x_j, x_i) Δ_j − ∇_{x_j} k̃(x_j, x_i)] is
+    still −(SVGD's φ(x_i)) of Eq. 7 / Eq. 8 / Eq. 9 with the kernel k̃(·, x_i) in place of k; K̃ is not symmetric.
+
+    N = 1: K̃ = [[1]], R̃ = 0, normaliser 1: SDS exactly (Eq. 5). ``gamma`` reports the solved γ (0 when clamped
+    or when all particles coincide, +inf when only coincident pairs keep weight, then R̃ = 0, its limit).
+    """
+
+    def __init__(self, target_coupling: float = 8.0, compute_dtype: torch.dtype = torch.float32) -> None:
+        if isinstance(target_coupling, bool) or not isinstance(target_coupling, (int, float)):
+            raise ValueError(f"target_coupling must be a number > 0, got {target_coupling!r}")
+        if not math.isfinite(target_coupling) or target_coupling <= 0:
+            raise ValueError(
+                f"target_coupling must be finite and > 0 (the others' weight relative to a particle's own), "
+                f"got {target_coupling!r}"
+            )
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype}")
+        self.target_coupling = float(target_coupling)
+        self.compute_dtype = compute_dtype
+        self._clamp_warned: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"ConsensusKernel(target_coupling={self.target_coupling}, compute_dtype={self.compute_dtype})"
+
+    def _target(self, count: int) -> float:
+        bound = float(count - 1)
+        # N = 1 has no others to couple (and is SDS): nothing to warn about.
+        if self.target_coupling > bound and count > 1 and count not in self._clamp_warned:
+            self._clamp_warned.add(count)
+            warnings.warn(
+                f"ConsensusKernel: target_coupling={self.target_coupling:g} exceeds the bound S <= N - 1 = "
+                f"{bound:g} for N = {count} particles; using S = {bound:g} (gamma = 0: every particle gets the "
+                "mean residual). Lower kernel.target_coupling or use more particles per step.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return min(self.target_coupling, bound)
+
+    def __call__(self, x: Tensor) -> KernelOutput:
+        check_particles(x, "x")
+        count = x.shape[0]
+        flat = x.detach().reshape(count, -1).to(self.compute_dtype)
+        centred = flat - flat.mean(dim=0, keepdim=True)
+        distances = squared_distances(centred).to(torch.float64)
+        gamma = coupling_gamma(distances, self._target(count)) if count > 1 else 0.0
+        if math.isinf(gamma):  # the limit γ → ∞: weight only on coincident particles, no repulsion
+            weights = (distances == 0).to(torch.float64)
+        else:
+            weights = torch.exp(-gamma * distances)
+        matrix = (weights / weights.sum(dim=1, keepdim=True)).to(self.compute_dtype)
+        if math.isinf(gamma):
+            repulsion = torch.zeros_like(centred)
+        else:
+            # R̃_i = −2γ Σ_j K̃_ij (x_i − x_j), the RBF form with the normalised rows (shift-free: centred).
+            repulsion = -2.0 * gamma * (matrix.sum(dim=1, keepdim=True) * centred - matrix @ centred)
+        return KernelOutput(
+            matrix=matrix,
+            repulsion=repulsion.reshape(x.shape),
+            gamma=torch.tensor(gamma, dtype=self.compute_dtype, device=x.device),
+            normalizer=float(count),
+        )
+
+
 KERNEL_NAMES = {
     "rbf": RBFKernel,
+    "consensus": ConsensusKernel,
     "identity": IdentityKernel,
     "identity_normalized": lambda: IdentityKernel(normalize_by_count=True),
 }
 
 
 def make_kernel(spec: str | Kernel) -> Kernel:
-    """A kernel from a name (``"rbf"``: official median rule, ``"identity"``: SDS, ``"identity_normalized"``:
-    the without-SVGD ablation) or a kernel object (anything callable as ``kernel(x) -> KernelOutput``)."""
+    """A kernel from a name (``"rbf"``: official median rule, ``"consensus"``: :class:`ConsensusKernel` with S = 8,
+    ``"identity"``: SDS, ``"identity_normalized"``: the without-SVGD ablation) or a kernel object (anything
+    callable as ``kernel(x) -> KernelOutput``)."""
     if isinstance(spec, str):
         if spec not in KERNEL_NAMES:
             raise ValueError(f"unknown kernel {spec!r}; choose one of {sorted(KERNEL_NAMES)} or pass a kernel object")
