@@ -34,6 +34,24 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
+    """The W&B run's name, group, job type and tags where the config leaves them null; returns them
+    (None without a W&B logger)."""
+    from omegaconf import open_dict
+
+    from csd_exp.infra.wandb_identity import wandb_identity
+
+    node = OmegaConf.select(cfg, "logger.wandb")
+    if not node:
+        return None
+    identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed))
+    with open_dict(node):
+        for key, value in identity.items():
+            if node.get(key) is None:
+                node[key] = value
+    return {key: OmegaConf.to_container(node[key]) if OmegaConf.is_config(node[key]) else node[key] for key in identity}
+
+
 def check_accelerator(trainer_cfg: DictConfig) -> None:
     """``trainer=gpu`` / ``ddp`` on a machine without CUDA fails here, before any model is loaded."""
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
@@ -104,6 +122,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline":
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
+        wandb_run = _fill_wandb_identity(cfg)
+        if wandb_run is not None:
+            summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)
         loggers = _instantiate_group(cfg.get("logger"))
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

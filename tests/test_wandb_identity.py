@@ -1,0 +1,82 @@
+"""W&B runs of a sweep share a group and have distinct, readable names and the true method tags.
+
+The identity each run gave W&B is also recorded in its ``summary.json`` (``wandb``), which is what these
+tests read: the offline ``.wandb`` record files of wandb >= 0.19 are written by its Go core and have no
+public Python reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from framework_support import REPO_ROOT
+
+SMALL = [
+    "debug=smoke",
+    "logger=wandb",
+    "data.short_side=32",
+    "task.window_size=32",
+    "task.window_stride=8",
+]
+
+
+def _cli(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["WANDB_MODE"] = "offline"
+    return subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={sweep}",
+            "experiment=panorama_exact_cpu",
+            *SMALL,
+            "guidance=csd_edit,sds",
+            "seed=0,1",
+        ],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(p.read_text())["wandb"] for p in sorted(sweep.rglob("summary.json"))]
+    assert sorted(run["name"] for run in runs) == ["csd_edit·s0", "csd_edit·s1", "sds·s0", "sds·s1"]
+    assert {run["group"] for run in runs} == {f"panorama_exact_cpu-{sweep.name}"}
+    assert {run["job_type"] for run in runs} == {"panorama"}
+    assert sorted(tuple(run["tags"]) for run in runs) == [
+        ("panorama", "csd_edit", "panorama_exact_cpu"),
+        ("panorama", "csd_edit", "panorama_exact_cpu"),
+        ("panorama", "sds", "panorama_exact_cpu"),
+        ("panorama", "sds", "panorama_exact_cpu"),
+    ]
+
+
+def test_swept_values_enter_the_name_and_a_baseline_is_tagged_as_itself(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={sweep}",
+            "task=panorama_sampling",
+            *SMALL,
+            "task.method=per_window,multidiffusion",
+            "guidance.guidance_scale=1.5,3",
+        ],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(p.read_text())["wandb"] for p in sorted(sweep.rglob("summary.json"))]
+    assert sorted(run["name"] for run in runs) == [
+        "multidiffusion·guidance_scale=1.5·s0",
+        "multidiffusion·guidance_scale=3·s0",
+        "per_window·guidance_scale=1.5·s0",
+        "per_window·guidance_scale=3·s0",
+    ]
+    assert {run["tags"][1] for run in runs} == {"per_window", "multidiffusion"}  # never "csd_edit"
+    assert {run["group"] for run in runs} == {f"panorama_sampling-{sweep.name}"}
