@@ -75,6 +75,12 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             f"guidance=sds with kernel={chosen} couples the particles, which is CSD (Eq. 8): choose "
             "guidance=csd, or drop the kernel override (SDS is the identity kernel, Eq. 5)"
         )
+    if choices.get("guidance") == "csd_edit_no_svgd" and kernel_target not in (None, IDENTITY_KERNEL):
+        chosen = choices.get("kernel") or _short(kernel_target)
+        raise ConfigError(
+            f"guidance=csd_edit_no_svgd with kernel={chosen} couples the particles, which is CSD-Edit "
+            "(Eq. 9): choose guidance=csd_edit, or drop the kernel override (the ablation is kernel=identity_mean)"
+        )
     no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
     if guidance.get("official_scaling") and not (guidance.get("baseline") == "source_branch" and no_svgd):
         raise ConfigError(

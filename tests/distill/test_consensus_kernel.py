@@ -210,6 +210,14 @@ def test_consensus_with_sds_is_a_compose_time_error(tmp_path):
     )
 
 
+def test_a_coupling_kernel_under_the_no_svgd_ablation_is_a_compose_time_error(tmp_path):
+    from csd_exp.schema import ConfigError, validate_composed
+
+    cfg = compose_config(["guidance=csd_edit_no_svgd", "kernel=consensus"], tmp_path)
+    with pytest.raises(ConfigError, match="which is CSD-Edit .Eq. 9.: choose guidance=csd_edit"):
+        validate_composed(cfg)
+
+
 def test_kernel_consensus_composes_and_checks_its_target(tmp_path):
     from hydra.utils import instantiate
 
