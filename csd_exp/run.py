@@ -138,7 +138,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
             evaluator = build_evaluator(OmegaConf.to_container(cfg.metrics, resolve=True))
             summary["metrics"] = task.finalize(output_dir, evaluator)
-            log_metrics_table(loggers, summary["metrics"])
+            log_metrics_table(loggers, summary["metrics"], step=trainer.global_step)
         if not trainer.interrupted:
             summary["status"] = "completed"
             exit_code = 0

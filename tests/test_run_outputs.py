@@ -30,6 +30,10 @@ def test_validation_logs_metric_curves_that_end_at_the_final_metrics(run_job):
         assert len(curve) == 3, name  # one point per validation (every step here)
         # The last validation sees the final canvas, so the curve ends at the value summary.json reports.
         assert curve[-1][1] == pytest.approx(metrics[name], rel=1e-6), name
+    # The final metrics sit in the CSV under summary.json's own names, at the last step; lr is logged every step.
+    final = _column(rows, "fidelity/psnr")
+    assert final == [(3, pytest.approx(metrics["fidelity/psnr"]))]
+    assert len(_column(rows, "train/lr")) == 3
     psnr = [value for _, value in _column(rows, "val/fidelity/psnr")]
     assert all(math.isfinite(value) for value in psnr) and len(set(psnr)) > 1, "the curve moves as the edit proceeds"
 

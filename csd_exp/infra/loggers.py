@@ -68,15 +68,18 @@ def log_video(loggers: Iterable, key: str, video_path: Path, step: int | None = 
             logger.experiment.log({key: wandb.Video(str(video_path), format=Path(video_path).suffix[1:])}, step=step)
 
 
-def log_metrics_table(loggers: Iterable, metrics: Mapping[str, float], key: str = "final/metrics") -> None:
-    """A two-column (metric, value) table in W&B, plus the metrics as summary scalars everywhere."""
+def log_metrics_table(
+    loggers: Iterable, metrics: Mapping[str, float], step: int | None = None, key: str = "final/metrics"
+) -> None:
+    """The final metrics under exactly ``summary.json``'s names: W&B's run summary (plus a two-column
+    table), and the other loggers' rows at the final ``step`` (the validation curves are ``val/<name>``)."""
     rows = [[name, float(value)] for name, value in sorted(metrics.items())]
     for logger in loggers:
         if _is_wandb(logger):
             logger.log_table(key=key, columns=["metric", "value"], data=rows)
-            logger.experiment.summary.update({f"final/{name}": value for name, value in rows})
+            logger.experiment.summary.update(dict(rows))
         else:
-            logger.log_metrics({f"final/{name}": value for name, value in rows})
+            logger.log_metrics(dict(rows), step=step)
             logger.save()
 
 

@@ -177,6 +177,9 @@ class DistillationTask(pl.LightningModule):
         shown = {name: diagnostics.pop(name) for name in ("train/t", "train/grad_norm") if name in diagnostics}
         self.log_dict(diagnostics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
         self.log_dict(shown, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
+        if self._trainer is not None and self.trainer.optimizers:  # the learning-rate curve (schedulers move it)
+            lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+            self.log("train/lr", lr, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
         sharded = self.loss_is_sharded and self.world_size > 1
         # With sharded particles the sum over ranks is the single-process loss.
         self.log(
