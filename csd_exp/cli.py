@@ -40,7 +40,21 @@ def main(cfg: DictConfig) -> float | None:
     from csd_exp.run import run
 
     summary = run(cfg)
-    return summary.get("metrics", {}).get("consistency/mode_agreement")
+    return _optimized_value(cfg, summary)
+
+
+def _optimized_value(cfg: DictConfig, summary: dict) -> float | None:
+    """What the job returns to a sweeper that optimises (``optimized_metric``: a name in ``summary.json``)."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    metrics = summary.get("metrics", {})
+    if name not in metrics:
+        raise SystemExit(
+            f"csd-exp: optimized_metric={name!r} is not among this run's metrics "
+            f"({', '.join(sorted(metrics)) or 'none: the run did not complete'}); choose one of them"
+        )
+    return float(metrics[name])
 
 
 def _with_config_dir(argv: list[str]) -> list[str]:

@@ -325,6 +325,7 @@ class RunSchema:
     prompt: str
     source_prompt: str
     method: str
+    optimized_metric: str | None
     seed: Annotated[int, Range(min=0, max=MAX_SEED)]
     ckpt_path: str | None
 

@@ -146,6 +146,7 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
 CHECKED_NODES = (
     "prompt",
     "method",
+    "optimized_metric",
     "source_prompt",
     "seed",
     "ckpt_path",
