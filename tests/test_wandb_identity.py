@@ -80,3 +80,17 @@ def test_swept_values_enter_the_name_and_a_baseline_is_tagged_as_itself(tmp_path
     ]
     assert {run["tags"][1] for run in runs} == {"per_window", "multidiffusion"}  # never "csd_edit"
     assert {run["group"] for run in runs} == {f"panorama_sampling-{sweep.name}"}
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["experiment=panorama_exact_cpu", *SMALL]
+    assert _cli([*common, f"paths.output_dir={first}"], cwd=REPO_ROOT).returncode == 0
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    result = _cli([*common, "trainer.max_steps=4", f"ckpt_path={checkpoint}", f"paths.output_dir={second}"], REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (first_run,) = (first / "wandb").glob("offline-run-*")
+    (second_run,) = (second / "wandb").glob("offline-run-*")
+    run_id = first_run.name.rsplit("-", 1)[-1]
+    assert second_run.name.rsplit("-", 1)[-1] == run_id
+    assert json.loads((second / "summary.json").read_text())["wandb"]["id"] == run_id

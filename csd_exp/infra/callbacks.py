@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 
 from csd_exp.infra.checkpoints import CHECKPOINT_KEY
 
@@ -52,7 +53,8 @@ class SaveOnInterrupt(pl.Callback):
 
 class RunFingerprint(pl.Callback):
     """Store the run's config fingerprint (:func:`csd_exp.infra.checkpoints.run_fingerprint`) in every checkpoint,
-    periodic, last and on-interrupt alike, under ``checkpoint["csd_exp"]["fingerprint"]``."""
+    periodic, last and on-interrupt alike, under ``checkpoint["csd_exp"]["fingerprint"]``, and the W&B run's
+    id under ``["wandb_run_id"]`` (a resume continues that run)."""
 
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
@@ -60,4 +62,8 @@ class RunFingerprint(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint.setdefault(CHECKPOINT_KEY, {})["fingerprint"] = self.fingerprint
+        entry = checkpoint.setdefault(CHECKPOINT_KEY, {})
+        entry["fingerprint"] = self.fingerprint
+        for logger in trainer.loggers:  # a resume from this checkpoint continues the same W&B run
+            if isinstance(logger, WandbLogger) and logger.version:
+                entry["wandb_run_id"] = str(logger.version)

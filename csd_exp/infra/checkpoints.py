@@ -182,3 +182,11 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_co
         f"Resume with the checkpoint's settings, or add {ALLOW_OVERRIDE} to continue it under "
         "this run's config on purpose"
     )
+
+
+def stored_wandb_run_id(path: str | Path | None) -> str | None:
+    """The W&B run id a checkpoint was written under (None: none recorded, or no checkpoint)."""
+    if not path or not Path(path).is_file():
+        return None
+    run_id = (_load(Path(path)).get(CHECKPOINT_KEY) or {}).get("wandb_run_id")
+    return str(run_id) if run_id else None
