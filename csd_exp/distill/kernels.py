@@ -258,8 +258,8 @@ class ConsensusKernel:
 
     with γ and Z_i statistics of the step's particles, held fixed within the step (as SVGD and the official code
     hold the median rule's γ fixed). The minus sign is the descent-gradient convention of every kernel here
-    (Δ ∝ −∇ log p, the official ``dK_dX``). So g_i = (w(t)/N) Σ_j [k̃(x_j, x_i) Δ_j − ∇_{x_j} k̃(x_j, x_i)] is
-    still −(SVGD's φ(x_i)) of Eq. 7 / Eq. 8 / Eq. 9 with the kernel k̃(·, x_i) in place of k; K̃ is not symmetric.
+    (Δ ∝ −∇ log p, the official ``dK_dX``). So g_i = (w(t)/N) Σ_j [k̃(x_j, x_i) Δ_j − ∇_{x_j} k̃(x_j, x_i)] is still
+    the descent form of SVGD's φ(x_i) (Eq. 7, Eq. 8 / 9) with k̃(·, x_i) in place of k; K̃ is not symmetric.
 
     N = 1: K̃ = [[1]], R̃ = 0, normaliser 1: SDS exactly (Eq. 5). ``gamma`` reports the solved γ (0 when clamped
     or when all particles coincide, +inf when only coincident pairs keep weight, then R̃ = 0, its limit).
