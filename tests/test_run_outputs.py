@@ -51,3 +51,22 @@ def test_video_curves_and_final_video(run_job):
     rows = _csv_rows(run_dir)
     assert _column(rows, "val/fidelity/psnr")[-1][1] == pytest.approx(summary["metrics"]["fidelity/psnr"], rel=1e-6)
     assert (run_dir / "edited.mp4").is_file() and (run_dir / "source.mp4").is_file()
+
+
+def test_final_media_are_captioned_and_shown_source_beside_edit(monkeypatch, tmp_path):
+    import torch
+    from pytorch_lightning.loggers import WandbLogger
+
+    from csd_exp.tasks.media import log_final_media
+
+    calls = []
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, **kwargs: calls.append(kwargs))
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    source, edited = torch.rand(1, 3, 16, 40), torch.rand(1, 3, 32, 80)  # the edit at output size
+    log_final_media([logger], {"source": source, "edited": edited}, {}, step=3, caption="make it red · seed 0")
+    by_key = {call["key"]: call for call in calls}
+    assert set(by_key) == {"final/source", "final/edited", "final/source_vs_edited"}
+    pair = by_key["final/source_vs_edited"]["images"][0]
+    assert pair.shape == (32, 160, 3)  # the source scaled to the edit's height, then the edit
+    assert (pair[:, 80:] == (edited[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).all()
+    assert all(call["caption"] == ["make it red · seed 0"] and call["step"] == 3 for call in calls)

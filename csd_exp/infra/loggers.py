@@ -49,14 +49,17 @@ def _to_uint8(images: torch.Tensor):
     return (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
 
 
-def log_images(loggers: Iterable, images: Mapping[str, torch.Tensor], step: int | None = None) -> None:
-    """Send (B, 3, H, W) image batches in [0, 1] to every W&B logger."""
+def log_images(
+    loggers: Iterable, images: Mapping[str, torch.Tensor], step: int | None = None, caption: str | None = None
+) -> None:
+    """Send (B, 3, H, W) image batches in [0, 1] to every W&B logger, each image captioned ``caption``."""
     for logger in loggers:
         if not _is_wandb(logger):
             continue
         for key, batch in images.items():
             arrays = list(_to_uint8(batch))
-            logger.log_image(key=key, images=arrays, step=step)
+            extra = {} if caption is None else {"caption": [caption] * len(arrays)}
+            logger.log_image(key=key, images=arrays, step=step, **extra)
 
 
 def log_video(loggers: Iterable, key: str, video_path: Path, step: int | None = None) -> None:

@@ -298,5 +298,6 @@ class DistillationTask(pl.LightningModule):
             result = self.final_result()
         videos = self.write_outputs(output_dir, result)
         if self._trainer is not None:
-            log_final_media(self.trainer.loggers, result.media, videos, step=self.global_step)
+            caption = f"{self.prompt} · seed {self.seed} · step {self.global_step}"
+            log_final_media(self.trainer.loggers, result.media, videos, step=self.global_step, caption=caption)
         return final_metrics(evaluator, result, source_text=self.source_prompt, target_text=self.prompt)

@@ -32,10 +32,30 @@ class SnapshotMedia(pl.Callback):
         log_images(trainer.loggers, {f"snapshots/{k}": v for k, v in images.items()}, step=trainer.global_step)
 
 
+def side_by_side(source: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W_s + W_e): each source beside its edit, the source resized to the edit's height."""
+    from csd_exp.data.resample import resize_frames
+
+    height = edited.shape[-2]
+    width = max(1, round(source.shape[-1] * height / source.shape[-2]))
+    return torch.cat([resize_frames(source.float(), height, width), edited.float()], dim=-1)
+
+
 def log_final_media(
-    loggers, images: Mapping[str, torch.Tensor], videos: Mapping[str, Path], step: int | None = None
+    loggers,
+    images: Mapping[str, torch.Tensor],
+    videos: Mapping[str, Path],
+    step: int | None = None,
+    caption: str | None = None,
 ) -> None:
-    """Send a result's images and written videos (as ``final/<name>``) to the loggers that take media."""
-    log_images(loggers, {f"final/{k}": v for k, v in images.items()}, step=step)
+    """Send a result's images and written videos (as ``final/<name>``) to the loggers that take media, plus
+    ``final/source_vs_edited`` (source | edited) when the images hold a ``source`` and an ``edited`` entry
+    (``source_grid`` / ``edited_grid`` for frames), all captioned ``caption``."""
+    images = dict(images)
+    for source_key, edited_key in (("source", "edited"), ("source_grid", "edited_grid")):
+        if source_key in images and edited_key in images:
+            images["source_vs_edited"] = side_by_side(images[source_key], images[edited_key])
+            break
+    log_images(loggers, {f"final/{k}": v for k, v in images.items()}, step=step, caption=caption)
     for name, path in videos.items():
         log_video(loggers, f"final/{name}", path, step=step)
