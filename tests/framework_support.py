@@ -33,3 +33,22 @@ def compose_config(overrides: list[str], output_dir: Path):
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def run_cli(args: list[str], cwd: Path = REPO_ROOT, env: dict | None = None, timeout: int = 900):
+    """``python -m csd_exp.cli *args`` in a subprocess, outside any DDP environment of the test run;
+    ``env`` adds or replaces variables."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "csd_exp.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

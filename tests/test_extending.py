@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
+
+from framework_support import run_cli
 
 TASK_MODULE = '''
 """Whole-image CSD-Edit: the image is the only particle (N = 1, so CSD is SDS-Edit)."""
@@ -88,16 +88,8 @@ trainer:
 
 
 def _run_cli(tmp_path, code_dir, *overrides):
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(code_dir), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "csd_exp.cli", *overrides, "logger=csv"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    pythonpath = os.pathsep.join([str(code_dir), os.environ.get("PYTHONPATH", "")])
+    return run_cli([*overrides, "logger=csv"], cwd=tmp_path, env={"PYTHONPATH": pythonpath}, timeout=600)
 
 
 def test_a_new_task_needs_its_module_and_two_yamls(tmp_path):

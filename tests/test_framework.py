@@ -4,14 +4,12 @@ resume, Ctrl-C, and the early errors on bad input."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from framework_support import CONFIG_DIR, FAST, REPO_ROOT, compose_config
+from framework_support import CONFIG_DIR, FAST, REPO_ROOT, compose_config, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=8"]
@@ -194,10 +192,7 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    return subprocess.run(
-        [sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_cli(args, cwd=cwd, timeout=600)
 
 
 def test_unknown_config_key_is_an_error(tmp_path):

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from framework_support import REPO_ROOT
+from framework_support import run_cli
 from omegaconf import OmegaConf
 
 SMALL = ["experiment=panorama_exact_cpu", "debug=smoke", "data.short_side=32", "task.window_size=32"]
 SMALL += ["task.window_stride=8"]
 
 
-def _cli(args):
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    return subprocess.run(
-        [sys.executable, "-m", "csd_exp.cli", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 def test_a_two_trial_optuna_sweep_optimises_the_named_metric(tmp_path):
     sweep = tmp_path / "sweep"
-    result = _cli(
+    result = run_cli(
         [
             "-m",
             "hparams_search=guidance_scale_optuna",
@@ -48,14 +33,14 @@ def test_a_two_trial_optuna_sweep_optimises_the_named_metric(tmp_path):
 
 
 def test_an_unknown_optimized_metric_names_the_available_ones(tmp_path):
-    result = _cli([*SMALL, "optimized_metric=clip/nope", f"paths.output_dir={tmp_path / 'run'}"])
+    result = run_cli([*SMALL, "optimized_metric=clip/nope", f"paths.output_dir={tmp_path / 'run'}"])
     assert result.returncode != 0
     assert "optimized_metric='clip/nope' is not among this run's metrics (consistency/mode_agreement" in result.stderr
 
 
 def test_the_joblib_launcher_runs_a_sweep_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    result = _cli(["-m", "hydra/launcher=local_parallel", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    result = run_cli(["-m", "hydra/launcher=local_parallel", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.rglob("summary.json"))]
     assert [s["seed"] for s in summaries] == [0, 1] and all(s["status"] == "completed" for s in summaries)

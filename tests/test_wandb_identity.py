@@ -8,11 +8,8 @@ public Python reader.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from framework_support import REPO_ROOT
+from framework_support import REPO_ROOT, run_cli
 
 SMALL = [
     "debug=smoke",
@@ -24,11 +21,7 @@ SMALL = [
 
 
 def _cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env["WANDB_MODE"] = "offline"
-    return subprocess.run(
-        [sys.executable, "-m", "csd_exp.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
+    return run_cli(args, cwd=cwd, env={"WANDB_MODE": "offline"})
 
 
 def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_seed(tmp_path):

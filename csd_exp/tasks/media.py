@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from csd_exp.data.images import save_image
+from csd_exp.data.resample import resize_frames
 from csd_exp.infra.loggers import log_images, log_video
 
 
@@ -34,8 +35,6 @@ class SnapshotMedia(pl.Callback):
 
 def side_by_side(source: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W_s + W_e): each source beside its edit, the source resized to the edit's height."""
-    from csd_exp.data.resample import resize_frames
-
     height = edited.shape[-2]
     width = max(1, round(source.shape[-1] * height / source.shape[-2]))
     return torch.cat([resize_frames(source.float(), height, width), edited.float()], dim=-1)

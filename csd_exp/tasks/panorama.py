@@ -211,6 +211,11 @@ class PanoramaTask(DistillationTask):
             self.window_probabilities, self.windows_per_step, replacement=False, generator=generator
         )
 
+    def guidance_prompts(self, windows: torch.Tensor) -> dict:
+        """The guidance's prompt arguments for these windows: one instruction for all of them (the region
+        task gives each window its mixture of several)."""
+        return {"prompt": self.prompt}
+
     def distillation_step(self, step: int):
         windows = self.sample_windows(step)
         offset, count = self.particle_shard(len(windows))
@@ -220,7 +225,7 @@ class PanoramaTask(DistillationTask):
         return self.guidance(
             self.prior,
             self.grid.crop(self.canvas, local),
-            prompt=self.prompt,
+            **self.guidance_prompts(local),
             image_cond=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
             source_latents=self.grid.crop(self.source_latents, local),
             step=step,

@@ -282,25 +282,8 @@ class PanoramaRegionTask(PanoramaTask):
             return self._forced_canvas
         return PanoramaTask.canvas_pixels(data, image_size, prior, window_size, window_stride)
 
-    def distillation_step(self, step: int):
-        windows = self.sample_windows(step)
-        offset, count = self.particle_shard(len(windows))
-        local = windows[offset : offset + count]
-        coverage = self.grid.coverage(windows, device=self.canvas.device)
-        return self.guidance(
-            self.prior,
-            self.grid.crop(self.canvas, local),
-            prompt=self.prompts,
-            prompt_weights=self.prompt_weights[local],
-            image_cond=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
-            source_latents=self.grid.crop(self.source_latents, local),
-            step=step,
-            seed=self.seed,
-            particle_offset=offset,
-            num_particles_total=len(windows),
-            process_group=self.process_group(),
-            gradient_scale=1.0 / self.grid.crop(coverage, local),
-        )
+    def guidance_prompts(self, windows: torch.Tensor) -> dict:
+        return {"prompt": self.prompts, "prompt_weights": self.prompt_weights[windows]}
 
     # ----------------------------------------------------------------- outputs
     def _responsibilities(self, windows, prompt: str) -> torch.Tensor:
