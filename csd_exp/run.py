@@ -8,6 +8,8 @@
   ``consistency/mode_agreement``, ``consistency/mode_fraction/<mode>``, ``clip/directional``, ...
   (CLIP / LPIPS keys are absent when their weights are not available, never zero)
 - ``seed``, ``steps`` (optimisation steps done), ``wall_time_s``, ``versions``, ``outputs``, ``config``
+- ``overrides`` (this job's command-line overrides), ``tags`` (the run's ``tags`` list), and with W&B
+  ``wandb`` (name, group, job type, tags, id on resume, and the files of its ``outputs-<id>`` artifact)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     from csd_exp.infra.checkpoints import stored_wandb_run_id
 
-    identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed))
+    identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed), extra_tags=cfg.get("tags") or ())
     with open_dict(node):
         for key, value in identity.items():
             if node.get(key) is None:
@@ -56,6 +58,20 @@ def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
             node["id"], node["resume"] = resumed, "allow"
             identity["id"] = resumed
     return {key: OmegaConf.to_container(node[key]) if OmegaConf.is_config(node[key]) else node[key] for key in identity}
+
+
+def job_overrides() -> list[str]:
+    """This job's command-line overrides as Hydra parsed them (a sweep job's own values); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(item) for item in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:
@@ -104,14 +120,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from csd_exp.infra.callbacks import RunFingerprint
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
+    from csd_exp.infra.config_record import write_config_record
     from csd_exp.infra.loggers import finish_wandb, log_metrics_table, resolve_wandb_mode
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     summary: dict[str, Any] = {"status": "failed", "metrics": {}, "seed": int(cfg.seed), "steps": 0}
+    summary["overrides"] = job_overrides()
+    summary["tags"] = list(cfg.get("tags") or [])
+    multirun = in_multirun()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers: list = []
     trainer: pl.Trainer | None = None
@@ -125,7 +146,11 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             summary["config_changed_on_resume"] = changed
         check_accelerator(cfg.trainer)
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline":
+        if rank_zero_only.rank == 0:
+            write_config_record(
+                resolved, output_dir, print_tree=bool(OmegaConf.select(cfg, "extras.print_config", default=False))
+            )
+        if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline" and not multirun:
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
         wandb_run = _fill_wandb_identity(cfg)
@@ -134,8 +159,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         loggers = _instantiate_group(cfg.get("logger"))
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        for logger in loggers:
-            logger.log_hyperparams(resolved)
+        for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
+            logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         if trainer.interrupted:
             summary["status"] = "interrupted"
@@ -163,15 +188,21 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             started=started,
             output_dir=output_dir,
             resolved=resolved,
+            loggers=loggers,
         )
-        finish_wandb(loggers, exit_code=exit_code)
+        finish_wandb(loggers, exit_code=exit_code, announce=not multirun)
     return summary
 
 
-def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, output_dir: Path, resolved: dict) -> None:
-    """Complete and write ``summary.json`` (rank zero). If the write fails (a full disk) while the run
-    itself failed, the run's error stays the one raised and the summary's failure is logged beside it."""
+def _finish(
+    summary: dict[str, Any], *, task_steps, trainer, started: float, output_dir: Path, resolved: dict, loggers: list
+) -> None:
+    """Complete and write ``summary.json`` (rank zero), then log the run's record and main outputs to W&B as
+    one artifact. If the write fails (a full disk) while the run itself failed, the run's error stays the
+    one raised and the summary's failure is logged beside it."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from csd_exp.infra.loggers import log_run_artifact, run_artifact_files
 
     summary["steps"] = int(task_steps()) if trainer is not None else 0
     if not (trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0):
@@ -184,6 +215,9 @@ def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, out
         outputs={"run_dir": str(output_dir), "checkpoints": str(output_dir / "checkpoints")},
         config=resolved,
     )
+    artifact_files = run_artifact_files(output_dir)
+    if "wandb" in summary and loggers:
+        summary["wandb"]["artifact_files"] = artifact_files
     try:
         write_summary(output_dir / "summary.json", summary)
     except OSError as error:
@@ -194,3 +228,7 @@ def _finish(summary: dict[str, Any], *, task_steps, trainer, started: float, out
             raise OSError(error.errno, f"{error.strerror}{kept}") from None
         return
     log.info("summary: %s", output_dir / "summary.json")
+    try:
+        log_run_artifact(loggers, output_dir, artifact_files)
+    except Exception as error:  # the run's files are safe on disk; a failed upload must not fail the run
+        log.warning("W&B artifact of %s not logged: %s", output_dir, error)

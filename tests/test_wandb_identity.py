@@ -34,20 +34,53 @@ def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_se
             *SMALL,
             "guidance=csd_edit,sds",
             "seed=0,1",
+            "tags=[review]",
         ],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = [json.loads(p.read_text())["wandb"] for p in sorted(sweep.rglob("summary.json"))]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.rglob("summary.json"))]
+    runs = [summary["wandb"] for summary in summaries]
     assert sorted(run["name"] for run in runs) == ["csd_edit·s0", "csd_edit·s1", "sds·s0", "sds·s1"]
     assert {run["group"] for run in runs} == {f"panorama_exact_cpu-{sweep.name}"}
     assert {run["job_type"] for run in runs} == {"panorama"}
     assert sorted(tuple(run["tags"]) for run in runs) == [
-        ("panorama", "csd_edit", "panorama_exact_cpu"),
-        ("panorama", "csd_edit", "panorama_exact_cpu"),
-        ("panorama", "sds", "panorama_exact_cpu"),
-        ("panorama", "sds", "panorama_exact_cpu"),
+        ("panorama", "csd_edit", "panorama_exact_cpu", "review"),
+        ("panorama", "csd_edit", "panorama_exact_cpu", "review"),
+        ("panorama", "sds", "panorama_exact_cpu", "review"),
+        ("panorama", "sds", "panorama_exact_cpu", "review"),
     ]
+    # Each job logs its own overrides (its own method and seed), and its artifact holds its record and outputs.
+    for summary in summaries:
+        method, seed = summary["wandb"]["name"].split("·s")
+        assert f"guidance={method}" in summary["overrides"] and f"seed={seed}" in summary["overrides"]
+        assert summary["tags"] == ["review"]
+        files = summary["wandb"]["artifact_files"]
+        assert {"summary.json", "resolved_config.yaml", "config_tree.log", "edited.png", "source.png"} <= set(files)
+    # One `wandb sync` line for the whole sweep (W&B's own banners are silenced offline), naming all four runs.
+    output = result.stdout + result.stderr
+    sync_lines = [line for line in output.splitlines() if "wandb sync" in line]
+    assert len(sync_lines) == 1, sync_lines
+    command = sync_lines[0].split("later with: ", 1)[1]
+    assert command == f"wandb sync {sweep.resolve()}/*/wandb/offline-run-*"
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
+
+
+def test_the_run_artifact_holds_the_named_files(tmp_path):
+    from pytorch_lightning.loggers import WandbLogger
+
+    from csd_exp.infra.loggers import finish_wandb, log_run_artifact
+
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "edited.png").write_bytes(b"not read")
+    logger = WandbLogger(project="csd-exp-test", save_dir=str(tmp_path), offline=True)
+    try:
+        artifact = log_run_artifact([logger], tmp_path, ["summary.json", "edited.png", "absent.mp4"])
+        assert artifact.type == "run-outputs"
+        assert artifact.name.startswith(f"outputs-{logger.experiment.id}")
+        assert sorted(artifact.manifest.entries) == ["edited.png", "summary.json"]
+    finally:
+        finish_wandb([logger], announce=False)
 
 
 def test_swept_values_enter_the_name_and_a_baseline_is_tagged_as_itself(tmp_path):

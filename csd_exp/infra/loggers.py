@@ -29,14 +29,19 @@ def wandb_has_credentials() -> bool:
 
 
 def resolve_wandb_mode() -> str:
-    """The W&B mode to use: the user's WANDB_MODE, else online with credentials, else offline."""
+    """The W&B mode to use: the user's WANDB_MODE, else online with credentials, else offline.
+
+    Offline, W&B's own console banners (its run summary and its ``wandb sync`` line) are silenced unless
+    the user set ``WANDB_SILENT``: the run, or the sweep, prints one ``wandb sync`` line of its own.
+    """
     mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode
-    if wandb_has_credentials():
-        return "online"
-    os.environ["WANDB_MODE"] = "offline"
-    return "offline"
+    if not mode:
+        mode = "online" if wandb_has_credentials() else "offline"
+        if mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"
+    if mode == "offline":
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return mode
 
 
 def _is_wandb(logger) -> bool:
@@ -86,8 +91,60 @@ def log_metrics_table(
             logger.save()
 
 
-def finish_wandb(loggers: Iterable, exit_code: int = 0) -> None:
-    """Close every W&B run (even after a failure) and say how to sync an offline run."""
+#: Files of the run folder's top level that are a run's main outputs (edited image, video, turntable).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".mp4", ".gif")
+#: The run's record: its summary, the resolved config and the job's overrides.
+RECORD_FILES = ("summary.json", "resolved_config.yaml", "config_tree.log", ".hydra/overrides.yaml")
+
+
+def run_artifact_files(output_dir: Path) -> list[str]:
+    """The files (relative to ``output_dir``) of the run's W&B artifact: its record and its main outputs
+    (the top level's images and videos; not snapshots, frames or checkpoints)."""
+    output_dir = Path(output_dir)
+    outputs = sorted(p.name for p in output_dir.glob("*") if p.is_file() and p.suffix in OUTPUT_SUFFIXES)
+    return [name for name in RECORD_FILES if (output_dir / name).is_file() or name == "summary.json"] + outputs
+
+
+def log_run_artifact(loggers: Iterable, output_dir: Path, files: Iterable[str]):
+    """Log ``files`` (relative to ``output_dir``) as one W&B artifact of type ``run-outputs`` named
+    ``outputs-<run id>``; returns the ``wandb.Artifact`` (None without a W&B logger). Missing files are skipped."""
+    for logger in loggers:
+        if not _is_wandb(logger):
+            continue
+        import wandb
+
+        run = logger.experiment
+        artifact = wandb.Artifact(name=f"outputs-{run.id}", type="run-outputs")
+        for name in files:
+            path = Path(output_dir) / name
+            if path.is_file():
+                artifact.add_file(str(path), name=name)
+        run.log_artifact(artifact)
+        return artifact
+    return None
+
+
+def offline_run_dirs(folder: Path) -> list[Path]:
+    """The offline W&B runs under ``folder`` (a run folder or a sweep folder)."""
+    return sorted(Path(folder).glob("**/wandb/offline-run-*"))
+
+
+def sync_command(folder: Path) -> str | None:
+    """One ``wandb sync`` command that uploads every offline run under ``folder`` (None if there is none)."""
+    folder = Path(folder).resolve()
+    runs = offline_run_dirs(folder)
+    if not runs:
+        return None
+    if len(runs) == 1:
+        return f"wandb sync {runs[0]}"
+    return f"wandb sync {folder}/*/wandb/offline-run-*"
+
+
+def finish_wandb(loggers: Iterable, exit_code: int = 0, announce: bool = True) -> None:
+    """Close every W&B run (even after a failure); with ``announce``, say how to sync an offline run.
+
+    A sweep's jobs do not announce: the sweep prints one line for all of them
+    (:class:`csd_exp.infra.sweep_end.AnnounceWandbSync`)."""
     for logger in loggers:
         if not _is_wandb(logger):
             continue
@@ -99,5 +156,5 @@ def finish_wandb(loggers: Iterable, exit_code: int = 0) -> None:
         offline = run.settings.mode == "offline" or os.environ.get("WANDB_MODE") == "offline"
         run_dir = Path(run.dir).parent if run.dir else None
         wandb.finish(exit_code=exit_code)
-        if offline and run_dir is not None:
+        if offline and run_dir is not None and announce:
             log.info("W&B ran offline; upload this run later with: wandb sync %s", run_dir)

@@ -5,13 +5,15 @@
 - ``name``: ``<method>·<swept key>=<value>·…·s<seed>``: the method label, the values this job takes of the
   keys the sweep varies (read from the sweep's own ``multirun.yaml``, which Hydra writes before the first
   job), and the seed, so two runs of a sweep never share a name. ``logger.wandb.name`` overrides it.
-- ``job_type``: the task (``panorama``, ``video``, ...); ``tags``: task, method and the experiment if any.
+- ``job_type``: the task (``panorama``, ``video``, ...); ``tags``: task, method, the experiment if any, then
+  the config's own ``tags`` list.
 
 Outside a Hydra app (tests composing a config) there is no sweep: the name is ``<method>·s<seed>``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,9 @@ def _short(key: str) -> str:
     return key.removeprefix("+").removeprefix("~").split(".")[-1]
 
 
-def wandb_identity(method: str, seed: int) -> dict[str, Any]:
-    """``name``, ``group``, ``job_type`` and ``tags`` for this job's W&B run (see the module docstring)."""
+def wandb_identity(method: str, seed: int, extra_tags: Iterable[str] = ()) -> dict[str, Any]:
+    """``name``, ``group``, ``job_type`` and ``tags`` for this job's W&B run (see the module docstring);
+    ``extra_tags`` (the config's top-level ``tags`` list) follow the computed ones."""
     hydra = _hydra_config()
     choices = dict(hydra.runtime.choices) if hydra is not None else {}
     task = choices.get("task") or "task"
@@ -62,4 +65,5 @@ def wandb_identity(method: str, seed: int) -> dict[str, Any]:
             parts.append(f"{_short(key)}={values[key]}")
     parts.append(f"s{seed}")
     tags = [task, method] + ([experiment] if experiment else [])
+    tags += [str(tag) for tag in extra_tags if str(tag) not in tags]
     return {"name": SEPARATOR.join(parts), "group": group, "job_type": task, "tags": tags}

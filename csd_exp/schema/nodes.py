@@ -321,6 +321,11 @@ class ResumeSchema:
 
 
 @dataclass
+class ExtrasSchema:
+    print_config: bool
+
+
+@dataclass
 class RunSchema:
     prompt: str
     source_prompt: str
@@ -328,6 +333,7 @@ class RunSchema:
     optimized_metric: str | None
     seed: Annotated[int, Range(min=0, max=MAX_SEED)]
     ckpt_path: str | None
+    tags: list
 
 
 #: ``_target_`` -> schema of that node's keys.

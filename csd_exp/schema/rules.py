@@ -17,6 +17,7 @@ from csd_exp.schema.nodes import (
     IN2N_EDITOR,
     SAMPLING_TASKS,
     ClipSchema,
+    ExtrasSchema,
     MetricsSchema,
     ResumeSchema,
     RunSchema,
@@ -128,6 +129,8 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
     _check_steps(cfg.get("trainer") or {})
     if isinstance(cfg.get("resume"), Mapping):
         check_node("resume", cfg["resume"], ResumeSchema)
+    if isinstance(cfg.get("extras"), Mapping):
+        check_node("extras", cfg["extras"], ExtrasSchema)
     check_target("model", cfg.get("model"))
     check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
     check_target("schedule", cfg.get("schedule"))  # key the way the user set it
@@ -150,6 +153,8 @@ CHECKED_NODES = (
     "source_prompt",
     "seed",
     "ckpt_path",
+    "tags",
+    "extras",
     "trainer",
     "resume",
     "model",

@@ -90,6 +90,11 @@ class DistillationTask(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self._particles_ready:
             return
+        if self._trainer is not None and self.trainer.overfit_batches and not self.draws_per_step:
+            raise ValueError(
+                f"trainer.overfit_batches (debug=overfit) repeats one step's random draw, but "
+                f"{type(self).__name__} is a sampling baseline that draws none: drop debug=overfit"
+            )
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self.prior.to_device(device)
         with torch.no_grad():
@@ -169,8 +174,21 @@ class DistillationTask(pl.LightningModule):
     #: a task whose ranks all compute the same loss sets this False.
     loss_is_sharded = True
 
+    #: the task's update draws its particles, t and ε per step (False: sampling baselines, which step a
+    #: reverse process instead and cannot repeat one draw).
+    draws_per_step = True
+
+    @property
+    def randomness_step(self) -> int:
+        """The step whose particles, t and ε the next update draws: ``global_step``; or step 0's draw every
+        time when the Trainer overfits (``trainer.overfit_batches``, ``debug=overfit``), so a working task's
+        surrogate loss falls on one fixed draw."""
+        if self._trainer is not None and self.trainer.overfit_batches:
+            return 0
+        return self.global_step
+
     def training_step(self, batch, batch_idx):
-        step = self.global_step
+        step = self.randomness_step
         out = self.distillation_step(step)
         self._check_finite(out, step)
         diagnostics = {f"train/{name}": float(value) for name, value in out.diagnostics.items()}
@@ -215,7 +233,7 @@ class DistillationTask(pl.LightningModule):
                 time.perf_counter() - self._first_step_started,
                 self.device,
                 str(getattr(self.prior, "dtype", "float32")).removeprefix("torch."),
-                max(self.max_steps - self.global_step, 0),
+                max((self.trainer.max_steps if self.trainer.max_steps > 0 else self.max_steps) - self.global_step, 0),
             )
         for name, param in self.named_parameters():
             if param.requires_grad and not torch.isfinite(param).all():

@@ -89,6 +89,8 @@ class ReverseSamplingMixin:
     ``completed_steps`` counts reverse steps, and :meth:`reverse_step` advances ``self.state``.
     """
 
+    draws_per_step = False  # one reverse process, not one random draw per step: nothing to overfit
+
     def setup_reverse_process(
         self,
         num_inference_steps: int,

@@ -23,6 +23,7 @@ from csd_exp.data.sources import ClipSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.media import side_by_side
 from csd_exp.tasks.results import TaskResult
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,10 @@ class VideoTask(DistillationTask):
         full = restore_size(result.edited, self.original_size)
         write_video(full, output_dir / "edited.mp4", fps=self.fps)
         write_video(full, output_dir / "edited.gif", fps=self.fps)
-        write_video(restore_size(result.source, self.original_size), output_dir / "source.mp4", fps=self.fps)
+        source = restore_size(result.source, self.original_size)
+        write_video(source, output_dir / "source.mp4", fps=self.fps)
+        write_video(side_by_side(source, full), output_dir / "source_vs_edited.mp4", fps=self.fps)
         write_frames(full, output_dir / "edited_frames")
         save_frame_grid(result.edited, output_dir / "edited_grid.png")
         save_frame_grid(result.source, output_dir / "source_grid.png")
-        return {"edited": output_dir / "edited.mp4", "source": output_dir / "source.mp4"}
+        return {name: output_dir / f"{name}.mp4" for name in ("edited", "source", "source_vs_edited")}
