@@ -16,6 +16,11 @@ def test_video_run_writes_the_clip_and_temporal_metrics(run_job):
     assert summary["status"] == "completed"
     for name in ("edited.mp4", "edited.gif", "source.mp4", "edited_grid.png", "edited_frames/frame_00003.png"):
         assert (run_dir / name).is_file(), name
+    from csd_exp.data.video import read_video
+
+    source, edited = (read_video(run_dir / f"{name}.mp4").frames for name in ("source", "edited"))
+    beside = read_video(run_dir / "source_vs_edited.mp4").frames  # source | edited, frame by frame
+    assert beside.shape[0] == edited.shape[0] and beside.shape[-1] == source.shape[-1] + edited.shape[-1]
     metrics = summary["metrics"]
     for key in ("consistency/warp_error", "consistency/mode_agreement", "fidelity/psnr"):
         assert key in metrics, key
