@@ -125,7 +125,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from csd_exp.infra.callbacks import RunFingerprint
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
     from csd_exp.infra.config_record import write_config_record
-    from csd_exp.infra.loggers import finish_wandb, log_metrics_table, resolve_wandb_mode
+    from csd_exp.infra.loggers import define_curve_summaries, finish_wandb, log_metrics_table, resolve_wandb_mode
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
@@ -161,6 +161,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
             logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
+        define_curve_summaries(loggers)
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         if trainer.interrupted:
             summary["status"] = "interrupted"

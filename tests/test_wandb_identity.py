@@ -120,3 +120,24 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     run_id = first_run.name.rsplit("-", 1)[-1]
     assert second_run.name.rsplit("-", 1)[-1] == run_id
     assert json.loads((second / "summary.json").read_text())["wandb"]["id"] == run_id
+
+
+def test_curves_get_run_summaries_that_wandb_accepts(tmp_path):
+    from pytorch_lightning.loggers import WandbLogger
+
+    from csd_exp.infra.loggers import CURVE_SUMMARIES, define_curve_summaries, finish_wandb
+
+    logger = WandbLogger(project="csd-exp-test", save_dir=str(tmp_path), offline=True)
+    run, defined = logger.experiment, []
+    original = run.define_metric
+
+    def recording(name, **kwargs):
+        defined.append((name, kwargs["summary"]))
+        return original(name, **kwargs)  # W&B validates the summary ops (raises on an unknown one)
+
+    run.define_metric = recording
+    try:
+        define_curve_summaries([logger])
+    finally:
+        finish_wandb([logger], announce=False)
+    assert dict(defined) == CURVE_SUMMARIES and dict(defined)["val/*"] == "min,max,last"

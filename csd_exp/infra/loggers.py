@@ -76,6 +76,18 @@ def log_video(loggers: Iterable, key: str, video_path: Path, step: int | None = 
             logger.experiment.log({key: wandb.Video(str(video_path), format=Path(video_path).suffix[1:])}, step=step)
 
 
+#: W&B run-summary aggregates of the curves (the final metrics are set under summary.json's own names).
+CURVE_SUMMARIES = {"loss": "min,last", "train/*": "last,mean", "val/*": "min,max,last"}
+
+
+def define_curve_summaries(loggers: Iterable) -> None:
+    """Tell every W&B run how to summarise the training and validation curves (``CURVE_SUMMARIES``)."""
+    for logger in loggers:
+        if _is_wandb(logger):
+            for name, summary in CURVE_SUMMARIES.items():
+                logger.experiment.define_metric(name, summary=summary)
+
+
 def log_metrics_table(
     loggers: Iterable, metrics: Mapping[str, float], step: int | None = None, key: str = "final/metrics"
 ) -> None:
