@@ -1,15 +1,16 @@
 """W&B runs of a sweep share a group and have distinct, readable names and the true method tags.
 
-The identity each run gave W&B is also recorded in its ``summary.json`` (``wandb``), which is what these
-tests read: the offline ``.wandb`` record files of wandb >= 0.19 are written by its Go core and have no
-public Python reader.
+The identity each run gave W&B is recorded in its ``summary.json`` (``wandb``), and the tests check it
+against what W&B itself wrote into the offline run file (``tests/wandb_offline.py`` reads it back).
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from framework_support import REPO_ROOT, run_cli
+from wandb_offline import read_offline_run
 
 SMALL = [
     "debug=smoke",
@@ -57,6 +58,21 @@ def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_se
         assert summary["tags"] == ["review"]
         files = summary["wandb"]["artifact_files"]
         assert {"summary.json", "resolved_config.yaml", "config_tree.log", "edited.png", "source.png"} <= set(files)
+    # What W&B itself recorded, read back from the offline run files, is the same.
+    for folder in sorted(sweep.glob("*/summary.json")):
+        summary = json.loads(folder.read_text())
+        (run_dir,) = (folder.parent / "wandb").glob("offline-run-*")
+        run = read_offline_run(run_dir)
+        recorded = summary["wandb"]
+        assert (run.name, run.group, run.job_type, run.tags) == (
+            recorded["name"],
+            recorded["group"],
+            recorded["job_type"],
+            recorded["tags"],
+        )
+        assert run.config["overrides"] == summary["overrides"] and run.config["seed"] == summary["seed"]
+        assert {name: run.summary[name] for name in summary["metrics"]} == pytest.approx(summary["metrics"])
+        assert run.artifacts[f"outputs-{run.id}"] == ("run-outputs", sorted(recorded["artifact_files"]))
     # One `wandb sync` line for the whole sweep (W&B's own banners are silenced offline), naming all four runs.
     output = result.stdout + result.stderr
     sync_lines = [line for line in output.splitlines() if "wandb sync" in line]
@@ -105,6 +121,10 @@ def test_swept_values_enter_the_name_and_a_baseline_is_tagged_as_itself(tmp_path
         "per_window·guidance_scale=3·s0",
     ]
     assert {run["tags"][1] for run in runs} == {"per_window", "multidiffusion"}  # never "csd_edit"
+    recorded = [read_offline_run(folder) for folder in sorted(sweep.glob("*/wandb/offline-run-*"))]
+    assert sorted(run.name for run in recorded) == sorted(run["name"] for run in runs)
+    assert {run.tags[1] for run in recorded} == {"per_window", "multidiffusion"}
+    assert {run.config["method"] for run in recorded} == {"per_window", "multidiffusion"}
     assert {run["group"] for run in runs} == {f"panorama_sampling-{sweep.name}"}
 
 
@@ -119,6 +139,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     (second_run,) = (second / "wandb").glob("offline-run-*")
     run_id = first_run.name.rsplit("-", 1)[-1]
     assert second_run.name.rsplit("-", 1)[-1] == run_id
+    assert read_offline_run(first_run).id == read_offline_run(second_run).id == run_id
     assert json.loads((second / "summary.json").read_text())["wandb"]["id"] == run_id
 
 
