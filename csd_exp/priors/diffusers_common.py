@@ -288,10 +288,11 @@ class DiffusersPrior(ScorePrior):
 
         ``differentiable=True`` keeps the graph through the (frozen) VAE encoder, so a loss on z reaches
         the images: what generation tasks need, whose images are renders of the parameters. Editing tasks
-        encode fixed images and keep the default, which builds no graph."""
+        encode fixed images and keep the default, which builds no graph. The scaling and the cast stay inside the
+        grad mode too, so a caller running under ``torch.no_grad`` still gets the graph it asked for."""
         with torch.set_grad_enabled(differentiable):
             latents = self._posterior_latents(images, posterior_picker(generator))
-        return (latents * self.vae_scaling_factor).float()
+            return (latents * self.vae_scaling_factor).float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:

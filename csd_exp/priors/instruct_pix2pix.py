@@ -136,9 +136,9 @@ class InstructPix2PixPrior(DiffusersPrior):
         if not self.official_source_latents or generator is not None:
             return super().encode(images, generator, differentiable=differentiable)
         if differentiable:  # a graph cannot be cached; the fresh seeded generator gives the same draw
-            with torch.enable_grad():
+            with torch.enable_grad():  # the scaling too: a no_grad caller still gets the graph
                 latents = self._posterior_latents(images, posterior_picker(self._official_generator()))
-            return (latents * self.vae_scaling_factor).float()
+                return (latents * self.vae_scaling_factor).float()
         return self.official_latents(images)
 
     @torch.no_grad()
