@@ -3,7 +3,13 @@
 See ``docs/interfaces.md`` for the contract and the paper's Eq. 5 (SDS), Eq. 8 (CSD) and Eq. 9 (CSD-Edit).
 """
 
-from csd_exp.distill.combine import csd_gradient, distillation_weight, sds_gradient, surrogate_loss
+from csd_exp.distill.combine import (
+    csd_gradient,
+    csd_gradient_with_image_kernel,
+    distillation_weight,
+    sds_gradient,
+    surrogate_loss,
+)
 from csd_exp.distill.distributed import gather_particles
 from csd_exp.distill.guidance import Guidance, GuidanceOutput
 from csd_exp.distill.kernels import (
@@ -19,19 +25,24 @@ from csd_exp.distill.kernels import (
     squared_distances,
 )
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness, step_seed
+from csd_exp.distill.view_kernels import FeatureRBFKernel, ImageRBFKernel, LPIPSRBFKernel
 
 __all__ = [
     "ConsensusKernel",
+    "FeatureRBFKernel",
     "Guidance",
     "GuidanceOutput",
     "IdentityKernel",
+    "ImageRBFKernel",
     "Kernel",
     "KernelOutput",
+    "LPIPSRBFKernel",
     "RBFKernel",
     "TimestepSchedule",
     "coupling",
     "coupling_gamma",
     "csd_gradient",
+    "csd_gradient_with_image_kernel",
     "distillation_weight",
     "draw_step_randomness",
     "gather_particles",

@@ -10,6 +10,11 @@
 The gradients are of the particles (latents); autograd carries them to the parameters through
 :func:`surrogate_loss`, whose derivative is exactly the combiner output. The U-Net Jacobian is not used
 (Eq. 5's approximation), so all inputs are detached.
+
+* CSD with a kernel on images (text-to-3D, Sec. 4.4 / App. B.2; kernels with ``on_images = True``,
+  :mod:`csd_exp.distill.view_kernels`): :func:`csd_gradient_with_image_kernel` returns two gradients, (w/N) K Δ
+  of the latents and (w/N) R of the kernel's input images, R_i = −Σ_j ∇_{I_j} k(I_j, I_i); both go into the
+  surrogate loss, so θ receives (w/N) Σ_i [(KΔ)_i ∂z_i/∂θ + R_i ∂I_i/∂θ] (Eq. 8 with k on the renders).
 """
 
 from __future__ import annotations
@@ -115,6 +120,11 @@ def csd_gradient(
     """
     _check_pair(residuals, noisy_latents)
     kernel = make_kernel(kernel)
+    if getattr(kernel, "on_images", False):
+        raise ValueError(
+            f"{kernel!r} compares images, not noisy latents: use csd_gradient_with_image_kernel (Guidance: pass "
+            "kernel_inputs=the renders)"
+        )
     weight = distillation_weight(alphas_cumprod_t)
     residuals, noisy_latents = residuals.detach(), noisy_latents.detach()
     local_count, offset = residuals.shape[0], 0
@@ -135,6 +145,63 @@ def csd_gradient(
     if not return_diagnostics:
         return local
     return local, kernel_diagnostics(output, mixed, residuals, gradients, weight)
+
+
+def csd_gradient_with_image_kernel(
+    residuals: Tensor,
+    kernel_inputs: Tensor,
+    kernel: Kernel,
+    alphas_cumprod_t,
+    *,
+    process_group=None,
+    return_diagnostics: bool = False,
+):
+    """CSD (Eq. 8) with a kernel on images: ((w/n) K Δ for the latents, (w/n) R for the images), this rank's rows.
+
+    Args:
+        residuals: Δ, (N, ...) in latent space, as for :func:`csd_gradient`.
+        kernel_inputs: the images the kernel compares, (N, 3, H, W) in [0, 1] (the renders of the views), one
+            per residual row; only their values are read here (the caller's surrogate loss carries the graph).
+        kernel: a kernel with ``on_images = True`` (:mod:`csd_exp.distill.view_kernels`): K_ij = k(I_j, I_i) and
+            R_i = −Σ_j ∇_{I_j} k(I_j, I_i), the images' shape.
+        alphas_cumprod_t, process_group: as for :func:`csd_gradient` (with ``process_group`` the images of all
+            ranks are gathered too, so the kernel and its repulsion see every view).
+        return_diagnostics: also return :func:`kernel_diagnostics`' floats (``repulsion_ratio`` is then ‖R‖ / ‖KΔ‖
+            of an image-space and a latent-space term, a ratio of magnitudes) plus ``image_grad_norm``.
+
+    Returns:
+        ``(latent_gradients, image_gradients)`` of ``residuals``' and ``kernel_inputs``' shapes, the same w(t) / n
+        on both (n the kernel's normaliser, N); with ``return_diagnostics``, ``(latent, image, diagnostics)``.
+    """
+    check_particles(residuals, "residuals")
+    check_particles(kernel_inputs, "kernel_inputs")
+    if not getattr(kernel, "on_images", False):
+        raise ValueError(f"{kernel!r} is a latent kernel: use csd_gradient (kernel_inputs are for image kernels)")
+    if kernel_inputs.shape[0] != residuals.shape[0]:
+        raise ValueError(
+            f"kernel_inputs must hold one image per particle: residuals {tuple(residuals.shape)}, kernel_inputs "
+            f"{tuple(kernel_inputs.shape)}"
+        )
+    weight = distillation_weight(alphas_cumprod_t)
+    residuals, kernel_inputs = residuals.detach(), kernel_inputs.detach()
+    local_count, offset = residuals.shape[0], 0
+    if process_group is not None:
+        (residuals, kernel_inputs), offset = gather_particles([residuals, kernel_inputs], process_group)
+
+    output = kernel(kernel_inputs)
+    dtype = torch.promote_types(torch.promote_types(residuals.dtype, torch.float32), output.matrix.dtype)
+    residuals = residuals.to(dtype)
+    count = residuals.shape[0]
+    mixed = (output.matrix.to(dtype) @ residuals.reshape(count, -1)).reshape(residuals.shape)
+    scale = weight / output.normalizer
+    gradients = scale * mixed
+    image_gradients = scale * output.repulsion.to(torch.promote_types(output.repulsion.dtype, torch.float32))
+    rows = slice(offset, offset + local_count)
+    if not return_diagnostics:
+        return gradients[rows], image_gradients[rows]
+    diagnostics = kernel_diagnostics(output, mixed, residuals, gradients, weight)
+    diagnostics["image_grad_norm"] = _mean_row_norm(image_gradients)
+    return gradients[rows], image_gradients[rows], diagnostics
 
 
 def surrogate_loss(latents: Tensor, gradients: Tensor) -> Tensor:

@@ -47,17 +47,35 @@ step makes one call per prompt in use: the most used prompt on every particle (w
 prompt changes, computed once), the others only on the particles that weight them. The official code instead
 draws a fresh ε per prompt copy and keeps the first copy's noisy latents for the kernel; here every prompt of a
 particle shares its ε, so region runs compare pairwise with single-prompt runs.
+
+**Kernels on images** (text-to-3D, paper Sec. 4.4 and App. B.2; :mod:`csd_exp.distill.view_kernels`): a kernel
+whose class attribute ``on_images`` is true compares ``kernel_inputs`` (the B renders, (N, 3, H, W) in [0, 1],
+carrying the autograd graph back to the 3D parameters θ) instead of the noisy latents. Its K_ij = k(I_j, I_i)
+weights the residuals in latent space as before; its repulsion R_i = −Σ_j ∇_{I_j} k(I_j, I_i) (autograd through
+the distance) is a gradient of the images, so the surrogate loss gets a second term on ``kernel_inputs`` with
+the same w(t)/N:
+
+    loss = Σ_i ⟨g_i, z_i⟩ + Σ_i ⟨r_i, I_i⟩ (+ constants),   g_i = (w(t)/N) (Σ_j K_ij Δ_j),   r_i = (w(t)/N) R_i,
+
+so ∇_θ loss = (w(t)/N) Σ_i [(Σ_j K_ij Δ_j) ∂z_i/∂θ + R_i ∂I_i/∂θ]: Eq. 8 with the kernel on the renders, the
+score term through the latents z = E(I) and the repulsion through the images. ``nan_to_num``, ``grad_clip`` and
+``gradient_scale`` apply to both terms. Latent kernels (``on_images`` false or absent) take no
+``kernel_inputs``; with ``kernel_inputs=None`` everything above is unchanged bit for bit.
+
+With one particle in the whole step (N = 1, e.g. one view) any kernel gives K = [[1]] and R = 0: CSD is SDS there
+(Eq. 8); the guidance warns once rather than refusing.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from csd_exp.distill.combine import csd_gradient, distillation_weight, surrogate_loss
+from csd_exp.distill.combine import csd_gradient, csd_gradient_with_image_kernel, distillation_weight, surrogate_loss
 from csd_exp.distill.kernels import IdentityKernel, Kernel, check_particles, make_kernel
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness
 from csd_exp.schema import GUIDANCE_BASELINES
@@ -69,6 +87,8 @@ class GuidanceOutput:
     gradients: Tensor  # (N, C, h, w) in the latents' dtype, detached
     t: int
     diagnostics: dict[str, float]
+    #: with an image kernel: (w/N) R of ``kernel_inputs``' shape, detached (the loss's second term); else None
+    image_gradients: Tensor | None = None
 
 
 def _is_mean_identity(kernel: Kernel) -> bool:
@@ -175,6 +195,7 @@ class Guidance:
             )
         self.negative_prompt = str(negative_prompt)
         self.source_prompt = str(source_prompt)
+        self._single_particle_warned = False
 
     def __repr__(self) -> str:
         return (
@@ -276,6 +297,7 @@ class Guidance:
         process_group=None,
         gradient_scale: Tensor | float | None = None,
         schedule_step: int | None = None,
+        kernel_inputs: Tensor | None = None,
     ) -> GuidanceOutput:
         """One distillation step on this process's particles ``latents`` (N_local, C, h, w).
 
@@ -289,9 +311,33 @@ class Guidance:
         residual is then Σ_k w_ik Δ_ik (region editing, App. B.1; see the module docstring).
         Order: combiner → ``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → surrogate loss; the
         diagnostics (see :func:`csd_gradient`, plus ``t``) describe the combiner output over all particles.
+
+        ``kernel_inputs``: for a kernel with ``on_images = True`` only (and then required), this rank's images
+        (N_local, 3, H, W) in [0, 1] that the kernel compares, with the autograd graph to the parameters (the
+        renders of the views); the loss then has the repulsion term on them (see the module docstring) and
+        ``GuidanceOutput.image_gradients`` holds it.
         """
         check_particles(latents, "latents")
         local_count = latents.shape[0]
+        on_images = bool(getattr(self.kernel, "on_images", False))
+        if on_images and kernel_inputs is None:
+            raise ValueError(
+                f"{self.kernel!r} compares images: pass kernel_inputs=the renders (N, 3, H, W) in [0, 1], one per "
+                f"particle of latents {tuple(latents.shape)}"
+            )
+        if kernel_inputs is not None:
+            if not on_images:
+                raise ValueError(
+                    f"kernel_inputs are compared only by image kernels (on_images = True), but the kernel is "
+                    f"{self.kernel!r}, which works on the noisy latents: drop kernel_inputs or choose an image "
+                    "kernel (kernel=lpips_rbf | feature_rbf)"
+                )
+            check_particles(kernel_inputs, "kernel_inputs")
+            if kernel_inputs.ndim != 4 or kernel_inputs.shape[:2] != (local_count, 3):
+                raise ValueError(
+                    f"kernel_inputs must be ({local_count}, 3, H, W) images, one per particle of latents "
+                    f"{tuple(latents.shape)}, got {tuple(kernel_inputs.shape)}"
+                )
         if num_particles_total is None:
             if process_group is not None:
                 raise ValueError("with process_group, pass num_particles_total and this rank's particle_offset")
@@ -307,6 +353,18 @@ class Guidance:
                 f"the schedule assumes {self.schedule.num_train_timesteps} training timesteps but the "
                 f"prior's alphas_cumprod has shape {tuple(prior.alphas_cumprod.shape)}: set "
                 "schedule.num_train_timesteps to match"
+            )
+        if (
+            num_particles_total == 1
+            and not isinstance(self.kernel, IdentityKernel)
+            and not self._single_particle_warned
+        ):
+            self._single_particle_warned = True
+            warnings.warn(
+                f"CSD with a single particle (N = 1) is SDS: {self.kernel!r} gives k(x, x) = 1 and no repulsion "
+                "(Eq. 8). Use two or more particles (views) per step for the kernel to couple them.",
+                UserWarning,
+                stacklevel=2,
             )
         t, noise = draw_step_randomness(
             seed,
@@ -337,7 +395,17 @@ class Guidance:
             )
         alphas_cumprod_t = prior.alphas_cumprod[t]
 
-        if self.official_scaling:
+        image_gradients = None
+        if on_images:
+            gradients, image_gradients, diagnostics = csd_gradient_with_image_kernel(
+                residuals,
+                kernel_inputs,
+                self.kernel,
+                alphas_cumprod_t,
+                process_group=process_group,
+                return_diagnostics=True,
+            )
+        elif self.official_scaling:
             weight = distillation_weight(alphas_cumprod_t)
             check_particles(residuals, "residuals")
             gradients = residuals
@@ -355,15 +423,24 @@ class Guidance:
                 process_group=process_group,
                 return_diagnostics=True,
             )
+        gradients = self._guard(gradients, gradient_scale).to(latents.dtype)
+        loss = surrogate_loss(latents, gradients)
+        if image_gradients is not None:
+            image_gradients = self._guard(image_gradients, gradient_scale).to(kernel_inputs.dtype)
+            loss = loss + surrogate_loss(kernel_inputs, image_gradients)
+        return GuidanceOutput(
+            loss=loss,
+            gradients=gradients,
+            t=t,
+            diagnostics={"t": float(t), **diagnostics},
+            image_gradients=image_gradients,
+        )
+
+    def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None) -> Tensor:
+        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale``, in that order."""
         gradients = torch.nan_to_num(gradients, nan=0.0, posinf=0.0, neginf=0.0)
         if self.grad_clip is not None:
             gradients = gradients.clamp(-self.grad_clip, self.grad_clip)
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
-        gradients = gradients.to(latents.dtype)
-        return GuidanceOutput(
-            loss=surrogate_loss(latents, gradients),
-            gradients=gradients,
-            t=t,
-            diagnostics={"t": float(t), **diagnostics},
-        )
+        return gradients

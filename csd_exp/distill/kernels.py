@@ -13,6 +13,9 @@ inside) and returns a :class:`KernelOutput`:
 * ``normalizer`` what the combiner divides by: N for a kernel (SVGD's empirical mean over particles, Eq. 8),
   1 for the identity (so that CSD with ``IdentityKernel()`` is SDS, Eq. 5, for any N).
 
+These kernels have ``on_images = False``. Kernels on rendered images (text-to-3D, ``on_images = True``, whose R is
+a gradient of the images) are in :mod:`csd_exp.distill.view_kernels`.
+
 Distances go through the Gram matrix of the centred particles (d²_ij = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩), so no
 N × N × D tensor is ever built: memory is O(N·D + N²), fine for D = 4·128·128 and N = 256. Centring first
 removes the common offset, which keeps the float32 cancellation error of the Gram form small.
@@ -84,6 +87,46 @@ def squared_distances(centred: Tensor) -> Tensor:
     return distances
 
 
+def bandwidth_gamma(distances: Tensor, bandwidth: str, gamma: float | None, bandwidth_multiplier: float) -> Tensor:
+    """γ of k = exp(−γ d²) from (N, N) squared distances (zero diagonal) by one of :data:`BANDWIDTH_RULES`.
+
+    The rules are those of :class:`RBFKernel` (see its docstring): ``"median"`` γ = log(N + 1) / median(d²) over all
+    N² entries, ``"median_log_n"`` γ = log N / median(d²_{i<j}) (h = med² / log N), ``"fixed"`` γ = ``gamma``; each
+    divided by ``bandwidth_multiplier``, with the zero-median fallbacks described there. Shared by the latent
+    kernels and the image kernels of :mod:`csd_exp.distill.view_kernels`.
+    """
+    count = distances.shape[0]
+    if bandwidth == "fixed":
+        return distances.new_tensor(gamma / bandwidth_multiplier)
+    if bandwidth == "median":
+        numerator = math.log(count + 1)
+        median = lower_median(distances)
+    else:  # "median_log_n": distinct pairs only, log N without the +1
+        numerator = math.log(count)
+        rows, cols = torch.triu_indices(count, count, offset=1, device=distances.device)
+        pairs = distances[rows, cols]
+        median = lower_median(pairs) if pairs.numel() else distances.new_zeros(())
+    if median <= 0:
+        positive = distances[distances > 0]
+        if positive.numel() == 0:  # all particles coincide (or N = 1): K = 1 for any γ
+            return distances.new_zeros(())
+        median = lower_median(positive)
+    return numerator / median / bandwidth_multiplier
+
+
+def check_bandwidth(bandwidth: str, gamma: float | None, bandwidth_multiplier: float) -> None:
+    """Raise ``ValueError`` unless (``bandwidth``, ``gamma``, ``bandwidth_multiplier``) is a valid rule."""
+    if bandwidth not in BANDWIDTH_RULES:
+        raise ValueError(f"bandwidth must be one of {BANDWIDTH_RULES}, got {bandwidth!r}")
+    if bandwidth == "fixed":
+        if gamma is None or not math.isfinite(gamma) or gamma <= 0:
+            raise ValueError(f"bandwidth='fixed' needs a finite gamma > 0, got gamma={gamma!r}")
+    elif gamma is not None:
+        raise ValueError(f"gamma={gamma!r} is only used with bandwidth='fixed' (got bandwidth={bandwidth!r})")
+    if not math.isfinite(bandwidth_multiplier) or bandwidth_multiplier <= 0:
+        raise ValueError(f"bandwidth_multiplier must be finite and > 0, got {bandwidth_multiplier!r}")
+
+
 class RBFKernel:
     """k(x, x') = exp(−γ ‖x − x'‖²), the SVGD kernel of Eq. 8 / 9, with a choice of bandwidth rule.
 
@@ -103,6 +146,8 @@ class RBFKernel:
     particular N = 1 gives K = [[1]], R = 0, so CSD reduces to SDS exactly (Eq. 8 with N = 1).
     """
 
+    on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
+
     def __init__(
         self,
         bandwidth: str = "median",
@@ -110,15 +155,7 @@ class RBFKernel:
         bandwidth_multiplier: float = 1.0,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
-        if bandwidth not in BANDWIDTH_RULES:
-            raise ValueError(f"bandwidth must be one of {BANDWIDTH_RULES}, got {bandwidth!r}")
-        if bandwidth == "fixed":
-            if gamma is None or not math.isfinite(gamma) or gamma <= 0:
-                raise ValueError(f"bandwidth='fixed' needs a finite gamma > 0, got gamma={gamma!r}")
-        elif gamma is not None:
-            raise ValueError(f"gamma={gamma!r} is only used with bandwidth='fixed' (got bandwidth={bandwidth!r})")
-        if not math.isfinite(bandwidth_multiplier) or bandwidth_multiplier <= 0:
-            raise ValueError(f"bandwidth_multiplier must be finite and > 0, got {bandwidth_multiplier!r}")
+        check_bandwidth(bandwidth, gamma, bandwidth_multiplier)
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype}")
         self.bandwidth = bandwidth
@@ -133,23 +170,7 @@ class RBFKernel:
         )
 
     def _gamma(self, distances: Tensor) -> Tensor:
-        count = distances.shape[0]
-        if self.bandwidth == "fixed":
-            return distances.new_tensor(self.gamma / self.bandwidth_multiplier)
-        if self.bandwidth == "median":
-            numerator = math.log(count + 1)
-            median = lower_median(distances)
-        else:  # "median_log_n": distinct pairs only, log N without the +1
-            numerator = math.log(count)
-            rows, cols = torch.triu_indices(count, count, offset=1, device=distances.device)
-            pairs = distances[rows, cols]
-            median = lower_median(pairs) if pairs.numel() else distances.new_zeros(())
-        if median <= 0:
-            positive = distances[distances > 0]
-            if positive.numel() == 0:  # all particles coincide (or N = 1): K = 1 for any γ
-                return distances.new_zeros(())
-            median = lower_median(positive)
-        return numerator / median / self.bandwidth_multiplier
+        return bandwidth_gamma(distances, self.bandwidth, self.gamma, self.bandwidth_multiplier)
 
     def __call__(self, x: Tensor) -> KernelOutput:
         check_particles(x, "x")
@@ -172,6 +193,8 @@ class IdentityKernel:
     Figs. 7–8 with the same 1/N (hence the same step size) as the full method, for paired comparisons.
     ``gamma`` is reported as +inf (the RBF kernel's limit K → I).
     """
+
+    on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
 
     def __init__(self, normalize_by_count: bool = False) -> None:
         self.normalize_by_count = bool(normalize_by_count)
@@ -264,6 +287,8 @@ class ConsensusKernel:
     N = 1: K̃ = [[1]], R̃ = 0, normaliser 1: SDS exactly (Eq. 5). ``gamma`` reports the solved γ (0 when clamped
     or when all particles coincide, +inf when only coincident pairs keep weight, then R̃ = 0, its limit).
     """
+
+    on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
 
     def __init__(self, target_coupling: float = 8.0, compute_dtype: torch.dtype = torch.float32) -> None:
         if isinstance(target_coupling, bool) or not isinstance(target_coupling, (int, float)):

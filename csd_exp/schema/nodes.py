@@ -40,6 +40,9 @@ MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 GUIDANCE = "csd_exp.distill.Guidance"
 IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"
+#: Kernels on rendered views (``on_images``) and the project's tasks that pass the renders to the guidance.
+IMAGE_KERNELS = ("csd_exp.distill.LPIPSRBFKernel", "csd_exp.distill.FeatureRBFKernel")
+VIEW_TASKS = ("csd_exp.tasks.generation3d.Generation3DTask",)
 IN2N_EDITOR = "csd_exp.tasks.scene3d_editors.IN2NEditor"
 
 
@@ -122,6 +125,31 @@ class ConsensusKernelSchema:
 @dataclass
 class IdentityKernelSchema:
     normalize_by_count: bool
+
+
+@dataclass
+class ImageRBFKernelSchema:
+    image_size: PositiveInt | None
+    bandwidth: Literal[BANDWIDTH_RULES]
+    gamma: PositiveFloat | None
+    bandwidth_multiplier: PositiveFloat
+
+
+@dataclass
+class LPIPSRBFKernelSchema(ImageRBFKernelSchema):
+    distance: Node | None
+
+
+@dataclass
+class FeatureRBFKernelSchema(ImageRBFKernelSchema):
+    channels: list
+    seed: Annotated[int, Range(min=0, max=MAX_SEED)]
+
+
+@dataclass
+class LoadLPIPSSchema:
+    net: Literal[LPIPS_NETS]
+    device: str | None
 
 
 @dataclass
@@ -347,6 +375,9 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.distill.RBFKernel": RBFKernelSchema,
     "csd_exp.distill.ConsensusKernel": ConsensusKernelSchema,
     IDENTITY_KERNEL: IdentityKernelSchema,
+    "csd_exp.distill.LPIPSRBFKernel": LPIPSRBFKernelSchema,
+    "csd_exp.distill.FeatureRBFKernel": FeatureRBFKernelSchema,
+    "csd_exp.metrics.lpips.load_lpips": LoadLPIPSSchema,
     "csd_exp.distill.TimestepSchedule": TimestepScheduleSchema,
     "torch.optim.SGD": SGDSchema,
     "torch.optim.Adam": AdamSchema,

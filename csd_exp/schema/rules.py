@@ -14,8 +14,10 @@ from csd_exp.schema.checks import ConfigError, _fields, check_node, check_target
 from csd_exp.schema.nodes import (
     GUIDANCE,
     IDENTITY_KERNEL,
+    IMAGE_KERNELS,
     IN2N_EDITOR,
     SAMPLING_TASKS,
+    VIEW_TASKS,
     ClipSchema,
     ExtrasSchema,
     MetricsSchema,
@@ -81,6 +83,14 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         raise ConfigError(
             f"guidance=csd_edit_no_svgd with kernel={chosen} couples the particles, which is CSD-Edit "
             "(Eq. 9): choose guidance=csd_edit, or drop the kernel override (the ablation is kernel=identity_mean)"
+        )
+    task_target = str((cfg.get("task") or {}).get("_target_", ""))
+    # Only the project's own tasks are known here; a task from outside the package may pass renders itself.
+    if kernel_target in IMAGE_KERNELS and task_target.startswith("csd_exp.tasks.") and task_target not in VIEW_TASKS:
+        raise ConfigError(
+            f"kernel={choices.get('kernel') or _short(kernel_target)} compares rendered views, which only "
+            f"task=generation3d passes to the guidance; task={choices.get('task') or _short(task_target)} couples "
+            "its particles on the noisy latents: choose kernel=rbf (or kernel=consensus)"
         )
     no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
     if guidance.get("official_scaling") and not (guidance.get("baseline") == "source_branch" and no_svgd):
