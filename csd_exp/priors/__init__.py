@@ -2,6 +2,7 @@
 
 * :class:`InstructPix2PixPrior`: 3-way guidance, CSD-Edit in 5N UNet rows per step.
 * :class:`StableDiffusionPrior`: text-to-image, 2-way guidance (SDS / CSD generation, DDS editing).
+* :class:`DeepFloydIFPrior`: DeepFloyd IF stage I, text-to-image in pixel space (64 px), 2-way guidance.
 * :class:`ExactScorePrior`: closed-form ε̂ for Gaussian-mixture edits (the embedded default).
 * Tiny offline pipelines for tests and smoke runs (``tiny``).
 
@@ -9,13 +10,16 @@ diffusers / transformers are imported only when a diffusers-backed prior is buil
 """
 
 from .base import Conditioning, ModeOracle, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
+from .deepfloyd_if import DeepFloydIFPrior
 from .exact import ExactScorePrior
 from .instruct_pix2pix import InstructPix2PixPrior
 from .instructions import INSTRUCTIONS, InstructionFamily
 from .stable_diffusion import StableDiffusionPrior
 from .tiny import (
+    build_tiny_if,
     build_tiny_ip2p,
     build_tiny_sd,
+    tiny_deepfloyd_if_prior,
     tiny_instruct_pix2pix_prior,
     tiny_stable_diffusion_prior,
     write_clip_tokenizer,
@@ -32,6 +36,9 @@ __all__ = [
     "InstructionFamily",
     "InstructPix2PixPrior",
     "StableDiffusionPrior",
+    "DeepFloydIFPrior",
+    "build_tiny_if",
+    "tiny_deepfloyd_if_prior",
     "build_tiny_ip2p",
     "build_tiny_sd",
     "tiny_instruct_pix2pix_prior",

@@ -250,3 +250,123 @@ def tiny_stable_diffusion_prior(cache_dir: str | os.PathLike, seed: int = 0, **p
 
     folder = _cached_build(cache_dir, "tiny_sd", build_tiny_sd, seed)
     return StableDiffusionPrior(str(folder), **prior_kwargs)
+
+
+# -- DeepFloyd IF stage I --------------------------------------------------------------------------------
+#: Words of the tiny T5 vocabulary (DreamFusion-style prompts and the view suffixes); any other lower-case
+#: ASCII text falls back to single characters, anything else to <unk>.
+TINY_T5_WORDS = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "it", "into", "photo", "dslr", "render", "view", "front",
+    "side", "back", "overhead", "bottom", "top", "hamburger", "turn", "make", "painting", "red", "blue", "green",
+)  # fmt: skip
+TINY_T5_HIDDEN_SIZE = 32
+
+
+def tiny_t5_tokenizer():
+    """A ``T5Tokenizer`` (transformers' tokenizers-backed Unigram class, which ``IFPipeline`` loads), tiny vocabulary.
+
+    No T5 vocabulary can be had offline (T5's ``spiece.model`` comes from the hub, and sentencepiece is not
+    installed), so the Unigram pieces are written here: T5's special tokens (<pad> 0, </s> 1, <unk> 2), the
+    words of :data:`TINY_T5_WORDS` with the word-start marker, then every lower-case letter, digit and ASCII
+    punctuation mark with and without it (log-probabilities −5 for words, −10 for characters, so known words
+    win). It tokenizes like T5 (Metaspace pre-tokenizer, </s> appended) with another vocabulary.
+    """
+    import string
+
+    from transformers import T5Tokenizer
+
+    from .deepfloyd_if import IF_MAX_LENGTH
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
+    pieces += [("▁" + word, -5.0) for word in TINY_T5_WORDS]
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    pieces += [(c, -10.0) for c in characters]
+    pieces += [("▁" + c, -10.5) for c in characters if "▁" + c not in {p for p, _ in pieces}]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=IF_MAX_LENGTH)
+
+
+def tiny_if_components(seed: int = 0) -> dict:
+    """Seeded tiny IF stage I parts: a T5 encoder (d_model 32, gated-GELU as T5 v1.1), a 3-in / 6-out UNet with
+    IF's block types (text projection of the T5 states, pooled text embedding added to the time embedding,
+    scale-shift ResNets), IF's DDPM scheduler (cosine betas, learned-range variance) and the tiny tokenizer."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=TINY_T5_HIDDEN_SIZE,
+                d_kv=8,
+                d_ff=37,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                dropout_rate=0.0,
+                feed_forward_proj="gated-gelu",
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=3,
+            out_channels=6,
+            layers_per_block=1,
+            block_out_channels=TINY_BLOCK_OUT_CHANNELS,
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            cross_attention_dim=TINY_T5_HIDDEN_SIZE,
+            encoder_hid_dim=TINY_T5_HIDDEN_SIZE,
+            encoder_hid_dim_type="text_proj",
+            addition_embed_type="text",
+            addition_embed_type_num_heads=2,
+            attention_head_dim=8,
+            resnet_time_scale_shift="scale_shift",
+            act_fn="gelu",
+            norm_num_groups=8,
+        )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=SD_NUM_TRAIN_TIMESTEPS,
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+        thresholding=True,
+        dynamic_thresholding_ratio=0.95,
+        sample_max_value=1.5,
+    )
+    return dict(unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler)
+
+
+def build_tiny_if(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a tiny ``IFPipeline`` (stage I: T5, 3-in / 6-out UNet, DDPM) in ``folder``, no safety checker or
+    watermarker."""
+    from diffusers import IFPipeline
+
+    folder = Path(folder)
+    pipe = IFPipeline(
+        **tiny_if_components(seed),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def tiny_deepfloyd_if_prior(
+    cache_dir: str | os.PathLike,
+    seed: int = 0,
+    torch_dtype: str | torch.dtype = "float32",
+    max_rows_per_call: int | None = None,
+):
+    """A :class:`DeepFloydIFPrior` on the tiny IF pipeline in ``cache_dir`` (built there if absent), loaded through
+    ``IFPipeline.from_pretrained`` like a real checkpoint."""
+    from .deepfloyd_if import DeepFloydIFPrior
+
+    folder = _cached_build(cache_dir, "tiny_if", build_tiny_if, seed)
+    return DeepFloydIFPrior(str(folder), torch_dtype=torch_dtype, max_rows_per_call=max_rows_per_call)

@@ -90,6 +90,23 @@ class TinyPriorSchema:
 
 
 @dataclass
+class DeepFloydIFSchema:
+    pretrained_model_name_or_path: str
+    torch_dtype: Literal[TORCH_DTYPES]
+    max_rows_per_call: PositiveInt | None
+    local_files_only: bool | None
+    variant: str | None
+
+
+@dataclass
+class TinyDeepFloydIFSchema:
+    cache_dir: str
+    seed: Annotated[int, Range(min=0, max=MAX_SEED)]
+    torch_dtype: Literal[TORCH_DTYPES]
+    max_rows_per_call: PositiveInt | None
+
+
+@dataclass
 class TinyInstructPix2PixSchema(TinyPriorSchema):
     official_condition_latents: bool
     official_source_latents: bool
@@ -371,6 +388,8 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.priors.StableDiffusionPrior": DiffusersPriorSchema,
     "csd_exp.priors.tiny_instruct_pix2pix_prior": TinyInstructPix2PixSchema,
     "csd_exp.priors.tiny_stable_diffusion_prior": TinyPriorSchema,
+    "csd_exp.priors.DeepFloydIFPrior": DeepFloydIFSchema,
+    "csd_exp.priors.tiny_deepfloyd_if_prior": TinyDeepFloydIFSchema,
     GUIDANCE: GuidanceSchema,
     "csd_exp.distill.RBFKernel": RBFKernelSchema,
     "csd_exp.distill.ConsensusKernel": ConsensusKernelSchema,

@@ -55,3 +55,19 @@ class TestInstructPix2PixConsistencyDecoderTiledPrior(PriorContract):
     @pytest.fixture
     def prior64(self, ip2p_prior64):  # the rows test never decodes: the plain float64 pipeline
         return ip2p_prior64
+
+
+class TestDeepFloydIFPrior(PriorContract):
+    """IF stage I on the tiny pipeline (T5 encoder, 3-in / 6-out UNet): pixel space, so latents are the images."""
+
+    @pytest.fixture(scope="class")
+    def prior(self, tiny_cache):
+        from csd_exp.priors import tiny_deepfloyd_if_prior
+
+        return tiny_deepfloyd_if_prior(tiny_cache)
+
+    @pytest.fixture(scope="class")
+    def prior64(self, tiny_cache):
+        from csd_exp.priors import tiny_deepfloyd_if_prior
+
+        return tiny_deepfloyd_if_prior(tiny_cache, torch_dtype="float64")

@@ -1,0 +1,294 @@
+"""DeepFloyd IF stage I (text-to-image in pixel space, 64 × 64) as a score prior, through diffusers' ``IFPipeline``.
+
+The paper's text-to-3D experiments distil IF stage I (Sec. 4.4, Table 3: DeepFloyd IF, CFG 20). IF denoises
+pixels directly, so the prior's "latents" are the images themselves on IF's [−1, 1] range:
+
+    encode(x) = 2x − 1,   decode(z) = (z + 1) / 2 clamped to [0, 1],   latent_scale_factor 1, 3 channels.
+
+A loss on the latents therefore reaches the renders through an affine map (``differentiable=True`` keeps it).
+
+Noise prediction. IF's UNet predicts the noise and a variance interpolation (``variance_type="learned_range"``):
+6 output channels, of which the first 3 are ε (diffusers' ``IFPipeline`` splits them the same way before its
+guidance). Classifier-free guidance is the 2-way form of Stable Diffusion (:mod:`.stable_diffusion`),
+
+    ε^{ω}(x_t; y) = ε(x_t; n) + ω [ε(x_t; y) − ε(x_t; n)]   (CSD paper Eq. 2, ω = guidance_scale),
+
+with the same DDS-style source rows. Text: the T5 encoder's last hidden state for the prompt padded to 77
+tokens with its attention mask, as ``IFPipeline.encode_prompt`` does (IF's T5 was trained with 77 tokens);
+prompts are lower-cased and stripped, the pipeline's preprocessing with ``clean_caption=False`` (its default
+caption cleaning needs bs4 and ftfy, and only removes URLs, HTML and the like from web captions).
+
+The schedule is the pipeline's training schedule rebuilt through ``DDPMScheduler`` (IF: ``squaredcos_cap_v2``).
+diffusers is imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Conditioning, NoisePrediction, ScorePrior, resolve_dtype
+from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen
+from .stable_diffusion import StableDiffusionPrior
+
+log = logging.getLogger(__name__)
+
+IF_PIPELINE = "IFPipeline"
+IF_MAX_LENGTH = 77  # IF's T5 was trained with 77 tokens (diffusers IFPipeline.encode_prompt)
+IF_CHANNELS = 3
+
+
+def load_if_components(
+    pretrained_model_name_or_path: str,
+    torch_dtype: torch.dtype,
+    local_files_only: bool | None,
+    variant: str | None,
+) -> dict:
+    """UNet, T5 encoder, tokenizer and scheduler of an ``IFPipeline`` folder or hub id (safety checker, feature
+    extractor and watermarker left out: the prior never produces final images for viewers)."""
+    import diffusers
+
+    kwargs: dict[str, Any] = {
+        _dtype_keyword(): torch_dtype,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "watermarker": None,
+        "requires_safety_checker": False,
+    }
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    if variant is not None:
+        kwargs["variant"] = variant
+    pipe = _from_folder_or_hub(
+        diffusers.IFPipeline, pretrained_model_name_or_path, "pretrained_model_name_or_path", kwargs
+    )
+    return dict(unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
+
+
+class DeepFloydIFPrior(ScorePrior):
+    """DeepFloyd IF stage I for SDS / CSD generation in pixel space (text-to-3D, paper Sec. 4.4).
+
+    Args:
+        pretrained_model_name_or_path: hub id (``DeepFloyd/IF-I-XL-v1.0``; gated: accept the licence on the hub
+            and log in, or download once and pass the folder) or local folder of an ``IFPipeline``; or ``None`` and
+            the components ``unet``, ``text_encoder``, ``tokenizer`` (``scheduler`` optional: IF's cosine schedule).
+        torch_dtype: the dtype the networks run in; ``auto`` = float16 on CUDA, float32 on CPU.
+        max_rows_per_call: at most this many UNet rows per call (``None``: one call).
+        local_files_only: forwarded to ``from_pretrained`` when not ``None``.
+        variant: forwarded to ``from_pretrained`` when not ``None`` (``fp16``: the hub's half-size weight files).
+    """
+
+    name = "deepfloyd_if"
+    supports_image_condition = False
+    #: sizes are pixels (latent_scale_factor 1): resize so the short side is the configured size
+    default_resize_policy = "short_side"
+    #: the paper's text-to-3D setting (Table 3: CFG 20)
+    recommended_guidance = {"guidance_scale": 20.0, "image_guidance_scale": 1.5}
+    latent_channels = IF_CHANNELS
+    latent_scale_factor = 1
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        *,
+        torch_dtype: str | torch.dtype = "float32",
+        max_rows_per_call: int | None = None,
+        local_files_only: bool | None = None,
+        variant: str | None = None,
+        unet=None,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler=None,
+    ) -> None:
+        super().__init__()
+        if max_rows_per_call is not None and int(max_rows_per_call) < 1:
+            raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
+        self.auto_dtype = str(torch_dtype) == "auto"
+        self.model_dtype = resolve_dtype(torch_dtype)
+        given = dict(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+        if pretrained_model_name_or_path is not None:
+            if scheduler is not None or any(v is not None for v in given.values()):
+                raise ValueError("pass either pretrained_model_name_or_path or components, not both")
+            components = load_if_components(pretrained_model_name_or_path, self.model_dtype, local_files_only, variant)
+        else:
+            missing = [k for k, v in given.items() if v is None]
+            if missing:
+                raise ValueError(
+                    "pass pretrained_model_name_or_path, or all of unet, text_encoder, tokenizer "
+                    f"(missing: {', '.join(missing)})"
+                )
+            components = dict(given, scheduler=scheduler)
+        unet, scheduler = components["unet"], components["scheduler"]
+        in_channels, out_channels = int(unet.config.in_channels), int(unet.config.out_channels)
+        if in_channels != IF_CHANNELS or out_channels not in (IF_CHANNELS, 2 * IF_CHANNELS):
+            raise ValueError(
+                f"DeepFloydIFPrior needs an IF stage I UNet (3 input channels; 3 or 6 output channels: ε, and the "
+                f"learned variance); this one has {in_channels} in, {out_channels} out (a stage II super-resolution "
+                "UNet takes 6 input channels and is not a text-to-image prior)"
+            )
+        prediction_type = "epsilon" if scheduler is None else scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type != "epsilon":
+            raise ValueError(f"unsupported UNet prediction_type {prediction_type!r} for IF (epsilon)")
+        self.max_rows_per_call = None if max_rows_per_call is None else int(max_rows_per_call)
+        self.unet = _frozen(unet, self.model_dtype)
+        self.text_encoder = _frozen(components["text_encoder"], self.model_dtype)
+        self.tokenizer = components["tokenizer"]
+        self._register_schedule(self._schedule_from(scheduler))
+        self._prompt_embeds: dict[str, Tensor] = {}
+        #: number of UNet rows and calls since construction (benchmarks and tests read these)
+        self.unet_rows_evaluated = 0
+        self.unet_calls = 0
+
+    @staticmethod
+    def _schedule_from(scheduler) -> Tensor:
+        """ᾱ_t of the pipeline's training schedule, rebuilt through DDPMScheduler (IF's cosine one without it)."""
+        from diffusers import DDPMScheduler
+
+        if scheduler is None:
+            return DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+        return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+
+    # -- devices -----------------------------------------------------------------------------------
+    def to_device(self, device: torch.device) -> DeepFloydIFPrior:
+        """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32)."""
+        from csd_exp.infra.devices import default_model_dtype, describe_dtype_choice
+
+        self.to(device)
+        if self.auto_dtype:
+            dtype = default_model_dtype(device)
+            if dtype != self.model_dtype:
+                self.model_dtype = dtype
+                self.unet.to(dtype=dtype)
+                self.text_encoder.to(dtype=dtype)
+                self._prompt_embeds.clear()
+            log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
+        elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
+            log.warning(
+                "prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto or float32"
+            )
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # -- pixel space -------------------------------------------------------------------------------
+    def encode(self, images: Tensor, *, differentiable: bool = False) -> Tensor:
+        """z = 2x − 1 (IF's pixel range), float32; ``differentiable=True`` keeps the graph to ``images``."""
+        self._check_images(images)
+        with torch.set_grad_enabled(differentiable):
+            return (2.0 * images - 1.0).float()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """x = (z + 1) / 2 clamped to [0, 1], float32."""
+        return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def encode_image_condition(self, images: Tensor) -> Tensor:
+        raise ValueError(
+            "DeepFloydIFPrior takes no image condition (text-to-image; CSD-Edit needs InstructPix2PixPrior)"
+        )
+
+    # -- text --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prompt_embeddings(self, prompt: str) -> Tensor:
+        """(1, 77, D) T5 hidden states for ``prompt`` (lower-cased, stripped; with the attention mask), cached."""
+        cached = self._prompt_embeds.get(prompt)
+        device = self.text_encoder.device
+        if cached is None:
+            tokens = self.tokenizer(
+                prompt.lower().strip(),
+                padding="max_length",
+                max_length=IF_MAX_LENGTH,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
+            cached = self.text_encoder(
+                tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+            ).last_hidden_state
+            self._prompt_embeds[prompt] = cached
+        elif cached.device != device:
+            cached = self._prompt_embeds[prompt] = cached.to(device)
+        return cached
+
+    def make_conditioning(
+        self,
+        prompt: str,
+        image_cond: Tensor | None = None,
+        guidance_scale: float = 20.0,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str = "",
+        source_prompt: str = "",
+    ) -> Conditioning:
+        if image_cond is not None:
+            raise ValueError("DeepFloydIFPrior takes no image_cond (text-to-image)")
+        for text in {prompt, negative_prompt, source_prompt}:
+            self.prompt_embeddings(text)
+        return super().make_conditioning(
+            prompt, None, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+        )
+
+    # -- UNet --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def unet_rows(self, sample: Tensor, t: int, encoder_hidden_states: Tensor) -> Tensor:
+        """ε_φ (the first 3 of the UNet's output channels) for every row, in chunks of ``max_rows_per_call``."""
+        sample = sample.to(device=self.device, dtype=self.dtype)
+        timestep = torch.tensor(int(t), device=self.device)
+        chunk = self.max_rows_per_call or sample.shape[0]
+        outputs = []
+        for start in range(0, sample.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            out = self.unet(
+                sample[rows], timestep, encoder_hidden_states=encoder_hidden_states[rows], return_dict=False
+            )[0]
+            outputs.append(out[:, :IF_CHANNELS].float())  # the rest is the learned variance
+            self.unet_calls += 1
+            self.unet_rows_evaluated += out.shape[0]
+        return torch.cat(outputs)
+
+    def _prompt_rows(self, prompts: list[str], repeats: list[int]) -> Tensor:
+        rows = [self.prompt_embeddings(p).expand(n, -1, -1) for p, n in zip(prompts, repeats)]
+        return torch.cat(rows).to(device=self.device, dtype=self.dtype)
+
+    guide = staticmethod(StableDiffusionPrior.guide)  # ε(n) + ω [ε(y) − ε(n)], the same 2-way guidance
+
+    @torch.no_grad()
+    def predict_noise(
+        self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
+    ) -> NoisePrediction:
+        """Guided ε̂ for N noisy targets (2N rows) and, if given, N noisy sources (2N rows, or N when the source
+        prompt is the negative prompt). Row layout: [x_t|y, x_t|n, (x̃_t|y_src, x̃_t|n | x̃_t|n)]."""
+        t = self._check_timestep(t)
+        n = noisy_latents.shape[0]
+        if noisy_latents.ndim != 4 or noisy_latents.shape[1] != IF_CHANNELS:
+            raise ValueError(f"IF denoises RGB pixels (N, 3, H, W); got noisy latents {tuple(noisy_latents.shape)}")
+        x_t = noisy_latents.to(device=self.device, dtype=self.dtype)
+        samples, prompts = [x_t, x_t], [cond.prompt, cond.negative_prompt]
+        source_has_text_row = cond.source_prompt != cond.negative_prompt
+        if source_noisy_latents is not None:
+            if source_noisy_latents.shape != noisy_latents.shape:
+                raise ValueError(
+                    "source_noisy_latents must have the shape of noisy_latents; got "
+                    f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
+                )
+            src_t = source_noisy_latents.to(device=self.device, dtype=self.dtype)
+            if source_has_text_row:
+                samples += [src_t]
+                prompts += [cond.source_prompt]
+            samples += [src_t]
+            prompts += [cond.negative_prompt]
+        eps = self.unet_rows(torch.cat(samples), t, self._prompt_rows(prompts, [n] * len(prompts)))
+        eps = eps.to(noisy_latents.device).chunk(len(prompts))
+        target = self.guide(eps[0], eps[1], cond.guidance_scale)
+        source = None
+        if source_noisy_latents is not None:
+            source = self.guide(eps[2], eps[3], cond.guidance_scale) if source_has_text_row else eps[2]
+        return NoisePrediction(target=target, source=source)
