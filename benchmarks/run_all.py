@@ -39,6 +39,7 @@ QUICK_ARGS = {
     "bench_priors": ["--particles", "1", "--latent-size", "8", "--repeats", "1"],
     "bench_distill": ["--particles", "4", "16", "--latent-size", "16", "--repeats", "1"],
     "bench_scaling": ["--particles", "4", "--latent-size", "16", "--repeats", "1", "--steps", "3", "--windows", "4"],
+    "bench_video_baselines": ["--frames", "2", "--steps", "2", "--csd-steps", "1", "--frame-size", "8"],
 }
 DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
 

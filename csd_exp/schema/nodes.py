@@ -21,6 +21,7 @@ from csd_exp.schema.checks import (
     Range,
     UnitFraction,
 )
+from csd_exp.schema.video_baselines import VideoFateZeroTaskSchema, VideoPix2VideoTaskSchema
 
 # Choices, imported by the classes that implement them (one list per concept).
 WINDOW_SAMPLERS = ("uniform", "coverage_balanced")
@@ -406,6 +407,8 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask": PanoramaSamplingTaskSchema,
     "csd_exp.tasks.VideoTask": VideoTaskSchema,
     "csd_exp.tasks.video_sampling.VideoSamplingTask": VideoSamplingTaskSchema,
+    "csd_exp.tasks.video_fatezero.VideoFateZeroTask": VideoFateZeroTaskSchema,
+    "csd_exp.tasks.video_pix2video.VideoPix2VideoTask": VideoPix2VideoTaskSchema,
     "csd_exp.tasks.scene3d.Scene3DTask": Scene3DTaskSchema,
     "csd_exp.render.VoxelRadianceField": FieldSchema,
     "csd_exp.tasks.scene3d_editors.CSDEditEditor": CSDEditEditorSchema,
@@ -417,4 +420,6 @@ TARGET_SCHEMAS: dict[str, type] = {
 SAMPLING_TASKS = (
     "csd_exp.tasks.panorama_sampling.PanoramaSamplingTask",
     "csd_exp.tasks.video_sampling.VideoSamplingTask",
+    "csd_exp.tasks.video_fatezero.VideoFateZeroTask",
+    "csd_exp.tasks.video_pix2video.VideoPix2VideoTask",
 )

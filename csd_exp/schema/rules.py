@@ -26,6 +26,14 @@ from csd_exp.schema.nodes import (
     TrainerSchema,
 )
 
+#: Choices of the zero-shot video baselines (csd_exp/priors/attention_control.py, csd_exp/tasks/video_fatezero.py).
+TEMPORAL_ATTENTION_FRAMES = ("first", "previous", "self", "middle", "last")
+UNET_PLACES = ("down", "mid", "up")
+#: FateZero and Pix2Video run on a Stable Diffusion text-to-image prior: these targets, these model groups.
+TEXT_TO_IMAGE_TASKS = SAMPLING_TASKS[-2:]
+TEXT_TO_IMAGE_PRIORS = ("csd_exp.priors.StableDiffusionPrior", "csd_exp.priors.tiny_stable_diffusion_prior")
+TEXT_TO_IMAGE_MODEL_GROUPS = ("sd15", "sd21", "tiny_sd")
+
 #: The presets of conf/guidance, for the message that asks for one.
 GUIDANCE_PRESETS = "guidance=csd_edit | csd | sds | csd_edit_no_svgd | csd_edit_random_noise"
 
@@ -115,6 +123,14 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
             "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
             f"guidance={guidance_label(guidance, choices)}"
+        )
+    model_target = (cfg.get("model") or {}).get("_target_")
+    if target in TEXT_TO_IMAGE_TASKS and model_target not in TEXT_TO_IMAGE_PRIORS:
+        chosen = choices.get("model") or _short(model_target)
+        raise ConfigError(
+            f"task={choices.get('task') or _short(target)} edits with a Stable Diffusion text-to-image prior, not "
+            f"model={chosen}: choose model={', model='.join(TEXT_TO_IMAGE_MODEL_GROUPS)} (any SD 1.x / 2.x "
+            "folder: model=sd15 model.pretrained_model_name_or_path=/path)"
         )
     if not samples and not distills:
         raise ConfigError(f"this task distils the prior and needs a guidance preset: {GUIDANCE_PRESETS}")

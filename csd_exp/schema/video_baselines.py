@@ -1,0 +1,46 @@
+"""Schemas of the zero-shot video baselines' tasks (task=video_fatezero, task=video_pix2video), listed in
+:data:`csd_exp.schema.nodes.TARGET_SCHEMAS`. Standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from csd_exp.schema.checks import Node, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
+
+MAX_SEED = 2**32 - 1  # as csd_exp.schema.nodes (which imports this module, so it cannot import from it)
+
+
+@dataclass
+class ZeroShotVideoTaskSchema:
+    """What FateZero and Pix2Video both take (csd_exp/tasks/video_fatezero.py): the run's inputs, as
+    ``nodes.TaskInputsSchema``, then their shared knobs."""
+
+    prompt: str
+    source_prompt: str
+    seed: Annotated[int, Range(min=0, max=MAX_SEED)]
+    max_steps: int
+    data: Node
+    frame_size: PositiveInt
+    num_inference_steps: PositiveInt
+    guidance_scale: float
+    temporal_attention_frames: list
+    temporal_attention_blocks: list
+    temporal_attention_min_level: NonNegativeInt
+
+
+@dataclass
+class VideoFateZeroTaskSchema(ZeroShotVideoTaskSchema):
+    cross_replace_steps: Probability
+    self_replace_steps: Probability
+    is_replace_controller: bool
+    blend_words: list | None
+    blend_th: Probability
+    eq_params: Node | None
+    attention_store_device: str | None
+
+
+@dataclass
+class VideoPix2VideoTaskSchema(ZeroShotVideoTaskSchema):
+    latent_update_weight: NonNegativeFloat
+    latent_update_steps: NonNegativeInt

@@ -1,0 +1,338 @@
+"""FateZero (Qi et al., ICCV 2023) zero-shot video editing on a Stable Diffusion text-to-image prior.
+
+1. **DDIM inversion** of every frame with the source prompt (``source_prompt``, its caption), conditional
+   rows only (guidance 1), through a UNet whose self-attention is spatio-temporal (frame i attends to the
+   frames of ``temporal_attention_frames``, FateZero Sec. 3.3), storing the cross- and self-attention maps
+   of every inversion step at the resolutions FateZero stores (:mod:`csd_exp.priors.attention_control`).
+2. **Editing** from the inverted latents with the target prompt (``prompt``) under classifier-free
+   guidance, fusing the stored maps into the target's conditional rows: cross-attention refinement (or
+   replacement) of the words the prompts share for the first ``cross_replace_steps`` of the steps, the
+   ``eq_params`` reweighting, and self-attention from the source, blended with the mask thresholded
+   (``blend_th``) from the source cross-attention of ``blend_words``, for the first ``self_replace_steps``
+   (FateZero Sec. 3.2, Eq. 4–6).
+
+One training step is one UNet call over all frames (batched): steps 0 … N − 1 invert, N … 2N − 1 edit
+(``ReverseSamplingMixin``'s one-reverse-step-per-step, with the inversion in front), so the progress bar,
+the loggers, the snapshots and ``summary.json`` are those of every sampling baseline. Everything is
+deterministic (DDIM, η = 0): a run resumed from a checkpoint replays the steps before it (inversion and
+the attention store are not checkpointed) and ends as the uninterrupted run.
+
+Differences from FateZero's code, on purpose: no Tune-A-Video weights (its zero-shot setting), one
+``blend_words`` list (the source words that make the self-attention mask; FateZero's target words only
+feed its latent blending, which its configs leave off), a single ``blend_th`` (FateZero's mask reads only
+its first entry), the timesteps of :func:`csd_exp.tasks.sampling.sampling_timesteps`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from csd_exp.data.sources import ClipSource
+from csd_exp.data.video import default_memory_budget
+from csd_exp.priors.attention_control import AttentionStore, VideoAttention
+from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings
+from csd_exp.priors.ddim_inversion import inversion_step, inversion_timestep, sampling_step
+from csd_exp.schema.rules import TEMPORAL_ATTENTION_FRAMES, TEXT_TO_IMAGE_MODEL_GROUPS, UNET_PLACES
+from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.video import VideoTask
+
+log = logging.getLogger(__name__)
+
+
+def require_text_to_image_prior(prior: Any, task: str) -> None:
+    """These baselines edit with a Stable Diffusion text-to-image UNet (4 latent channels, text only)."""
+    from csd_exp.priors.stable_diffusion import StableDiffusionPrior
+
+    if not isinstance(prior, StableDiffusionPrior):
+        raise ValueError(
+            f"task={task} edits with a Stable Diffusion text-to-image prior, not {type(prior).__name__}: choose "
+            f"model={', model='.join(TEXT_TO_IMAGE_MODEL_GROUPS)} (any SD 1.x / 2.x folder: model=sd15 "
+            "model.pretrained_model_name_or_path=/path)"
+        )
+
+
+class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
+    """DDIM inversion of the clip (N steps), then N editing steps, one batched UNet call per step.
+
+    Subclasses implement :meth:`inversion_hook` (what records the inversion's attention, or None),
+    :meth:`editing_step` and say whether the inversion uses the cross-frame attention.
+    """
+
+    task_option = "video_inversion"
+    temporal_inversion = True
+
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any = None,
+        optimizer=None,
+        lr_scheduler=None,
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
+        temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
+        temporal_attention_min_level: int = 0,
+        **kwargs,
+    ):
+        require_text_to_image_prior(prior, self.task_option)  # before the clip is read
+        super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
+        self.latents.requires_grad_(False)
+        self.setup_reverse_process(int(num_inference_steps), 0.0, guidance_scale, 1.0)
+        frames, places = list(temporal_attention_frames), list(temporal_attention_blocks)
+        if not frames or any(f not in TEMPORAL_ATTENTION_FRAMES for f in frames):
+            raise ValueError(
+                f"task.temporal_attention_frames={frames} is not allowed: expected a non-empty list of "
+                f"{', '.join(TEMPORAL_ATTENTION_FRAMES)}"
+            )
+        if any(p not in UNET_PLACES for p in places):
+            raise ValueError(
+                f"task.temporal_attention_blocks={places} is not allowed: expected a list of {', '.join(UNET_PLACES)}"
+            )
+        limit = prior.max_rows_per_call
+        if limit is not None and limit < self.num_frames:
+            raise ValueError(
+                f"task={self.task_option} attends across all {self.num_frames} frames in one UNet call, but "
+                f"model.max_rows_per_call={limit}: set it to at least {self.num_frames} (or null), or read fewer "
+                "frames (data.max_frames)"
+            )
+        self.temporal_frames, self.temporal_places = frames, places
+        self.temporal_min_level = int(temporal_attention_min_level)
+        self.attention: VideoAttention | None = None
+        self._next_index = 0
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        from csd_exp.tasks.base import StepTickets
+
+        return DataLoader(StepTickets(2 * self.num_steps), batch_size=None, shuffle=False)
+
+    def configure_particles(self, device: torch.device) -> None:
+        super().configure_particles(device)
+        if self.attention is None:
+            self.attention = VideoAttention(
+                self.prior.unet,
+                temporal_frames=self.temporal_frames,
+                temporal_places=self.temporal_places,
+                temporal_min_level=self.temporal_min_level,
+            )
+
+    @torch.no_grad()
+    def training_step(self, batch, batch_idx):
+        index = int(batch)
+        while self._next_index < index:  # resumed from a checkpoint: replay the deterministic steps before it
+            self._advance(self._next_index, log_step=False)
+        self._advance(index, log_step=True)
+        return None
+
+    def _advance(self, index: int, log_step: bool) -> None:
+        if index < self.num_steps:
+            t = self._inversion_step(index)
+        else:
+            t = self.timesteps[index - self.num_steps]
+            self.editing_step(index - self.num_steps)
+            if index == 2 * self.num_steps - 1:
+                self.latents.data.copy_(self.state)
+                self.release_inversion()
+        self._next_index = index + 1
+        self.reverse_steps_done = index + 1
+        if log_step:
+            self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
+            self.log("train/inverting", float(index < self.num_steps), on_step=True, rank_zero_only=True)
+
+    def _inversion_step(self, step: int) -> int:
+        if step == 0:
+            self.state = self.source_latents.clone()
+        t = inversion_timestep(self.timesteps, step)
+        hook = self.inversion_hook(step)
+        eps = self.noise(self.state, t, [self.source_prompt], hook, temporal=self.temporal_inversion)[0]
+        self.after_inversion_call(step)
+        self.state = inversion_step(self.prior.alphas_cumprod.float(), self.timesteps, self.state, eps, step)
+        return t
+
+    def inversion_hook(self, step: int):
+        return None
+
+    def after_inversion_call(self, step: int) -> None:
+        pass
+
+    def release_inversion(self) -> None:
+        pass
+
+    def editing_step(self, step: int) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- UNet
+    def noise(self, x: torch.Tensor, t: int, prompts: list[str], hook=None, *, temporal: bool = True):
+        """ε for the frames ``x`` under each prompt: a list of (F, C, h, w), one per prompt.
+
+        Rows are [prompt 0 × F frames, prompt 1 × F, …] in as few UNet calls as ``model.max_rows_per_call``
+        allows, never splitting a prompt's frames (they attend to each other); ``hook`` sees the call that
+        holds the last prompt's rows, which are that call's last F rows."""
+        prior, frames = self.prior, x.shape[0]
+        embeds = torch.cat([prior.prompt_embeddings(p).expand(frames, -1, -1) for p in prompts])
+        embeds = embeds.to(device=prior.device, dtype=prior.dtype)
+        rows = torch.cat([x] * len(prompts))
+        per_call = len(prompts) if prior.max_rows_per_call is None else max(prior.max_rows_per_call // frames, 1)
+        outputs = []
+        for start in range(0, len(prompts), per_call):
+            stop = min(start + per_call, len(prompts))
+            part = slice(start * frames, stop * frames)
+            call_hook = hook if stop == len(prompts) else None
+            context = self.attention.clip(frames, tuple(x.shape[-2:]), call_hook) if temporal else nullcontext()
+            with context:
+                outputs.append(prior.unet_rows(rows[part], t, embeds[part]))
+        return list(torch.cat(outputs).to(x.device).chunk(len(prompts)))
+
+    def guided_noise(self, x: torch.Tensor, t: int, hook=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided ε, ε of the target prompt): ε(∅) + ω (ε(y) − ε(∅)), the target's rows last."""
+        eps_uncond, eps_text = self.noise(x, t, ["", self.prompt], hook)
+        return eps_uncond + self.guidance_scale * (eps_text - eps_uncond), eps_text
+
+    def teardown(self, stage: str) -> None:
+        if self.attention is not None:
+            self.attention.remove()
+            self.attention = None
+
+
+class VideoFateZeroTask(InvertThenEditVideoTask):
+    """FateZero: inversion with an attention store, then editing with attention fusion (module docstring).
+
+    Args (beyond ``task=video``'s prompt, source_prompt, data, frame_size, seed):
+        num_inference_steps: DDIM steps N (inversion and editing each take N).
+        guidance_scale: classifier-free guidance ω of the editing rows.
+        cross_replace_steps: fraction of the editing steps whose cross-attention takes the source's maps.
+        self_replace_steps: fraction of the editing steps whose self-attention takes the source's maps.
+        is_replace_controller: replacement (token for token, prompts of equal token length) instead of
+            refinement (shared words only).
+        blend_words: source-prompt words whose cross-attention masks where the target's own self-attention
+            is kept; None = the source's self-attention everywhere.
+        blend_th: threshold of that mask (on the map normalised to max 1).
+        eq_params: ``{words: [...], values: [...]}``: multiply the target words' cross-attention.
+        temporal_attention_frames / _blocks / _min_level: the spatio-temporal self-attention.
+        attention_store_device: where the inversion's maps are kept (None: the UNet's device; ``cpu``).
+    """
+
+    task_option = "video_fatezero"
+    temporal_inversion = True
+
+    def __init__(
+        self,
+        prior: Any,
+        guidance: Any = None,
+        *,
+        prompt: str,
+        data: ClipSource,
+        source_prompt: str = "",
+        seed: int = 0,
+        max_steps: int = -1,
+        frame_size: int = 64,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        cross_replace_steps: float = 0.8,
+        self_replace_steps: float = 0.9,
+        is_replace_controller: bool = False,
+        blend_words: list[str] | None = None,
+        blend_th: float = 0.3,
+        eq_params: dict | None = None,
+        temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
+        temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
+        temporal_attention_min_level: int = 1,
+        attention_store_device: str | None = None,
+    ):
+        super().__init__(
+            prior,
+            guidance,
+            prompt=prompt,
+            data=data,
+            source_prompt=source_prompt,
+            seed=seed,
+            max_steps=max_steps,
+            frame_size=frame_size,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            temporal_attention_frames=temporal_attention_frames,
+            temporal_attention_blocks=temporal_attention_blocks,
+            temporal_attention_min_level=temporal_attention_min_level,
+        )
+        for name, value in (("cross_replace_steps", cross_replace_steps), ("self_replace_steps", self_replace_steps)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"task.{name}={value} must be a fraction of the steps in [0, 1]")
+        self.fusion = fusion_settings(
+            prior.tokenizer,
+            self.source_prompt,
+            self.prompt,
+            num_steps=self.num_steps,
+            cross_replace_steps=cross_replace_steps,
+            self_replace_steps=self_replace_steps,
+            replace=bool(is_replace_controller),
+            blend_words=blend_words,
+            blend_th=blend_th,
+            eq_params=eq_params,
+        )
+        if attention_store_device is not None:
+            torch.device(attention_store_device)  # a bad name fails here, not after the first step
+        self.attention_store_device = attention_store_device
+        self.store: AttentionStore | None = None
+        self.fuser: AttentionFusion | None = None
+        self._store_budget: int | None = None
+
+    def inversion_hook(self, step: int) -> AttentionStore:
+        if step == 0:
+            self.store, self.fuser = AttentionStore(self.attention_store_device), None
+            self._store_budget = self._memory_budget()
+        keep_cross, keep_self = self.fusion.store_needs(self.num_steps - 1 - step)
+        self.store.step, self.store.keep_cross, self.store.keep_self = step, keep_cross, keep_self
+        return self.store if (keep_cross or keep_self) else None
+
+    def _memory_budget(self) -> int | None:
+        device = self.store.device or self.prior.device
+        if device.type == "cpu":
+            return default_memory_budget()
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0] * 0.8)
+        return None
+
+    def after_inversion_call(self, step: int) -> None:
+        """The memory guard: project the store's size from this step; refuse before it outgrows the budget."""
+        if self._store_budget is None or step not in self.store.maps:
+            return
+        later = sum(any(self.fusion.store_needs(self.num_steps - 1 - j)) for j in range(step + 1, self.num_steps))
+        projected = self.store.total_bytes + self.store.step_bytes(step) * later
+        if projected > self._store_budget:
+            self.store = None
+            device = self.attention_store_device or self.prior.device
+            raise ValueError(
+                f"FateZero's attention store would need {projected / 2**20:,.1f} MiB for {self.num_frames} frames "
+                f"and {self.num_steps} steps on {device}, more than the {self._store_budget / 2**20:,.1f} MiB "
+                "available: read fewer frames (data.max_frames), set task.attention_store_device=cpu, or lower "
+                "task.num_inference_steps / task.self_replace_steps"
+            )
+
+    def editing_step(self, step: int) -> None:
+        if self.fuser is None:
+            self.fuser = AttentionFusion(self.store, self.fusion, self.attention.layers)
+            self.fuser.latent_hw = tuple(self.state.shape[-2:])
+            log.info(
+                "fatezero: inverted %d frames; attention store %.1f MiB on %s",
+                self.num_frames,
+                self.store.total_bytes / 2**20,
+                self.attention_store_device or self.prior.device,
+            )
+        self.fuser.edit_step = step
+        eps, _ = self.guided_noise(self.state, self.timesteps[step], self.fuser)
+        self.store.maps.pop(self.num_steps - 1 - step, None)  # each source step is read once
+        self.state = sampling_step(self.prior.alphas_cumprod.float(), self.timesteps, self.state, eps, step)
+
+    def release_inversion(self) -> None:
+        self.store, self.fuser = None, None
