@@ -62,7 +62,7 @@ def test_the_package_list_names_every_package_folder():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     folders = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "csd_exp").rglob("__init__.py")}
     assert folders <= listed
-    assert {"csd_exp.conf", "csd_exp.experiments"} <= listed
+    assert "csd_exp.conf" in listed
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_the_wheel_ships_configs_and_experiments(wheel_venv):
     wheel, _ = wheel_venv
     names = zipfile.ZipFile(wheel).namelist()
     assert "csd_exp/conf/config.yaml" in names and "csd_exp/conf/experiment/panorama_exact_cpu.yaml" in names
-    assert "csd_exp/experiments/summarize.py" in names
+    assert "csd_exp/report/paper.py" in names and "csd_exp/conf/paper/davis_table1.yaml" in names
     assert not any(name.startswith(("conf/", "experiments/", "tests/", "csd_exp/baselines/")) for name in names)
 
 
@@ -172,8 +172,11 @@ def test_the_wheel_runs_outside_the_checkout(wheel_venv, tmp_path):
         tmp_path,
     )
     assert scored.returncode == 0, scored.stderr[-2000:]
-    table = _outside(venv, [str(bin_dir / "python"), "-m", "csd_exp.experiments.summarize", str(tmp_path)], tmp_path)
-    assert table.returncode == 0 and "| csd_edit | 2 |" in table.stdout, table.stderr[-2000:]
+    table = _outside(venv, [str(bin_dir / "python"), "-m", "csd_exp.report", str(tmp_path)], tmp_path)
+    assert table.returncode == 0 and "| panorama | csd_edit | 1 |" in table.stdout, table.stderr[-2000:]
+    paper = [str(bin_dir / "python"), "-m", "csd_exp.report.paper", "fig7_8", "--report-only", str(tmp_path)]
+    reported = _outside(venv, [*paper, "--out", str(tmp_path / "fig7_8")], tmp_path)
+    assert reported.returncode == 0 and (tmp_path / "fig7_8" / "fig7_8.md").is_file(), reported.stderr[-2000:]
 
 
 def test_a_user_config_folder_adds_experiments(wheel_venv, tmp_path):

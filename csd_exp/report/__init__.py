@@ -23,8 +23,13 @@ key. ``.hydra/overrides.yaml`` is not read, so copied or merged run folders repo
 ``--paper-column`` takes a YAML or JSON mapping ``method -> metric -> number`` and shows a "paper" column
 beside each metric it names.
 
-Weights & Biases is not read at all (neither online nor offline runs, whatever ``WANDB_MODE`` says): the
-report rests on ``summary.json`` and the run folders' images only. Imports no torch, so it starts fast.
+Weights & Biases is never read: the report rests on ``summary.json`` and the run folders' images only.
+When the runs logged to W&B (their ``summary.json`` has a ``"wandb"`` identity) and W&B is not disabled
+(``WANDB_MODE=disabled`` or ``--no-wandb``), the table also goes to W&B as a ``wandb.Table`` with links to
+the runs, in one run of ``job_type="report"`` in the runs' group (offline counts; ``report_wandb.json``
+records it). Imports no torch unless it sends to W&B, so it starts fast.
+
+``csd-exp-paper`` (csd_exp/report/paper.py) runs the paper's figures and tables on top of this.
 """
 
 from __future__ import annotations

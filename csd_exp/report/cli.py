@@ -86,8 +86,13 @@ def draw_figures(report: Report) -> None:
             report.figures[metric] = name
 
 
-def write_report(report: Report) -> list[Path]:
-    """Write every file of the report into ``report.out_dir``; returns their paths."""
+def write_report(
+    report: Report, no_wandb: bool = False, extra_tables: dict[str, tuple[list[str], list[list]]] | None = None
+) -> list[Path]:
+    """Write every file of the report into ``report.out_dir``, then send the table (and ``extra_tables``:
+    W&B key -> columns, rows) to W&B when it is on (csd_exp/report/wandb_report.py); returns the paths."""
+    from csd_exp.report.wandb_report import RECORD_NAME, log_report, skip_reason
+
     try:
         report.out_dir.mkdir(parents=True, exist_ok=True)
         draw_figures(report)
@@ -97,7 +102,20 @@ def write_report(report: Report) -> list[Path]:
         raise ReportError(
             f"cannot write the report into {report.out_dir}: {error} (choose a folder with --out)"
         ) from error
-    return [report.out_dir / name for name in ("report.md", "report.csv", *report.figures.values())]
+    written = [report.out_dir / name for name in ("report.md", "report.csv", *report.figures.values())]
+    reason = skip_reason(report, no_wandb)
+    if reason is not None:
+        report.wandb_lines = [f"Not sent to W&B: {reason}."]
+    else:
+        run = log_report(report, extra_tables)
+        where = f"offline, upload with `wandb sync {run.folder}`" if run.mode == "offline" else run.url
+        report.wandb_lines = [
+            f"The table went to W&B as `report/table` of run `{run.name}` (id {run.id}, job type report, "
+            f"group {run.group or 'none'}, project {run.project}; {where})."
+        ]
+        written.append(report.out_dir / RECORD_NAME)
+    (report.out_dir / "report.md").write_text(markdown(report))
+    return written
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--paper-column", type=Path, help="YAML or JSON file: method -> metric -> number, shown as a 'paper' column"
     )
+    parser.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="do not send the table to W&B (default: sent when the runs logged to W&B)",
+    )
     return parser
 
 
@@ -122,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     try:
         report = build_report(args.paths, args.metrics, args.out, args.paper_column)
-        written = write_report(report)
+        written = write_report(report, no_wandb=args.no_wandb)
     except ReportError as error:
         print(f"csd-exp-report: error: {error}", file=sys.stderr)
         return 2

@@ -140,3 +140,100 @@ def image_grid(path: Path, rows: list[Row], labels: list[str]) -> bool:
                 axes.imshow(pictures[images[c]])
     figure.savefig(path, dpi=100)
     return True
+
+
+def scatter_plot(
+    path: Path, rows: list[Row], columns: Columns, methods: list[str], x_metric: str, y_metric: str
+) -> bool:
+    """``y_metric`` against ``x_metric`` (means ± std), one curve per method through its rows in order of the
+    one numeric swept key, each point marked with that key's value (the paper's Fig. 5 / Fig. 8). False
+    (nothing written) when no row has both."""
+    points: dict[str, list[tuple]] = {}
+    key = line_key(rows, columns)
+    for row, method in zip(rows, methods):
+        x, y = row.stat(x_metric), row.stat(y_metric)
+        if x.mean is None or y.mean is None:
+            continue
+        order = float(row.values[key]) if key else len(points.get(method, []))
+        mark = f"{columns.names[key]}={row.values[key]:g}" if key else ""
+        points.setdefault(method, []).append((order, x, y, mark))
+    if not points:
+        return False
+    figure = _figure(6.4, 4.8)
+    axes = figure.add_subplot()
+    for method, series in points.items():
+        series.sort(key=lambda point: point[0])
+        xs = [point[1].mean for point in series]
+        ys = [point[2].mean for point in series]
+        axes.errorbar(
+            xs,
+            ys,
+            xerr=[point[1].std or 0.0 for point in series],
+            yerr=[point[2].std or 0.0 for point in series],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+        for x, y, (*_, mark) in zip(xs, ys, series):
+            if mark:
+                axes.annotate(mark, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    axes.set_xlabel(x_metric)
+    axes.set_ylabel(y_metric)
+    axes.set_title(f"{y_metric} against {x_metric} (mean ± std)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def paper_bars(
+    path: Path, metrics: list[str], rows: list[Row], labels: list[str], paper: dict, absent: dict[str, str | None]
+) -> bool:
+    """A panel per metric: a bar per row (ours, mean ± std) beside the paper's number (hatched) where it gives
+    one; a metric no run has shows only the paper's bars and says what it needs (``absent``). ``paper``
+    maps (row index, metric) -> number. False (nothing written) when there is nothing to draw."""
+    drawn = [
+        metric
+        for metric in metrics
+        if any(row.stat(metric).mean is not None or (i, metric) in paper for i, row in enumerate(rows))
+    ]
+    if not drawn or not rows:
+        return False
+    width = 0.38
+    figure = _figure(max(4.0, 1.1 * len(rows) + 1.5) * len(drawn), 4.4)
+    for panel, metric in enumerate(drawn, start=1):
+        axes = figure.add_subplot(1, len(drawn), panel)
+        positions = list(range(len(rows)))
+        stats = [row.stat(metric) for row in rows]
+        ours = [(i, result) for i, result in enumerate(stats) if result.mean is not None]
+        if ours:
+            axes.bar(
+                [i - width / 2 for i, _ in ours],
+                [result.mean for _, result in ours],
+                width,
+                yerr=[result.std or 0.0 for _, result in ours],
+                capsize=3,
+                color="tab:blue",
+                label="ours",
+            )
+        else:
+            axes.text(
+                0.5, 0.92, f"ours: {absent.get(metric) or 'no run has it'}", ha="center", transform=axes.transAxes
+            )
+        theirs = [(i, paper[(i, metric)]) for i in positions if (i, metric) in paper]
+        if theirs:
+            axes.bar(
+                [i + width / 2 for i, _ in theirs],
+                [value for _, value in theirs],
+                width,
+                color="white",
+                edgecolor="black",
+                hatch="//",
+                label="paper",
+            )
+        axes.set_xticks(positions, labels, rotation=30, ha="right", fontsize="small")
+        axes.set_title(metric, fontsize="small")
+        axes.grid(alpha=0.3, axis="y")
+        axes.legend(fontsize="x-small")
+    figure.savefig(path, dpi=110)
+    return True

@@ -96,13 +96,20 @@ def _short_names(keys: list[str]) -> dict[str, str]:
             depth[key] += 1
 
 
+def _determined(keys: list[tuple], values: list) -> bool:
+    """Whether ``values`` is a function of ``keys`` (equal keys never carry different values)."""
+    seen: dict[tuple, object] = {}
+    return all(seen.setdefault(key, value) == value for key, value in zip(keys, values))
+
+
 def swept_columns(runs: list[Run]) -> Columns:
     """The keys whose values differ between the completed runs ``runs``, minus seeds and bookkeeping.
 
     A key that is constant within every (task, method) group (the SDS run's missing kernel) is explained by
-    the method column, and keys that vary in lockstep with a column already kept (``guidance.kernel.*``,
-    interpolated from ``kernel.*``) would repeat it; both go to notes, not columns. Rows are the same
-    either way, since such keys cannot split a row.
+    the method column, and a key whose value follows from the method and the columns already kept
+    (``guidance.kernel.*``, interpolated from ``kernel.*``; a sampling baseline's ``task.guidance_scale``,
+    which CSD-Edit runs lack) would repeat them; both go to notes, not columns. Rows are the same either
+    way, since such keys cannot split a row.
     """
     columns = Columns()
     if len(runs) < 2:
@@ -110,11 +117,12 @@ def swept_columns(runs: list[Run]) -> Columns:
     groups: dict[tuple, list[int]] = {}
     for index, run in enumerate(runs):
         groups.setdefault((run.task, run.method), []).append(index)
+    group_of = [(run.task, run.method) for run in runs]
     every_key = {key for run in runs for key in run.config}
     # Shallow keys first, and a class (_target_) before its settings, so the most telling key of each
     # lockstep set becomes the column.
     ordered = sorted(every_key, key=lambda key: (key.count("."), not key.endswith(TARGET), key))
-    kept_partitions: dict[tuple, str] = {}
+    kept_values: list[list] = []
     for key in ordered:
         values = [canonical(run.config.get(key, MISSING)) for run in runs]
         if len(set(values)) < 2 or _is_bookkeeping(key, runs):
@@ -122,13 +130,22 @@ def swept_columns(runs: list[Run]) -> Columns:
         if all(len({values[i] for i in members}) == 1 for members in groups.values()):
             columns.with_method.append(key)
             continue
-        partition = tuple(values.index(value) for value in values)
-        if partition in kept_partitions:
-            columns.together[kept_partitions[partition]].append(key)
+        if kept_values and _determined(
+            [(group_of[i], *(kept[i] for kept in kept_values)) for i in range(len(runs))], values
+        ):
+            partner = next(
+                (
+                    column
+                    for column, kept in zip(columns.keys, kept_values)
+                    if _determined([(group_of[i], kept[i]) for i in range(len(runs))], values)
+                ),
+                columns.keys[-1],
+            )
+            columns.together[partner].append(key)
             continue
-        kept_partitions[partition] = key
         columns.keys.append(key)
         columns.together[key] = []
+        kept_values.append(values)
     columns.names = _short_names(columns.keys)
     return columns
 

@@ -13,6 +13,13 @@ from csd_exp.report.table import Columns, Row, display_value, key_note
 
 # A failed run's error is shown by its first line, cut here: enough to tell an OOM from a bad override.
 ERROR_CHARS = 200
+# Metrics that need weights this machine may not have (csd_exp.metrics leaves their keys out then, never
+# 0): a column no run has says what it needs instead of a dash.
+NEEDS_WEIGHTS = {
+    "clip/": "needs CLIP weights",
+    "lpips/": "needs LPIPS weights",
+    "fid/": "needs Inception weights and a reference folder",
+}
 
 
 @dataclass
@@ -29,6 +36,8 @@ class Report:
     paper: dict[str, dict[str, float]] | None = None
     figures: dict[str, str] = field(default_factory=dict)  # metric (or "grid") -> file name in out_dir
     figure_notes: list[str] = field(default_factory=list)
+    wandb_lines: list[str] = field(default_factory=list)  # where the report went in W&B, or why not
+    pooled: bool = False  # rows pool several inputs (csd-exp-paper), so a seed repeats by design
 
     @property
     def completed(self) -> list[Run]:
@@ -46,6 +55,13 @@ class Report:
             if metric in self.paper.get(name, {}):
                 return self.paper[name][metric]
         return None
+
+    def absent(self, metric: str) -> str | None:
+        """What a metric that no completed run has needs (``needs CLIP weights``); None when some run has it
+        or it needs no weights."""
+        if any(run.metric(metric) is not None for run in self.completed):
+            return None
+        return next((text for prefix, text in NEEDS_WEIGHTS.items() if metric.startswith(prefix)), None)
 
     def paper_metrics(self) -> set[str]:
         return {metric for numbers in (self.paper or {}).values() for metric in numbers}
@@ -66,10 +82,10 @@ def number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def cell(row: Row, metric: str) -> str:
+def cell(row: Row, metric: str, absent: str | None = None) -> str:
     result = row.stat(metric)
     if result.mean is None:
-        return "–"
+        return absent or "–"
     text = number(result.mean) if result.std is None else f"{number(result.mean)} ± {result.std:.2g}"
     # Non-finite values are left out of the mean; say how many went in.
     return text if result.count == len(row.runs) else f"{text} ({result.count}/{len(row.runs)})"
@@ -116,7 +132,7 @@ def table_lines(report: Report) -> list[str]:
         cells = ([row.task or "–"] if report.with_task else []) + [row.method]
         cells += [display_value(key, row.values[key]) for key in report.columns.keys] + [str(len(row.runs))]
         for metric in report.metrics:
-            cells.append(cell(row, metric))
+            cells.append(cell(row, metric, report.absent(metric)))
             if metric in report.paper_metrics():
                 value = report.paper_value(row, metric)
                 cells.append("–" if value is None else number(value))
@@ -131,10 +147,17 @@ def notes(report: Report) -> list[str]:
     for key, together in columns.together.items():
         if together:
             found.append(f"Vary together with {columns.names[key]}: {key_note(together)}.")
+    needing = [f"{metric} ({report.absent(metric)})" for metric in report.metrics if report.absent(metric)]
+    if needing:
+        found.append(
+            f"No completed run has {', '.join(needing)}: the metrics leave them out, never 0, when the weights are "
+            "not found (metrics.clip.pretrained, metrics.lpips_net; FID: task.fid_reference_dir, "
+            "task.fid_inception_weights)."
+        )
     for metric in report.metrics:
-        if all(run.metric(metric) is None for run in report.completed):
+        if not report.absent(metric) and all(run.metric(metric) is None for run in report.completed):
             found.append(f"No completed run has the metric {metric}.")
-    for row in report.rows:
+    for row in report.rows if not report.pooled else []:
         seeds = [run.seed for run in row.runs]
         repeated = sorted({seed for seed in seeds if seed is not None and seeds.count(seed) > 1})
         if repeated:
@@ -179,35 +202,46 @@ def markdown(report: Report) -> str:
     plots = [(metric, name) for metric, name in report.figures.items() if metric != "grid"]
     if plots:
         lines += ["", "## Metrics", ""] + [f"![{metric}]({name})" for metric, name in plots]
+    if report.wandb_lines:
+        lines += ["", "## W&B", "", *report.wandb_lines]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(report: Report, path: Path) -> None:
-    """Means and stds at full precision (empty when undefined), plus the runs' folders for tracing."""
+def table_records(report: Report) -> tuple[list[str], list[list]]:
+    """The table for scripts (``report.csv``, the W&B table): full-precision means and stds (floats, which
+    the CSV writes as their shortest round-trip text; empty when undefined), the paper's number beside each
+    metric it gives, and the runs' folders."""
     paper_metrics = report.paper_metrics()
     names = (["task"] if report.with_task else []) + ["method"]
     names += [report.columns.names[key] for key in report.columns.keys] + ["n"]
     for metric in report.metrics:
         names += [f"{metric}_mean", f"{metric}_std"] + ([f"{metric}_paper"] if metric in paper_metrics else [])
     names.append("runs")
+    records = []
+    for row in report.rows:
+        values = ([row.task or ""] if report.with_task else []) + [row.method]
+        # A key the row's runs lack is an empty cell here (the markdown shows "–").
+        values += [
+            "" if row.values[key] is MISSING else display_value(key, row.values[key]) for key in report.columns.keys
+        ]
+        values.append(len(row.runs))
+        for metric in report.metrics:
+            result = row.stat(metric)
+            values += [
+                (report.absent(metric) or "") if result.mean is None else result.mean,
+                "" if result.std is None else result.std,
+            ]
+            if metric in paper_metrics:
+                paper = report.paper_value(row, metric)
+                values.append("" if paper is None else paper)
+        values.append(";".join(report.shown_path(run.folder) for run in row.runs))
+        records.append(values)
+    return names, records
+
+
+def write_csv(report: Report, path: Path) -> None:
+    names, records = table_records(report)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(names)
-        for row in report.rows:
-            values = ([row.task or ""] if report.with_task else []) + [row.method]
-            # A key the row's runs lack is an empty cell here (the markdown shows "–").
-            values += [
-                "" if row.values[key] is MISSING else display_value(key, row.values[key]) for key in report.columns.keys
-            ]
-            values.append(len(row.runs))
-            for metric in report.metrics:
-                result = row.stat(metric)
-                values += [
-                    "" if result.mean is None else repr(result.mean),
-                    "" if result.std is None else repr(result.std),
-                ]
-                if metric in paper_metrics:
-                    paper = report.paper_value(row, metric)
-                    values.append("" if paper is None else repr(paper))
-            values.append(";".join(report.shown_path(run.folder) for run in row.runs))
-            writer.writerow(values)
+        writer.writerows(records)
