@@ -219,6 +219,9 @@ def _finish(
     artifact_files = run_artifact_files(output_dir)
     if "wandb" in summary and loggers:
         summary["wandb"]["artifact_files"] = artifact_files
+        run_id = next((str(logger.version) for logger in loggers if type(logger).__name__ == "WandbLogger"), None)
+        if run_id:  # the W&B run's id, for links from reports (and the run a resume continues)
+            summary["wandb"].setdefault("id", run_id)
     try:
         write_summary(output_dir / "summary.json", summary)
     except OSError as error:

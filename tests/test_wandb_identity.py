@@ -70,6 +70,7 @@ def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_se
             recorded["job_type"],
             recorded["tags"],
         )
+        assert recorded["id"] == run.id  # the report links to it
         assert run.config["overrides"] == summary["overrides"] and run.config["seed"] == summary["seed"]
         assert {name: run.summary[name] for name in summary["metrics"]} == pytest.approx(summary["metrics"])
         assert run.artifacts[f"outputs-{run.id}"] == ("run-outputs", sorted(recorded["artifact_files"]))

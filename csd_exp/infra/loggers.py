@@ -11,8 +11,10 @@ import netrc
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only for annotations: the report reads the W&B mode without importing it
+    import torch
 
 log = logging.getLogger(__name__)
 
