@@ -67,7 +67,9 @@ def _composed(overrides, tmp_path):
 def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
     cfg, plain = _composed(overrides.split(), tmp_path)
     validate_composed(cfg)
-    for path, node in _target_nodes({k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task", "data")}):
+    for path, node in _target_nodes(
+        {k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task", "data") if k in plain}
+    ):
         target = get_object(node["_target_"])
         parameters = inspect.signature(target).parameters
         if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):  # forwards **kwargs
@@ -83,7 +85,8 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
             parameters = {**parameters, **inspect.signature(forwarded_to).parameters}
         unknown = set(node) - {"_target_", "_partial_"} - set(parameters)
         assert not unknown, f"{path}: keys no constructor takes: {unknown}"
-    assert "_target_" in plain["data"], "every task's data block names its source class"
+    # Generation tasks have no source; every other task's data block names its source class.
+    assert "_target_" in plain.get("data", {"_target_": None}), "every task's data block names its source class"
     if "_target_" in plain["guidance"]:  # every distillation preset takes the kernel group, so kernel= always acts
         assert plain["guidance"]["kernel"] == plain["kernel"] and plain["kernel"]
     else:

@@ -4,6 +4,7 @@
 * :class:`StableDiffusionPrior`: text-to-image, 2-way guidance (SDS / CSD generation, DDS editing).
 * :class:`DeepFloydIFPrior`: DeepFloyd IF stage I, text-to-image in pixel space (64 px), 2-way guidance.
 * :class:`ExactScorePrior`: closed-form ε̂ for Gaussian-mixture edits (the embedded default).
+* :class:`ExactGenerationPrior`: closed-form ε̂ of text-to-3D views, a mixture over known reference objects.
 * Tiny offline pipelines for tests and smoke runs (``tiny``).
 
 diffusers / transformers are imported only when a diffusers-backed prior is built.
@@ -12,6 +13,7 @@ diffusers / transformers are imported only when a diffusers-backed prior is buil
 from .base import Conditioning, ModeOracle, NoisePrediction, ScorePrior, scaled_linear_alphas_cumprod
 from .deepfloyd_if import DeepFloydIFPrior
 from .exact import ExactScorePrior
+from .exact_generation import ExactGenerationPrior, ViewConditionedPrior
 from .instruct_pix2pix import InstructPix2PixPrior
 from .instructions import INSTRUCTIONS, InstructionFamily
 from .stable_diffusion import StableDiffusionPrior
@@ -32,6 +34,8 @@ __all__ = [
     "ScorePrior",
     "scaled_linear_alphas_cumprod",
     "ExactScorePrior",
+    "ExactGenerationPrior",
+    "ViewConditionedPrior",
     "INSTRUCTIONS",
     "InstructionFamily",
     "InstructPix2PixPrior",

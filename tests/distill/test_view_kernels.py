@@ -299,6 +299,7 @@ def test_an_image_kernel_needs_a_task_that_passes_renders(kernel, tmp_path):
 
     with pytest.raises(ConfigError, match=rf"kernel={kernel} compares rendered views.*kernel=rbf"):
         validate_composed(compose_config([f"kernel={kernel}"], tmp_path))
+    validate_composed(compose_config(["task=generation3d", "guidance=csd", f"kernel={kernel}"], tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------- sharded views
