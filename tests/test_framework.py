@@ -19,7 +19,17 @@ def _smoke_overrides(experiment: str) -> list[str]:
     """``debug=smoke`` (sizes in conf/debug_sizes/, chosen by the task), and the tiny pipeline in place of a
     diffusers model that cannot be downloaded here. Nothing per experiment: a new one needs no edit."""
     cfg = compose_config([f"experiment={experiment}"], Path("/tmp/unused"))
-    return ["debug=smoke", *(["model=tiny_ip2p"] if "pretrained_model_name_or_path" in cfg.model else [])]
+    overrides = ["debug=smoke"]
+    if "pretrained_model_name_or_path" in cfg.model:  # the tiny pipeline of the same family
+        family = str(cfg.model._target_).rsplit(".", 1)[-1]
+        overrides.append(
+            {"StableDiffusionPrior": "model=tiny_sd", "DeepFloydIFPrior": "model=tiny_if"}.get(
+                family, "model=tiny_ip2p"
+            )
+        )
+    if str(cfg.get("kernel", {}).get("_target_", "")).endswith("LPIPSRBFKernel"):  # LPIPS weights are not here
+        overrides.append("kernel=feature_rbf")
+    return overrides
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -133,7 +133,7 @@ TABLE3_ENTRY = Entry(
     title="Table 3: text-to-3D generation, CSD against SDS on the same seeds",
     methods=(
         Method("csd", "CSD", {"experiment": "paper_t23d_table3"}),
-        Method("sds", "SDS", {"experiment": "paper_t23d_table3", "guidance": "sds"}),
+        Method("sds", "SDS", {"experiment": "paper_t23d_table3", "guidance": "sds", "kernel": "identity"}),
     ),
     sweep=(),
     metrics=tuple(TABLE3.columns),
