@@ -65,3 +65,25 @@ def test_with_one_view_per_step_csd_is_sds(tmp_path):
     sds, sds_grads, _ = _one_step(tmp_path, "sds")
     assert csd.t == sds.t and torch.equal(csd.gradients, sds.gradients)
     assert csd_grads and all(torch.equal(a, b) for a, b in zip(csd_grads, sds_grads, strict=True))
+
+
+def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
+    import torch
+
+    from csd_exp.run import build_task
+    from csd_exp.tasks.generation3d_cameras import ViewPrompting, prompt_batch
+
+    task = build_task(compose_config(SMOKE, tmp_path))
+    first, again, later = task.step_cameras(3), task.step_cameras(3), task.step_cameras(4)
+    assert torch.equal(first[0].azimuth, again[0].azimuth) and first[1] == again[1]
+    assert not torch.equal(first[0].azimuth, later[0].azimuth)
+    lo, hi = task.camera_sampler.azimuth_range
+    assert bool(((first[0].azimuth >= lo) & (first[0].azimuth <= hi)).all())
+
+    views = ViewPrompting(front_half_width=45, back_half_width=45, overhead_elevation=60)
+    azimuth, elevation = torch.tensor([10.0, -170.0, 90.0, 0.0]), torch.tensor([0.0, 10.0, 20.0, 70.0])
+    assert views.directions(azimuth, elevation) == ["front", "back", "side", "overhead"]
+    prompts = views.prompts("a ball", azimuth[:3], elevation[:3])
+    distinct, weights = prompt_batch(prompts)
+    assert distinct == ["a ball, front view", "a ball, back view", "a ball, side view"]
+    assert torch.equal(weights, torch.eye(3))  # one prompt per view: the guidance's one-hot multi-prompt path
