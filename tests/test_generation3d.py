@@ -87,3 +87,14 @@ def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
     distinct, weights = prompt_batch(prompts)
     assert distinct == ["a ball, front view", "a ball, back view", "a ball, side view"]
     assert torch.equal(weights, torch.eye(3))  # one prompt per view: the guidance's one-hot multi-prompt path
+
+
+def test_view_agreement_reads_the_janus_split():
+    import torch
+
+    from csd_exp.tasks.generation3d_metrics import view_agreement
+
+    one_object = torch.tensor([[0.9, 0.1, 0.0]] * 4)
+    split = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.2, 0.8]])
+    assert view_agreement(one_object) == 1.0
+    assert view_agreement(split) == 0.5  # two of four views on the majority reference
