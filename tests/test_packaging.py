@@ -20,7 +20,7 @@ from framework_support import REPO_ROOT
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 # Declared but not imported: used by what we import (with a reason next to each in pyproject.toml).
-RUNTIME_ONLY = {"accelerate", "safetensors", "rich"}
+RUNTIME_ONLY = {"accelerate", "safetensors", "rich", "timm"}  # timm: Adan, named by a config _target_
 # Imported only inside ``try: ... except ImportError`` with a fallback.
 OPTIONAL_IMPORTS = {"psutil"}
 
