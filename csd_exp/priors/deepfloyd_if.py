@@ -24,17 +24,14 @@ diffusers is imported lazily.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction, ScorePrior, resolve_dtype
-from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen
-from .stable_diffusion import StableDiffusionPrior
-
-log = logging.getLogger(__name__)
+from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen, move_to_device
+from .stable_diffusion import text_guided_noise
 
 IF_PIPELINE = "IFPipeline"
 IF_MAX_LENGTH = 77  # IF's T5 was trained with 77 tokens (diffusers IFPipeline.encode_prompt)
@@ -154,21 +151,7 @@ class DeepFloydIFPrior(ScorePrior):
     # -- devices -----------------------------------------------------------------------------------
     def to_device(self, device: torch.device) -> DeepFloydIFPrior:
         """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32)."""
-        from csd_exp.infra.devices import default_model_dtype, describe_dtype_choice
-
-        self.to(device)
-        if self.auto_dtype:
-            dtype = default_model_dtype(device)
-            if dtype != self.model_dtype:
-                self.model_dtype = dtype
-                self.unet.to(dtype=dtype)
-                self.text_encoder.to(dtype=dtype)
-                self._prompt_embeds.clear()
-            log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
-        elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
-            log.warning(
-                "prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto or float32"
-            )
+        move_to_device(self, device, (self.unet, self.text_encoder))
         return self
 
     @property
@@ -258,37 +241,11 @@ class DeepFloydIFPrior(ScorePrior):
         rows = [self.prompt_embeddings(p).expand(n, -1, -1) for p, n in zip(prompts, repeats)]
         return torch.cat(rows).to(device=self.device, dtype=self.dtype)
 
-    guide = staticmethod(StableDiffusionPrior.guide)  # ε(n) + ω [ε(y) − ε(n)], the same 2-way guidance
-
     @torch.no_grad()
     def predict_noise(
         self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
     ) -> NoisePrediction:
-        """Guided ε̂ for N noisy targets (2N rows) and, if given, N noisy sources (2N rows, or N when the source
-        prompt is the negative prompt). Row layout: [x_t|y, x_t|n, (x̃_t|y_src, x̃_t|n | x̃_t|n)]."""
-        t = self._check_timestep(t)
-        n = noisy_latents.shape[0]
+        """Guided ε̂ of RGB pixels: Stable Diffusion's 2-way guidance and row layout (:func:`text_guided_noise`)."""
         if noisy_latents.ndim != 4 or noisy_latents.shape[1] != IF_CHANNELS:
             raise ValueError(f"IF denoises RGB pixels (N, 3, H, W); got noisy latents {tuple(noisy_latents.shape)}")
-        x_t = noisy_latents.to(device=self.device, dtype=self.dtype)
-        samples, prompts = [x_t, x_t], [cond.prompt, cond.negative_prompt]
-        source_has_text_row = cond.source_prompt != cond.negative_prompt
-        if source_noisy_latents is not None:
-            if source_noisy_latents.shape != noisy_latents.shape:
-                raise ValueError(
-                    "source_noisy_latents must have the shape of noisy_latents; got "
-                    f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
-                )
-            src_t = source_noisy_latents.to(device=self.device, dtype=self.dtype)
-            if source_has_text_row:
-                samples += [src_t]
-                prompts += [cond.source_prompt]
-            samples += [src_t]
-            prompts += [cond.negative_prompt]
-        eps = self.unet_rows(torch.cat(samples), t, self._prompt_rows(prompts, [n] * len(prompts)))
-        eps = eps.to(noisy_latents.device).chunk(len(prompts))
-        target = self.guide(eps[0], eps[1], cond.guidance_scale)
-        source = None
-        if source_noisy_latents is not None:
-            source = self.guide(eps[2], eps[3], cond.guidance_scale) if source_has_text_row else eps[2]
-        return NoisePrediction(target=target, source=source)
+        return text_guided_noise(self, noisy_latents, t, cond, source_noisy_latents)

@@ -135,6 +135,25 @@ def posterior_picker(generator: torch.Generator | None):
     return lambda posterior: posterior.sample(generator=generator)
 
 
+def move_to_device(prior, device: torch.device, modules) -> None:
+    """Move a diffusers-backed prior to ``device``; with ``torch_dtype=auto`` also cast ``modules`` (None ones
+    skipped) to the device's dtype and drop the cached prompt embeddings; warn about float16 on a CPU."""
+    from csd_exp.infra.devices import default_model_dtype, describe_dtype_choice
+
+    prior.to(device)
+    if prior.auto_dtype:
+        dtype = default_model_dtype(device)
+        if dtype != prior.model_dtype:
+            prior.model_dtype = dtype
+            for module in modules:
+                if module is not None:
+                    module.to(dtype=dtype)
+            prior._prompt_embeds.clear()
+        log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
+    elif torch.device(device).type == "cpu" and prior.model_dtype == torch.float16:
+        log.warning("prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto or float32")
+
+
 class DiffusersPrior(ScorePrior):
     """Shared machinery of :class:`InstructPix2PixPrior` and :class:`StableDiffusionPrior`.
 
@@ -226,22 +245,7 @@ class DiffusersPrior(ScorePrior):
     def to_device(self, device: torch.device) -> DiffusersPrior:
         """Move to ``device``; with ``torch_dtype=auto`` also cast to its dtype (CUDA float16, CPU float32:
         float16 on a CPU is ~20x slower than float32 and looks hung)."""
-        from csd_exp.infra.devices import default_model_dtype, describe_dtype_choice
-
-        self.to(device)
-        if self.auto_dtype:
-            dtype = default_model_dtype(device)
-            if dtype != self.model_dtype:
-                self.model_dtype = dtype
-                for module in (self.unet, self.vae, self.text_encoder, self.consistency_decoder):
-                    if module is not None:
-                        module.to(dtype=dtype)
-                self._prompt_embeds.clear()
-            log.info("prior on %s, model.torch_dtype=auto -> %s", device, describe_dtype_choice(device))
-        elif torch.device(device).type == "cpu" and self.model_dtype == torch.float16:
-            log.warning(
-                "prior: float16 on a CPU is very slow (about 20x float32); use model.torch_dtype=auto or float32"
-            )
+        move_to_device(self, device, (self.unet, self.vae, self.text_encoder, self.consistency_decoder))
         return self
 
     @property

@@ -78,7 +78,33 @@ from .instructions import INSTRUCTIONS, InstructionFamily, find_instruction
 PIXEL_CHANNELS = 3
 
 
-class ExactScorePrior(ScorePrior):
+class PooledPixelLatents:
+    """The closed-form priors' latent space: pixels mapped to [−1, 1] and average-pooled by ``downsample``
+    (a linear map, so a loss on the latents always reaches the images). Mixed into a :class:`ScorePrior`
+    that sets ``downsample`` and registers ``alphas_cumprod``."""
+
+    downsample: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    # -- latents -----------------------------------------------------------------------------------
+    def encode(self, images: Tensor, *, differentiable: bool = True) -> Tensor:
+        """z = avg_pool_d(2x − 1), float32: linear, so always differentiable (the flag is the protocol's)."""
+        self._check_images(images)
+        latents = 2.0 * images.float() - 1.0
+        return F.avg_pool2d(latents, self.downsample) if self.downsample > 1 else latents
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """x = clamp((nearest_upsample_d(z) + 1) / 2, 0, 1), float32."""
+        latents = latents.float()
+        if self.downsample > 1:
+            latents = F.interpolate(latents, scale_factor=self.downsample, mode="nearest")
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class ExactScorePrior(PooledPixelLatents, ScorePrior):
     """Closed-form ε̂ for Gaussian-mixture edit distributions (see the module docstring for the formulas).
 
     Args:
@@ -127,24 +153,6 @@ class ExactScorePrior(ScorePrior):
         self.instructions: dict[str, InstructionFamily] = dict(instructions or INSTRUCTIONS)
         self.latent_channels = PIXEL_CHANNELS
         self.latent_scale_factor = self.downsample
-
-    @property
-    def device(self) -> torch.device:
-        return self.alphas_cumprod.device
-
-    # -- latents -----------------------------------------------------------------------------------
-    def encode(self, images: Tensor, *, differentiable: bool = True) -> Tensor:
-        """z = avg_pool_d(2x − 1), float32: linear, so always differentiable (the flag is the protocol's)."""
-        self._check_images(images)
-        latents = 2.0 * images.float() - 1.0
-        return F.avg_pool2d(latents, self.downsample) if self.downsample > 1 else latents
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """x = clamp((nearest_upsample_d(z) + 1) / 2, 0, 1), float32."""
-        latents = latents.float()
-        if self.downsample > 1:
-            latents = F.interpolate(latents, scale_factor=self.downsample, mode="nearest")
-        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_image_condition(self, images: Tensor) -> Tensor:
         """x̃ lives in the latent space itself: the same as ``encode``."""

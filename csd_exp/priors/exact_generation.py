@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
@@ -60,10 +59,8 @@ from .base import (
     resolve_dtype,
     scaled_linear_alphas_cumprod,
 )
-from .exact import ExactScorePrior
+from .exact import PIXEL_CHANNELS, ExactScorePrior, PooledPixelLatents
 from .reference_objects import REFERENCE_SETS, ReferenceSet, find_reference_set
-
-PIXEL_CHANNELS = 3
 
 
 @dataclass
@@ -97,7 +94,7 @@ class ViewConditionedPrior(Protocol):
     def view_condition(self, cameras, prompt: str): ...
 
 
-class ExactGenerationPrior(ScorePrior):
+class ExactGenerationPrior(PooledPixelLatents, ScorePrior):
     """Closed-form ε̂ of a per-camera mixture over K reference objects (see the module docstring).
 
     Args:
@@ -151,24 +148,6 @@ class ExactGenerationPrior(ScorePrior):
         self.reference_sets = dict(REFERENCE_SETS if reference_sets is None else reference_sets)
         self.latent_channels = PIXEL_CHANNELS
         self.latent_scale_factor = self.downsample
-
-    @property
-    def device(self) -> torch.device:
-        return self.alphas_cumprod.device
-
-    # -- latents -----------------------------------------------------------------------------------
-    def encode(self, images: Tensor, *, differentiable: bool = True) -> Tensor:
-        """z = avg_pool_d(2x − 1), float32: linear, so always differentiable (the flag is the protocol's)."""
-        self._check_images(images)
-        latents = 2.0 * images.float() - 1.0
-        return F.avg_pool2d(latents, self.downsample) if self.downsample > 1 else latents
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """x = clamp((nearest_upsample_d(z) + 1) / 2, 0, 1), float32."""
-        latents = latents.float()
-        if self.downsample > 1:
-            latents = F.interpolate(latents, scale_factor=self.downsample, mode="nearest")
-        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # -- prompts and references --------------------------------------------------------------------
     def reference_set(self, prompt: str) -> ReferenceSet:

@@ -107,29 +107,38 @@ class StableDiffusionPrior(DiffusersPrior):
     def predict_noise(
         self, noisy_latents: Tensor, t: int, cond: Conditioning, *, source_noisy_latents: Tensor | None = None
     ) -> NoisePrediction:
-        """Guided ε̂ for N noisy targets (2N rows) and, if given, N noisy sources (2N rows, or N when the
-        source prompt is the negative prompt). Row layout: [x_t|y, x_t|n, (x̃_t|y_src, x̃_t|n | x̃_t|n)]."""
-        t = self._check_timestep(t)
-        n = noisy_latents.shape[0]
-        x_t = noisy_latents.to(device=self.device, dtype=self.dtype)
-        samples, prompts = [x_t, x_t], [cond.prompt, cond.negative_prompt]
-        source_has_text_row = cond.source_prompt != cond.negative_prompt
-        if source_noisy_latents is not None:
-            if source_noisy_latents.shape != noisy_latents.shape:
-                raise ValueError(
-                    "source_noisy_latents must have the shape of noisy_latents; got "
-                    f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
-                )
-            src_t = source_noisy_latents.to(device=self.device, dtype=self.dtype)
-            if source_has_text_row:
-                samples += [src_t]
-                prompts += [cond.source_prompt]
+        """Guided ε̂ for N noisy targets and, if given, N noisy sources (:func:`text_guided_noise`)."""
+        return text_guided_noise(self, noisy_latents, t, cond, source_noisy_latents)
+
+
+def text_guided_noise(
+    prior, noisy_latents: Tensor, t: int, cond: Conditioning, source_noisy_latents: Tensor | None = None
+) -> NoisePrediction:
+    """2-way guided ε̂ of a text-to-image prior (Stable Diffusion, DeepFloyd IF) for N noisy targets (2N rows)
+    and, if given, N noisy sources (2N rows, or N when the source prompt is the negative prompt), in one call
+    of ``prior.unet_rows``. Row layout: [x_t|y, x_t|n, (x̃_t|y_src, x̃_t|n | x̃_t|n)]."""
+    t = prior._check_timestep(t)
+    n = noisy_latents.shape[0]
+    x_t = noisy_latents.to(device=prior.device, dtype=prior.dtype)
+    samples, prompts = [x_t, x_t], [cond.prompt, cond.negative_prompt]
+    source_has_text_row = cond.source_prompt != cond.negative_prompt
+    if source_noisy_latents is not None:
+        if source_noisy_latents.shape != noisy_latents.shape:
+            raise ValueError(
+                "source_noisy_latents must have the shape of noisy_latents; got "
+                f"{tuple(source_noisy_latents.shape)} vs {tuple(noisy_latents.shape)}"
+            )
+        src_t = source_noisy_latents.to(device=prior.device, dtype=prior.dtype)
+        if source_has_text_row:
             samples += [src_t]
-            prompts += [cond.negative_prompt]
-        eps = self.unet_rows(torch.cat(samples), t, self._prompt_rows(prompts, [n] * len(prompts)))
-        eps = eps.to(noisy_latents.device).chunk(len(prompts))
-        target = self.guide(eps[0], eps[1], cond.guidance_scale)
-        source = None
-        if source_noisy_latents is not None:
-            source = self.guide(eps[2], eps[3], cond.guidance_scale) if source_has_text_row else eps[2]
-        return NoisePrediction(target=target, source=source)
+            prompts += [cond.source_prompt]
+        samples += [src_t]
+        prompts += [cond.negative_prompt]
+    eps = prior.unet_rows(torch.cat(samples), t, prior._prompt_rows(prompts, [n] * len(prompts)))
+    eps = eps.to(noisy_latents.device).chunk(len(prompts))
+    guide = StableDiffusionPrior.guide
+    target = guide(eps[0], eps[1], cond.guidance_scale)
+    source = None
+    if source_noisy_latents is not None:
+        source = guide(eps[2], eps[3], cond.guidance_scale) if source_has_text_row else eps[2]
+    return NoisePrediction(target=target, source=source)
