@@ -203,7 +203,7 @@ def _finish(
     one raised and the summary's failure is logged beside it."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    from csd_exp.infra.loggers import log_run_artifact, run_artifact_files
+    from csd_exp.infra.loggers import log_run_artifact, run_artifact_files, wandb_run_id
 
     summary["steps"] = int(task_steps()) if trainer is not None else 0
     if not (trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0):
@@ -219,7 +219,7 @@ def _finish(
     artifact_files = run_artifact_files(output_dir)
     if "wandb" in summary and loggers:
         summary["wandb"]["artifact_files"] = artifact_files
-        run_id = next((str(logger.version) for logger in loggers if type(logger).__name__ == "WandbLogger"), None)
+        run_id = wandb_run_id(loggers)
         if run_id:  # the W&B run's id, for links from reports (and the run a resume continues)
             summary["wandb"].setdefault("id", run_id)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from framework_support import compose_config, run_cli
 
 SMOKE = ["experiment=generation3d_exact_cpu", "debug=smoke"]
@@ -47,8 +48,6 @@ def test_two_steps_on_tiny_latent_and_pixel_priors(tmp_path, model, kernel):
 
 
 def _one_step(tmp_path, guidance):
-    import torch
-
     from csd_exp.run import build_task
 
     cfg = compose_config([*SMOKE, f"guidance={guidance}", "task.views_per_step=1"], tmp_path / guidance)
@@ -56,20 +55,18 @@ def _one_step(tmp_path, guidance):
     task.setup("fit")
     out = task.distillation_step(0)
     out.loss.backward()
-    return out, [p.grad.clone() for p in task.parameters() if p.grad is not None], torch
+    return out, [p.grad.clone() for p in task.parameters() if p.grad is not None]
 
 
 def test_with_one_view_per_step_csd_is_sds(tmp_path):
     with pytest.warns(UserWarning, match="single particle"):
-        csd, csd_grads, torch = _one_step(tmp_path, "csd")
-    sds, sds_grads, _ = _one_step(tmp_path, "sds")
+        csd, csd_grads = _one_step(tmp_path, "csd")
+    sds, sds_grads = _one_step(tmp_path, "sds")
     assert csd.t == sds.t and torch.equal(csd.gradients, sds.gradients)
     assert csd_grads and all(torch.equal(a, b) for a, b in zip(csd_grads, sds_grads, strict=True))
 
 
 def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
-    import torch
-
     from csd_exp.run import build_task
     from csd_exp.tasks.generation3d_cameras import ViewPrompting, prompt_batch
 
@@ -90,8 +87,6 @@ def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
 
 
 def test_view_agreement_reads_the_janus_split():
-    import torch
-
     from csd_exp.tasks.generation3d_metrics import view_agreement
 
     one_object = torch.tensor([[0.9, 0.1, 0.0]] * 4)

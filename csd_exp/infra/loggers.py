@@ -52,6 +52,11 @@ def _is_wandb(logger) -> bool:
     return isinstance(logger, WandbLogger)
 
 
+def wandb_run_id(loggers: Iterable) -> str | None:
+    """The id of the first W&B logger's run (None without one)."""
+    return next((str(logger.version) for logger in loggers if _is_wandb(logger)), None)
+
+
 def _to_uint8(images: torch.Tensor):
     return (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
 
