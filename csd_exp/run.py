@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from csd_exp.infra.run_folder import hold_run_folder
-from csd_exp.infra.summary import package_versions, write_summary
+from csd_exp.infra.summary import package_versions, run_identity, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"status": "failed", "metrics": {}, "seed": int(cfg.seed), "steps": 0}
     summary["overrides"] = job_overrides()
     summary["tags"] = list(cfg.get("tags") or [])
+    summary.update(run_identity(cfg))
     multirun = in_multirun()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers: list = []
@@ -153,6 +154,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline" and not multirun:
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
+        summary["model_family"] = task.prior.name
         wandb_run = _fill_wandb_identity(cfg)
         if wandb_run is not None:
             summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)

@@ -70,3 +70,32 @@ def test_final_media_are_captioned_and_shown_source_beside_edit(monkeypatch, tmp
     assert pair.shape == (32, 160, 3)  # the source scaled to the edit's height, then the edit
     assert (pair[:, 80:] == (edited[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).all()
     assert all(call["caption"] == ["make it red · seed 0"] and call["step"] == 3 for call in calls)
+
+
+@pytest.mark.parametrize(
+    "overrides, identity",
+    [
+        (
+            ["experiment=panorama_exact_cpu", "guidance=sds"],
+            {"task": "panorama", "method": "sds", "model": "exact", "model_id": "exact", "model_family": "exact"},
+        ),
+        (
+            ["experiment=video_exact_cpu", "model=tiny_ip2p", "task=video_sampling", "guidance=sampling"],
+            {
+                "task": "video_sampling",
+                "method": "per_frame",
+                "model": "tiny_ip2p",
+                "model_id": "tiny_ip2p",
+                "model_family": "instruct_pix2pix",
+            },
+        ),
+    ],
+)
+def test_summary_records_what_ran_and_the_report_reads_it(overrides, identity, run_job):
+    from csd_exp.report.runs import load_runs
+
+    summary, run_dir = run_job([*overrides, "debug=smoke"])
+    assert summary["status"] == "completed"
+    assert {key: summary[key] for key in identity} == identity
+    (run,), _ = load_runs([run_dir])
+    assert (run.task, run.method) == (identity["task"], identity["method"])

@@ -190,6 +190,11 @@ def _describe(path: Path, summary: dict) -> Run:
     # csd-exp-eval writes no status: a summary with metrics and no status is a finished evaluation.
     status = summary.get("status") or ("completed" if "metrics" in summary else "unknown")
     task, method = run_labels(config, path.parent)
+    # Runs since summary.json records what ran: read it rather than recover it from names.
+    if isinstance(summary.get("method"), str) and summary["method"]:
+        method = summary["method"]
+    if isinstance(summary.get("task"), str) and summary["task"]:
+        task = summary["task"]
     seed = summary.get("seed", config.get("seed"))
     return Run(
         folder=path.parent,
