@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 
 CONFIG_PATH = "pkg://csd_exp.conf"
 CONFIG_DIR_VARIABLE = "CSD_EXP_CONFIG_DIR"
+#: Groups that ``--help`` leaves out: chosen by other groups or by csd-exp-paper, never by hand.
+INTERNAL_GROUPS = ("debug_sizes", "paper", "hydra", "local")
 
 
 def _reject(cfg: DictConfig, message: str) -> None:
@@ -78,6 +80,18 @@ def _config_dirs(argv: list[str]) -> list[Path]:
     return [*dirs, Path(csd_exp.conf.__file__).parent]
 
 
+def help_groups() -> str:
+    """The groups and options of ``csd-exp --help`` (conf/hydra/help/csd_exp.yaml), internal groups left out."""
+    options: dict[str, set[str]] = {}
+    for folder in _config_dirs(sys.argv):
+        groups = [p for p in folder.iterdir() if p.is_dir() and p.name not in INTERNAL_GROUPS]
+        for group in [*groups, folder / "hydra" / "launcher"]:
+            found = {f.stem for f in group.glob("*.yaml")}
+            if found:
+                options.setdefault(group.relative_to(folder).as_posix(), set()).update(found)
+    return "\n".join(f"  {group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+
+
 @contextlib.contextmanager
 def _short_composition_errors(argv: list[str]) -> Iterator[None]:
     """Hydra's composition errors, in a line where we know better (:mod:`csd_exp.schema.composition`).
@@ -130,7 +144,11 @@ def entry() -> None:
 
         raise SystemExit(evaluate(sys.argv[2:]))
     sys.argv = _with_config_dir(sys.argv)
+    from omegaconf import OmegaConf
+
     from csd_exp.schema.composition import missing_extra
+
+    OmegaConf.register_new_resolver("csd_exp_help_groups", help_groups, replace=True)
 
     extra = missing_extra([arg for arg in sys.argv[1:] if not arg.startswith("-")], _config_dirs(sys.argv))
     if extra:
