@@ -204,7 +204,9 @@ def test_an_optuna_sweep_with_an_unknown_metric_runs_no_trial(tmp_path):
 def test_a_missing_extra_is_named_with_its_pip_command(overrides, hidden, extra, tmp_path):
     code, lines, torch_imported = _probe(["-m", *SMALL, *overrides, "seed=0,1"], tmp_path, hide=hidden)
     assert code == 1 and len(lines) == 1 and not torch_imported
-    assert lines[0].startswith(f"csd-exp: {overrides[0]} needs the") and f"pip install 'csd-exp[{extra}]'" in lines[0]
+    assert (
+        lines[0].startswith(f"csd-exp: {overrides[0]} needs hydra-") and f"pip install 'csd-exp[{extra}]'" in lines[0]
+    )
 
 
 def test_installed_extras_are_not_refused():
@@ -221,7 +223,8 @@ def test_hydras_own_missing_plugin_error_names_the_extra(monkeypatch):
     error = ConfigCompositionException("In 'hydra/launcher/local_parallel': Could not find 'hydra/launcher/joblib'")
     message = explain_composition_error(error, [], compose=lambda overrides: {})
     assert (
-        message == "hydra/launcher/joblib is a plugin of the sweeps extra, not installed: pip install 'csd-exp[sweeps]'"
+        message
+        == "hydra/launcher/joblib needs hydra-joblib-launcher, of the sweeps extra: pip install 'csd-exp[sweeps]'"
     )
 
 

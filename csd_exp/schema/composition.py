@@ -65,12 +65,9 @@ def missing_extra(overrides: Iterable[str], config_dirs: Iterable[Path]) -> str 
         group, values = pair
         for option in values.split(","):
             for plugin in _plugins(group, option.strip(), config_dirs):
-                module, extra = PLUGIN_EXTRAS[plugin]
+                module, package, extra = PLUGIN_EXTRAS[plugin]
                 if missing(module):
-                    name = plugin.rsplit("/", 1)[1]
-                    return (
-                        f"{group}={option.strip()} needs the {name} plugin of the {extra} extra: {install_hint(extra)}"
-                    )
+                    return f"{group}={option.strip()} needs {package}, of the {extra} extra: {install_hint(extra)}"
     return None
 
 
@@ -115,8 +112,8 @@ def explain_composition_error(
     if found:
         plugin = f"{found.group(1)}/{found.group(2)}"
         if plugin in PLUGIN_EXTRAS and missing(PLUGIN_EXTRAS[plugin][0]):
-            extra = PLUGIN_EXTRAS[plugin][1]
-            return f"{plugin} is a plugin of the {extra} extra, not installed: {install_hint(extra)}"
+            _, package, extra = PLUGIN_EXTRAS[plugin]
+            return f"{plugin} needs {package}, of the {extra} extra: {install_hint(extra)}"
         options = re.findall(r"^\t(\S+)$", message.split(f"Available options in '{found.group(1)}':", 1)[-1], re.M)
         if "Available options" in message and options:
             group, option = found.group(1), found.group(2)

@@ -65,17 +65,18 @@ SUMMARY_METRICS = (
 #: Families of names with a part chosen by the run: a mode's name, a region's number.
 SUMMARY_METRIC_PATTERNS = (r"consistency/mode_fraction/.+", r"region/\d+/consistency/mode_(agreement|fraction/.+)")
 
-#: Hydra plugin config -> (the module that provides it, the csd-exp extra that installs it).
+#: Hydra plugin config -> (the module that provides it, its distribution, the csd-exp extra that installs it).
 PLUGIN_EXTRAS = {
-    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweeps"),
-    "hydra/launcher/joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps"),
-    "hydra/launcher/submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "cluster"),
-    "hydra/launcher/submitit_local": ("hydra_plugins.hydra_submitit_launcher", "cluster"),
+    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweeps"),
+    "hydra/launcher/joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "sweeps"),
+    "hydra/launcher/submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "cluster"),
+    "hydra/launcher/submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "cluster"),
 }
 FID_MODULE = "torch_fidelity"
 
 
 def install_hint(extra: str) -> str:
+    """The command that installs ``extra`` (from a checkout: ``pip install -e '.[extra]'``, the same packages)."""
     return f"pip install 'csd-exp[{extra}]'"
 
 
@@ -203,7 +204,9 @@ def _check_task_files(task: Mapping[str, Any]) -> None:
         if not _existing("task.fid_reference_dir", folder, "folder").is_dir():
             raise ConfigError(f"task.fid_reference_dir={folder} is a file; give a folder of reference images")
         if missing(FID_MODULE):
-            raise ConfigError(f"task.fid_reference_dir needs torch-fidelity for fid/rgb: {install_hint('fid')}")
+            raise ConfigError(
+                f"task.fid_reference_dir (fid/rgb) needs torch-fidelity, of the fid extra: {install_hint('fid')}"
+            )
     weights = task.get("fid_inception_weights")
     if weights is not None and not _existing("task.fid_inception_weights", weights, "file").is_file():
         raise ConfigError(f"task.fid_inception_weights={weights} is a folder; give the weights file")
