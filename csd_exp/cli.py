@@ -11,14 +11,19 @@ models or tasks, or replace one of ours by giving a file the same name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 CONFIG_PATH = "pkg://csd_exp.conf"
 CONFIG_DIR_VARIABLE = "CSD_EXP_CONFIG_DIR"
+#: Groups that ``--help`` leaves out: chosen by other groups or by csd-exp-paper, never by hand.
+INTERNAL_GROUPS = ("debug_sizes", "paper", "hydra", "local")
 
 
 def _reject(cfg: DictConfig, message: str) -> None:
@@ -66,6 +71,72 @@ def _with_config_dir(argv: list[str]) -> list[str]:
     return [argv[0], f"--config-dir={os.path.abspath(folder)}", *argv[1:]]
 
 
+def _config_dirs(argv: list[str]) -> list[Path]:
+    """Where Hydra reads our configs: ``--config-dir`` (searched first), then the packaged ``csd_exp.conf``."""
+    import csd_exp.conf
+
+    dirs = [Path(arg.split("=", 1)[1]) for arg in argv if arg.startswith("--config-dir=")]
+    dirs += [Path(argv[i + 1]) for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
+    return [*dirs, Path(csd_exp.conf.__file__).parent]
+
+
+def help_groups() -> str:
+    """The groups and options of ``csd-exp --help`` (conf/hydra/help/csd_exp.yaml), internal groups left out."""
+    options: dict[str, set[str]] = {}
+    for folder in _config_dirs(sys.argv):
+        groups = [p for p in folder.iterdir() if p.is_dir() and p.name not in INTERNAL_GROUPS]
+        for group in [*groups, folder / "hydra" / "launcher"]:
+            found = {f.stem for f in group.glob("*.yaml")}
+            if found:
+                options.setdefault(group.relative_to(folder).as_posix(), set()).update(found)
+    return "\n".join(f"  {group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+
+
+@contextlib.contextmanager
+def _short_composition_errors(argv: list[str]) -> Iterator[None]:
+    """Hydra's composition errors, in a line where we know better (:mod:`csd_exp.schema.composition`).
+
+    Hydra reports them in ``hydra._internal.utils.run_and_report`` (no public hook); this wraps it for the
+    duration of the command. Without that function (another Hydra), the messages are Hydra's own.
+    """
+    from hydra._internal import utils as hydra_utils
+
+    report = getattr(hydra_utils, "run_and_report", None)
+    if report is None:
+        yield
+        return
+    args = hydra_utils.get_args_parser().parse_known_args(argv[1:])[0]
+
+    def compose(overrides: list[str]) -> dict:
+        from hydra import compose as hydra_compose
+        from omegaconf import OmegaConf
+
+        config = hydra_compose(args.config_name or "config", overrides=overrides, return_hydra_config=True)
+        return OmegaConf.to_container(config, resolve=False)
+
+    def explained(func):
+        from hydra.errors import ConfigCompositionException
+
+        from csd_exp.schema.composition import explain_composition_error
+
+        def run():
+            try:
+                return func()
+            except ConfigCompositionException as error:
+                message = explain_composition_error(error, list(args.overrides or []), compose)
+                if message is None:
+                    raise
+                raise SystemExit("\n".join(f"csd-exp: {line}" for line in message.splitlines())) from None
+
+        return report(run)
+
+    hydra_utils.run_and_report = explained
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = report
+
+
 def entry() -> None:
     """``csd-exp [overrides]`` runs a job; ``csd-exp eval ...`` scores existing outputs (= csd-exp-eval)."""
     if len(sys.argv) > 1 and sys.argv[1] == "eval":
@@ -73,7 +144,17 @@ def entry() -> None:
 
         raise SystemExit(evaluate(sys.argv[2:]))
     sys.argv = _with_config_dir(sys.argv)
-    main()
+    from omegaconf import OmegaConf
+
+    from csd_exp.schema.composition import missing_extra
+
+    OmegaConf.register_new_resolver("csd_exp_help_groups", help_groups, replace=True)
+
+    extra = missing_extra([arg for arg in sys.argv[1:] if not arg.startswith("-")], _config_dirs(sys.argv))
+    if extra:
+        raise SystemExit(f"csd-exp: {extra}")
+    with _short_composition_errors(sys.argv):
+        main()
 
 
 if __name__ == "__main__":

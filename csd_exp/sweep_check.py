@@ -3,7 +3,9 @@
 Hydra's basic sweeper composes each job only to see that it composes; values are checked when a job
 starts, so in a SLURM array one bad value is one failed job per element. This callback expands the
 sweep the way the basic sweeper does, composes each job and runs :func:`csd_exp.schema.validate_composed`
-on it, so a bad value stops the whole sweep at submission with one short message.
+on it (values, input files, region boxes, ``optimized_metric``), so a bad value stops the whole sweep at
+submission with one short message. Under a sweeper that draws its jobs as it goes (Optuna), the sweep's own
+config is checked: a missing input or an unknown ``optimized_metric`` stops it before the first trial.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ class ValidateSweep(Callback):
         HydraConfig.instance().set_config(config)  # ${hydra:...} in the jobs' configs (paths) resolves
 
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-            return  # other sweepers (Optuna) draw their jobs as they go; each job is checked when it starts
+            # Other sweepers (Optuna) draw their jobs as they go: what every job shares (inputs, regions,
+            # optimized_metric) is checked here, the drawn values when each job starts.
+            try:
+                validate_composed(config)
+            except ConfigError as error:
+                raise SystemExit(f"csd-exp: sweep not started: {error}") from None
+            return
         jobs = sweep_jobs(config)
         for number, overrides in enumerate(jobs):
             try:

@@ -8,7 +8,12 @@ starts), so a bad value costs a second, not a model load, and a sweep with one b
   ``Literal[...]`` for choices, ``X | None`` where null is allowed) and :func:`check_value` / :func:`check_node`;
 * :mod:`csd_exp.schema.nodes`: one dataclass per ``_target_`` whose fields are the constructor parameters a
   config node may set (:data:`TARGET_SCHEMAS`, the ``data`` sources included);
-* :mod:`csd_exp.schema.rules`: what only a combination of groups can get wrong, and the entry points.
+* :mod:`csd_exp.schema.rules`: what only a combination of groups can get wrong, and the entry points;
+* :mod:`csd_exp.schema.inputs`: what the run would read (input files, folders, scenes, region boxes and masks,
+  the checkpoint) and ``optimized_metric``, checked from file headers and folder listings (Pillow, no torch);
+* :mod:`csd_exp.schema.regions`: the ``task.regions`` entries of region editing, shared with the task;
+* :mod:`csd_exp.schema.composition`: Hydra's composition errors in a line (a mistyped key names the nearest
+  ones) and the extra a launcher or sweeper needs (``csd-exp`` uses it before and around Hydra).
 
 A node is matched to its schema by its ``_target_`` (no import needed). A key that the schema does not list
 is an error: a key that does nothing must not exist (tests/test_config_keys.py checks that the schemas and
@@ -16,7 +21,8 @@ the constructors name the same parameters). A ``_target_`` with no schema is not
 constructor refuses unknown keys when Hydra instantiates it, so a new class needs no entry to run.
 
 This package imports nothing heavier than the standard library (omegaconf and hydra lazily, in
-:func:`validate_composed`).
+:func:`validate_composed`; Pillow to read an image header). tests/test_compose_checks.py checks that a refused
+run has not imported torch.
 """
 
 from csd_exp.schema.checks import (

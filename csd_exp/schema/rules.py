@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from csd_exp.schema.checks import ConfigError, _fields, check_node, check_target, check_value
+from csd_exp.schema.inputs import check_inputs
 from csd_exp.schema.nodes import (
     GUIDANCE,
     IDENTITY_KERNEL,
@@ -168,6 +169,7 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
         check_node("metrics", metrics, MetricsSchema)
         if metrics.get("clip"):
             check_node("metrics.clip", metrics["clip"], ClipSchema)
+    check_inputs(cfg)  # last: the files are read only once every value is known to be well-formed
 
 
 #: Top-level nodes the checks read; the others (paths, logger, callbacks, hydra) hold no run settings
