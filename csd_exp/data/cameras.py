@@ -134,14 +134,6 @@ class Cameras:
             self.height,
         )
 
-    def intrinsics(self) -> torch.Tensor:
-        """``(V, 3, 3)`` OpenCV-style K (pixel centres at +0.5) for the OpenCV camera frame."""
-        K = torch.zeros(len(self), 3, 3, device=self.device)
-        K[:, 0, 0], K[:, 1, 1] = self.fx, self.fy
-        K[:, 0, 2], K[:, 1, 2] = self.cx, self.cy
-        K[:, 2, 2] = 1.0
-        return K
-
     def world_to_camera(self) -> torch.Tensor:
         """``(V, 4, 4)`` inverse of ``c2w`` (rigid inverse, assumes a valid rotation)."""
         R = self.c2w[:, :3, :3]

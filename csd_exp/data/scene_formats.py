@@ -300,7 +300,7 @@ def load_blender_scene(
         raise SceneError(f"{root}: not a folder")
     splits = [split] + ([holdout_split] if holdout_split and holdout_split != split else [])
     all_paths: list[Path] = []
-    c2w, fx, all_frames, counts = [], [], [], []
+    c2w, fx, counts = [], [], []
     size = None
     for k, name in enumerate(splits):
         json_path = root / f"transforms_{name}.json"
@@ -328,7 +328,6 @@ def load_blender_scene(
         c2w += [_matrix(f, json_path, i) for i, f in enumerate(frames)]
         fx += [focal] * len(frames)
         all_paths += paths
-        all_frames += frames
         counts.append(len(frames))
         _validated_cameras(
             torch.stack(c2w[-len(frames) :]),

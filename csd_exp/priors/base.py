@@ -111,8 +111,6 @@ class ScorePrior(torch.nn.Module):
     #: what ``data.resize_policy=auto`` means for this prior (csd_exp.data.image.canvas_size): the official
     #: code's policy at the scale the network was trained for, unless a prior says otherwise
     default_resize_policy: str = "official"
-    #: guidance scales this prior is meant to be used with (documentation for configs and users)
-    recommended_guidance: dict[str, float] = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(self) -> None:
         super().__init__()

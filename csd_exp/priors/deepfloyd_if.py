@@ -33,7 +33,6 @@ from .base import Conditioning, NoisePrediction, ScorePrior, resolve_dtype
 from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen, move_to_device
 from .stable_diffusion import text_guided_noise
 
-IF_PIPELINE = "IFPipeline"
 IF_MAX_LENGTH = 77  # IF's T5 was trained with 77 tokens (diffusers IFPipeline.encode_prompt)
 IF_CHANNELS = 3
 
@@ -82,8 +81,6 @@ class DeepFloydIFPrior(ScorePrior):
     supports_image_condition = False
     #: sizes are pixels (latent_scale_factor 1): resize so the short side is the configured size
     default_resize_policy = "short_side"
-    #: the paper's text-to-3D setting (Table 3: CFG 20)
-    recommended_guidance = {"guidance_scale": 20.0, "image_guidance_scale": 1.5}
     latent_channels = IF_CHANNELS
     latent_scale_factor = 1
 

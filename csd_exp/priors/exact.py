@@ -120,7 +120,6 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
     name = "exact"
     supports_image_condition = True
     default_resize_policy = "short_side"  # CPU-sized runs: the canvas is data.short_side tall, not at least it
-    recommended_guidance = {"guidance_scale": 1.5, "image_guidance_scale": 1.5}
 
     def __init__(
         self,

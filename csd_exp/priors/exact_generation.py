@@ -111,7 +111,6 @@ class ExactGenerationPrior(PooledPixelLatents, ScorePrior):
     name = "exact_generation"
     supports_image_condition = False
     default_resize_policy = "short_side"
-    recommended_guidance = {"guidance_scale": 1.0, "image_guidance_scale": 1.0}
 
     def __init__(
         self,

@@ -72,7 +72,6 @@ class InstructPix2PixPrior(DiffusersPrior):
     name = "instruct_pix2pix"
     pipeline_class_name = IP2P_PIPELINE
     supports_image_condition = True
-    recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(
         self,

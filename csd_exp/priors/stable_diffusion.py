@@ -36,7 +36,6 @@ class StableDiffusionPrior(DiffusersPrior):
     name = "stable_diffusion"
     pipeline_class_name = SD_PIPELINE
     supports_image_condition = False
-    recommended_guidance = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(
         self,
