@@ -169,6 +169,39 @@ def test_the_terminal_bar_counts_steps_to_the_real_total(tmp_path):
     assert "v_num" not in bar.get_metrics(trainer, trainer.lightning_module)
 
 
+def test_lightning_inventory_lines_are_dropped_and_its_warnings_kept(caplog):
+    from csd_exp.infra.console import quiet_libraries
+
+    quiet_libraries(single_process=True)
+    lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    caplog.set_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero")
+    lightning.info("GPU available: False, used: False")
+    lightning.info("💡 Tip: For seamless cloud logging ...")
+    lightning.info("Restoring states from the checkpoint path at last.ckpt")
+    lightning.warning("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.")
+    assert [record.getMessage()[:20] for record in caplog.records] == ["Restoring states fro", "GPU available but no"]
+
+
+def test_the_header_and_the_metrics_lines():
+    from csd_exp.infra.console import metrics_lines, run_header
+
+    config = {
+        "method": "sds",
+        "seed": 3,
+        "model": {"_target_": "csd_exp.priors.StableDiffusionPrior", "torch_dtype": "auto"},
+        "task": {"_target_": "csd_exp.tasks.PanoramaTask"},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 50},
+    }
+    header, folder = run_header(config, "out/run", {"task": "panorama", "model": "sd15"})
+    assert header == "csd-exp: task panorama · method sds · model sd15 in float32 (auto) · cpu · 50 steps · seed 3"
+    assert folder == "run folder: out/run"
+    lines = metrics_lines(
+        {"fidelity/psnr": 21.123456, "consistency/mode_fraction/a": 0.25, "consistency/mode_fraction/b": 0.75}
+    )
+    assert lines == ["metrics: fidelity/psnr 21.12 · consistency/mode_fraction (a 0.25, b 0.75)"]
+    assert metrics_lines({}) == ["metrics: none"]
+
+
 def test_a_skipped_metric_is_noted_once_per_sweep(tmp_path, monkeypatch, caplog):
     from csd_exp.metrics import load_lpips, notes
 

@@ -3,10 +3,11 @@ libraries' start-up chatter.
 
 :func:`quiet_libraries` drops, by their exact wording, the messages that tell a user nothing about this
 run: Lightning's accelerator inventory ("GPU available: False, used: False", "TPU available: ..."), its
-litlogger tip and its "`Trainer.fit` stopped" line (the progress says so), a deprecation inside Lightning
-that no user can act on, and, for a one-process run, the hint to prepend ``srun`` (which only matters to a
-job of several processes). Warnings that name something to fix (a GPU left unused, a slow dtype, ...)
-stay. The config tree is saved in the run folder and printed only with ``extras.print_config=true``.
+litlogger tip and its "`Trainer.fit` stopped" line (the progress says so), a deprecation inside Lightning,
+its note that a sampling baseline has no optimizer (none by design), and, for a one-process run, the hint
+to prepend ``srun`` (which matters only to a job of several processes). Warnings that name something to
+fix (a GPU left unused, a slow dtype, ...) stay. The config tree is saved in the run folder and printed
+only with ``extras.print_config=true``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ LIGHTNING_NOISE = (
     "`Trainer.fit` stopped:",
 )
 LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
-#: Python warnings of the libraries that no user of csd-exp can act on (regular expressions of the message start).
-LIBRARY_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+#: Python warnings of the libraries that no user of csd-exp can act on (regular expressions of the message
+#: start): a deprecation inside Lightning, and the sampling baselines' deliberate lack of an optimizer.
+LIBRARY_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer",
+)
 SRUN_HINT = r"The `srun` command is available on your system but is not used"
 #: Files of the run folder that are its record rather than its results (named once by the summary line).
 RECORD_FILES = frozenset(
@@ -54,7 +59,7 @@ def quiet_libraries(*, single_process: bool) -> None:
         logger = logging.getLogger(name)
         if _NOISE_FILTER not in logger.filters:
             logger.addFilter(_NOISE_FILTER)
-    for message in LIBRARY_DEPRECATIONS:
+    for message in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     if single_process:
         warnings.filterwarnings("ignore", message=SRUN_HINT)
@@ -119,9 +124,11 @@ def run_header(cfg: Mapping[str, Any], output_dir: Path, choices: Mapping[str, A
         f"method {cfg.get('method', '?')}",
         f"model {_choice(choices, 'model', model)}" + (f" in {dtype}" if dtype else ""),
         device,
-        f"{trainer.get('max_steps', '?')} steps",
         f"seed {cfg.get('seed', '?')}",
     ]
+    max_steps = trainer.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:  # a sampling baseline's length is its reverse process
+        parts.insert(4, f"{max_steps} steps")
     if choices.get("experiment"):
         parts.append(f"experiment {choices['experiment']}")
     return ["csd-exp: " + " · ".join(parts), f"run folder: {output_dir}"]
