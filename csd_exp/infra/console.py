@@ -42,7 +42,7 @@ SRUN_HINT = r"The `srun` command is available on your system but is not used"
 RECORD_FILES = frozenset(
     {"cli.log", "config_tree.log", "resolved_config.yaml", "summary.json", "csv", "wandb", "checkpoints"}
 )
-WIDTH = 120
+WIDTH = 150
 
 
 class _DropLightningNoise(logging.Filter):
