@@ -74,6 +74,22 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
+def sweep_folder() -> Path | None:
+    """The multirun's folder (the parent of its jobs' run folders); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir) if in_multirun() else None
+
+
+def group_choices() -> dict[str, str]:
+    """The config group options of this job (task, model, experiment, ...); {} outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
 def check_accelerator(trainer_cfg: DictConfig) -> None:
     """``trainer=gpu`` / ``ddp`` on a machine without CUDA fails here, before any model is loaded."""
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
@@ -113,7 +129,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     is given the same folder is refused) until its ``summary.json`` is written."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    with hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank):
+    from csd_exp.metrics.notes import once_per_sweep
+
+    # A sweep's jobs say once, not once each, that a metric is skipped for want of its weights.
+    with hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank), once_per_sweep(sweep_folder()):
         return _run(cfg)
 
 
@@ -122,6 +141,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    from csd_exp.infra import console
     from csd_exp.infra.callbacks import RunFingerprint
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
     from csd_exp.infra.config_record import write_config_record
@@ -147,7 +167,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             summary["config_changed_on_resume"] = changed
         check_accelerator(cfg.trainer)
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        console.quiet_libraries(single_process=console.single_process(resolved["trainer"]))
         if rank_zero_only.rank == 0:
+            console.announce(console.run_header(resolved, output_dir, group_choices()))
             write_config_record(
                 resolved, output_dir, print_tree=bool(OmegaConf.select(cfg, "extras.print_config", default=False))
             )
@@ -159,6 +181,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if wandb_run is not None:
             summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)
         loggers = _instantiate_group(cfg.get("logger"))
+        console.quiet_wandb_logger(loggers)
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
@@ -172,6 +195,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
             evaluator = build_evaluator(OmegaConf.to_container(cfg.metrics, resolve=True))
             summary["metrics"] = task.finalize(output_dir, evaluator)
+            console.announce([*console.metrics_lines(summary["metrics"]), console.outputs_line(output_dir)])
             log_metrics_table(loggers, summary["metrics"], step=trainer.global_step)
         if not trainer.interrupted:
             summary["status"] = "completed"

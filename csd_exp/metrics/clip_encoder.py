@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from csd_exp.metrics._validation import check_images
+from csd_exp.metrics.notes import DOCS, note_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +189,12 @@ def _looks_like_path(value: str) -> bool:
     )
 
 
-def _missing_weights_warning(what: str, model_name: str) -> None:
-    logger.warning(
-        "CLIP metrics (clip/directional, clip/image_similarity, clip/text_similarity, clip/consistency) "
-        "skipped: %s. To compute them, download the weights on a connected machine (python -c "
-        "\"import open_clip; open_clip.create_model('%s', pretrained='%s')\" fills the Hugging Face cache) "
-        "and copy the cache over, or pass metrics.clip.pretrained=/path/to/open_clip_pytorch_model.bin "
-        "(csd-exp-eval --clip-pretrained PATH).",
-        what,
-        model_name,
-        DEFAULT_CLIP_PRETRAINED if model_name == DEFAULT_CLIP_MODEL else "<tag>",
+def _missing_weights_warning(what: str) -> None:
+    """One line: which CLIP weights are missing and the key that provides them; the rest is in the docs."""
+    note_skipped(
+        logger,
+        f"CLIP metrics skipped: {what}; give metrics.clip.pretrained=PATH (csd-exp eval: --clip-pretrained), "
+        f"see {DOCS}",
     )
 
 
@@ -235,21 +232,21 @@ def load_clip(
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
-        _missing_weights_warning(f"no CLIP weights configured for {model_name} (pretrained=None)", model_name)
+        _missing_weights_warning(f"no CLIP weights configured for {model_name} (pretrained=None)")
         return None
 
     create_kwargs: dict = {"precision": precision, "device": device, "cache_dir": cache_dir}
     description = f"{model_name}/{pretrained}"
     if model_name.startswith("hf-hub:"):
         if _hub_offline(allow_download):
-            _missing_weights_warning(f"{model_name} cannot be fetched with HF_HUB_OFFLINE=1", model_name)
+            _missing_weights_warning(f"{model_name} cannot be fetched with HF_HUB_OFFLINE=1")
             return None
         source_name, source_pretrained = model_name, None
         description = model_name
     elif model_name.startswith("local-dir:"):
         folder = Path(model_name[len("local-dir:") :]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
-            _missing_weights_warning(f"no open_clip_config.json in {folder}", model_name)
+            _missing_weights_warning(f"no open_clip_config.json in {folder}")
             return None
         source_name, source_pretrained = f"local-dir:{folder}", None
         description = model_name
@@ -264,9 +261,7 @@ def load_clip(
             cached = _cached_weights_for_tag(tag_config, cache_dir)
             if cached is None and _hub_offline(allow_download):
                 _missing_weights_warning(
-                    f"OpenCLIP weights {model_name}/{pretrained} are not in the local cache and downloads are off "
-                    "(metrics.clip.allow_download=false or HF_HUB_OFFLINE=1)",
-                    model_name,
+                    f"weights {model_name}/{pretrained} are not cached and downloads are off",
                 )
                 return None
             source_name, source_pretrained = model_name, cached or pretrained
@@ -282,13 +277,13 @@ def load_clip(
             path = Path(pretrained).expanduser()
             if path.is_dir():
                 if not (path / "open_clip_config.json").is_file():
-                    _missing_weights_warning(f"no open_clip_config.json in checkpoint folder {path}", model_name)
+                    _missing_weights_warning(f"no open_clip_config.json in checkpoint folder {path}")
                     return None
                 source_name, source_pretrained = f"local-dir:{path}", None
             elif path.is_file():
                 source_name, source_pretrained = model_name, str(path)
             else:
-                _missing_weights_warning(f"CLIP checkpoint {path} does not exist", model_name)
+                _missing_weights_warning(f"CLIP checkpoint {path} does not exist")
                 return None
         else:
             tags = list_pretrained_tags_by_model(model_name)
@@ -303,7 +298,8 @@ def load_clip(
         is_local = source_pretrained is not None and os.path.isfile(str(source_pretrained))
         if is_local or source_name.startswith("local-dir:"):
             raise RuntimeError(f"could not load CLIP checkpoint {source_pretrained or source_name}: {error}") from error
-        _missing_weights_warning(f"downloading {description} failed ({error})", model_name)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        _missing_weights_warning(f"downloading {description} failed ({reason})")
         return None
     tokenizer = open_clip.get_tokenizer(source_name, cache_dir=cache_dir)
     preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))

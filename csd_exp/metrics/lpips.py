@@ -22,6 +22,7 @@ from torch import Tensor
 
 from csd_exp.metrics._base import MeanOverPairs
 from csd_exp.metrics._validation import check_images
+from csd_exp.metrics.notes import DOCS, note_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,7 @@ def load_lpips(net: str = "alex", device: torch.device | str | None = None):
     """
     cache_path = lpips_backbone_cache_path(net)
     if not os.path.isfile(cache_path):
-        logger.warning(
-            "LPIPS metric (lpips/consecutive) skipped: the %s backbone weights are not at %s and are not "
-            "downloaded offline. Download %s on a connected machine and copy it there (or set TORCH_HOME "
-            "to a folder holding hub/checkpoints/%s).",
-            net,
-            cache_path,
-            _backbone_weights(net).url,
-            os.path.basename(cache_path),
-        )
+        note_skipped(logger, f"LPIPS metric skipped: no {net} backbone weights at {cache_path}; see {DOCS}")
         return None
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
