@@ -12,6 +12,7 @@ models or tasks, or replace one of ours by giving a file the same name.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import hydra
@@ -31,7 +32,10 @@ def _reject(cfg: DictConfig, message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from csd_exp.infra.interrupts import install
     from csd_exp.schema import ConfigError, validate_composed
+
+    install()  # also in a launcher's worker process: Ctrl-C / SIGTERM end the job with a checkpoint
 
     try:
         validate_composed(cfg)
@@ -73,7 +77,18 @@ def entry() -> None:
 
         raise SystemExit(evaluate(sys.argv[2:]))
     sys.argv = _with_config_dir(sys.argv)
-    main()
+    from csd_exp.infra.interrupts import Interrupted, exit_status, install
+    from csd_exp.infra.sweep_end import report_interrupted_sweep
+
+    install()
+    try:
+        main()
+    except KeyboardInterrupt:  # stopped outside a run (composing, between jobs): still a failure, status 130
+        report_interrupted_sweep(exit_status(signal.SIGINT))
+        raise SystemExit(exit_status(signal.SIGINT)) from None
+    except Interrupted as stop:
+        report_interrupted_sweep(stop.code)
+        raise
 
 
 if __name__ == "__main__":

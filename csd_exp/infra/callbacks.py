@@ -4,6 +4,7 @@ config fingerprint in every checkpoint so a resume under another config is caugh
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
 from csd_exp.infra.checkpoints import CHECKPOINT_KEY
+from csd_exp.infra.interrupts import received
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,13 @@ class SaveOnInterrupt(pl.Callback):
             log.error("could not save %s after %s: %s", path, type(exception).__name__, error)
             return
         if trainer.is_global_zero:
+            signum = received()
+            cause = signal.Signals(signum).name if signum else type(exception).__name__
             log.warning(
                 "run stopped at step %d (%s); checkpoint saved to %s. Resume with the same overrides plus: "
                 "ckpt_path=%s",
                 trainer.global_step,
-                type(exception).__name__,
+                cause,
                 path,
                 path,
             )
