@@ -36,6 +36,11 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def forget() -> None:
+    """Start with no signal received (a forked job process inherits its parent's record)."""
+    _received.clear()
+
+
 def install() -> None:
     """Handle SIGINT and SIGTERM in this process (main thread only) where they still have Python's defaults."""
     if threading.current_thread() is not threading.main_thread():

@@ -68,7 +68,10 @@ def job_states(config: Any) -> list[tuple[int, str, str, str]]:
         planned = sweep_jobs(config)
     states = [(n, *started[n]) for n in sorted(started)]
     states += [(n, "never started", " ".join(o), "") for n, o in enumerate(planned) if n not in started]
-    return sorted(states)
+    # Show each job's own values: drop the overrides that every job shares.
+    shared = set.intersection(*(set(s[2].split(" ")) for s in states)) if len(states) > 1 else set()
+    own = [(n, status, " ".join(o for o in text.split(" ") if o not in shared), f) for n, status, text, f in states]
+    return sorted(own)
 
 
 def report_interrupted_sweep(exit_status: int) -> None:
