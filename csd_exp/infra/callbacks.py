@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from csd_exp.infra.checkpoint_files import use_atomic_checkpoints
 from csd_exp.infra.checkpoints import CHECKPOINT_KEY
 from csd_exp.infra.interrupts import received
 
@@ -62,6 +63,9 @@ class RunFingerprint(pl.Callback):
 
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        use_atomic_checkpoints(trainer)  # every checkpoint of a run, whichever callback writes it
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
