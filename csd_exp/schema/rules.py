@@ -159,8 +159,9 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
     if isinstance(cfg.get("extras"), Mapping):
         check_node("extras", cfg["extras"], ExtrasSchema)
     checkpoint = (cfg.get("callbacks") or {}).get("checkpoint")
-    if isinstance(checkpoint, Mapping):
-        check_node("callbacks.checkpoint", checkpoint, CheckpointFilesSchema)
+    if isinstance(checkpoint, Mapping):  # its file settings; the rest is ModelCheckpoint's, checked by it
+        fields = _fields(CheckpointFilesSchema)
+        check_node("callbacks.checkpoint", {k: v for k, v in checkpoint.items() if k in fields}, CheckpointFilesSchema)
     check_target("model", cfg.get("model"))
     check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
     check_target("schedule", cfg.get("schedule"))  # key the way the user set it
