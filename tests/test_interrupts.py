@@ -80,10 +80,19 @@ def _interrupted_with_checkpoint(run_dir: Path, signal_name: str) -> None:
     assert checkpoint["global_step"] == summary["steps"] >= 1  # saved at the step the run stopped
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_ends_a_run_with_its_checkpoint_and_a_failing_exit_status(signum, status, tmp_path):
+@pytest.mark.parametrize(
+    "signum, status, trainer",
+    [
+        (signal.SIGINT, 130, []),
+        (signal.SIGTERM, 143, []),
+        # 2 ranks: Lightning's own SIGTERM handler deadlocked them (a broadcast inside the signal handler)
+        (signal.SIGTERM, 143, ["trainer=ddp_sim", "task.windows_per_step=4"]),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-2-ranks"],
+)
+def test_a_signal_ends_a_run_with_its_checkpoint_and_a_failing_exit_status(signum, status, trainer, tmp_path):
     run_dir = tmp_path / "run"
-    process = _start([*ENDLESS, "callbacks.checkpoint.every_n_train_steps=1", f"hydra.run.dir={run_dir}"])
+    process = _start([*ENDLESS, *trainer, "callbacks.checkpoint.every_n_train_steps=1", f"hydra.run.dir={run_dir}"])
     _wait_for(process, lambda: (run_dir / "checkpoints" / "last.ckpt").is_file())
     process.send_signal(signum)
     code, err = _finish(process)

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from csd_exp.infra.checkpoint_files import use_atomic_checkpoints
 from csd_exp.infra.checkpoints import CHECKPOINT_KEY
-from csd_exp.infra.interrupts import received
+from csd_exp.infra.interrupts import received, stop_ranks_at_step_end
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ class SaveOnInterrupt(pl.Callback):
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stop_ranks_at_step_end(trainer)  # SIGTERM with several ranks: all stop after the step, none hangs
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0 or isinstance(exception, FloatingPointError):

@@ -103,3 +103,21 @@ def describe(stop: BaseException) -> str:
     names = {exit_status(s): signal.Signals(s).name for s in HANDLED}
     cause = names.get(code, f"{type(stop).__name__}: {stop}".rstrip(": "))
     return f"interrupted by {cause} (exit status {code})"
+
+
+def stop_ranks_at_step_end(trainer) -> None:
+    """With several ranks, reduce Lightning's SIGTERM handler to its flag (call in ``on_train_start``, after
+    Lightning installs it). Its handler also broadcasts from inside the signal handler, which deadlocks when
+    the signal lands while the ranks are in another collective (measured: a 2-rank ddp_sim run hung on
+    SIGTERM); the training loop already broadcasts rank zero's flag at the end of every step."""
+    if trainer.world_size <= 1:
+        return
+    connector = trainer._signal_connector
+    handlers = getattr(signal.getsignal(signal.SIGTERM), "signal_handlers", None)
+    if not isinstance(handlers, list) or connector._sigterm_notifier_fn not in handlers:
+        return  # a Lightning version that handles SIGTERM differently: leave it alone
+
+    def flag_only(signum: int, frame) -> None:
+        connector.received_sigterm = True
+
+    handlers[handlers.index(connector._sigterm_notifier_fn)] = flag_only
