@@ -117,25 +117,20 @@ class LocalParallelLauncher(Launcher):
                     log.error("job %d still running %.0f s after the interrupt: killed", number, self.stop_timeout_s)
                     with contextlib.suppress(OSError):
                         process.kill()
-            wait([process.sentinel for process, _ in running.values()], timeout=0.2)
+            wait([p.sentinel for p, _ in running.values()] + [r for _, r in running.values()], timeout=0.2)
             for number, (process, receiver) in list(running.items()):
+                # Read a result as soon as it is sent: a large one fills the pipe and the job waits for us.
+                if number not in results and receiver.poll():
+                    results[number] = _receive(receiver)
                 if process.is_alive():
                     continue
                 process.join()
-                results[number] = self._result(number, process, receiver)
+                receiver.close()
+                if not isinstance(results.get(number), JobReturn):
+                    error = RuntimeError(f"job {number} ended without a result (exit status {process.exitcode})")
+                    results[number] = _failed(error)
                 del running[number]
         return results
-
-    @staticmethod
-    def _result(number: int, process, receiver) -> JobReturn:
-        try:
-            result = receiver.recv() if receiver.poll() else None
-        except (EOFError, OSError, pickle.UnpicklingError):
-            result = None
-        receiver.close()
-        if isinstance(result, JobReturn):
-            return result
-        return _failed(RuntimeError(f"job {number} ended without a result (exit status {process.exitcode})"))
 
     def _job(self, sender, number: int, overrides: list[str], parent_pid: int) -> None:
         """The job process: run the job, send its JobReturn, exit with the job's status."""
@@ -178,6 +173,13 @@ class LocalParallelLauncher(Launcher):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)  # a forked child: no atexit handlers of the parent's
+
+
+def _receive(receiver) -> JobReturn | None:
+    try:
+        return receiver.recv()
+    except (EOFError, OSError, pickle.UnpicklingError):  # the job died while sending
+        return None
 
 
 def _failed(error: BaseException) -> JobReturn:
