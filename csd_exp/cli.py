@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,10 @@ def _reject(cfg: DictConfig, message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from csd_exp.infra.interrupts import install
     from csd_exp.schema import ConfigError, validate_composed
+
+    install()  # also in a launcher's worker process: Ctrl-C / SIGTERM end the job with a checkpoint
 
     try:
         validate_composed(cfg)
@@ -146,6 +150,8 @@ def entry() -> None:
     sys.argv = _with_config_dir(sys.argv)
     from omegaconf import OmegaConf
 
+    from csd_exp.infra.interrupts import Interrupted, exit_status, install
+    from csd_exp.infra.sweep_end import report_interrupted_sweep
     from csd_exp.schema.composition import missing_extra
 
     OmegaConf.register_new_resolver("csd_exp_help_groups", help_groups, replace=True)
@@ -153,8 +159,16 @@ def entry() -> None:
     extra = missing_extra([arg for arg in sys.argv[1:] if not arg.startswith("-")], _config_dirs(sys.argv))
     if extra:
         raise SystemExit(f"csd-exp: {extra}")
-    with _short_composition_errors(sys.argv):
-        main()
+    install()
+    try:
+        with _short_composition_errors(sys.argv):
+            main()
+    except KeyboardInterrupt:  # stopped outside a run (composing, between jobs): still a failure, status 130
+        report_interrupted_sweep(exit_status(signal.SIGINT))
+        raise SystemExit(exit_status(signal.SIGINT)) from None
+    except Interrupted as stop:
+        report_interrupted_sweep(stop.code)
+        raise
 
 
 if __name__ == "__main__":

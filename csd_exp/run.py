@@ -200,10 +200,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if not trainer.interrupted:
             summary["status"] = "completed"
             exit_code = 0
-    except (KeyboardInterrupt, SystemExit) as stop:
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, SIGTERM: a failure, exit status 130 / 143
+        from csd_exp.infra.interrupts import Interrupted, describe, exit_status_of
+
         summary["status"] = "interrupted"
-        summary["error"] = f"{type(stop).__name__}: {stop}"
-        raise
+        summary["error"] = describe(stop)
+        raise Interrupted(exit_status_of(stop)) from stop
     except BaseException as error:
         summary["error"] = f"{type(error).__name__}: {error}"
         raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,13 @@ class Opaque:
     pass
 
 
+class RunsCode:
+    """Pickles as a call of os.system: what a weights-only load exists to refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def _write_bad(folder: Path, kind: str) -> Path:
     path = folder / "step99.ckpt"
     good = (folder / "last.ckpt").read_bytes()
@@ -178,11 +187,15 @@ def _write_bad(folder: Path, kind: str) -> Path:
     elif kind == "truncated":
         path.write_bytes(good[: len(good) // 2])
     elif kind == "garbage":
-        path.write_bytes(os.urandom(512))
+        path.write_bytes(random.Random(0).randbytes(512))  # seeded: never a pickle header
     elif kind == "text":
         path.write_text("not a checkpoint")
     elif kind == "object":
         torch.save({"state_dict": {}, "extra": Opaque()}, path)
+    elif kind == "code":
+        torch.save({"state_dict": {}, "extra": RunsCode()}, path)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}, "extra": Opaque()}))
     elif kind == "list":
         torch.save([1, 2], path)
     return path
@@ -195,7 +208,9 @@ def _write_bad(folder: Path, kind: str) -> Path:
         ("truncated", "corrupt or truncated"),
         ("garbage", "corrupt or truncated"),
         ("text", "corrupt or truncated"),
-        ("object", "holds a Python object"),
+        ("object", "not a weights-only checkpoint: it holds a Python object \\(test_checkpoints.Opaque\\)"),
+        ("code", "not a weights-only checkpoint: it holds a Python object \\(posix.system\\)"),
+        ("pickle", "not a weights-only checkpoint: it holds a Python object \\(a plain pickle"),
         ("list", "not a Lightning checkpoint"),
     ],
 )

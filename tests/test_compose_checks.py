@@ -197,7 +197,7 @@ def test_an_optuna_sweep_with_an_unknown_metric_runs_no_trial(tmp_path):
     "overrides, hidden, extra",
     [
         (["hparams_search=guidance_scale_optuna"], "hydra_plugins.hydra_optuna_sweeper", "sweeps"),
-        (["hydra/launcher=local_parallel"], "hydra_plugins.hydra_joblib_launcher", "sweeps"),
+        (["hydra/launcher=joblib"], "hydra_plugins.hydra_joblib_launcher", "sweeps"),
         (["hydra/launcher=slurm_gpu"], "hydra_plugins.hydra_submitit_launcher", "cluster"),
     ],
 )

@@ -4,13 +4,16 @@ config fingerprint in every checkpoint so a resume under another config is caugh
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from csd_exp.infra.checkpoint_files import use_atomic_checkpoints
 from csd_exp.infra.checkpoints import CHECKPOINT_KEY
+from csd_exp.infra.interrupts import received, stop_ranks_at_step_end
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,9 @@ class SaveOnInterrupt(pl.Callback):
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stop_ranks_at_step_end(trainer)  # SIGTERM with several ranks: all stop after the step, none hangs
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0 or isinstance(exception, FloatingPointError):
@@ -41,11 +47,13 @@ class SaveOnInterrupt(pl.Callback):
             log.error("could not save %s after %s: %s", path, type(exception).__name__, error)
             return
         if trainer.is_global_zero:
+            signum = received()
+            cause = signal.Signals(signum).name if signum else type(exception).__name__
             log.warning(
                 "run stopped at step %d (%s); checkpoint saved to %s. Resume with the same overrides plus: "
                 "ckpt_path=%s",
                 trainer.global_step,
-                type(exception).__name__,
+                cause,
                 path,
                 path,
             )
@@ -58,6 +66,9 @@ class RunFingerprint(pl.Callback):
 
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        use_atomic_checkpoints(trainer)  # every checkpoint of a run, whichever callback writes it
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

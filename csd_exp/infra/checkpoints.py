@@ -114,6 +114,27 @@ def _siblings(path: Path) -> str:
     )
 
 
+# torch's weights-only unpickler refusing a pickled object: "Unsupported global: GLOBAL a.B" (a class),
+# "unsupported GLOBAL posix.system whose module posix is blocked" (a function call; torch >= 2.10).
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# A plain pickle (not written by torch.save) starts with the PROTO opcode and a protocol number; torch then
+# reports "Unsupported operand", as it does for random bytes.
+_PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
+
+
+def _refused_pickle(message: str, path: Path) -> str | None:
+    """What a weights-only load refused (a global's name, or "a plain pickle"); None if the error is not such
+    a refusal (a damaged file)."""
+    found = _PICKLED_GLOBAL.search(message)
+    if found:
+        return found.group(1)
+    if "Unsupported operand" in message:
+        with open(path, "rb") as file:
+            if file.read(2) in _PICKLE_HEADERS:
+                return "a plain pickle, not written by torch.save"
+    return None
+
+
 def _load(path: Path) -> dict:
     """The checkpoint on CPU, tensors and plain containers only (never arbitrary pickled objects)."""
     if path.stat().st_size == 0:
@@ -121,12 +142,12 @@ def _load(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:  # a readable file holding a Python object: refuse it rather than unpickle code
+        refused = _refused_pickle(str(error), path)
+        if refused is not None:  # a readable file holding Python objects: refuse it rather than unpickle code
             raise ValueError(
-                f"ckpt_path={path} holds a Python object ({unsafe.group(1)}); only tensors and "
-                "plain containers are loaded from a checkpoint, so resume from one written by "
-                f"csd-exp{_siblings(path)}"
+                f"ckpt_path={path} is not a weights-only checkpoint: it holds a Python object ({refused}) that "
+                "loading would have to unpickle, which can run code; csd-exp loads only tensors and plain "
+                f"containers, so resume from a checkpoint csd-exp wrote{_siblings(path)}"
             ) from None
         raise ValueError(
             f"ckpt_path={path} is corrupt or truncated (not a readable torch checkpoint){_siblings(path)}"

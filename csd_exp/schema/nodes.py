@@ -367,6 +367,15 @@ class ResumeSchema:
 
 
 @dataclass
+class CheckpointFilesSchema:
+    """The checked keys of ``callbacks.checkpoint`` (csd_exp/infra/checkpoint_files.py): how often a periodic
+    checkpoint is written and how many of the newest are kept (null: all)."""
+
+    every_n_train_steps: PositiveInt | None
+    keep_last: PositiveInt | None
+
+
+@dataclass
 class ExtrasSchema:
     print_config: bool
 

@@ -19,6 +19,7 @@ from csd_exp.schema.nodes import (
     IN2N_EDITOR,
     SAMPLING_TASKS,
     VIEW_TASKS,
+    CheckpointFilesSchema,
     ClipSchema,
     ExtrasSchema,
     MetricsSchema,
@@ -158,6 +159,10 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
         check_node("resume", cfg["resume"], ResumeSchema)
     if isinstance(cfg.get("extras"), Mapping):
         check_node("extras", cfg["extras"], ExtrasSchema)
+    checkpoint = (cfg.get("callbacks") or {}).get("checkpoint")
+    if isinstance(checkpoint, Mapping):  # its file settings; the rest is ModelCheckpoint's, checked by it
+        fields = _fields(CheckpointFilesSchema)
+        check_node("callbacks.checkpoint", {k: v for k, v in checkpoint.items() if k in fields}, CheckpointFilesSchema)
     check_target("model", cfg.get("model"))
     check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
     check_target("schedule", cfg.get("schedule"))  # key the way the user set it
@@ -172,8 +177,9 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
     check_inputs(cfg)  # last: the files are read only once every value is known to be well-formed
 
 
-#: Top-level nodes the checks read; the others (paths, logger, callbacks, hydra) hold no run settings
-#: that the schemas cover, and resolving them may need a job's run folder, which a sweep has not made yet.
+#: Top-level nodes the checks read (of ``callbacks`` only the checkpoint's file settings); the others (paths,
+#: logger, hydra) hold no run settings that the schemas cover, and resolving them may need a job's run folder,
+#: which a sweep has not made yet.
 CHECKED_NODES = (
     "prompt",
     "method",
@@ -184,6 +190,7 @@ CHECKED_NODES = (
     "tags",
     "extras",
     "trainer",
+    "callbacks",
     "resume",
     "model",
     "guidance",
@@ -227,6 +234,10 @@ def validate_composed(cfg: Any) -> None:
             node = cfg[key]
             if key == "trainer":  # only the keys checked: others name the run folder, not made yet in a sweep
                 node = OmegaConf.create({k: node[k] for k in _fields(TrainerSchema) if k in node})
+            elif key == "callbacks":  # likewise: the checkpoint's file settings, not its folder
+                checkpoint = node.get("checkpoint") if OmegaConf.is_dict(node) else None
+                fields = _fields(CheckpointFilesSchema) if OmegaConf.is_dict(checkpoint) else {}
+                node = OmegaConf.create({"checkpoint": {k: checkpoint[k] for k in fields if k in checkpoint}})
             plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         except OmegaConfBaseException as error:
             raise ConfigError(f"{key}: {error}".splitlines()[0]) from None

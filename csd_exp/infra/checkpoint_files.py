@@ -1,0 +1,109 @@
+"""Checkpoint files that are whole or absent, and a bounded number of them.
+
+* :class:`AtomicCheckpointIO` writes every checkpoint (periodic, ``last.ckpt``, on interrupt) to a temporary
+  file in the checkpoint's own folder, syncs it and renames it over the old one: the rename never crosses a
+  file system (Lightning's fsspec transaction writes in ``/tmp`` and moves, which on a full disk leaves a
+  truncated file). A failed write leaves the previous checkpoint as it was and says which one that is.
+* :class:`PeriodicCheckpoint` is Lightning's ``ModelCheckpoint`` with ``keep_last``: the newest k periodic
+  checkpoints are kept (``null`` keeps all); ``last.ckpt`` is always kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+_FIXES = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space within your disk quota"}
+
+
+def _kept(path: Path) -> str:
+    """What a failed write leaves to resume from: the checkpoint it would have replaced, or the newest other."""
+    if path.is_file():
+        return f"the previous {path} is kept"
+    with contextlib.suppress(OSError):
+        others = [p for p in path.parent.glob("*.ckpt") if p.is_file()]
+        if others:
+            return f"the newest checkpoint kept is {max(others, key=lambda p: p.stat().st_mtime)}"
+    return "no earlier checkpoint exists"
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` through ``.<name>.partial`` in the same folder, fsync, rename; on failure the
+    partial file is removed and one OSError names the fix and the checkpoint that is kept."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)  # serialised first: a write error is then an OSError, not torch's zip writer's
+    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        fix = f" ({_FIXES[error.errno]})" if error.errno in _FIXES else ""
+        raise OSError(error.errno, f"could not write checkpoint {path}: {reason}{fix}; {_kept(path)}") from None
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO for local folders, writing through :func:`write_checkpoint`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
+        write_checkpoint(checkpoint, path)
+
+
+def use_atomic_checkpoints(trainer) -> None:
+    """Give the trainer's strategy :class:`AtomicCheckpointIO` where it uses Lightning's plain torch IO."""
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` keeping the newest ``keep_last`` periodic checkpoints (``None``: all of them).
+
+    Other arguments are ModelCheckpoint's; ``monitor`` / ``mode`` / ``save_top_k`` are set from ``keep_last``
+    (the training step is the monitored quantity, the largest steps are kept)."""
+
+    def __init__(self, *, keep_last: int | None = None, **kwargs: Any) -> None:
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(
+                f"callbacks.checkpoint.keep_last={keep_last!r}: give how many periodic checkpoints to keep "
+                "(an integer >= 1), or null to keep them all"
+            )
+        taken = sorted({"monitor", "mode", "save_top_k"} & kwargs.keys())
+        if taken:
+            raise ValueError(f"callbacks.checkpoint: {', '.join(taken)} are set from keep_last; drop them")
+        if keep_last is None:
+            super().__init__(save_top_k=-1, **kwargs)
+        else:
+            super().__init__(monitor="step", mode="max", save_top_k=keep_last, **kwargs)
+        self.keep_last = keep_last
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        use_atomic_checkpoints(trainer)
+        super().setup(trainer, pl_module, stage)
