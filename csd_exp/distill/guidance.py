@@ -252,8 +252,8 @@ class Guidance:
         on_images = bool(getattr(self.kernel, "on_images", False))
         if on_images and kernel_inputs is None:
             raise ValueError(
-                f"{self.kernel!r} compares images: pass kernel_inputs=the renders (N, 3, H, W) in [0, 1], one per "
-                f"particle of latents {tuple(latents.shape)}"
+                f"{self.kernel!r} compares images: pass Particles(kernel_inputs=the renders (N, 3, H, W) in [0, 1]), "
+                f"one per particle of latents {tuple(latents.shape)}"
             )
         if kernel_inputs is not None:
             if not on_images:
