@@ -1,10 +1,11 @@
-"""Extending csd-exp from outside the package: a new task, a new data source.
+"""Extending csd-exp from outside the package: a new task, a new data source, a new guidance baseline.
 
 A new task is first-class with its module, its task YAML and its experiment YAML, and nothing else: the
 files are written into a temporary folder (as a user's would be) and run through the CLI with
 ``--config-dir``; no switch, schema entry, size table or evaluator edit is needed for the run to step,
 snapshot, log ``val/`` curves, write its outputs and report metrics in ``summary.json``. A new data
-source is one class named by ``data._target_``.
+source is one class named by ``data._target_``; a new guidance method is one ``Baseline`` subclass and one
+``conf/guidance`` YAML naming it by ``guidance.baseline._target_``.
 """
 
 from __future__ import annotations
