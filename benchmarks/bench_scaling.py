@@ -46,7 +46,7 @@ from benchmarks.common import (
     sd15_unet,
     time_call,
 )
-from csd_exp.distill import Guidance
+from csd_exp.distill import Guidance, Particles
 from csd_exp.priors import ExactScorePrior, NoisePrediction, scaled_linear_alphas_cumprod
 
 PARTICLES = (4, 16, 64)
@@ -86,7 +86,7 @@ def step_function(guidance: Guidance, prior, shape, count: int, device: torch.de
 
     def call():
         latents.grad = None
-        out = guidance(prior, latents, prompt=INSTRUCTION, image_cond=cond, step=next(steps), seed=0)
+        out = guidance(prior, Particles(latents, condition=cond), prompt=INSTRUCTION, step=next(steps), seed=0)
         out.loss.backward()
 
     return call

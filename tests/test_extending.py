@@ -1,10 +1,11 @@
-"""Extending csd-exp from outside the package: a new task, a new data source.
+"""Extending csd-exp from outside the package: a new task, a new data source, a new guidance baseline.
 
 A new task is first-class with its module, its task YAML and its experiment YAML, and nothing else: the
 files are written into a temporary folder (as a user's would be) and run through the CLI with
 ``--config-dir``; no switch, schema entry, size table or evaluator edit is needed for the run to step,
 snapshot, log ``val/`` curves, write its outputs and report metrics in ``summary.json``. A new data
-source is one class named by ``data._target_``.
+source is one class named by ``data._target_``; a new guidance method is one ``Baseline`` subclass and one
+``conf/guidance`` YAML naming it by ``guidance.baseline._target_``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from csd_exp.data.images import load_image, save_image
 from csd_exp.data.resample import resize_frames
+from csd_exp.distill import Particles
 from csd_exp.tasks.base import DistillationTask
 from csd_exp.tasks.results import TaskResult
 
@@ -38,8 +40,8 @@ class WholeImageTask(DistillationTask):
         self.latents.data.copy_(self.source_latents)
 
     def distillation_step(self, step):
-        return self.guidance(self.prior, self.latents, prompt=self.prompt, image_cond=self.image_condition,
-                             source_latents=self.source_latents, step=step, seed=self.seed)
+        particles = Particles(self.latents, source_latents=self.source_latents, condition=self.image_condition)
+        return self.guidance(self.prior, particles, prompt=self.prompt, step=step, seed=self.seed)
 
     def edited(self):
         with torch.no_grad():
@@ -159,3 +161,61 @@ def test_a_new_data_source_is_one_class_named_by_data_target(tmp_path):
     assert summary["status"] == "completed"
     assert summary["config"]["data"] == {"_target_": "ramp_clip.RampClip", "num_frames": 3}
     assert len(list((run_dir / "edited_frames").iterdir())) == 3
+
+
+BASELINE_MODULE = '''
+"""A user's guidance baseline: CSD-Edit's source branch that notes each step's timestep in a file."""
+from pathlib import Path
+
+from csd_exp.distill import SourceBranch
+
+
+class NotedSourceBranch(SourceBranch):
+    def __init__(self, notes):
+        self.notes = notes
+
+    def predict(self, prior, noisy_latents, noise, t, cond, source_latents):
+        with Path(self.notes).open("a") as notes:
+            notes.write(f"{t} {len(noisy_latents)}\\n")
+        return super().predict(prior, noisy_latents, noise, t, cond, source_latents)
+'''
+
+GUIDANCE_YAML = """
+# A user's guidance method: the RBF kernel with a baseline class of their own.
+defaults:
+  - override /kernel@_global_.kernel: rbf
+  - _self_
+_target_: csd_exp.distill.Guidance
+baseline:
+  _target_: noted_baseline.NotedSourceBranch
+  notes: ???
+kernel: ${kernel}
+schedule: ${schedule}
+guidance_scale: 1.5
+image_guidance_scale: 1.5
+"""
+
+
+def test_a_new_guidance_baseline_is_one_class_and_one_yaml(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "noted_baseline.py").write_text(textwrap.dedent(BASELINE_MODULE))
+    (tmp_path / "conf" / "guidance").mkdir(parents=True)
+    (tmp_path / "conf" / "guidance" / "noted_csd_edit.yaml").write_text(textwrap.dedent(GUIDANCE_YAML))
+    run_dir, notes = tmp_path / "run", tmp_path / "notes.txt"
+    result = _run_cli(
+        tmp_path,
+        tmp_path / "code",
+        f"--config-dir={tmp_path / 'conf'}",
+        "experiment=video_exact_cpu",
+        "debug=smoke",
+        "trainer.max_steps=3",
+        "guidance=noted_csd_edit",
+        f"guidance.baseline.notes={notes}",
+        f"paths.output_dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert summary["config"]["guidance"]["baseline"]["_target_"] == "noted_baseline.NotedSourceBranch"
+    steps = [line.split() for line in notes.read_text().splitlines()]
+    assert len(steps) == 3 and all(int(count) == summary["config"]["data"]["max_frames"] for _, count in steps)

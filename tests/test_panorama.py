@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from csd_exp.data import ImageSource
-from csd_exp.distill import Guidance
+from csd_exp.distill import Guidance, Particles
 from csd_exp.priors import ExactScorePrior
 from csd_exp.tasks import PanoramaTask, WindowGrid
 
@@ -60,10 +60,12 @@ def test_window_gradients_are_divided_by_their_step_coverage():
     # The same step without the 1/coverage scale: identical randomness, raw combiner output.
     raw = task.guidance(
         task.prior,
-        task.grid.crop(task.canvas, windows),
+        Particles(
+            task.grid.crop(task.canvas, windows),
+            source_latents=task.grid.crop(task.source_latents, windows),
+            condition=task.grid.crop(task.image_condition, windows),
+        ),
         prompt=task.prompt,
-        image_cond=task.grid.crop(task.image_condition, windows),
-        source_latents=task.grid.crop(task.source_latents, windows),
         step=step,
         seed=task.seed,
     )

@@ -3,6 +3,7 @@
 See ``docs/interfaces.md`` for the contract and the paper's Eq. 5 (SDS), Eq. 8 (CSD) and Eq. 9 (CSD-Edit).
 """
 
+from csd_exp.distill.baselines import Baseline, RandomNoise, SourceBranch, make_baseline
 from csd_exp.distill.combine import (
     csd_gradient,
     csd_gradient_with_image_kernel,
@@ -24,10 +25,12 @@ from csd_exp.distill.kernels import (
     rbf_kernel,
     squared_distances,
 )
+from csd_exp.distill.particles import Particles, Shard
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness, step_seed
 from csd_exp.distill.view_kernels import FeatureRBFKernel, ImageRBFKernel, LPIPSRBFKernel
 
 __all__ = [
+    "Baseline",
     "ConsensusKernel",
     "FeatureRBFKernel",
     "Guidance",
@@ -37,7 +40,11 @@ __all__ = [
     "Kernel",
     "KernelOutput",
     "LPIPSRBFKernel",
+    "Particles",
     "RBFKernel",
+    "RandomNoise",
+    "Shard",
+    "SourceBranch",
     "TimestepSchedule",
     "coupling",
     "coupling_gamma",
@@ -46,6 +53,7 @@ __all__ = [
     "distillation_weight",
     "draw_step_randomness",
     "gather_particles",
+    "make_baseline",
     "make_kernel",
     "rbf_kernel",
     "sds_gradient",

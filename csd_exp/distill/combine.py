@@ -123,7 +123,7 @@ def csd_gradient(
     if getattr(kernel, "on_images", False):
         raise ValueError(
             f"{kernel!r} compares images, not noisy latents: use csd_gradient_with_image_kernel (Guidance: pass "
-            "kernel_inputs=the renders)"
+            "Particles(kernel_inputs=the renders))"
         )
     weight = distillation_weight(alphas_cumprod_t)
     residuals, noisy_latents = residuals.detach(), noisy_latents.detach()

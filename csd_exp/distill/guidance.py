@@ -8,7 +8,8 @@ were passed).
 
 A method is a point on two independent axes (see :mod:`csd_exp.distill.combine` for the combiner):
 
-* the **baseline** says what is subtracted from the guided prediction to form the residual Δ_i:
+* the **baseline** (a :class:`~csd_exp.distill.baselines.Baseline`, named by ``_target_`` or by the short name
+  of one of the paper's two) says what is subtracted from the guided prediction to form the residual Δ_i:
 
   ==================  =======================================================  =====================
   baseline            Δ_i                                                      paper
@@ -38,19 +39,19 @@ whatever the baseline and kernel, so any two settings compare pairwise on one ra
 ``official_scaling=True`` (``source_branch`` with ``IdentityKernel(normalize_by_count=True)`` only) reproduces the
 official panorama code's path without SVGD, which drops both w(t) and 1/N (g_i = Δ_i).
 
-**Several prompts** (region editing, App. B.1): ``prompt`` may be K prompts with ``prompt_weights`` w (N_local, K);
-the residual is then the mixture Δ_i = Σ_k w_ik Δ_ik, each Δ_ik the baseline's residual under prompt k (Eq. 9
-for ``source_branch``). Only the residual changes: t, ε, the kernel (it couples particles, not prompts) and
-everything after the combiner are those of one prompt, so K = 1, or weights that put every particle wholly on
-one prompt, take the single-prompt path bit for bit. A prior's ``predict_noise`` takes one conditioning, so a
+**Several prompts** (region editing, App. B.1): ``prompt`` may be K prompts with ``Particles.prompt_weights``
+w (N_local, K); the residual is then the mixture Δ_i = Σ_k w_ik Δ_ik, each Δ_ik the baseline's residual under
+prompt k (Eq. 9 for ``source_branch``). Only the residual changes: t, ε, the kernel (it couples particles, not
+prompts) and everything after the combiner are those of one prompt, so K = 1, or weights that put every particle
+wholly on one prompt, take the single-prompt path bit for bit. A prior's ``predict_noise`` takes one conditioning, so a
 step makes one call per prompt in use: the most used prompt on every particle (with the source rows, which no
 prompt changes, computed once), the others only on the particles that weight them. The official code instead
 draws a fresh ε per prompt copy and keeps the first copy's noisy latents for the kernel; here every prompt of a
 particle shares its ε, so region runs compare pairwise with single-prompt runs.
 
 **Kernels on images** (text-to-3D, paper Sec. 4.4 and App. B.2; :mod:`csd_exp.distill.view_kernels`): a kernel
-whose class attribute ``on_images`` is true compares ``kernel_inputs`` (the B renders, (N, 3, H, W) in [0, 1],
-carrying the autograd graph back to the 3D parameters θ) instead of the noisy latents. Its K_ij = k(I_j, I_i)
+whose class attribute ``on_images`` is true compares ``Particles.kernel_inputs`` (the B renders, (N, 3, H, W) in
+[0, 1], carrying the autograd graph back to the 3D parameters θ) instead of the noisy latents. Its K_ij = k(I_j, I_i)
 weights the residuals in latent space as before; its repulsion R_i = −Σ_j ∇_{I_j} k(I_j, I_i) (autograd through
 the distance) is a gradient of the images, so the surrogate loss gets a second term on ``kernel_inputs`` with
 the same w(t)/N:
@@ -75,10 +76,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csd_exp.distill.baselines import Baseline, SourceBranch, make_baseline
 from csd_exp.distill.combine import csd_gradient, csd_gradient_with_image_kernel, distillation_weight, surrogate_loss
 from csd_exp.distill.kernels import IdentityKernel, Kernel, check_particles, make_kernel
+from csd_exp.distill.particles import Particles, Shard
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness
-from csd_exp.schema import GUIDANCE_BASELINES
 
 
 @dataclass
@@ -140,25 +142,27 @@ class Guidance:
     """SDS / CSD / CSD-Edit and the paper's ablations as one object on two axes (see the module docstring).
 
     Args:
-        baseline: ``"random_noise"`` (Δ = ε̂ − ε, Eqs. 5 and 8) or ``"source_branch"`` (Δ = target − source
-            prediction of the noisy source, CSD-Edit's Eq. 9); one of :data:`GUIDANCE_BASELINES`.
+        baseline: a :class:`~csd_exp.distill.baselines.Baseline` (a config node with its ``_target_``) or the
+            short name of one of the paper's: ``"random_noise"`` (Δ = ε̂ − ε, Eqs. 5 and 8) or
+            ``"source_branch"`` (Δ = target − source prediction of the noisy source, CSD-Edit's Eq. 9).
         kernel: the coupling, a kernel object or a name of :func:`make_kernel` (``"rbf"``: the official median
             rule; ``"identity"``: SDS; ``"identity_normalized"``: the without-SVGD ablation).
         schedule: a :class:`TimestepSchedule` (default: the official [0.02, 0.5], constant).
         guidance_scale: ω_y (text / instruction); image_guidance_scale: ω_s (InstructPix2Pix image).
         grad_clip: if set, gradients are clamped to [−grad_clip, grad_clip] (after ``nan_to_num``).
         official_scaling: g_i = Δ_i, no w(t), no 1/N (official panorama code without SVGD); only with
-            ``baseline="source_branch"`` and ``IdentityKernel(normalize_by_count=True)``.
+            the source-branch baseline and ``IdentityKernel(normalize_by_count=True)``.
         negative_prompt: the text of the prior's unconditional rows (the official CLI's ``--negative_prompt``;
             '' = the usual empty prompt).
         source_prompt: the text the source branch is conditioned on (the official CLI's ``--source_prompt``):
             with it, the source-branch baseline is DDS-style, ε̂(x̃_t; x̃, source text) instead of the image
-            branch alone. It is not the run's ``source_prompt``, which only captions the source for CLIP.
+            branch alone; only for a baseline with ``uses_source``. It is not the run's ``source_prompt``,
+            which only captions the source for CLIP.
     """
 
     def __init__(
         self,
-        baseline: str,
+        baseline: str | Baseline,
         kernel: str | Kernel,
         schedule: TimestepSchedule | None = None,
         guidance_scale: float = 1.5,
@@ -168,12 +172,11 @@ class Guidance:
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> None:
-        if baseline not in GUIDANCE_BASELINES:
-            raise ValueError(f"baseline must be one of {GUIDANCE_BASELINES}, got {baseline!r}")
+        baseline = make_baseline(baseline)
         kernel = make_kernel(kernel)
         # The official code has this shortcut only on its no-SVGD panorama path; elsewhere the flag would
         # silently change a method that already matches the official code.
-        if official_scaling and not (baseline == "source_branch" and _is_mean_identity(kernel)):
+        if official_scaling and not (isinstance(baseline, SourceBranch) and _is_mean_identity(kernel)):
             raise ValueError(
                 "official_scaling reproduces the official panorama path without SVGD: it needs "
                 "baseline='source_branch' and IdentityKernel(normalize_by_count=True), got "
@@ -188,7 +191,7 @@ class Guidance:
         self.image_guidance_scale = float(image_guidance_scale)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.official_scaling = bool(official_scaling)
-        if source_prompt and baseline != "source_branch":
+        if source_prompt and not baseline.uses_source:
             raise ValueError(
                 f"source_prompt conditions the source branch, which baseline={baseline!r} does not use: "
                 "leave guidance.source_prompt empty or choose baseline='source_branch' (guidance=csd_edit)"
@@ -204,126 +207,53 @@ class Guidance:
             f"grad_clip={self.grad_clip}, official_scaling={self.official_scaling})"
         )
 
-    def _conditioning(self, prior, prompt: str, image_cond: Tensor | None):
-        return prior.make_conditioning(
-            prompt,
-            image_cond=image_cond,
-            guidance_scale=self.guidance_scale,
-            image_guidance_scale=self.image_guidance_scale,
-            negative_prompt=self.negative_prompt,
-            source_prompt=self.source_prompt,
-        )
-
-    def _predict(
-        self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None, latents: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(guided target prediction, baseline) of every particle, as float32."""
-        if self.baseline == "source_branch":
-            if source_latents is None:
-                raise ValueError(
-                    "baseline 'source_branch' needs source_latents (the source x~ to noise with the "
-                    f"same t and eps), got None for latents of shape {tuple(latents.shape)}"
-                )
-            if source_latents.shape != latents.shape:
-                raise ValueError(
-                    f"source_latents must match latents {tuple(latents.shape)}, got {tuple(source_latents.shape)}"
-                )
-            source_noisy = prior.add_noise(source_latents.detach(), noise, t)
-            prediction = prior.predict_noise(noisy_latents, t, cond, source_noisy_latents=source_noisy)
-            if prediction.source is None:
-                raise ValueError(
-                    f"prior {type(prior).__name__} returned no source prediction for baseline 'source_branch'"
-                )
-            baseline = prediction.source
-        else:  # random_noise: the ε that noised the particles is the baseline
-            prediction = prior.predict_noise(noisy_latents, t, cond)
-            baseline = noise
-        return prediction.target.float(), baseline.float()
-
-    def _residuals(
-        self, prior, noisy_latents: Tensor, noise: Tensor, t: int, cond, source_latents: Tensor | None, latents: Tensor
-    ) -> Tensor:
-        target, baseline = self._predict(prior, noisy_latents, noise, t, cond, source_latents, latents)
-        return target - baseline
-
-    def _mixture_residuals(
-        self,
-        prior,
-        noisy_latents: Tensor,
-        noise: Tensor,
-        t: int,
-        prompts: list[str],
-        weights: Tensor,
-        image_cond: Tensor | None,
-        source_latents: Tensor | None,
-        latents: Tensor,
-    ) -> Tensor:
-        """Σ_k w_ik Δ_ik (App. B.1), one ``predict_noise`` call per prompt in use (see the module docstring)."""
-        weights = weights.to(device=noisy_latents.device, dtype=torch.float32)
-        uses = (weights != 0).sum(dim=0).tolist()
-        # Most used first: that call runs on every particle, so its source rows are the baseline of all of them.
-        order = sorted((k for k in range(len(prompts)) if uses[k]), key=lambda k: (-uses[k], k))
-        residuals = torch.zeros(noisy_latents.shape, dtype=torch.float32, device=noisy_latents.device)
-        baseline = None
-        for k in order:
-            column = weights[:, k]
-            if baseline is None:
-                rows = torch.arange(len(column), device=column.device)
-                cond = self._conditioning(prior, prompts[k], image_cond)
-                target, baseline = self._predict(prior, noisy_latents, noise, t, cond, source_latents, latents)
-            else:
-                rows = column.nonzero().flatten()
-                cond = self._conditioning(prior, prompts[k], _take_rows(image_cond, rows))
-                target = prior.predict_noise(noisy_latents[rows], t, cond).target.float()
-            weight = column[rows].view(-1, *([1] * (residuals.ndim - 1)))
-            # where, not a product: a particle that does not weight prompt k keeps exactly its residual.
-            contribution = torch.where(weight != 0, weight * (target - baseline[rows]), torch.zeros_like(target))
-            residuals.index_add_(0, rows, contribution)
-        return residuals
-
     def __call__(
         self,
         prior,
-        latents: Tensor,
+        particles: Particles | Tensor,
         *,
         prompt: str | Sequence[str],
-        prompt_weights: Tensor | None = None,
-        image_cond: Tensor | None = None,
-        source_latents: Tensor | None = None,
         step: int,
         seed: int,
-        particle_offset: int = 0,
-        num_particles_total: int | None = None,
-        process_group=None,
-        gradient_scale: Tensor | float | None = None,
+        shard: Shard | None = None,
         schedule_step: int | None = None,
-        kernel_inputs: Tensor | None = None,
     ) -> GuidanceOutput:
-        """One distillation step on this process's particles ``latents`` (N_local, C, h, w).
+        """One distillation step on this process's ``particles`` (a :class:`Particles`, or bare latents
+        (N_local, C, h, w) with nothing else).
 
-        With particles sharded over ranks, pass ``process_group``, ``num_particles_total`` and this rank's
-        ``particle_offset`` (contiguous shards in rank order): t and ε come from one stream for all particles
-        (:func:`draw_step_randomness`), and the kernel sees every rank's particles. ``source_latents`` is used by
-        the ``source_branch`` baseline and ignored by ``random_noise``. ``gradient_scale`` (broadcastable to
-        ``latents``) multiplies the gradients before the surrogate loss (the panorama task's 1 / window coverage).
-        ``schedule_step`` is the position on the timestep schedule if it is not ``step`` (see
-        :func:`draw_step_randomness`). ``prompt`` may be K prompts with ``prompt_weights`` (N_local, K): the
-        residual is then Σ_k w_ik Δ_ik (region editing, App. B.1; see the module docstring).
-        Order: combiner → ``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → surrogate loss; the
-        diagnostics (see :func:`csd_gradient`, plus ``t``) describe the combiner output over all particles.
-
-        ``kernel_inputs``: for a kernel with ``on_images = True`` only (and then required), this rank's images
-        (N_local, 3, H, W) in [0, 1] that the kernel compares, with the autograd graph to the parameters (the
-        renders of the views); the loss then has the repulsion term on them (see the module docstring) and
-        ``GuidanceOutput.image_gradients`` holds it.
+        ``shard`` (default: the whole step here) places them among the step's particles on every rank: t and ε
+        come from one stream for all of them (:func:`draw_step_randomness`) and the kernel sees them all.
+        ``schedule_step`` is the position on the timestep schedule if it is not ``step``. ``prompt`` may be K
+        prompts with ``particles.prompt_weights`` (N_local, K): the residual is then Σ_k w_ik Δ_ik (region
+        editing, App. B.1; see the module docstring). Steps: check the inputs → draw (t, ε) → residuals of the
+        baseline (no autograd) → the kernel's combiner (image kernels: also the repulsion on
+        ``particles.kernel_inputs``) → ``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` →
+        surrogate loss; the diagnostics (see :func:`csd_gradient`, plus ``t``) describe the combiner output
+        over all particles.
         """
+        particles = particles if isinstance(particles, Particles) else Particles(particles)
+        shard = self._check_inputs(prior, particles, shard)
+        t, noise = self._randomness(particles.latents, shard, step, seed, schedule_step)
+        noisy_latents = prior.add_noise(particles.latents.detach(), noise, t)  # float32 ε, also a baseline
+        with torch.no_grad():
+            residuals = self._step_residuals(prior, particles, prompt, noisy_latents, noise, t)
+        self._check_finite(residuals, step, t)
+        gradients, image_gradients, diagnostics = self._combine(
+            residuals, noisy_latents, particles, prior.alphas_cumprod[t], shard.group
+        )
+        return self._output(particles, gradients, image_gradients, t, diagnostics)
+
+    # ------------------------------------------------------------------ the named steps of __call__
+    def _check_inputs(self, prior, particles: Particles, shard: Shard | None) -> Shard:
+        """The shard resolved for these particles; a ValueError for what does not fit (warns once at N = 1)."""
+        latents, kernel_inputs = particles.latents, particles.kernel_inputs
         check_particles(latents, "latents")
         local_count = latents.shape[0]
         on_images = bool(getattr(self.kernel, "on_images", False))
         if on_images and kernel_inputs is None:
             raise ValueError(
-                f"{self.kernel!r} compares images: pass kernel_inputs=the renders (N, 3, H, W) in [0, 1], one per "
-                f"particle of latents {tuple(latents.shape)}"
+                f"{self.kernel!r} compares images: pass Particles(kernel_inputs=the renders (N, 3, H, W) in [0, 1]), "
+                f"one per particle of latents {tuple(latents.shape)}"
             )
         if kernel_inputs is not None:
             if not on_images:
@@ -338,96 +268,93 @@ class Guidance:
                     f"kernel_inputs must be ({local_count}, 3, H, W) images, one per particle of latents "
                     f"{tuple(latents.shape)}, got {tuple(kernel_inputs.shape)}"
                 )
-        if num_particles_total is None:
-            if process_group is not None:
-                raise ValueError("with process_group, pass num_particles_total and this rank's particle_offset")
-            num_particles_total = local_count
-        if not 0 <= particle_offset <= num_particles_total - local_count:
-            raise ValueError(
-                f"particles [{particle_offset}, {particle_offset + local_count}) of latents "
-                f"{tuple(latents.shape)} do not fit in num_particles_total={num_particles_total}"
-            )
-
+        shard = (shard or Shard()).resolve(local_count, tuple(latents.shape))
         if len(prior.alphas_cumprod) != self.schedule.num_train_timesteps:
             raise ValueError(
                 f"the schedule assumes {self.schedule.num_train_timesteps} training timesteps but the "
                 f"prior's alphas_cumprod has shape {tuple(prior.alphas_cumprod.shape)}: set "
                 "schedule.num_train_timesteps to match"
             )
-        if (
-            num_particles_total == 1
-            and not isinstance(self.kernel, IdentityKernel)
-            and not self._single_particle_warned
-        ):
+        if shard.total == 1 and not isinstance(self.kernel, IdentityKernel) and not self._single_particle_warned:
             self._single_particle_warned = True
             warnings.warn(
                 f"CSD with a single particle (N = 1) is SDS: {self.kernel!r} gives k(x, x) = 1 and no repulsion "
                 "(Eq. 8). Use two or more particles (views) per step for the kernel to couple them.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+        return shard
+
+    def _randomness(
+        self, latents: Tensor, shard: Shard, step: int, seed: int, schedule_step: int | None
+    ) -> tuple[int, Tensor]:
+        """(t, this shard's rows of ε), drawn for all the step's particles from one stream."""
         t, noise = draw_step_randomness(
             seed,
             step,
             self.schedule,
-            num_particles_total,
+            shard.total,
             latents.shape[1:],
             device=latents.device,
             schedule_step=schedule_step,
         )
-        noise = noise[particle_offset : particle_offset + local_count]
-        latents_detached = latents.detach()
-        noisy_latents = prior.add_noise(latents_detached, noise, t)  # float32 ε, also the baseline
-        prompts, weights = prompt_mixture(prompt, prompt_weights, local_count)
-        with torch.no_grad():
-            if weights is None:
-                cond = self._conditioning(prior, prompts[0], image_cond)
-                residuals = self._residuals(prior, noisy_latents, noise, t, cond, source_latents, latents_detached)
-            else:
-                residuals = self._mixture_residuals(
-                    prior, noisy_latents, noise, t, prompts, weights, image_cond, source_latents, latents_detached
-                )
+        return t, noise[shard.offset : shard.offset + shard.count]
+
+    def _step_residuals(
+        self, prior, particles: Particles, prompt, noisy_latents: Tensor, noise: Tensor, t: int
+    ) -> Tensor:
+        """Δ of every particle: the baseline's residual under the prompt, or the mixture over several."""
+        prompts, weights = prompt_mixture(prompt, particles.prompt_weights, len(particles))
+        if weights is None:
+            cond = self._conditioning(prior, prompts[0], particles.condition)
+            target, baseline = self.baseline.predict(prior, noisy_latents, noise, t, cond, particles.source_latents)
+            return target - baseline
+        return self._mixture_residuals(prior, noisy_latents, noise, t, prompts, weights, particles)
+
+    def _check_finite(self, residuals: Tensor, step: int, t: int) -> None:
         if not bool(torch.isfinite(residuals).all()):
             raise FloatingPointError(
-                f"the prior's noise prediction is not finite at step {step}, t={t} (baseline {self.baseline}, "
+                f"the prior's noise prediction is not finite at step {step}, t={t} (baseline {self.baseline!r}, "
                 f"{self.kernel!r}): run the prior in float32 or bfloat16 instead of float16 (model.torch_dtype), "
                 "or lower the guidance scales"
             )
-        alphas_cumprod_t = prior.alphas_cumprod[t]
 
-        image_gradients = None
-        if on_images:
-            gradients, image_gradients, diagnostics = csd_gradient_with_image_kernel(
+    def _combine(
+        self, residuals: Tensor, noisy_latents: Tensor, particles: Particles, alphas_cumprod_t: Tensor, group
+    ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        """(gradients, image gradients or None, diagnostics) of the kernel's combiner, before the guards."""
+        if getattr(self.kernel, "on_images", False):
+            return csd_gradient_with_image_kernel(
                 residuals,
-                kernel_inputs,
+                particles.kernel_inputs,
                 self.kernel,
                 alphas_cumprod_t,
-                process_group=process_group,
+                process_group=group,
                 return_diagnostics=True,
             )
-        elif self.official_scaling:
+        if self.official_scaling:
             weight = distillation_weight(alphas_cumprod_t)
             check_particles(residuals, "residuals")
-            gradients = residuals
             diagnostics = {
                 "w_t": weight,
-                "grad_norm": float(gradients.flatten(1).norm(dim=1).mean()),
+                "grad_norm": float(residuals.flatten(1).norm(dim=1).mean()),
                 "residual_norm": float(residuals.flatten(1).norm(dim=1).mean()),
             }
-        else:
-            gradients, diagnostics = csd_gradient(
-                residuals,
-                noisy_latents,
-                self.kernel,
-                alphas_cumprod_t,
-                process_group=process_group,
-                return_diagnostics=True,
-            )
-        gradients = self._guard(gradients, gradient_scale).to(latents.dtype)
-        loss = surrogate_loss(latents, gradients)
+            return residuals, None, diagnostics
+        gradients, diagnostics = csd_gradient(
+            residuals, noisy_latents, self.kernel, alphas_cumprod_t, process_group=group, return_diagnostics=True
+        )
+        return gradients, None, diagnostics
+
+    def _output(
+        self, particles: Particles, gradients: Tensor, image_gradients: Tensor | None, t: int, diagnostics: dict
+    ) -> GuidanceOutput:
+        """The guarded gradients and the surrogate loss whose gradient they are (plus the images' term)."""
+        gradients = self._guard(gradients, particles.gradient_scale).to(particles.latents.dtype)
+        loss = surrogate_loss(particles.latents, gradients)
         if image_gradients is not None:
-            image_gradients = self._guard(image_gradients, gradient_scale).to(kernel_inputs.dtype)
-            loss = loss + surrogate_loss(kernel_inputs, image_gradients)
+            image_gradients = self._guard(image_gradients, particles.gradient_scale).to(particles.kernel_inputs.dtype)
+            loss = loss + surrogate_loss(particles.kernel_inputs, image_gradients)
         return GuidanceOutput(
             loss=loss,
             gradients=gradients,
@@ -444,3 +371,51 @@ class Guidance:
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
         return gradients
+
+    # ------------------------------------------------------------------ conditioning and prompt mixtures
+    def _conditioning(self, prior, prompt: str, image_cond: Tensor | None):
+        return prior.make_conditioning(
+            prompt,
+            image_cond=image_cond,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+            negative_prompt=self.negative_prompt,
+            source_prompt=self.source_prompt,
+        )
+
+    def _mixture_residuals(
+        self,
+        prior,
+        noisy_latents: Tensor,
+        noise: Tensor,
+        t: int,
+        prompts: list[str],
+        weights: Tensor,
+        particles: Particles,
+    ) -> Tensor:
+        """Σ_k w_ik Δ_ik (App. B.1), one ``predict_noise`` call per prompt in use (see the module docstring).
+
+        The baseline's ``predict`` runs once, under the most used prompt on every particle; the other prompts
+        only change the target prediction of the particles that weight them."""
+        image_cond = particles.condition
+        weights = weights.to(device=noisy_latents.device, dtype=torch.float32)
+        uses = (weights != 0).sum(dim=0).tolist()
+        # Most used first: that call runs on every particle, so its source rows are the baseline of all of them.
+        order = sorted((k for k in range(len(prompts)) if uses[k]), key=lambda k: (-uses[k], k))
+        residuals = torch.zeros(noisy_latents.shape, dtype=torch.float32, device=noisy_latents.device)
+        baseline = None
+        for k in order:
+            column = weights[:, k]
+            if baseline is None:
+                rows = torch.arange(len(column), device=column.device)
+                cond = self._conditioning(prior, prompts[k], image_cond)
+                target, baseline = self.baseline.predict(prior, noisy_latents, noise, t, cond, particles.source_latents)
+            else:
+                rows = column.nonzero().flatten()
+                cond = self._conditioning(prior, prompts[k], _take_rows(image_cond, rows))
+                target = prior.predict_noise(noisy_latents[rows], t, cond).target.float()
+            weight = column[rows].view(-1, *([1] * (residuals.ndim - 1)))
+            # where, not a product: a particle that does not weight prompt k keeps exactly its residual.
+            contribution = torch.where(weight != 0, weight * (target - baseline[rows]), torch.zeros_like(target))
+            residuals.index_add_(0, rows, contribution)
+        return residuals

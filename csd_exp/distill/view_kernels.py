@@ -31,8 +31,8 @@ encode; the identity map to [−1, 1] for a pixel prior),
 
 Eq. 8 with the kernel on the images: the score term enters through the latents, the repulsion through the
 images, with the same w(t)/N (see :func:`~csd_exp.distill.combine.csd_gradient_with_image_kernel` and
-``Guidance.__call__(..., kernel_inputs=renders)``). For a pixel prior (z an affine map of I) this is SVGD on the
-images themselves.
+``Guidance.__call__(prior, Particles(latents, kernel_inputs=renders), ...)``). For a pixel prior (z an affine
+map of I) this is SVGD on the images themselves.
 
 The distance must be symmetric, D(a, b) = D(b, a) (LPIPS is): each unordered pair {i, j} goes through the network
 once, and the gradients with respect to its two arguments are the two repulsion terms ∇_{I_j} k(I_j, I_i) and

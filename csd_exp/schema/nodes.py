@@ -27,8 +27,10 @@ from csd_exp.schema.video_baselines import VideoFateZeroTaskSchema, VideoPix2Vid
 WINDOW_SAMPLERS = ("uniform", "coverage_balanced")
 RESIZE_POLICIES = ("auto", "official", "short_side")
 PANORAMA_SAMPLING_METHODS = ("per_window", "downscaled", "multidiffusion")
-#: What the guidance subtracts from the guided prediction: ε (Eqs. 5, 8) or the source branch (Eq. 9).
+#: Short names of the guidance baselines (csd_exp.distill.baselines.BASELINES): ε (Eqs. 5, 8) or the source
+#: branch (Eq. 9); any other baseline is a node with its ``_target_``.
 GUIDANCE_BASELINES = ("random_noise", "source_branch")
+SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
 BANDWIDTH_RULES = ("median", "median_log_n", "fixed")
 ANNEALING_RULES = ("constant", "linear", "sqrt")
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
@@ -117,7 +119,7 @@ class TinyInstructPix2PixSchema(TinyPriorSchema):
 # ------------------------------------------------------------------------------------ distillation
 @dataclass
 class GuidanceSchema:
-    baseline: Literal[GUIDANCE_BASELINES]
+    baseline: Literal[GUIDANCE_BASELINES] | Node
     kernel: Node
     schedule: Node | None
     guidance_scale: float

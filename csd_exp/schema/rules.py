@@ -18,6 +18,7 @@ from csd_exp.schema.nodes import (
     IMAGE_KERNELS,
     IN2N_EDITOR,
     SAMPLING_TASKS,
+    SOURCE_BRANCH,
     VIEW_TASKS,
     CheckpointFilesSchema,
     ClipSchema,
@@ -44,13 +45,22 @@ def _short(target: Any) -> str:
     return str(target).rsplit(".", 1)[-1]
 
 
+def _baseline(guidance: Mapping[str, Any]) -> str:
+    """The guidance's baseline as messages name it: its short name, or its class for a ``_target_`` node."""
+    baseline = guidance.get("baseline")
+    if isinstance(baseline, Mapping):
+        target = baseline.get("_target_")
+        return "source_branch" if target == SOURCE_BRANCH else _short(target)
+    return str(baseline)
+
+
 def guidance_label(guidance: Mapping[str, Any], choices: Mapping[str, str]) -> str:
     """How messages name the guidance: its preset (``guidance=...``, Hydra's choice, as run names do) or,
     without Hydra's record of the choices, its two axes."""
     if choices.get("guidance"):
         return str(choices["guidance"])
     kernel = guidance.get("kernel") or {}
-    return f"{guidance.get('baseline')} baseline with {_short(kernel.get('_target_', 'no kernel'))}"
+    return f"{_baseline(guidance)} baseline with {_short(kernel.get('_target_', 'no kernel'))}"
 
 
 def _check_steps(trainer: Mapping[str, Any]) -> None:
@@ -103,11 +113,11 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             "its particles on the noisy latents: choose kernel=rbf (or kernel=consensus)"
         )
     no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
-    if guidance.get("official_scaling") and not (guidance.get("baseline") == "source_branch" and no_svgd):
+    if guidance.get("official_scaling") and not (_baseline(guidance) == "source_branch" and no_svgd):
         raise ConfigError(
             "guidance.official_scaling=true is the official panorama path without SVGD and needs the "
             "source_branch baseline with kernel=identity_mean (guidance=csd_edit_no_svgd), not "
-            f"guidance={label} (baseline {guidance.get('baseline')}, kernel {_short(kernel_target)})"
+            f"guidance={label} (baseline {_baseline(guidance)}, kernel {_short(kernel_target)})"
         )
 
 

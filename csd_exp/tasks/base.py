@@ -12,7 +12,8 @@ Subclasses implement :meth:`configure_particles` (build theta from the data, on 
 :meth:`write_outputs` (its files). :meth:`finalize` composes the last three: files, then media, then metrics.
 
 Distributed runs: each step every rank draws the same particle indices (same seed and step), keeps a
-contiguous shard of them (:meth:`particle_shard`), and the guidance all-gathers what the kernel needs.
+contiguous shard of them (:meth:`shard`, handed to the guidance), and the guidance all-gathers what the kernel
+needs.
 DDP averages theta's gradients over ranks, so the loss is multiplied by the world size: the averaged
 gradient then equals the single-process sum over all particles.
 """
@@ -30,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from csd_exp.distill.particles import Shard
 from csd_exp.distill.schedule import hashed_seed
 
 log = logging.getLogger(__name__)
@@ -142,8 +144,9 @@ class DistillationTask(pl.LightningModule):
             return torch.distributed.group.WORLD
         return None
 
-    def particle_shard(self, num_particles: int) -> tuple[int, int]:
-        """(offset, count) of this rank's contiguous share of ``num_particles`` particles.
+    def shard(self, num_particles: int) -> Shard:
+        """This rank's contiguous share of the step's ``num_particles`` particles (``rows`` selects them) with
+        the process group the guidance gathers over, as :class:`~csd_exp.distill.Shard`.
 
         Uneven splits are allowed (the first ``num_particles % world_size`` ranks take one more), but
         every rank needs at least one particle.
@@ -157,7 +160,7 @@ class DistillationTask(pl.LightningModule):
         base, extra = divmod(num_particles, world)
         count = base + (1 if rank < extra else 0)
         offset = rank * base + min(rank, extra)
-        return offset, count
+        return Shard(offset=offset, total=num_particles, group=self.process_group(), count=count)
 
     # ---------------------------------------------------------------- training
     @property

@@ -41,6 +41,7 @@ import torch
 
 from csd_exp.data.cameras import Cameras
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_video
+from csd_exp.distill.particles import Particles
 from csd_exp.priors.base import ModeOracle
 from csd_exp.priors.exact_generation import ViewConditionedPrior
 from csd_exp.render import RadianceField
@@ -113,7 +114,7 @@ class Generation3DTask(DistillationTask):
                 f"task=generation3d needs a text-to-image prior ({type(prior).__name__} edits an image): "
                 "model=exact_generation, sd15, sd21, deepfloyd_if, or tiny_sd for a smoke run"
             )
-        if guidance is None or guidance.baseline != "random_noise":
+        if guidance is None or guidance.baseline.uses_source:
             raise ValueError(
                 "task=generation3d has no source image to subtract: choose guidance=csd or guidance=sds "
                 f"(got baseline {getattr(guidance, 'baseline', None)!r})"
@@ -202,26 +203,19 @@ class Generation3DTask(DistillationTask):
 
     def distillation_step(self, step: int):
         batch, prompts = self.step_cameras(step)
-        offset, count = self.particle_shard(len(batch))
-        local = list(range(offset, offset + count))
+        shard = self.shard(len(batch))
+        local = list(range(len(batch))[shard.rows])
         cameras = batch.cameras[local].to(self.field_device())
         renders = self.render_views(cameras, step)
         latents = self.prior.encode(renders, differentiable=True)
         prompt, weights = prompt_batch([prompts[i] for i in local])
-        extra = {"kernel_inputs": renders} if getattr(self.guidance.kernel, "on_images", False) else {}
-        out = self.guidance(
-            self.prior,
+        particles = Particles(
             latents,
-            prompt=prompt,
+            condition=self.view_condition(cameras),
+            kernel_inputs=renders if getattr(self.guidance.kernel, "on_images", False) else None,
             prompt_weights=weights,
-            image_cond=self.view_condition(cameras),
-            step=step,
-            seed=self.seed,
-            particle_offset=offset,
-            num_particles_total=len(batch),
-            process_group=self.process_group(),
-            **extra,
         )
+        out = self.guidance(self.prior, particles, prompt=prompt, step=step, seed=self.seed, shard=shard)
         diagnostics = dict(out.diagnostics)
         diagnostics["distinct_view_prompts"] = float(len(set(prompts)))
         return dataclasses.replace(out, loss=out.loss + self.field.regularizer(), diagnostics=diagnostics)

@@ -24,6 +24,7 @@ import torch
 from csd_exp.data.images import save_image
 from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.data.sources import ImageSource
+from csd_exp.distill.particles import Particles
 from csd_exp.priors.base import ModeOracle
 from csd_exp.schema import WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
@@ -211,30 +212,25 @@ class PanoramaTask(DistillationTask):
             self.window_probabilities, self.windows_per_step, replacement=False, generator=generator
         )
 
-    def guidance_prompts(self, windows: torch.Tensor) -> dict:
-        """The guidance's prompt arguments for these windows: one instruction for all of them (the region
-        task gives each window its mixture of several)."""
-        return {"prompt": self.prompt}
+    def guidance_prompts(self, windows: torch.Tensor) -> tuple[str | list[str], torch.Tensor | None]:
+        """(prompt, prompt weights) of these windows for the guidance: one instruction for all of them (the
+        region task gives each window its mixture of several)."""
+        return self.prompt, None
 
     def distillation_step(self, step: int):
         windows = self.sample_windows(step)
-        offset, count = self.particle_shard(len(windows))
-        local = windows[offset : offset + count]
+        shard = self.shard(len(windows))
+        local = windows[shard.rows]
         coverage = self.grid.coverage(windows, device=self.canvas.device)
-        scale = 1.0 / self.grid.crop(coverage, local)  # each window pixel divided by its step coverage
-        return self.guidance(
-            self.prior,
+        prompt, prompt_weights = self.guidance_prompts(local)
+        particles = Particles(
             self.grid.crop(self.canvas, local),
-            **self.guidance_prompts(local),
-            image_cond=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
             source_latents=self.grid.crop(self.source_latents, local),
-            step=step,
-            seed=self.seed,
-            particle_offset=offset,
-            num_particles_total=len(windows),
-            process_group=self.process_group(),
-            gradient_scale=scale,
+            condition=None if self.image_condition is None else self.grid.crop(self.image_condition, local),
+            prompt_weights=prompt_weights,
+            gradient_scale=1.0 / self.grid.crop(coverage, local),  # each window pixel divided by its step coverage
         )
+        return self.guidance(self.prior, particles, prompt=prompt, step=step, seed=self.seed, shard=shard)
 
     # ----------------------------------------------------------------- outputs
     def edited_image(self) -> torch.Tensor:

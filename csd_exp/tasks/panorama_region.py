@@ -197,8 +197,8 @@ class PanoramaRegionTask(PanoramaTask):
             return self._forced_canvas
         return PanoramaTask.canvas_pixels(data, image_size, prior, window_size, window_stride)
 
-    def guidance_prompts(self, windows: torch.Tensor) -> dict:
-        return {"prompt": self.prompts, "prompt_weights": self.prompt_weights[windows]}
+    def guidance_prompts(self, windows: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        return self.prompts, self.prompt_weights[windows]
 
     # ----------------------------------------------------------------- outputs
     def _responsibilities(self, windows, prompt: str) -> torch.Tensor:

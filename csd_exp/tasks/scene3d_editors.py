@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from csd_exp.distill.particles import Particles
 from csd_exp.schema import EDIT_INITS
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import guided_sample
@@ -149,8 +150,8 @@ class CSDEditEditor(DatasetEditor):
     def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
         """Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
         kernel needs), then every rank receives every edited view, so the training sets stay equal."""
-        offset, count = task.particle_shard(len(views))
-        rendered, originals = task.edit_inputs(views[offset : offset + count])
+        shard = task.shard(len(views))
+        rendered, originals = task.edit_inputs(views[shard.rows])
         source_latents, image_cond = task.encode_sources(originals)
         z = task.prior.encode(rendered).float() if self.init == "render" else source_latents.clone()
         grad_norms = []
@@ -158,16 +159,12 @@ class CSDEditEditor(DatasetEditor):
             lr = self.lr * self.lr_decay ** (k // self.lr_decay_every)
             out = task.guidance(
                 task.prior,
-                z,
+                Particles(z, source_latents=source_latents, condition=image_cond),
                 prompt=task.prompt,
-                image_cond=image_cond,
-                source_latents=source_latents,
                 step=step * self.iterations + k,
                 schedule_step=round_index * self.iterations + k,
                 seed=task.seed,
-                particle_offset=offset,
-                num_particles_total=len(views),
-                process_group=task.process_group(),
+                shard=shard,
             )
             if not torch.isfinite(out.gradients).all():
                 raise FloatingPointError(

@@ -21,6 +21,7 @@ import torch
 from csd_exp.data.resample import restore_size
 from csd_exp.data.sources import ClipSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
+from csd_exp.distill.particles import Particles
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.media import side_by_side
@@ -99,20 +100,14 @@ class VideoTask(DistillationTask):
 
     def distillation_step(self, step: int):
         frames = self.sample_frames(step)
-        offset, count = self.particle_shard(len(frames))
-        local = frames[offset : offset + count].to(self.latents.device)
-        return self.guidance(
-            self.prior,
+        shard = self.shard(len(frames))
+        local = frames[shard.rows].to(self.latents.device)
+        particles = Particles(
             self.latents[local],
-            prompt=self.prompt,
-            image_cond=None if self.image_condition is None else self.image_condition[local],
             source_latents=self.source_latents[local],
-            step=step,
-            seed=self.seed,
-            particle_offset=offset,
-            num_particles_total=len(frames),
-            process_group=self.process_group(),
+            condition=None if self.image_condition is None else self.image_condition[local],
         )
+        return self.guidance(self.prior, particles, prompt=self.prompt, step=step, seed=self.seed, shard=shard)
 
     def edited_frames(self) -> torch.Tensor:
         with torch.no_grad():

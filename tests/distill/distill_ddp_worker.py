@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from distill_fakes import FakePrior
 
-from csd_exp.distill import Guidance, csd_gradient
+from csd_exp.distill import Guidance, Particles, Shard, csd_gradient
 
 SHARD_SIZES = (3, 2)  # uneven on purpose: the gather pads to the largest shard
 ALPHAS_CUMPROD_T = 0.4
@@ -42,15 +42,13 @@ def distill_shard(particles: dict[str, torch.Tensor], start: int, stop: int, pro
         "source_branch", "rbf"
     )(  # CSD-Edit (Eq. 9)
         FakePrior(),
-        latents,
+        Particles(
+            latents, source_latents=particles["source"][start:stop], condition=particles["image_cond"][start:stop]
+        ),
         prompt=PROMPT,
-        image_cond=particles["image_cond"][start:stop],
-        source_latents=particles["source"][start:stop],
         step=STEP,
         seed=SEED,
-        particle_offset=start,
-        num_particles_total=len(particles["latents"]),
-        process_group=process_group,
+        shard=Shard(offset=start, total=len(particles["latents"]), group=process_group),
     )
     output.loss.backward()
     return {

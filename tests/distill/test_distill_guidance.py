@@ -4,7 +4,16 @@ import pytest
 import torch
 from distill_fakes import FakePrior
 
-from csd_exp.distill import Guidance, IdentityKernel, RBFKernel, TimestepSchedule, csd_gradient, draw_step_randomness
+from csd_exp.distill import (
+    Guidance,
+    IdentityKernel,
+    Particles,
+    RBFKernel,
+    Shard,
+    TimestepSchedule,
+    csd_gradient,
+    draw_step_randomness,
+)
 
 SEED, STEP = 5, 9
 SHAPE = (4, 4, 8, 8)
@@ -39,7 +48,11 @@ def run(method, latents, source, image_cond, **kwargs):
     prior = FakePrior()
     guidance = preset(method, **{"guidance_scale": 7.5, **kwargs})  # the fake prior's expectations use 7.5
     out = guidance(
-        prior, latents, prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP, seed=SEED
+        prior,
+        Particles(latents, source_latents=source, condition=image_cond),
+        prompt="make it red",
+        step=STEP,
+        seed=SEED,
     )
     return prior, out
 
@@ -102,7 +115,8 @@ def test_grad_clip_gradient_scale_and_reproducibility():
     torch.testing.assert_close(clipped.gradients, plain.gradients.clamp(-clip, clip))
     scale = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
     prior, guidance = FakePrior(), preset("csd", guidance_scale=7.5)
-    scaled = guidance(prior, latents, prompt="p", image_cond=image_cond, step=STEP, seed=SEED, gradient_scale=scale)
+    particles = Particles(latents, condition=image_cond, gradient_scale=scale)
+    scaled = guidance(prior, particles, prompt="p", step=STEP, seed=SEED)
     torch.testing.assert_close(scaled.gradients, plain.gradients * scale)
     latents.grad = None
     scaled.loss.backward()
@@ -115,13 +129,11 @@ def test_sharded_noise_is_the_slice_of_the_full_stream():
     prior = FakePrior()
     shard = preset("sds", guidance_scale=7.5)(
         prior,
-        latents[1:3],
+        Particles(latents[1:3], condition=image_cond[1:3]),
         prompt="make it red",
-        image_cond=image_cond[1:3],
         step=STEP,
         seed=SEED,
-        particle_offset=1,
-        num_particles_total=4,
+        shard=Shard(offset=1, total=4),
     )
     assert torch.equal(shard.gradients, full.gradients[1:3])
 
@@ -132,10 +144,13 @@ def test_the_kernel_alone_decides_the_coupling():
     latents, source, image_cond = inputs()
     _, sds = run("sds", latents, source, image_cond)
     prior = FakePrior()
-    step = dict(prompt="make it red", image_cond=image_cond, source_latents=source, step=STEP, seed=SEED)
-    by_name = Guidance("random_noise", "identity", guidance_scale=7.5)(prior, latents, **step)
+    step = dict(prompt="make it red", step=STEP, seed=SEED)
+    particles = Particles(latents, source_latents=source, condition=image_cond)
+    by_name = Guidance("random_noise", "identity", guidance_scale=7.5)(prior, particles, **step)
     assert torch.equal(by_name.gradients, sds.gradients)
-    mean = Guidance("random_noise", IdentityKernel(normalize_by_count=True), guidance_scale=7.5)(prior, latents, **step)
+    mean = Guidance("random_noise", IdentityKernel(normalize_by_count=True), guidance_scale=7.5)(
+        prior, particles, **step
+    )
     torch.testing.assert_close(mean.gradients, sds.gradients / SHAPE[0], rtol=1e-6, atol=0)
     _, csd = run("csd", latents, source, image_cond)
     assert not torch.allclose(csd.gradients, sds.gradients / SHAPE[0])  # RBF: the particles interact
@@ -154,17 +169,21 @@ def test_bad_configuration_and_calls():
     assert preset("csd_edit_no_svgd", official_scaling=True).official_scaling
     latents, source, image_cond = inputs()
     with pytest.raises(ValueError, match=r"needs source_latents.*\(4, 4, 8, 8\)"):
-        preset("csd_edit")(FakePrior(), latents, prompt="p", image_cond=image_cond, step=0, seed=0)
+        preset("csd_edit")(FakePrior(), Particles(latents, condition=image_cond), prompt="p", step=0, seed=0)
     with pytest.raises(ValueError, match=r"source_latents must match"):
         preset("csd_edit")(
-            FakePrior(), latents, prompt="p", image_cond=image_cond, source_latents=source[:2], step=0, seed=0
+            FakePrior(),
+            Particles(latents, source_latents=source[:2], condition=image_cond),
+            prompt="p",
+            step=0,
+            seed=0,
         )
     with pytest.raises(ValueError, match=r"assumes 100 training timesteps.*\(1000,\)"):
         preset("csd", schedule=TimestepSchedule(num_train_timesteps=100))(
             FakePrior(), latents, prompt="p", step=0, seed=0
         )
     with pytest.raises(ValueError, match="do not fit"):
-        preset("csd")(FakePrior(), latents, prompt="p", step=0, seed=0, particle_offset=2, num_particles_total=5)
+        preset("csd")(FakePrior(), latents, prompt="p", step=0, seed=0, shard=Shard(offset=2, total=5))
 
 
 def test_negative_and_source_prompts_reach_the_prior():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from distill_fakes import FakePrior
 
-from csd_exp.distill import Guidance, IdentityKernel, RBFKernel
+from csd_exp.distill import Guidance, IdentityKernel, Particles, RBFKernel, Shard
 from csd_exp.priors import ExactScorePrior
 
 SEED, STEP = 3, 11
@@ -19,17 +19,8 @@ def particles(n=4, size=8):
 
 
 def step(guidance, prior, latents, source, prompt, weights=None, **kwargs):
-    return guidance(
-        prior,
-        latents,
-        prompt=prompt,
-        prompt_weights=weights,
-        image_cond=source,
-        source_latents=source,
-        step=STEP,
-        seed=SEED,
-        **kwargs,
-    )
+    particles = Particles(latents, source_latents=source, condition=source, prompt_weights=weights)
+    return guidance(prior, particles, prompt=prompt, step=STEP, seed=SEED, **kwargs)
 
 
 def csd_edit():
@@ -101,15 +92,11 @@ def test_a_shard_mixes_its_own_rows_like_the_whole_step():
     whole = step(sds, prior, latents, source, [POP_ART, NIGHT], weights)
     shard = sds(
         prior,
-        latents[2:],
+        Particles(latents[2:], source_latents=source[2:], condition=source[2:], prompt_weights=weights[2:]),
         prompt=[POP_ART, NIGHT],
-        prompt_weights=weights[2:],
-        image_cond=source[2:],
-        source_latents=source[2:],
         step=STEP,
         seed=SEED,
-        particle_offset=2,
-        num_particles_total=4,
+        shard=Shard(offset=2, total=4),
     )
     torch.testing.assert_close(shard.gradients, whole.gradients[2:], rtol=0, atol=1e-7)
 

@@ -26,6 +26,7 @@ from csd_exp.distill import (
     Guidance,
     IdentityKernel,
     LPIPSRBFKernel,
+    Particles,
     RBFKernel,
     TimestepSchedule,
     csd_gradient,
@@ -210,7 +211,12 @@ def test_missing_lpips_weights_name_the_offline_kernel():
 # ---------------------------------------------------------------------------------------------- guidance
 def run_guidance(kernel, latents, kernel_inputs, **kwargs):
     return Guidance("random_noise", kernel, guidance_scale=7.5)(
-        FakePrior(), latents, prompt="a hamburger", step=STEP, seed=SEED, kernel_inputs=kernel_inputs, **kwargs
+        FakePrior(),
+        Particles(latents, kernel_inputs=kernel_inputs),
+        prompt="a hamburger",
+        step=STEP,
+        seed=SEED,
+        **kwargs,
     )
 
 

@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
-from csd_exp.distill import FeatureRBFKernel, Guidance
+from csd_exp.distill import FeatureRBFKernel, Guidance, Particles
 from csd_exp.priors import DeepFloydIFPrior, ScorePrior, tiny_deepfloyd_if_prior
 from csd_exp.priors.tiny import tiny_if_components
 from csd_exp.schema.checks import check_target
@@ -118,7 +118,7 @@ def test_two_csd_steps_on_renders_reach_the_parameters(if_prior):
     for step in range(2):
         renders = (base + theta).clamp(0, 1)
         latents = if_prior.encode(renders, differentiable=True)
-        out = guidance(if_prior, latents, prompt=PROMPT, step=step, seed=0, kernel_inputs=renders)
+        out = guidance(if_prior, Particles(latents, kernel_inputs=renders), prompt=PROMPT, step=step, seed=0)
         optimizer.zero_grad()
         out.loss.backward()
         assert bool(torch.isfinite(theta.grad).all()) and float(theta.grad.abs().sum()) > 0
