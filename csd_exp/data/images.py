@@ -6,6 +6,7 @@ Images in memory are float ``(3, H, W)`` in ``[0, 1]``; sizes are always ``(heig
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import struct
@@ -19,6 +20,8 @@ import torch
 
 from csd_exp.data.resample import resize_rows
 from csd_exp.data.samples import sample_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -276,12 +279,46 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, size: tuple[int, in
     return path
 
 
-def load_image(path: str | Path | None, *, min_size: tuple[int, int] | None = None, min_side: int = 8) -> torch.Tensor:
+#: The named backgrounds of :func:`parse_background` (besides ``#rrggbb``).
+NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+_HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})")
+
+
+def parse_background(value: str | None, key: str = "data.alpha_background") -> tuple[float, float, float] | None:
+    """``white``, ``black`` or ``#rrggbb`` as RGB in [0, 1]; None stays None. ``key`` names the setting in errors."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in NAMED_BACKGROUNDS:
+        return NAMED_BACKGROUNDS[value.lower()]
+    found = _HEX_COLOUR.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(f"{key}={value!r} is not a colour: use white, black or '#rrggbb' (quoted on the command line)")
+    return tuple(int(channel, 16) / 255.0 for channel in found.groups())
+
+
+def _has_alpha(path: Path) -> bool:
+    """Whether the file stores transparency (an alpha channel, or a transparent colour / palette entry)."""
+    with _open_image(path, "image") as image:
+        return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+
+
+def load_image(
+    path: str | Path | None,
+    *,
+    min_size: tuple[int, int] | None = None,
+    min_side: int = 8,
+    background: tuple[float, float, float] | None = None,
+    alpha_key: str | None = None,
+) -> torch.Tensor:
     """Read an RGB image file as ``(3, H, W)`` in [0, 1]; ``None`` or ``"sample:<name>"`` returns a bundled sample.
 
     ``min_size`` is the smallest ``(h, w)`` the caller will resize to: big images are then decoded at a
     reduced size that is still at least that (see :func:`read_rgb`). Files whose short
     side is below ``min_side`` pixels are refused before decoding (upscaling them only invents content).
+
+    A file with transparent pixels is composited over ``background`` (RGB in [0, 1], e.g. from
+    :func:`parse_background`); without one its alpha is dropped (the colours beneath are kept as they are),
+    with a warning naming the setting ``alpha_key`` that chooses a background, if given.
     """
     if path is None or (isinstance(path, str) and path.startswith("sample:")):
         return sample_image() if path is None else sample_image(path.split(":", 1)[1])
@@ -291,8 +328,23 @@ def load_image(path: str | Path | None, *, min_size: tuple[int, int] | None = No
             f"{path}: image is {height}x{width} (HxW), its short side is below the minimum of {min_side} px; "
             "use a larger image"
         )
-    image = read_rgb(Path(path).expanduser(), what="image", min_size=min_size)
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    path = Path(path).expanduser()
+    alpha = _has_alpha(path)
+    image = torch.from_numpy(read_rgb(path, what="image", min_size=min_size, alpha=alpha)).permute(2, 0, 1)
+    if alpha:
+        image, opacity = image[:3], image[3:]
+        if bool((opacity < 1).any()):
+            if background is not None:
+                fill = torch.tensor(background, dtype=image.dtype).view(3, 1, 1)
+                image = (image * opacity + fill * (1 - opacity)).clamp_(0, 1)
+            elif alpha_key is not None:
+                log.warning(
+                    "%s has transparent pixels: the alpha channel is dropped and the colours beneath them are "
+                    "edited as they are; set %s=white, black or '#rrggbb' to composite it on a background",
+                    path,
+                    alpha_key,
+                )
+    return image.contiguous()
 
 
 def image_file_size(path: str | Path | None) -> tuple[int, int]:
