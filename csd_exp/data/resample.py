@@ -63,11 +63,14 @@ def resize_rows(image: torch.Tensor, height: int, width: int, *, max_pixels: int
     # stay put: a resize to the same width is exact).
     weights = F.interpolate(identity, size=(height, source_height), mode="bicubic", align_corners=False, antialias=True)
     weights = weights[0, 0]
+    # The source rows each output row reads: from its first to its last non-zero weight.
+    reads = weights != 0
+    firsts = reads.to(torch.uint8).argmax(dim=1)
+    lasts = source_height - reads.flip(1).to(torch.uint8).argmax(dim=1)
     rows = max(1, max_pixels // width)
     for top in range(0, height, rows):
         part = weights[top : top + rows]
-        used = part.abs().sum(dim=0).nonzero()[:, 0]
-        first, last = int(used[0]), int(used[-1]) + 1
+        first, last = int(firsts[top : top + rows].min()), int(lasts[top : top + rows].max())
         band = F.interpolate(
             image[None, :, first:last],
             size=(last - first, width),
