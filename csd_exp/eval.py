@@ -11,7 +11,9 @@ order: ``frame_2`` before ``frame_10``) or a video (mp4/webm/mov/mkv/avi through
 Pillow). Both must have the same number of frames; sizes must match unless ``--resize HxW`` resizes
 both. Writes ``OUT/summary.json`` (``"metrics"`` under the keys of ``csd_exp.metrics.keys``, plus
 ``"inputs"``, ``"unavailable"`` with the reason for each metric left out, and ``"settings"``) and
-prints a table. Unreadable or mismatched inputs stop with an error naming the file (exit code 2).
+prints a table. ``summary.json`` is strict JSON: a non-finite value (the PSNR of identical images is
+infinite) is written as null, with its reason under ``"non_finite"`` (``{"fidelity/psnr": "inf: identical
+images (zero error)"}``). Unreadable or mismatched inputs stop with an error naming the file (exit code 2).
 
 The hub is treated as offline (``HF_HUB_OFFLINE=1``) unless ``--allow-download`` is given, so a
 machine without the CLIP weights reports the weight-free metrics instead of waiting on the network.
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from csd_exp.infra.summary import json_safe
 
 logger = logging.getLogger("csd_exp.eval")
 
@@ -323,7 +327,7 @@ def run(args: argparse.Namespace) -> dict:
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     except OSError as error:
         raise InputError(f"cannot write {out_dir / 'summary.json'}: {error}") from error
     print(_format_table(metrics, unavailable))

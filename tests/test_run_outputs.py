@@ -53,6 +53,35 @@ def test_video_curves_and_final_video(run_job):
     assert (run_dir / "edited.mp4").is_file() and (run_dir / "source.mp4").is_file()
 
 
+def test_snapshots_after_a_resumed_ctrl_c_carry_the_steps_of_an_uninterrupted_run(run_job, tmp_path, monkeypatch):
+    from csd_exp.tasks import PanoramaTask
+
+    overrides = [
+        "experiment=panorama_exact_cpu",
+        *FAST,
+        *SMALL_EXACT,
+        "trainer.max_steps=9",
+        "trainer.val_check_interval=3",
+        "callbacks.checkpoint.every_n_train_steps=100",
+    ]
+    original = PanoramaTask.distillation_step
+
+    def interrupt_inside_step_4(self, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(PanoramaTask, "distillation_step", interrupt_inside_step_4)
+    with pytest.raises(SystemExit):
+        run_job(overrides)
+    monkeypatch.setattr(PanoramaTask, "distillation_step", original)
+    summary, run_dir = run_job([*overrides, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"])
+    assert summary["status"] == "completed" and summary["steps"] == 9
+    # Lightning counted the batch of the interrupted step: the resumed run validated after steps 5 and 8.
+    names = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert names == ["edited_step00003.png", "edited_step00006.png", "edited_step00009.png"]
+
+
 def test_final_media_are_captioned_and_shown_source_beside_edit(monkeypatch, tmp_path):
     import torch
     from pytorch_lightning.loggers import WandbLogger

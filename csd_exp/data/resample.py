@@ -7,6 +7,8 @@ its canvas with :func:`canvas_size`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,46 @@ def resize_frames(
         out = F.interpolate(batch, size=(height, width), mode=mode, align_corners=False, antialias=antialias)
         out = out.clamp_(0.0, 1.0)
     return out[0] if single else out
+
+
+def resize_rows(image: torch.Tensor, height: int, width: int, *, max_pixels: int = 1 << 19) -> Iterator[torch.Tensor]:
+    """:func:`resize_frames` (bicubic, antialiased) of one ``(C, h, w)`` image to ``(height, width)``, a strip
+    of rows at a time: yields float ``(C, rows, width)`` strips in [0, 1], top to bottom, of at most
+    ``max_pixels`` pixels each (at least one row).
+
+    Each strip is the whole resize's rows, not a resize of a crop: the rows are resampled across the
+    width from the few source rows the strip needs (the same horizontal pass), then combined with
+    ``resize_frames``' own vertical weights (read off by resizing an identity matrix). So the strips join
+    without seams and equal the whole resize up to float summation order, while memory stays one strip,
+    the source and an ``(height, h)`` weight matrix however big ``(height, width)`` is.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got {tuple(image.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"target size must be positive, got {height}x{width}")
+    image = image.float()
+    source_height = image.shape[-2]
+    identity = torch.eye(source_height, dtype=image.dtype, device=image.device)[None, None]
+    # Row r of ``weights`` says how much of each source row output row r takes (the identity's columns
+    # stay put: a resize to the same width is exact).
+    weights = F.interpolate(identity, size=(height, source_height), mode="bicubic", align_corners=False, antialias=True)
+    weights = weights[0, 0]
+    # The source rows each output row reads: from its first to its last non-zero weight.
+    reads = weights != 0
+    firsts = reads.to(torch.uint8).argmax(dim=1)
+    lasts = source_height - reads.flip(1).to(torch.uint8).argmax(dim=1)
+    rows = max(1, max_pixels // width)
+    for top in range(0, height, rows):
+        part = weights[top : top + rows]
+        first, last = int(firsts[top : top + rows].min()), int(lasts[top : top + rows].max())
+        band = F.interpolate(
+            image[None, :, first:last],
+            size=(last - first, width),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        )[0]
+        yield torch.einsum("rk,ckw->crw", part[:, first:last], band).clamp_(0.0, 1.0)
 
 
 def restore_size(frames: torch.Tensor, original_hw: tuple[int, int], *, mode: str = "bicubic") -> torch.Tensor:

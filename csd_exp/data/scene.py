@@ -28,6 +28,7 @@ atomically, and :class:`csd_exp.data.editable.EditableImageSet` keeps originals 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ import torch
 from csd_exp.data.cameras import Cameras
 from csd_exp.data.images import read_image_size, read_rgb
 from csd_exp.data.resample import resize_frames
+
+log = logging.getLogger(__name__)
 
 
 class SceneError(ValueError):
@@ -114,6 +117,30 @@ class SceneDataset:
     @property
     def val_cameras(self) -> Cameras:
         return self.cameras[self.val_indices]
+
+
+def warn_cameras_inside_box(scene: SceneDataset) -> list[int]:
+    """Warn (once, naming the first few views) about cameras whose centre lies inside the scene box; return
+    their view indices. The radiance field fills that box, so it can put density right in front of such a
+    camera (a floater that covers its view) and spends its resolution on the space the cameras move in."""
+    box = scene.scene_box.to(scene.cameras.c2w.dtype)
+    centers = scene.cameras.centers
+    inside = [int(i) for i in ((centers >= box[0]) & (centers <= box[1])).all(dim=-1).nonzero()[:, 0]]
+    if inside:
+        names = [str(scene.image_paths[i].name) if scene.image_paths[i] is not None else f"view {i}" for i in inside]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        where = f" of {scene.source}" if scene.source is not None else ""
+        log.warning(
+            "scene%s: %d of %d cameras lie inside the scene box %s (%s): the field can put density right in "
+            "front of them; give transforms.json a 'scene_box' that holds the object but not the cameras "
+            "(or remove it to estimate one from the cameras)",
+            where,
+            len(inside),
+            len(scene),
+            [[round(v, 3) for v in corner] for corner in box.tolist()],
+            shown,
+        )
+    return inside
 
 
 def read_scene_image(path: Path, background: Sequence[float]) -> torch.Tensor:

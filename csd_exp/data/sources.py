@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from csd_exp.data.images import image_file_size, load_image, set_max_image_pixels
+from csd_exp.data.images import image_file_size, load_image, parse_background, set_max_image_pixels
 from csd_exp.data.resample import resize_frames
 from csd_exp.data.sample_clip import sample_clip
 from csd_exp.data.sample_scene import make_sample_scene
@@ -37,12 +37,15 @@ class ImageSource:
             ``short_side``); the task applies it (``PanoramaTask.canvas_pixels``).
         short_side: in latent px (× the prior's VAE factor = pixels); None = one window.
         max_image_pixels: images with more pixels are refused before decoding (Pillow's guard; None = no limit).
+        alpha_background: ``white``, ``black`` or ``#rrggbb``: an image with transparent pixels is composited
+            on it; None drops the alpha channel (the colours beneath are edited as they are) with a warning.
     """
 
     path: str | None = None
     resize_policy: str = "auto"
     short_side: int | None = None
     max_image_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS
+    alpha_background: str | None = None
 
     def __post_init__(self) -> None:
         if self.resize_policy not in RESIZE_POLICIES:
@@ -50,6 +53,7 @@ class ImageSource:
         if self.short_side is not None and int(self.short_side) < 1:
             raise ValueError(f"data.short_side must be >= 1 latent px or null, got {self.short_side!r}")
         set_max_image_pixels(self.max_image_pixels)
+        self._background = parse_background(self.alpha_background)
 
     def size(self) -> tuple[int, int]:
         """(height, width) of the image in pixels, from the file header."""
@@ -57,7 +61,7 @@ class ImageSource:
 
     def load(self, min_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The image (3, H, W) in [0, 1], decoded at a reduced size no smaller than ``min_size`` if given."""
-        return load_image(self.path, min_size=min_size)
+        return load_image(self.path, min_size=min_size, background=self._background, alpha_key="data.alpha_background")
 
 
 @dataclass

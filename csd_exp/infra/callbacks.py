@@ -18,6 +18,19 @@ from csd_exp.infra.interrupts import received, stop_ranks_at_step_end
 log = logging.getLogger(__name__)
 
 
+def forget_unfinished_batch(trainer: pl.Trainer) -> None:
+    """Uncount a training batch that was fetched but never trained on (the run stopped inside its step).
+
+    Lightning counts a batch as soon as it is fetched and, on a resume, schedules validation (so snapshots
+    and ``val/`` curves) from that count, not from ``global_step``: without this, a run stopped inside
+    step 3 resumes one batch ahead and validates after steps 5 and 8 instead of 6 and 9. A batch whose
+    step finished (its ``on_train_batch_end`` was running) stays counted: Lightning completes it on resume.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    for tracker in (progress.total, progress.current):
+        tracker.ready = tracker.started = tracker.processed
+
+
 class SaveOnInterrupt(pl.Callback):
     """On Ctrl-C (or any exception after the first step) write ``last.ckpt`` and say how to resume.
 
@@ -41,6 +54,7 @@ class SaveOnInterrupt(pl.Callback):
             )
             return
         path = self.dirpath / "last.ckpt"
+        forget_unfinished_batch(trainer)
         try:
             trainer.save_checkpoint(path)
         except Exception as error:  # the original exception matters more than this one

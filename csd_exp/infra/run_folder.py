@@ -137,7 +137,7 @@ def write_json_atomically(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file and a rename: readers see the old file or the
     new one, never half of one. On failure the temporary file is removed and one OSError says why."""
     path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+    text = json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False)  # NaN/Infinity aren't JSON
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ Imports nothing heavy, so a run refused at config time still leaves one.
 
 from __future__ import annotations
 
+import math
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,47 @@ def run_identity(cfg: Any) -> dict[str, str | None]:
     }
 
 
+def _non_finite_reason(name: str, value: float) -> str:
+    text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value == math.inf and name.rsplit("/", 1)[-1].endswith("psnr"):
+        return f"{text}: identical images (zero error)"
+    return text
+
+
+def json_safe(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``summary`` that is valid JSON: every NaN or infinite float (JSON has none; Python's
+    ``json`` would write ``NaN`` / ``Infinity``) becomes null, and ``"non_finite"`` says what each was,
+    e.g. ``{"fidelity/psnr": "inf: identical images (zero error)"}``. Metrics are named as in
+    ``"metrics"``, other values by their dotted path (``config.trainer.gradient_clip_val``)."""
+    reasons: dict[str, str] = dict(summary.get("non_finite") or {})
+
+    def clean(value: Any, name: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            reasons[name] = _non_finite_reason(name, value)
+            return None
+        if isinstance(value, Mapping):
+            return {key: clean(item, f"{name}.{key}" if name else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{name}.{index}") for index, item in enumerate(value)]
+        return value
+
+    safe = {}
+    for key, value in summary.items():
+        if key == "metrics" and isinstance(value, Mapping):  # metric names as summary.json lists them
+            safe[key] = {name: clean(item, str(name)) for name, item in value.items()}
+        elif key != "non_finite":
+            safe[key] = clean(value, str(key))
+    if reasons:
+        safe["non_finite"] = reasons
+    return safe
+
+
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary`` as JSON atomically: a reader never sees half a file, a failed write leaves none."""
+    """Write ``summary`` as JSON atomically: a reader never sees half a file, a failed write leaves none.
+    Non-finite numbers are written as null with a reason (:func:`json_safe`)."""
     from csd_exp.infra.run_folder import write_json_atomically
 
-    write_json_atomically(Path(path), summary)
+    write_json_atomically(Path(path), json_safe(summary))
 
 
 def write_failed_summary(cfg: Any, error: str) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -42,6 +43,17 @@ class Range:
         return self.max is None or (value < self.max if self.open_max else value <= self.max)
 
 
+@dataclass(frozen=True)
+class Pattern:
+    """A string matching ``regex`` as a whole (case-insensitive), described as ``description`` in errors."""
+
+    regex: str
+    description: str
+
+    def holds(self, value: str) -> bool:
+        return re.fullmatch(self.regex, value, flags=re.IGNORECASE) is not None
+
+
 PositiveInt = Annotated[int, Range(min=1)]
 NonNegativeInt = Annotated[int, Range(min=0)]
 PositiveFloat = Annotated[float, Range(min=0, open_min=True)]
@@ -72,7 +84,8 @@ def _describe(annotation: Any) -> str:
     if origin is Annotated:
         base, *meta = typing.get_args(annotation)
         ranges = [m.describe() for m in meta if isinstance(m, Range)]
-        return f"{_describe(base)} {' '.join(ranges)}".strip()
+        patterns = [m.description for m in meta if isinstance(m, Pattern)]
+        return " or ".join(patterns) if patterns else f"{_describe(base)} {' '.join(ranges)}".strip()
     if origin is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(annotation)))
     if _is_union(annotation):
@@ -88,7 +101,7 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
     if origin is Annotated:
         base, *meta = typing.get_args(annotation)
         check_value(key, value, base)
-        for bound in (m for m in meta if isinstance(m, Range)):
+        for bound in (m for m in meta if isinstance(m, (Range, Pattern))):
             if not bound.holds(value):
                 raise _type_error(key, value, _describe(annotation))
         return

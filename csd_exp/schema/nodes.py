@@ -15,6 +15,7 @@ from csd_exp.schema.checks import (
     Node,
     NonNegativeFloat,
     NonNegativeInt,
+    Pattern,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -316,6 +317,7 @@ class ImageDataSchema:
     resize_policy: Literal[RESIZE_POLICIES]
     short_side: PositiveInt | None
     max_image_pixels: PositiveInt | None
+    alpha_background: Annotated[str, Pattern(r"white|black|#[0-9a-f]{6}", "white, black or '#rrggbb'")] | None
 
 
 @dataclass

@@ -262,7 +262,7 @@ class PanoramaTask(DistillationTask):
         return TaskResult(
             edited=edited[None],
             source=source[None],
-            media={"source": source[None], "edited": resize_frames(edited, *self.original_size)[None]},
+            media={"source": source[None], "edited": edited[None]},
             windows=self.window_pixel_boxes(),
             mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
@@ -271,5 +271,6 @@ class PanoramaTask(DistillationTask):
     def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:
         save_image(result.source[0], output_dir / "source.png")
         save_image(result.edited[0], output_dir / "edited.png")
-        save_image(result.media["edited"][0], output_dir / "edited_fullres.png")
+        # Resized in 8 bits while writing: a float copy of a 144-MP image would need 1.7 GB, and several.
+        save_image(result.edited[0], output_dir / "edited_fullres.png", size=self.original_size)
         return {}

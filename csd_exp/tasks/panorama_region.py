@@ -239,7 +239,7 @@ class PanoramaRegionTask(PanoramaTask):
         return TaskResult(
             edited=edited[None],
             source=source[None],
-            media={"source": source[None], "edited": resize_frames(edited, *self.original_size)[None]},
+            media={"source": source[None], "edited": edited[None]},
             windows=self.window_pixel_boxes(),
             mode_responsibilities=responsibilities,
             mode_names=None if responsibilities is None else self.prior.mode_names(self.prompts[0]),

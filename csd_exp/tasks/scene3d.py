@@ -41,6 +41,7 @@ import torch
 
 from csd_exp.data.editable import EditableImageSet
 from csd_exp.data.images import save_image
+from csd_exp.data.scene import warn_cameras_inside_box
 from csd_exp.data.sources import SceneSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_video
 from csd_exp.priors.base import ModeOracle
@@ -115,6 +116,7 @@ class Scene3DTask(DistillationTask):
                 raise ValueError(f"task.{key} must be >= 1, got {value}")
 
         self.scene = data.load(int(prior.latent_scale_factor))
+        warn_cameras_inside_box(self.scene)
         prior.validate_image_size(self.scene.height, self.scene.width)
         self.train_indices = list(self.scene.train_indices)
         self.val_indices = list(self.scene.val_indices)

@@ -181,6 +181,24 @@ def test_single_panorama_images_with_windows(tmp_path):
     assert keys.CLIP_CONSISTENCY in summary["unavailable"]
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"summary.json holds {name}, which is not JSON")
+
+
+def test_identical_images_write_valid_json_with_the_infinite_psnr_as_null(tmp_path):
+    iio.imwrite(tmp_path / "source.png", _frames(1)[0])
+    out = tmp_path / "out"
+    arguments = ["--source", str(tmp_path / "source.png"), "--edited", str(tmp_path / "source.png")]
+    code = main(
+        [*arguments, "--target-text", "x", "--clip-pretrained", "none", "--lpips-net", "none", "--out", str(out)]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=_refuse_constant)
+    assert summary["metrics"][keys.FIDELITY_PSNR] is None
+    assert summary["non_finite"] == {keys.FIDELITY_PSNR: "inf: identical images (zero error)"}
+    assert summary["metrics"][keys.FIDELITY_SSIM] == 1.0  # the finite metrics are kept as they are
+
+
 def test_bad_inputs_name_the_file(tmp_path, capsys):
     good = _write_folder(tmp_path / "good", _frames(3))
     short = _write_folder(tmp_path / "short", _frames(2))
