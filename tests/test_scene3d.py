@@ -273,7 +273,7 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
 
     monkeypatch.setattr(type(guidance), "__call__", record_position)
     with pytest.raises(Stop):
-        task.editor.edit_round(task, task.edit_round_views(1), step=240, round_index=1)
+        task.editor.edit_round(task.scene_view(), task.edit_round_views(1), step=240, round_index=1)
     assert positions == [40]
     low, high = guidance.schedule.bounds(40)
     assert high > guidance.schedule.bounds(8 * 40)[1]  # not yet at the annealed end point
