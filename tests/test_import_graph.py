@@ -1,6 +1,7 @@
-"""The arrows between csd_exp's packages run one way: no cycle, data below render below tasks.
+"""The arrows between csd_exp's packages run one way: no cycle, data below render below tasks; and no module
+imports itself back through others (lazy and ``TYPE_CHECKING`` imports included).
 
-``python -m pytest tests/test_import_graph.py -q -s`` prints the graph."""
+``python -m pytest tests/test_import_graph.py -q -s`` prints the package graph."""
 
 from __future__ import annotations
 
@@ -24,9 +25,23 @@ def _package(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, list[str]]]:
+    """(module named, names imported from it) of every import statement of ``path`` at any depth: lazy imports
+    in functions and ``if TYPE_CHECKING:`` blocks too (``ast.walk`` sees every statement)."""
+    here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            found.append((".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return found
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -34,18 +49,29 @@ def import_graph() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = defaultdict(set)
     for path in ROOT.rglob("*.py"):
         module = _module_name(path)
-        here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                base = here[: len(here) - node.level + 1] if node.level else []
-                targets = [".".join(base + ([node.module] if node.module else []))]
-            elif isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            else:
-                continue
-            for target in targets:
-                if target.startswith("csd_exp.") and _package(target) != _package(module):
-                    edges[_package(module)].add(_package(target))
+        for target, _ in _imports(path, module):
+            if target.startswith("csd_exp.") and _package(target) != _package(module):
+                edges[_package(module)].add(_package(target))
+    return edges
+
+
+def module_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of ``root``'s package it imports. ``from pkg import name`` is an arrow to the
+    module ``pkg.name`` when that is a module, else to ``pkg`` (its ``__init__``), whose namespace it reads.
+
+    Not counted: the ``__init__`` of each enclosing package that Python runs before importing a submodule.
+    Those files only re-export their modules' names (a facade above them, which no module of the package
+    imports back by name); counting that implicit step would join every re-exporting package with its own
+    members in one circle although no module needs another back. An explicit import of a package's
+    namespace (``from csd_exp.metrics import ModeAgreement``) is an arrow to its ``__init__`` and counted."""
+    modules = {_module_name(path, root): path for path in root.rglob("*.py")}
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module, path in modules.items():
+        for target, names in _imports(path, module):
+            for name in names or [""]:
+                resolved = f"{target}.{name}" if f"{target}.{name}" in modules else target
+                if resolved in modules and resolved != module:
+                    edges[module].add(resolved)
     return edges
 
 
@@ -78,3 +104,25 @@ def test_lower_layers_never_import_upper_ones():
     edges = import_graph()
     wrong = {package: edges.get(package, set()) & banned for package, banned in FORBIDDEN.items()}
     assert not any(wrong.values()), wrong
+
+
+def test_no_import_cycle_between_modules():
+    """The circles once made by file splits (scene3d's editors and diagnostics importing the task back,
+    ``schema/checks -> nodes -> video_baselines -> checks``) stay gone: a split shares a small object or a
+    lower module instead."""
+    assert _cycles(module_graph()) == []
+
+
+def test_module_cycles_are_found_through_lazy_and_type_checking_imports(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg.task import Task\n")
+    (package / "task.py").write_text("from pkg.editor import Editor\n\nclass Task:\n    pass\n")
+    (package / "editor.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from pkg.task import Task\n\nclass Editor:\n"
+        "    pass\n"
+    )
+    (package / "lazy.py").write_text("def f():\n    from . import lazy_back\n")
+    (package / "lazy_back.py").write_text("from pkg.lazy import f\n")
+    cycles = _cycles(module_graph(package))
+    assert sorted(sorted(set(cycle)) for cycle in cycles) == [["pkg.editor", "pkg.task"], ["pkg.lazy", "pkg.lazy_back"]]

@@ -273,7 +273,33 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
 
     monkeypatch.setattr(type(guidance), "__call__", record_position)
     with pytest.raises(Stop):
-        task.editor.edit_round(task, task.edit_round_views(1), step=240, round_index=1)
+        task.editor.edit_round(task.scene_view(), task.edit_round_views(1), step=240, round_index=1)
     assert positions == [40]
     low, high = guidance.schedule.bounds(40)
     assert high > guidance.schedule.bounds(8 * 40)[1]  # not yet at the annealed end point
+
+
+def test_an_editor_written_outside_the_package_sees_a_scene_view_not_the_task():
+    """The editor contract (docs/scene3d.md "A new editor"): a DatasetEditor subclass gets a SceneView in
+    ``attach`` and ``edit_round`` and edits through it; here one that writes back the original photos."""
+    from csd_exp.tasks.scene3d_editors import DatasetEditor
+    from csd_exp.tasks.scene3d_view import SceneView
+
+    class PhotoEditor(DatasetEditor):
+        def attach(self, scene):
+            self.seen = [type(scene)]
+            self.rounds = scene.num_edit_rounds
+
+        def edit_round(self, scene, views, step, round_index):
+            self.seen.append(type(scene))
+            rendered, originals = scene.edit_inputs(views)
+            for view, photo in zip(views, originals):
+                scene.images.replace(view, photo.cpu())
+            return {"views": len(views), "change": float((rendered - originals).abs().mean())}
+
+    editor = PhotoEditor(every=1, views=2)
+    task = _tiny_task(editor_object=editor, pretrain_steps=1, max_steps=3)
+    logged = [task.distillation_step(step).diagnostics for step in range(3)]
+    assert editor.rounds == 2 and editor.seen == [SceneView] * 3
+    assert task.num_view_edits == 4 and logged[1]["edit/views"] == 2.0 and "edit/views" not in logged[0]
+    assert set(task.images.edited_indices) == set(task.edit_round_views(0) + task.edit_round_views(1))

@@ -5,9 +5,10 @@ The check runs before torch, diffusers or any model is imported (``csd-exp`` cal
 starts), so a bad value costs a second, not a model load, and a sweep with one bad value starts no job.
 
 * :mod:`csd_exp.schema.checks`: typed fields (``Annotated[int, Range(min=1)]`` for bounded numbers,
-  ``Literal[...]`` for choices, ``X | None`` where null is allowed) and :func:`check_value` / :func:`check_node`;
+  ``Literal[...]`` for choices, ``X | None`` where null is allowed) and :func:`check_value`;
 * :mod:`csd_exp.schema.nodes`: one dataclass per ``_target_`` whose fields are the constructor parameters a
   config node may set (:data:`TARGET_SCHEMAS`, the ``data`` sources included);
+* :mod:`csd_exp.schema.targets`: :func:`check_node` / :func:`check_target`, a node against its target's schema;
 * :mod:`csd_exp.schema.rules`: what only a combination of groups can get wrong, and the entry points;
 * :mod:`csd_exp.schema.inputs`: what the run would read (input files, folders, scenes, region boxes and masks,
   the checkpoint) and ``optimized_metric``, checked from file headers and folder listings (Pillow, no torch);
@@ -26,6 +27,7 @@ run has not imported torch.
 """
 
 from csd_exp.schema.checks import (
+    MAX_SEED,
     ConfigError,
     Node,
     NonNegativeFloat,
@@ -36,8 +38,6 @@ from csd_exp.schema.checks import (
     Range,
     UnitFraction,
     _fields,  # noqa: F401  (tests and tools read a schema's fields through it)
-    check_node,
-    check_target,
     check_value,
 )
 from csd_exp.schema.nodes import (
@@ -51,7 +51,6 @@ from csd_exp.schema.nodes import (
     IDENTITY_KERNEL,
     IN2N_EDITOR,
     LPIPS_NETS,
-    MAX_SEED,
     PANORAMA_SAMPLING_METHODS,
     RESIZE_POLICIES,
     SAMPLING_TASKS,
@@ -98,6 +97,7 @@ from csd_exp.schema.rules import (
     validate_composed,
     validate_config,
 )
+from csd_exp.schema.targets import check_node, check_target
 
 __all__ = [
     "ANNEALING_RULES",

@@ -1,7 +1,9 @@
-"""The machinery of the schemas: typed fields (``Range``, the number aliases), ``check_value`` and ``check_node``.
+"""The machinery of the schemas: typed fields (``Range``, the number aliases, ``MAX_SEED``) and ``check_value``.
 
 A field's annotation is the whole rule: ``Annotated[int, Range(min=1)]`` for bounded numbers, ``Literal[...]``
-for choices, ``X | None`` where null is allowed, :data:`Node` for a sub-config. Standard library only.
+for choices, ``X | None`` where null is allowed, :data:`Node` for a sub-config. The schemas (:mod:`.nodes`)
+are built from these types, and :mod:`.targets` checks a node against its ``_target_``'s schema: this module
+imports neither. Standard library only.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ PositiveFloat = Annotated[float, Range(min=0, open_min=True)]
 NonNegativeFloat = Annotated[float, Range(min=0)]
 UnitFraction = Annotated[float, Range(min=0, max=1, open_min=True)]
 Probability = Annotated[float, Range(min=0, max=1)]
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 #: A sub-config with a ``_target_`` of its own (optimizer, LR scheduler), checked by its own schema if any.
 Node = Mapping[str, Any]
 
@@ -140,35 +143,3 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
     elif annotation is list:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, value, "a list")
-
-
-def _target_schemas() -> Mapping[str, type]:
-    # Imported here because the schemas in nodes.py are built from the types above.
-    from csd_exp.schema.nodes import TARGET_SCHEMAS
-
-    return TARGET_SCHEMAS
-
-
-def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
-    """Every key of ``node`` is a field of ``schema`` and its value fits the field's type; sub-nodes with a
-    ``_target_`` that has a schema are checked by theirs."""
-    fields = _fields(schema)
-    for key, value in node.items():
-        if key in HYDRA_KEYS:
-            continue
-        if key not in fields:
-            raise ConfigError(
-                f"{prefix}.{key} is not a setting of {schema.__name__.removesuffix('Schema')}; "
-                f"its settings are: {', '.join(fields)}"
-            )
-        check_value(f"{prefix}.{key}", value, fields[key])
-        check_target(f"{prefix}.{key}", value)
-
-
-def check_target(prefix: str, node: Any) -> None:
-    """:func:`check_node` with the schema of ``node``'s ``_target_``; a target without one is left to Hydra's
-    ``instantiate``, which refuses unknown keys itself (a new class needs no schema entry to run)."""
-    if isinstance(node, Mapping):
-        schema = _target_schemas().get(node.get("_target_"))
-        if schema is not None:
-            check_node(prefix, node, schema)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from csd_exp.schema.checks import (
+    MAX_SEED,
     Node,
     NonNegativeFloat,
     NonNegativeInt,
@@ -40,7 +41,6 @@ VAE_TILE_LATENT = 64  # side of a VAE tile in latent px (csd_exp/priors/vae_tile
 EDIT_INITS = ("render", "source")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 CLIP_PRECISIONS = ("fp32", "fp16", "bf16")
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 GUIDANCE = "csd_exp.distill.Guidance"
 IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from csd_exp.schema.checks import ConfigError, _fields, check_node, check_target, check_value
+from csd_exp.schema.checks import ConfigError, _fields, check_value
 from csd_exp.schema.inputs import check_inputs
 from csd_exp.schema.nodes import (
     GUIDANCE,
@@ -28,6 +28,7 @@ from csd_exp.schema.nodes import (
     RunSchema,
     TrainerSchema,
 )
+from csd_exp.schema.targets import check_node, check_target
 
 #: Choices of the zero-shot video baselines (csd_exp/priors/attention_control.py, csd_exp/tasks/video_fatezero.py).
 TEMPORAL_ATTENTION_FRAMES = ("first", "previous", "self", "middle", "last")

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from csd_exp.schema.checks import Node, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
-
-MAX_SEED = 2**32 - 1  # as csd_exp.schema.nodes (which imports this module, so it cannot import from it)
+from csd_exp.schema.checks import MAX_SEED, Node, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
 
 
 @dataclass

@@ -51,6 +51,7 @@ from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import TaskResult
 from csd_exp.tasks.scene3d_data import render_cameras, restore_edits, save_edits, turntable_path
 from csd_exp.tasks.scene3d_editors import DatasetEditor, edit_round_positions
+from csd_exp.tasks.scene3d_view import SceneView
 
 __all__ = ["Scene3DResult", "Scene3DTask", "StepOutput"]
 
@@ -145,11 +146,11 @@ class Scene3DTask(DistillationTask):
         self.jitter = bool(jitter)
         self.round_interval, self.round_size = editor.every, editor.views
         self.turntable_views, self.turntable_fps = int(turntable_views), float(turntable_fps)
-        editor.attach(self)
 
         # Run state beyond the field, persisted in the checkpoint.
         self.num_view_edits = 0
         self.heldout_psnr_pretrain: float | None = None
+        editor.attach(self.scene_view())
         log.info(
             "scene3d: %d training + %d held-out views at %dx%d, editor %s, pre-training %d steps",
             n_train,
@@ -179,6 +180,27 @@ class Scene3DTask(DistillationTask):
         """Dataset view indices edited in round ``round_index`` (see :func:`edit_round_positions`)."""
         positions = edit_round_positions(len(self.train_indices), self.round_size, self.seed, round_index)
         return [self.train_indices[i] for i in positions]
+
+    def scene_view(self) -> SceneView:
+        """What the editor and the diagnostics use of the task, as of now (they never see the task itself)."""
+        return SceneView(
+            prior=self.prior,
+            guidance=self.guidance,
+            prompt=self.prompt,
+            seed=self.seed,
+            images=self.images,
+            train_indices=tuple(self.train_indices),
+            num_edit_rounds=self.num_edit_rounds,
+            num_view_edits=self.num_view_edits,
+            heldout_psnr_pretrain=self.heldout_psnr_pretrain,
+            edit_inputs=self.edit_inputs,
+            originals=self.originals,
+            heldout_psnr=self.heldout_psnr,
+            field_device=self.field_device,
+            encode_sources=self.encode_sources,
+            shard=self.shard,
+            process_group=self.process_group,
+        )
 
     # ------------------------------------------------------------------ rendering
     def field_device(self) -> torch.device:
@@ -237,7 +259,7 @@ class Scene3DTask(DistillationTask):
         round_index = (step - self.pretrain_steps) // self.round_interval
         views = self.edit_round_views(round_index)
         with torch.no_grad():
-            edit_diagnostics = self.editor.edit_round(self, views, step, round_index)
+            edit_diagnostics = self.editor.edit_round(self.scene_view(), views, step, round_index)
         self.num_view_edits += len(views)
         return {f"edit/{k}": float(v) for k, v in edit_diagnostics.items()}
 
@@ -299,7 +321,7 @@ class Scene3DTask(DistillationTask):
             },
             mode_responsibilities=responsibilities,
             mode_names=None if responsibilities is None else self.prior.mode_names(self.prompt),
-            metrics=diagnostics.final_task_metrics(self, renders, turntable, path),
+            metrics=diagnostics.final_task_metrics(self.scene_view(), renders, turntable, path),
             training_images=current,
             turntable=turntable[0],
         )

@@ -24,7 +24,6 @@ misalignment instead of the edit.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,9 +31,7 @@ from csd_exp.data.cameras import Cameras
 from csd_exp.metrics import ModeAgreement
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import reprojection_error
-
-if TYPE_CHECKING:
-    from csd_exp.tasks.scene3d import Scene3DTask
+from csd_exp.tasks.scene3d_view import SceneView
 
 
 def view_responsibilities(prior, prompt: str, images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
@@ -79,7 +76,7 @@ def path_reprojection_error(
 
 
 def final_task_metrics(
-    task: Scene3DTask, renders: torch.Tensor, turntable: tuple[torch.Tensor, torch.Tensor, torch.Tensor], path: Cameras
+    scene: SceneView, renders: torch.Tensor, turntable: tuple[torch.Tensor, torch.Tensor, torch.Tensor], path: Cameras
 ) -> dict[str, float]:
     """The task's own final metrics (the list above, then the edit counts) from the final training-view
     ``renders`` and the (rgb, depth, opacity) ``turntable`` renders of ``path``, all on the CPU."""
@@ -87,21 +84,21 @@ def final_task_metrics(
     reprojection = path_reprojection_error(*turntable, path)
     if reprojection is not None:
         metrics["consistency/reprojection_error"] = reprojection
-    heldout = task.heldout_psnr()
+    heldout = scene.heldout_psnr()
     if heldout is not None:
         metrics["fidelity/heldout_psnr"] = heldout
-        pretrain = task.heldout_psnr_pretrain
+        pretrain = scene.heldout_psnr_pretrain
         metrics["fidelity/heldout_psnr_pretrain"] = heldout if pretrain is None else pretrain
-    edited = task.images.edited_indices
-    if isinstance(task.prior, ModeOracle):
-        device = task.field_device()
+    edited = scene.images.edited_indices
+    if isinstance(scene.prior, ModeOracle):
+        device = scene.field_device()
         if edited:
-            images = torch.stack([task.images.current(v) for v in edited]).to(device)
-            responsibilities = view_responsibilities(task.prior, task.prompt, images, task.originals(edited))
+            images = torch.stack([scene.images.current(v) for v in edited]).to(device)
+            responsibilities = view_responsibilities(scene.prior, scene.prompt, images, scene.originals(edited))
             metrics["consistency/mode_agreement_edited_views"] = mode_agreement(responsibilities)
         metrics["edit/edited_fraction"] = edited_fraction(
-            task.prior, task.prompt, renders.to(device), task.originals(task.train_indices)
+            scene.prior, scene.prompt, renders.to(device), scene.originals(list(scene.train_indices))
         )
-    metrics["edit/num_view_edits"] = float(task.num_view_edits)
+    metrics["edit/num_view_edits"] = float(scene.num_view_edits)
     metrics["edit/distinct_views_edited"] = float(len(edited))
     return metrics

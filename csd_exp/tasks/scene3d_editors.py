@@ -13,13 +13,14 @@ Every ``every`` steps from ``task.pretrain_steps`` an edit round takes the next 
   conditioned on the ORIGINAL photo, i.e. SDEdit from the render; consistency comes only from the
   radiance field averaging the edits and later edits starting at renders of that average.
 
-A new editor is one subclass of :class:`DatasetEditor` and one YAML naming it.
+A new editor is one subclass of :class:`DatasetEditor` and one YAML naming it. An editor sees the task through
+a :class:`~csd_exp.tasks.scene3d_view.SceneView` (prior, guidance, prompt, seed, the training image set and the
+renders it edits), never the task itself.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,9 +28,7 @@ from csd_exp.distill.particles import Particles
 from csd_exp.schema import EDIT_INITS
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import guided_sample
-
-if TYPE_CHECKING:
-    from csd_exp.tasks.scene3d import Scene3DTask
+from csd_exp.tasks.scene3d_view import SceneView
 
 
 @torch.no_grad()
@@ -107,11 +106,11 @@ class DatasetEditor:
             raise ValueError(f"task.editor.every and task.editor.views must be >= 1, got {every}, {views}")
         self.every, self.views = int(every), int(views)
 
-    def attach(self, task: Scene3DTask) -> None:
+    def attach(self, scene: SceneView) -> None:
         """Called once the task knows its scene and schedule (a hook for checks and horizons)."""
 
-    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
-        """Replace ``views`` in ``task.images`` by edited images; return diagnostics for the loggers."""
+    def edit_round(self, scene: SceneView, views: list[int], step: int, round_index: int) -> dict[str, float]:
+        """Replace ``views`` in ``scene.images`` by edited images; return diagnostics for the loggers."""
         raise NotImplementedError
 
 
@@ -142,28 +141,28 @@ class CSDEditEditor(DatasetEditor):
         self.iterations, self.lr = int(iterations), float(lr)
         self.lr_decay, self.lr_decay_every, self.init = float(lr_decay), int(lr_decay_every), init
 
-    def attach(self, task: Scene3DTask) -> None:
-        if task.guidance is None:
+    def attach(self, scene: SceneView) -> None:
+        if scene.guidance is None:
             raise ValueError("editor=csd_edit needs a guidance (guidance=csd_edit | csd_edit_no_svgd | sds)")
-        task.guidance.schedule.set_horizon(task.num_edit_rounds * self.iterations)
+        scene.guidance.schedule.set_horizon(scene.num_edit_rounds * self.iterations)
 
-    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
+    def edit_round(self, scene: SceneView, views: list[int], step: int, round_index: int) -> dict[str, float]:
         """Under DDP each rank edits its contiguous share of the views (the guidance gathers what the
         kernel needs), then every rank receives every edited view, so the training sets stay equal."""
-        shard = task.shard(len(views))
-        rendered, originals = task.edit_inputs(views[shard.rows])
-        source_latents, image_cond = task.encode_sources(originals)
-        z = task.prior.encode(rendered).float() if self.init == "render" else source_latents.clone()
+        shard = scene.shard(len(views))
+        rendered, originals = scene.edit_inputs(views[shard.rows])
+        source_latents, image_cond = scene.encode_sources(originals)
+        z = scene.prior.encode(rendered).float() if self.init == "render" else source_latents.clone()
         grad_norms = []
         for k in range(self.iterations):
             lr = self.lr * self.lr_decay ** (k // self.lr_decay_every)
-            out = task.guidance(
-                task.prior,
+            out = scene.guidance(
+                scene.prior,
                 Particles(z, source_latents=source_latents, condition=image_cond),
-                prompt=task.prompt,
+                prompt=scene.prompt,
                 step=step * self.iterations + k,
                 schedule_step=round_index * self.iterations + k,
-                seed=task.seed,
+                seed=scene.seed,
                 shard=shard,
             )
             if not torch.isfinite(out.gradients).all():
@@ -173,14 +172,14 @@ class CSDEditEditor(DatasetEditor):
                 )
             z = z - lr * out.gradients.to(z.dtype)
             grad_norms.append(float(out.diagnostics.get("grad_norm", math.nan)))
-        edited = task.prior.decode(z).float().clamp(0, 1)
+        edited = scene.prior.decode(z).float().clamp(0, 1)
         change = (edited - rendered).abs().flatten(1).mean(dim=1)
-        if task.process_group() is not None:
+        if scene.process_group() is not None:
             from csd_exp.distill.distributed import gather_particles
 
-            (edited, change), _ = gather_particles([edited.contiguous(), change], task.process_group())
+            (edited, change), _ = gather_particles([edited.contiguous(), change], scene.process_group())
         for view, image in zip(views, edited):
-            task.images.replace(view, image.cpu())
+            scene.images.replace(view, image.cpu())
         return {"views": len(views), "grad_norm": sum(grad_norms) / len(grad_norms), "change": float(change.mean())}
 
 
@@ -209,16 +208,16 @@ class IN2NEditor(DatasetEditor):
         self.noise_lower, self.noise_upper = float(noise_lower), float(noise_upper)
         self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
 
-    def edit_round(self, task: Scene3DTask, views: list[int], step: int, round_index: int) -> dict[str, float]:
-        rendered, originals = task.edit_inputs(views)
+    def edit_round(self, scene: SceneView, views: list[int], step: int, round_index: int) -> dict[str, float]:
+        rendered, originals = scene.edit_inputs(views)
         strengths = []
         for i, view in enumerate(views):
             edited, strength = in2n_edit(
-                task.prior,
+                scene.prior,
                 rendered[i : i + 1],
                 originals[i : i + 1],
-                prompt=task.prompt,
-                generator=step_generator(task.seed, step, f"in2n/{view}"),
+                prompt=scene.prompt,
+                generator=step_generator(scene.seed, step, f"in2n/{view}"),
                 lower=self.noise_lower,
                 upper=self.noise_upper,
                 diffusion_steps=self.diffusion_steps,
@@ -226,6 +225,6 @@ class IN2NEditor(DatasetEditor):
                 guidance_scale=self.guidance_scale,
                 image_guidance_scale=self.image_guidance_scale,
             )
-            task.images.replace(view, edited[0].cpu())
+            scene.images.replace(view, edited[0].cpu())
             strengths.append(strength)
         return {"views": len(views), "strength": sum(strengths) / len(strengths)}

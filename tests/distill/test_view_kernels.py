@@ -281,7 +281,7 @@ def test_kernel_configs_instantiate_and_pass_their_schemas():
     from omegaconf import OmegaConf
 
     from csd_exp.metrics.lpips import load_lpips
-    from csd_exp.schema.checks import check_target
+    from csd_exp.schema.targets import check_target
 
     folder = Path(__file__).resolve().parents[2] / "conf" / "kernel"
     feature = OmegaConf.load(folder / "feature_rbf.yaml")

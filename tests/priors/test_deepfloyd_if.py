@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from csd_exp.distill import FeatureRBFKernel, Guidance, Particles
 from csd_exp.priors import DeepFloydIFPrior, ScorePrior, tiny_deepfloyd_if_prior
 from csd_exp.priors.tiny import tiny_if_components
-from csd_exp.schema.checks import check_target
+from csd_exp.schema.targets import check_target
 
 from ._helpers import branch_rounding_tolerance, seeded_images, seeded_normal
 
