@@ -196,7 +196,7 @@ def processes_table(steps: int, windows: int) -> None:
         "task.window_stride=8",
         f"task.windows_per_step={windows}",
         f"trainer.max_steps={steps}",
-        f"task.snapshot_every={steps}",
+        f"trainer.val_check_interval={steps}",
     ]
     pairs = [("cpu, 1 process", ["trainer=cpu"]), ("ddp_sim, 2 processes (gloo)", ["trainer=ddp_sim"])]
     if torch.cuda.device_count() >= 2:
