@@ -56,6 +56,9 @@ QUICK_ARGS = {
 }
 # --quick runs each benchmark on one thread unless the environment says otherwise.
 QUICK_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Process groups of the benchmarks running now: Ctrl-C and SIGTERM reach only run_all (each benchmark has its
+# own session), so main() stops these itself.
+RUNNING: set[int] = set()
 DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -117,27 +120,26 @@ def failure_lines(name: str, stdout: str, stderr: str, status: str) -> list[str]
     return [f"{FAILED_PREFIX}{name}: {status}: {last[:400]}"]
 
 
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def run_process(command: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str, str, float]:
     """(exit status, None on timeout; stdout; stderr; CPU seconds of the process and of every process it waited
-    for, e.g. bench_scaling's CLI runs). It runs in its own session, so a timeout stops its children too."""
+    for, e.g. bench_scaling's CLI runs). It runs in its own session, so a timeout stops its children too (and
+    :func:`main` stops every running one when it is interrupted)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+        RUNNING.add(process.pid)
         timed_out = threading.Event()
-
-        def kill_group() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, lambda: (timed_out.set(), kill_group()))
+        timer = threading.Timer(timeout, lambda: (timed_out.set(), kill_group(process.pid)))
         timer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
-        except BaseException:  # Ctrl-C reaches only this process (the benchmark has its own session): stop it too
-            kill_group()
-            process.wait()
-            raise
         finally:
             timer.cancel()
+            RUNNING.discard(process.pid)
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen never waits for it again
         outputs = []
         for stream in (out, err):
@@ -255,15 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     started = time.perf_counter()
     selected = [name for name in names if name not in args.skip]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = []
-        for name in selected:
-            runs.append(pool.submit(run_benchmark, name, extra.get(name, []), args.timeout))
-        for run in runs:  # in order, whatever order they finish in
-            failed, section, _ = run.result()
-            failures += failed
-            report.append(section)
-            print(section, flush=True)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) if in_main_thread else None
+    with contextlib.ExitStack() as restore, concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        if previous is not None:
+            restore.callback(signal.signal, signal.SIGTERM, previous)
+        runs = [pool.submit(run_benchmark, name, extra.get(name, []), args.timeout) for name in selected]
+        try:
+            for run in runs:  # in order, whatever order they finish in
+                failed, section, _ = run.result()
+                failures += failed
+                report.append(section)
+                print(section, flush=True)
+        except BaseException:  # Ctrl-C, SIGTERM: stop the running benchmarks and their children, then leave
+            for future in runs:
+                future.cancel()
+            for pid in list(RUNNING):
+                kill_group(pid)
+            raise
     summary = f"{len(failures)} failure(s)" if failures else "every table ran"
     report += [f"## Summary\n\n{summary}, {time.perf_counter() - started:.0f} s in all", *failures, ""]
     print("\n".join(report[-(len(failures) + 2) :]), flush=True)
