@@ -34,5 +34,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 	$(ISA_CAP) $(BIN)/python -m pytest -q -m numerics -p no:cacheprovider
 
+# Every benchmark at real size (random-weight SD-1.5 UNets, no download), one report in benchmarks/results/.
+# `make bench BENCH_ARGS=--quick`: every table on tiny models, a smoke run (tests/test_benchmarks_quick.py).
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)

@@ -20,19 +20,32 @@ CPU without native bf16; see ``benchmarks.common``), so every ratio compares lik
 
 Run: ``python -m benchmarks.bench_priors [--particles 4 8] [--repeats 2] [--dtype auto]``. Default particles:
 4 and 8, but only 4 on a CPU in float32, where N = 4 alone took 7 minutes on 2 shared cores (N = 8 doubles that
-and breaks ``run_all``'s per-benchmark timeout).
+and breaks ``run_all``'s per-benchmark timeout). ``--tiny`` (``run_all --quick``) uses the tests' tiny UNet and text
+encoder: a smoke run of the table, not a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
 
-from benchmarks.common import add_dtype_argument, bench_dtype, default_device, dtype_line, sd15_unet, time_call
+from benchmarks.common import (
+    add_dtype_argument,
+    add_tiny_argument,
+    bench_dtype,
+    default_device,
+    dtype_line,
+    run_tables,
+    sd15_unet,
+    time_call,
+    unet_label,
+)
 from csd_exp.priors import InstructPix2PixPrior
 from csd_exp.priors.tiny import clip_tokenizer, tiny_text_encoder
 
@@ -42,20 +55,22 @@ TIMESTEP = 500
 INSTRUCTION = "turn it into autumn"
 
 
-def build_prior(dtype: torch.dtype, device: torch.device) -> InstructPix2PixPrior:
-    """The real-size UNet; a 1-layer 768-wide text encoder and a tiny VAE (neither is timed)."""
+def build_prior(dtype: torch.dtype, device: torch.device, tiny: bool = False) -> InstructPix2PixPrior:
+    """The real-size UNet (``tiny``: the tests' tiny one); a 1-layer text encoder as wide as the UNet's
+    cross-attention (768 for SD 1.5) and a tiny VAE (neither is timed)."""
     from diffusers import AutoencoderKL
 
-    unet = sd15_unet(in_channels=2 * LATENT_CHANNELS, dtype=dtype, device=device)
+    unet = sd15_unet(in_channels=2 * LATENT_CHANNELS, dtype=dtype, device=device, tiny=tiny)
+    width = unet.config.cross_attention_dim
     tokenizer = clip_tokenizer(tempfile.mkdtemp(prefix="bench_tokenizer_"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         text_encoder = tiny_text_encoder(
             len(tokenizer),
-            hidden_size=SD15_TEXT_HIDDEN,
+            hidden_size=width,
             num_hidden_layers=1,
-            intermediate_size=SD15_TEXT_HIDDEN,
-            num_attention_heads=12,
+            intermediate_size=width,
+            num_attention_heads=12 if width == SD15_TEXT_HIDDEN else 4,
         )
         vae = AutoencoderKL(
             latent_channels=LATENT_CHANNELS,
@@ -149,7 +164,30 @@ def default_particles(device: torch.device, dtype: torch.dtype) -> list[int]:
     return [4] if device.type == "cpu" and dtype == torch.float32 else [4, 8]
 
 
-def main(argv=None) -> None:
+def particles_table(prior, n: int, latent_size: int, repeats: int) -> None:
+    """The rows of one particle count: every variant timed in interleaved repeats, ratios to ours."""
+    functions = step_functions(prior(), n, latent_size)
+    functions[next(iter(functions))][0]()  # warm-up (allocator, kernels)
+    wall = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
+    for _ in range(repeats):  # interleaved: contention hits all alike
+        for name, (fn, _rows) in functions.items():
+            cpu_start = time.process_time()
+            wall[name].append(time_call(fn, repeats=1, warmup=0))
+            cpu[name].append(time.process_time() - cpu_start)
+    median = {name: statistics.median(ts) for name, ts in wall.items()}
+    cpu_median = {name: statistics.median(ts) for name, ts in cpu.items()}
+    for name, (_fn, rows_per_particle) in functions.items():
+        rows = rows_per_particle * n
+        ratio, cpu_ratio = median[OURS] / median[name], cpu_median[OURS] / cpu_median[name]
+        target = f"{ratio:.2f} (cpu {cpu_ratio:.2f}) {TARGETS[name]}" if name != OURS else ""
+        print(
+            f"{n:>3} {name:<28} {rows:>5} {median[name]:>9.2f} {cpu_median[name]:>8.2f} "
+            f"{rows / median[name]:>7.1f}  {target}"
+        )
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--particles", type=int, nargs="+", default=None, help="particle counts (default 4 8; 4 on a CPU in float32)"
@@ -157,40 +195,29 @@ def main(argv=None) -> None:
     parser.add_argument("--latent-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     add_dtype_argument(parser)
+    add_tiny_argument(parser)
     args = parser.parse_args(argv)
     device = default_device()
     dtype, reason = bench_dtype(device, args.dtype)
     particles = args.particles or default_particles(device, dtype)
-    prior = build_prior(dtype, device)
+    prior = functools.cache(lambda: build_prior(dtype, device, tiny=args.tiny))  # built once, inside the first table
     print(dtype_line(dtype, reason))
     print(
         f"device {device}, {dtype}, threads {torch.get_num_threads()}, latent {args.latent_size}x{args.latent_size},"
-        f" SD 1.5 UNet (8 in-channels, random weights), timestep {TIMESTEP}, {args.repeats} interleaved repeats"
+        f" {unet_label(args.tiny)} (8 in-channels, random weights), timestep {TIMESTEP}, "
+        f"{args.repeats} interleaved repeats"
     )
     header = f"{'N':>3} {'variant':<28} {'rows':>5} {'wall s':>9} {'cpu s':>8} {'rows/s':>7}  ours/this (target)"
     print(header)
     print("-" * len(header))
-    for n in particles:
-        functions = step_functions(prior, n, args.latent_size)
-        functions[next(iter(functions))][0]()  # warm-up (allocator, kernels)
-        wall = {name: [] for name in functions}
-        cpu = {name: [] for name in functions}
-        for _ in range(args.repeats):  # interleaved: contention hits all alike
-            for name, (fn, _rows) in functions.items():
-                cpu_start = time.process_time()
-                wall[name].append(time_call(fn, repeats=1, warmup=0))
-                cpu[name].append(time.process_time() - cpu_start)
-        median = {name: statistics.median(ts) for name, ts in wall.items()}
-        cpu_median = {name: statistics.median(ts) for name, ts in cpu.items()}
-        for name, (_fn, rows_per_particle) in functions.items():
-            rows = rows_per_particle * n
-            ratio, cpu_ratio = median[OURS] / median[name], cpu_median[OURS] / cpu_median[name]
-            target = f"{ratio:.2f} (cpu {cpu_ratio:.2f}) {TARGETS[name]}" if name != OURS else ""
-            print(
-                f"{n:>3} {name:<28} {rows:>5} {median[name]:>9.2f} {cpu_median[name]:>8.2f} "
-                f"{rows / median[name]:>7.1f}  {target}"
-            )
+    return run_tables(
+        "bench_priors",
+        [
+            (f"ours vs official, N = {n}", functools.partial(particles_table, prior, n, args.latent_size, args.repeats))
+            for n in particles
+        ],
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,7 +20,7 @@ cheap, so this is dominated by fixed costs and communication: on a 2-core machin
 or more GPUs it also compares ``trainer=gpu`` with ``trainer=ddp trainer.devices=2``.
 
 Run: ``python -m benchmarks.bench_scaling [--skip-unet] [--skip-processes] [--dtype auto]`` (about 2–3 minutes
-on 2 CPU cores).
+on 2 CPU cores). ``--tiny`` (``run_all --quick``) uses the tests' tiny UNet for (a): a smoke run of every table.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ import torch
 
 from benchmarks.common import (
     add_dtype_argument,
+    add_tiny_argument,
     bench_dtype,
     default_device,
     dtype_line,
     dtype_name,
+    run_tables,
     sd15_unet,
     time_call,
+    unet_label,
 )
 from csd_exp.distill import Guidance, Particles
 from csd_exp.priors import ExactScorePrior, NoisePrediction, scaled_linear_alphas_cumprod
@@ -53,7 +56,7 @@ PARTICLES = (4, 16, 64)
 EXACT_SHAPE = (3, 64, 64)  # exact prior: latents are pixels (downsample 1)
 SD_SHAPE = (4, 64, 64)  # SD latents of a 512×512 image: D = 16384
 SD_ROWS_PER_PARTICLE = 2  # text-to-image CFG: conditional + unconditional row, for CSD and SDS alike
-TEXT_TOKENS, TEXT_WIDTH = 77, 768
+TEXT_TOKENS = 77
 INSTRUCTION = "turn it into a pop-art painting"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -118,13 +121,18 @@ def exact_prior_table(device: torch.device, repeats: int, particles: tuple[int, 
 
 
 def unet_row_seconds(
-    device: torch.device, repeats: int, dtype: torch.dtype, shape: tuple[int, ...] = SD_SHAPE, batch: int = 2
+    device: torch.device,
+    repeats: int,
+    dtype: torch.dtype,
+    shape: tuple[int, ...] = SD_SHAPE,
+    batch: int = 2,
+    tiny: bool = False,
 ) -> float:
     """Seconds per row of a batch-``batch`` UNet call in ``dtype`` (median over ``repeats``)."""
-    unet = sd15_unet(in_channels=shape[0], dtype=dtype, device=device)
+    unet = sd15_unet(in_channels=shape[0], dtype=dtype, device=device, tiny=tiny)
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(batch, *shape, generator=generator).to(device, dtype)
-    text = torch.randn(batch, TEXT_TOKENS, TEXT_WIDTH, generator=generator).to(device, dtype)
+    text = torch.randn(batch, TEXT_TOKENS, unet.config.cross_attention_dim, generator=generator).to(device, dtype)
     timestep = torch.tensor([500], device=device)
 
     def call():
@@ -142,6 +150,7 @@ def row_model_table(
     dtype: torch.dtype,
     shape: tuple[int, ...] = SD_SHAPE,
     particles: tuple[int, ...] = PARTICLES,
+    tiny: bool = False,
 ) -> None:
     extra = {}
     for count in particles:
@@ -151,12 +160,12 @@ def row_model_table(
             step_function(Guidance("random_noise", "rbf"), prior, shape, count, device, image_cond=False),
             repeats,
         )
-    row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2), dtype, shape)
+    row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2), dtype, shape, tiny=tiny)
     label = "not measured (--skip-unet)" if row is None else f"{row * 1e3:.0f} ms"
     print(
-        f"\n### CSD vs SDS step, SD-1.5 row model (D = {'·'.join(map(str, shape))}, {device}; one UNet row, "
-        f"{dtype_name(dtype)}, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per particle; "
-        f"non-UNet work float32)\n"
+        f"\n### CSD vs SDS step, {unet_label(tiny)} row model (D = {'·'.join(map(str, shape))}, {device}; "
+        f"one UNet row, {dtype_name(dtype)}, per row of a batch-2 call: {label}; {SD_ROWS_PER_PARTICLE} rows per "
+        "particle; non-UNet work float32)\n"
     )
     print("| N | SDS non-UNet ms | CSD non-UNet ms | CSD extra / UNet row | modelled CSD / SDS step |")
     print("|---:|---:|---:|---:|---:|")
@@ -180,7 +189,10 @@ def cli_run(overrides: list[str], folder: Path) -> tuple[float, float]:
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        tail = [line for line in result.stderr.splitlines() if line.strip()][-8:]
+        raise RuntimeError(
+            f"csd-exp exited {result.returncode}:\n" + "\n".join(tail) + f"\n(command: {' '.join(command)})"
+        )
     summary = json.loads((folder / "summary.json").read_text())
     return wall, float(summary["wall_time_s"])
 
@@ -196,7 +208,7 @@ def processes_table(steps: int, windows: int) -> None:
         "task.window_stride=8",
         f"task.windows_per_step={windows}",
         f"trainer.max_steps={steps}",
-        f"task.snapshot_every={steps}",
+        f"trainer.val_check_interval={steps}",
     ]
     pairs = [("cpu, 1 process", ["trainer=cpu"]), ("ddp_sim, 2 processes (gloo)", ["trainer=ddp_sim"])]
     if torch.cuda.device_count() >= 2:
@@ -216,7 +228,7 @@ def processes_table(steps: int, windows: int) -> None:
             print(f"| {label} | {wall:.1f} | {inner:.1f} | {wall / reference[0]:.2f} | {inner / reference[1]:.2f} |")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-unet", action="store_true", help="no SD-1.5 UNet (saves ~1 minute and ~5 GB)")
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the SD row model's latents (smaller only for a quick smoke run)",
     )
     add_dtype_argument(parser)
+    add_tiny_argument(parser)
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -245,13 +258,18 @@ def main(argv: list[str] | None = None) -> None:
     particles = tuple(args.particles)
     print(f"## bench_scaling (device {device}, torch threads {torch.get_num_threads()})\n")
     print(dtype_line(dtype, reason))
-    exact_prior_table(device, args.repeats, particles)
-    row_model_table(
-        device, args.repeats, args.skip_unet, dtype, (SD_SHAPE[0], args.latent_size, args.latent_size), particles
-    )
+    shape = (SD_SHAPE[0], args.latent_size, args.latent_size)
+    tables = [
+        ("CSD vs SDS, exact prior", lambda: exact_prior_table(device, args.repeats, particles)),
+        (
+            "CSD vs SDS, row model",
+            lambda: row_model_table(device, args.repeats, args.skip_unet, dtype, shape, particles, tiny=args.tiny),
+        ),
+    ]
     if not args.skip_processes:
-        processes_table(args.steps, args.windows)
+        tables.append(("1 vs 2 processes", lambda: processes_table(args.steps, args.windows)))
+    return run_tables("bench_scaling", tables)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

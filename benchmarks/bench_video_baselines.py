@@ -19,13 +19,15 @@ Run: ``python -m benchmarks.bench_video_baselines [--frames 4 8] [--steps 10] [-
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import default_device
+from benchmarks.common import default_device, run_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["source_prompt=a photo of a city street", "prompt=a watercolor photo of a city street"]
@@ -99,7 +101,13 @@ def bench(frames: int, steps: int, csd_steps: int, frame_size: int, cache: Path,
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def frames_table(frames: int, steps: int, csd_steps: int, frame_size: int, cache: Path, device) -> None:
+    for name, n, per_frame, peak, store in bench(frames, steps, csd_steps, frame_size, cache, device):
+        shown = "n/a" if peak is None else f"{peak:.1f}"
+        print(f"| {name} | {n} | {1000 * per_frame:.2f} | {shown} | {store:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps of the baselines (each way)")
@@ -111,13 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | frames | ms per frame per UNet pass | peak CUDA MiB | attention store MiB |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as cache:
-        for frames in args.frames:
-            for name, n, per_frame, peak, store in bench(
-                frames, args.steps, args.csd_steps, args.frame_size, Path(cache), device
-            ):
-                shown = "n/a" if peak is None else f"{peak:.1f}"
-                print(f"| {name} | {n} | {1000 * per_frame:.2f} | {shown} | {store:.2f} |")
+        sizes = (args.steps, args.csd_steps, args.frame_size, Path(cache), device)
+        return run_tables(
+            "bench_video_baselines",
+            [(f"{frames} frames", functools.partial(frames_table, frames, *sizes)) for frames in args.frames],
+        )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,36 +11,54 @@ fast dtype, float32 on a CPU without native bf16), plus any instruction-set caps
 ``--dtype`` forces one for every benchmark (through ``CSD_BENCH_DTYPE``).
 
 Run: ``python -m benchmarks.run_all`` (``make bench``), or ``--only bench_scaling``, ``--skip bench_priors``,
-``--args bench_scaling="--skip-unet"``, ``--dtype float32``, ``--quick`` (tiny sizes and one repeat: a smoke
-test that every benchmark runs end to end, not a measurement).
+``--args bench_scaling="--skip-unet"``, ``--dtype float32``, ``--quick`` (the tests' tiny UNet, tiny sizes and one
+repeat: a smoke test that every table of every benchmark runs end to end, not a measurement; a minute or two on
+2 CPU cores, and ``tests/test_benchmarks_quick.py`` runs it).
+
+Every failure prints one ``FAILED: <benchmark>/<table>: <error>`` line: the benchmarks print their own per table
+(``benchmarks.common.run_tables``), and a benchmark that crashes or times out outside a table gets one here. They
+are repeated at the end of stdout, and the exit status is 1 when there is any.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.common import DTYPE_ENV
+from benchmarks.common import DTYPE_ENV, FAILED_PREFIX
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 # What the emulation caps in the environment are set to goes in the report: they change the dtype choice.
 ISA_CAP_ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-# --quick: each benchmark's smallest meaningful run (real-size UNet, tiny latents, one repeat).
+# --quick: every table of each benchmark at its smallest size (tiny UNet, tiny latents, one repeat); a benchmark
+# missing here fails --quick, so a new one gets its tiny sizes when it is added.
 QUICK_ARGS = {
-    "bench_priors": ["--particles", "1", "--latent-size", "8", "--repeats", "1"],
-    "bench_distill": ["--particles", "4", "16", "--latent-size", "16", "--repeats", "1"],
-    "bench_scaling": ["--particles", "4", "--latent-size", "16", "--repeats", "1", "--steps", "3", "--windows", "4"],
+    "bench_priors": ["--tiny", "--particles", "2", "--latent-size", "8", "--repeats", "1"],
+    "bench_distill": ["--tiny", "--particles", "4", "16", "--latent-size", "16", "--repeats", "1"],
+    "bench_scaling": [
+        *("--tiny", "--particles", "4", "--latent-size", "16", "--repeats", "1", "--steps", "2", "--windows", "2"),
+    ],
     "bench_video_baselines": ["--frames", "2", "--steps", "2", "--csd-steps", "1", "--frame-size", "8"],
 }
+# --quick runs each benchmark on one thread unless the environment says otherwise.
+QUICK_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Process groups of the benchmarks running now: Ctrl-C and SIGTERM reach only run_all (each benchmark has its
+# own session), so main() stops these itself.
+RUNNING: set[int] = set()
 DDP_ENV_VARS = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GLOBAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -92,34 +110,71 @@ def machine_header() -> list[str]:
     ]
 
 
-def run_benchmark(name: str, extra_args: list[str], timeout: float) -> tuple[bool, str, float]:
-    """(succeeded, markdown section, seconds)."""
+def failure_lines(name: str, stdout: str, stderr: str, status: str) -> list[str]:
+    """The ``FAILED:`` lines of one benchmark: the ones it printed per table, else one for the whole script
+    (a crash or a timeout outside any table) with the last line of its stderr."""
+    printed = [line for line in stdout.splitlines() if line.startswith(FAILED_PREFIX)]
+    if printed:
+        return printed
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no error output")
+    return [f"{FAILED_PREFIX}{name}: {status}: {last[:400]}"]
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def run_process(command: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str, str, float]:
+    """(exit status, None on timeout; stdout; stderr; CPU seconds of the process and of every process it waited
+    for, e.g. bench_scaling's CLI runs). It runs in its own session, so a timeout stops its children too (and
+    :func:`main` stops every running one when it is interrupted)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+        RUNNING.add(process.pid)
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout, lambda: (timed_out.set(), kill_group(process.pid)))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+            RUNNING.discard(process.pid)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen never waits for it again
+        outputs = []
+        for stream in (out, err):
+            stream.seek(0)
+            outputs.append(stream.read().decode(errors="replace"))
+    return (None if timed_out.is_set() else process.returncode), *outputs, usage.ru_utime + usage.ru_stime
+
+
+def run_benchmark(name: str, extra_args: list[str], timeout: float) -> tuple[list[str], str, float]:
+    """(its FAILED lines, empty when it succeeded; markdown section; seconds)."""
     env = {key: value for key, value in os.environ.items() if key not in DDP_ENV_VARS}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "offline")
     command = [sys.executable, "-m", f"benchmarks.{name}", *extra_args]
+    print(f"... running {name}", file=sys.stderr, flush=True)
     load_before = load_average()
     started = time.perf_counter()
-    try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        ok, stdout, stderr = result.returncode == 0, result.stdout, result.stderr
-        status = "ok" if ok else f"FAILED (exit {result.returncode})"
-    except subprocess.TimeoutExpired as expired:
-        ok, status = False, f"FAILED (timeout after {timeout:.0f} s)"
-        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else (expired.stderr or "")
+    returncode, stdout, stderr, cpu = run_process(command, env, timeout)
     seconds = time.perf_counter() - started
+    ok = returncode == 0 and not any(line.startswith(FAILED_PREFIX) for line in stdout.splitlines())
+    cause = f"timeout after {timeout:.0f} s" if returncode is None else f"exit {returncode}"
+    failures = [] if ok else failure_lines(name, stdout, stderr, cause)
     lines = [
         f"## {name}",
         "",
-        f"`{' '.join(['python', '-m', f'benchmarks.{name}', *map(shlex.quote, extra_args)])}`: {status}, "
-        f"{seconds:.0f} s, load average before {load_before}, after {load_average()}",
+        f"`{' '.join(['python', '-m', f'benchmarks.{name}', *map(shlex.quote, extra_args)])}`: "
+        f"{'ok' if ok else f'FAILED ({cause})'}, {seconds:.0f} s (CPU {cpu:.0f} s), load average before "
+        f"{load_before}, after {load_average()}",
         "",
         stdout.rstrip(),
     ]
-    if not ok:
+    if failures:
         lines += ["", "```", stderr.rstrip()[-4000:], "```"]
-    return ok, "\n".join(lines) + "\n", seconds
+        lines += ["", *(line for line in failures if line not in stdout)]
+    return failures, "\n".join(lines) + "\n", seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,8 +202,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny sizes, one repeat: checks every benchmark runs, measures nothing meaningful",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --quick: benchmarks run side by side (their timings disturb each other, so not without --quick)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="report path (default benchmarks/results/)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more")
+    if args.jobs > 1 and not args.quick:
+        parser.error("--jobs > 1 runs benchmarks side by side, which disturbs their timings: use it with --quick only")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--args {item!r}: unknown benchmark {name!r}; available: {available}")
         extra[name] = [*extra.get(name, []), *shlex.split(value)]
     if args.quick:  # user --args come last, so they override the quick defaults
+        missing = sorted(set(names) - set(args.skip) - set(QUICK_ARGS))
+        if missing:
+            raise SystemExit(f"--quick: no tiny sizes for {missing}; add them to QUICK_ARGS in benchmarks/run_all.py")
         extra = {name: [*QUICK_ARGS.get(name, []), *extra.get(name, [])] for name in available}
+        for variable in QUICK_THREAD_ENV_VARS:  # tiny models gain nothing from threads; a loaded machine loses a lot
+            os.environ.setdefault(variable, "1")
     if args.dtype is not None:
         from csd_exp.infra.devices import parse_torch_dtype
 
@@ -178,24 +249,41 @@ def main(argv: list[str] | None = None) -> int:
 
     report = machine_header()
     if args.quick:
-        report.insert(-1, "- --quick: smoke-test sizes, the numbers are not measurements")
+        threads = ", ".join(f"{variable}={os.environ[variable]}" for variable in QUICK_THREAD_ENV_VARS)
+        report.insert(
+            -1, f"- --quick: smoke-test sizes ({threads}, {args.jobs} at a time), the numbers are not measurements"
+        )
     print("\n".join(report), flush=True)
-    failed = []
-    for name in names:
-        if name in args.skip:
-            continue
-        print(f"... running {name}", file=sys.stderr, flush=True)
-        ok, section, _ = run_benchmark(name, extra.get(name, []), args.timeout)
-        if not ok:
-            failed.append(name)
-        report.append(section)
-        print(section, flush=True)
+    failures: list[str] = []
+    started = time.perf_counter()
+    selected = [name for name in names if name not in args.skip]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) if in_main_thread else None
+    with contextlib.ExitStack() as restore, concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        if previous is not None:
+            restore.callback(signal.signal, signal.SIGTERM, previous)
+        runs = [pool.submit(run_benchmark, name, extra.get(name, []), args.timeout) for name in selected]
+        try:
+            for run in runs:  # in order, whatever order they finish in
+                failed, section, _ = run.result()
+                failures += failed
+                report.append(section)
+                print(section, flush=True)
+        except BaseException:  # Ctrl-C, SIGTERM: stop the running benchmarks and their children, then leave
+            for future in runs:
+                future.cancel()
+            for pid in list(RUNNING):
+                kill_group(pid)
+            raise
+    summary = f"{len(failures)} failure(s)" if failures else "every table ran"
+    report += [f"## Summary\n\n{summary}, {time.perf_counter() - started:.0f} s in all", *failures, ""]
+    print("\n".join(report[-(len(failures) + 2) :]), flush=True)
 
     output = args.output or RESULTS_DIR / f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(report))
-    print(f"report written to {output}" + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+    print(f"report written to {output}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
