@@ -86,8 +86,11 @@ def use_atomic_checkpoints(trainer) -> None:
 class PeriodicCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` keeping the newest ``keep_last`` periodic checkpoints (``None``: all of them).
 
-    Other arguments are ModelCheckpoint's; ``monitor`` / ``mode`` / ``save_top_k`` are set from ``keep_last``
-    (the training step is the monitored quantity, the largest steps are kept)."""
+    Other arguments are ModelCheckpoint's. It saves exactly as ``save_top_k=-1`` without a monitor (every
+    ``every_n_train_steps``, and ``last.ckpt``), then deletes the oldest periodic files beyond ``keep_last``.
+    Lightning's own top-k is not used: with a monitor it defers the save of a run's last step to a validation
+    that may never come, so the final periodic checkpoint and ``last.ckpt`` were missed. The kept paths travel
+    in the callback's state, so a resumed run goes on pruning what the first allocation wrote."""
 
     def __init__(self, *, keep_last: int | None = None, **kwargs: Any) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
@@ -98,12 +101,34 @@ class PeriodicCheckpoint(ModelCheckpoint):
         taken = sorted({"monitor", "mode", "save_top_k"} & kwargs.keys())
         if taken:
             raise ValueError(f"callbacks.checkpoint: {', '.join(taken)} are set from keep_last; drop them")
-        if keep_last is None:
-            super().__init__(save_top_k=-1, **kwargs)
-        else:
-            super().__init__(monitor="step", mode="max", save_top_k=keep_last, **kwargs)
+        super().__init__(save_top_k=-1, **kwargs)
         self.keep_last = keep_last
+        self.periodic_paths: list[str] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         use_atomic_checkpoints(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def _save_none_monitor_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_none_monitor_checkpoint(trainer, monitor_candidates)
+        saved = self.best_model_path  # the periodic file just written (ModelCheckpoint sets it before saving)
+        if not saved:
+            return
+        if saved in self.periodic_paths:
+            self.periodic_paths.remove(saved)
+        self.periodic_paths.append(saved)
+        if self.keep_last is None:
+            return
+        while len(self.periodic_paths) > self.keep_last:
+            oldest = self.periodic_paths.pop(0)
+            if trainer.is_global_zero and oldest != saved:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(oldest).unlink()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "periodic_paths": list(self.periodic_paths)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            self.periodic_paths = list(state_dict.get("periodic_paths", []))
