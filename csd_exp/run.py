@@ -7,7 +7,8 @@
 - ``metrics``: final metrics, e.g. ``fidelity/psnr``, ``fidelity/ssim``, ``consistency/seam_error``,
   ``consistency/mode_agreement``, ``consistency/mode_fraction/<mode>``, ``clip/directional``, ...
   (CLIP / LPIPS keys are absent when their weights are not available, never zero)
-- ``seed``, ``steps`` (optimisation steps done), ``wall_time_s``, ``versions``, ``outputs``, ``config``
+- ``seed``, ``steps`` (optimisation steps done, over all allocations), ``allocations`` (SLURM allocations
+  the run used: 1 + its requeues), ``wall_time_s``, ``versions``, ``outputs``, ``config``
 - ``overrides`` (this job's command-line overrides), ``tags`` (the run's ``tags`` list), and with W&B
   ``wandb`` (name, group, job type, tags, id on resume, and the files of its ``outputs-<id>`` artifact)
 """
@@ -126,12 +127,20 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
     from csd_exp.infra.config_record import write_config_record
     from csd_exp.infra.loggers import define_curve_summaries, finish_wandb, log_metrics_table, resolve_wandb_mode
+    from csd_exp.infra.requeue import (
+        CheckpointOnRequeueSignal,
+        allocation_number,
+        keep_csv_logs,
+        resume_requeued_run,
+        trainer_plugins,
+    )
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     summary: dict[str, Any] = {"status": "failed", "metrics": {}, "seed": int(cfg.seed), "steps": 0}
     summary["overrides"] = job_overrides()
     summary["tags"] = list(cfg.get("tags") or [])
+    summary["allocations"] = allocation_number()  # SLURM allocations this run has used (requeues + 1)
     multirun = in_multirun()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers: list = []
@@ -139,6 +148,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         fingerprint = run_fingerprint(resolved)
+        requeued_from = resume_requeued_run(cfg, output_dir, fingerprint)  # a requeued SLURM job: own last.ckpt
         changed = check_resume_checkpoint(
             cfg.get("ckpt_path"), fingerprint, bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False))
         )
@@ -157,8 +167,11 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if wandb_run is not None:
             summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)
         loggers = _instantiate_group(cfg.get("logger"))
+        if requeued_from is not None:
+            keep_csv_logs(loggers)
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        callbacks.append(CheckpointOnRequeueSignal(output_dir / "checkpoints"))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
             logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
         define_curve_summaries(loggers)
