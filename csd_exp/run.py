@@ -114,7 +114,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     is given the same folder is refused) until its ``summary.json`` is written."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    with hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank):
+    from csd_exp.infra.requeue import requeue_after_run
+
+    with requeue_after_run(), hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank):
         return _run(cfg)
 
 

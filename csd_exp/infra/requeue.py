@@ -6,7 +6,9 @@ How a requeue reaches a run (``hydra/launcher=submitit_slurm`` with ``max_num_ti
 - **Time limit.** SLURM sends submitit's signal (SIGUSR2, ``signal_delay_s`` before the limit). Submitit's own
   handler would requeue the job and exit wherever the signal lands, possibly half-way through an optimiser
   step. :class:`CheckpointOnRequeueSignal` defers it: the step in flight finishes, every rank agrees, ``last.ckpt``
-  is written in the run's own folder, and only then is submitit's handler called (it requeues and exits).
+  is written in the run's own folder, the run stops (``summary.json`` and the W&B run are closed), and only then
+  :func:`requeue_after_run` calls submitit's handler (it requeues, which makes SLURM stop the job's processes,
+  and exits without a result, so the sweep waits for the requeued job).
 - **Preemption** (``scontrol requeue``, a preempting partition): SLURM sends SIGTERM; Lightning stops after the
   current step and :class:`csd_exp.infra.callbacks.SaveOnInterrupt` writes ``last.ckpt``.
 - **Killed without warning** (node failure, SIGKILL): nothing is written; the requeued job resumes from the
@@ -24,10 +26,12 @@ to requeue the same job.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,28 @@ log = logging.getLogger(__name__)
 
 RESTART_VARIABLE = "SLURM_RESTART_COUNT"  # set by SLURM in a requeued job: how many times it was restarted
 SIGNAL_VARIABLE = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's choice of signal (default USR2)
+
+# The requeue a run asked for as it stopped: (submitit's handler, signal number); see requeue_after_run.
+_requested: list[tuple[Any, int]] = []
+
+
+class RequeueRequested(SystemExit):
+    """The run stopped at a step boundary after the time-limit signal, ``last.ckpt`` written; the job is requeued
+    once the run has closed its summary and loggers (:func:`requeue_after_run`)."""
+
+
+@contextlib.contextmanager
+def requeue_after_run() -> Iterator[None]:
+    """Around a whole run: when it stopped with :class:`RequeueRequested`, call submitit's handler last (it
+    requeues the job and exits); other ranks and runs without submitit just stop."""
+    _requested.clear()
+    try:
+        yield
+    except RequeueRequested:
+        if _requested:
+            handler, signum = _requested.pop()
+            handler(signum, None)  # submitit: dump the call, scontrol requeue, sys.exit
+        raise
 
 
 def allocation_number() -> int:
@@ -217,9 +243,9 @@ class CheckpointOnRequeueSignal(pl.Callback):
         if trainer.is_global_zero:
             log.warning("step %d saved to %s; the requeued job resumes from it", trainer.global_step, path)
         self._in_loop = False
-        if trainer.is_global_zero:
-            self._forward(signum, frame)  # submitit: requeue this job and exit
-        raise SystemExit(f"SLURM job {_job_name()} stopped at step {trainer.global_step} to be requeued")
+        if trainer.is_global_zero and callable(self._original):
+            _requested.append((self._original, signum))  # requeue_after_run calls it once the run is closed
+        raise RequeueRequested(f"SLURM job {_job_name()} stopped at step {trainer.global_step} to be requeued")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         original, pending = self._original, self._pending
@@ -229,7 +255,8 @@ class CheckpointOnRequeueSignal(pl.Callback):
             original(*pending)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._pending = None  # the run is ending anyway; SaveOnInterrupt keeps its checkpoint
+        if not isinstance(exception, RequeueRequested):
+            self._pending = None  # the run is ending anyway; SaveOnInterrupt keeps its checkpoint
         self._restore()
 
     def _restore(self) -> None:
