@@ -53,6 +53,7 @@ start() {
   reason=$(why_not)
   if [ -n "$reason" ]; then echo "$reason" >&2; exit 2; fi
   dir=$(mkdir -p "$1" && cd "$1" && pwd)
+  chmod 0755 "$dir"  # munged runs as the munge user and must reach its folder inside
   host=$(hostname -s)
   mem_mb=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024 ))
   mkdir -p "$dir/munge" "$dir/spool/ctld" "$dir/spool/d" "$dir/log"

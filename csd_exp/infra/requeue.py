@@ -3,12 +3,15 @@
 How a requeue reaches a run (``hydra/launcher=submitit_slurm`` with ``max_num_timeout > 0``, or any of our
 ``slurm_*`` presets, see ``docs/clusters.md``):
 
-- **Time limit.** SLURM sends submitit's signal (SIGUSR2, ``signal_delay_s`` before the limit). Submitit's own
-  handler would requeue the job and exit wherever the signal lands, possibly half-way through an optimiser
-  step. :class:`CheckpointOnRequeueSignal` defers it: the step in flight finishes, every rank agrees, ``last.ckpt``
-  is written in the run's own folder, the run stops (``summary.json`` and the W&B run are closed), and only then
-  :func:`requeue_after_run` calls submitit's handler (it requeues, which makes SLURM stop the job's processes,
-  and exits without a result, so the sweep waits for the requeued job).
+- **Time limit.** SLURM sends submitit's signal (SIGUSR2, ``signal_delay_s`` before the limit; slurmctld checks
+  every 30 s, so up to 30 s earlier). Submitit's own handler would requeue the job and exit wherever the signal
+  lands: half-way through an optimiser step, or inside an ``import``. :func:`requeue_after_run` holds it back and
+  records the signal; :class:`CheckpointOnRequeueSignal` stops the run where Lightning stops after a SIGTERM (the
+  step in flight finished and logged; or as training starts, for a signal during start-up), every rank agreeing,
+  with ``last.ckpt`` written in the run's own folder;
+  the run closes ``summary.json`` and its W&B run, and only then submitit's handler runs (it requeues, which makes
+  SLURM stop the job's processes, and exits without a result, so the sweep waits for the requeued job).
+  ``signal_delay_s`` must cover the start-up (model loading) plus one step.
 - **Preemption** (``scontrol requeue``, a preempting partition): SLURM sends SIGTERM; Lightning stops after the
   current step and :class:`csd_exp.infra.callbacks.SaveOnInterrupt` writes ``last.ckpt``.
 - **Killed without warning** (node failure, SIGKILL): nothing is written; the requeued job resumes from the
@@ -31,6 +34,8 @@ import csv
 import logging
 import os
 import signal
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,28 +46,66 @@ log = logging.getLogger(__name__)
 
 RESTART_VARIABLE = "SLURM_RESTART_COUNT"  # set by SLURM in a requeued job: how many times it was restarted
 SIGNAL_VARIABLE = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's choice of signal (default USR2)
-
-# The requeue a run asked for as it stopped: (submitit's handler, signal number); see requeue_after_run.
-_requested: list[tuple[Any, int]] = []
+REQUEUE_CHECKPOINT = "requeue.ckpt"  # written when the signal is honoured, renamed to last.ckpt as the run stops
 
 
 class RequeueRequested(SystemExit):
-    """The run stopped at a step boundary after the time-limit signal, ``last.ckpt`` written; the job is requeued
-    once the run has closed its summary and loggers (:func:`requeue_after_run`)."""
+    """The requeue signal arrived during start-up: the run stops as training starts and the job is requeued once
+    the run has closed its summary and loggers (:func:`requeue_after_run`)."""
+
+
+class _Signal:
+    """submitit's handler of the requeue signal while a run holds it, and the signal if it arrived."""
+
+    handler: Any = None
+    pending: int | None = None
+    stopping = False  # the run was stopped because of it: requeue as it ends
+
+    @classmethod
+    def record(cls, signum: int, frame) -> None:
+        if cls.pending is None:
+            log.warning(
+                "caught %s (SLURM time limit or preemption): stopping at the next step boundary, saving last.ckpt, "
+                "then requeueing",
+                signal.Signals(signum).name,
+            )
+        cls.pending = signum
 
 
 @contextlib.contextmanager
 def requeue_after_run() -> Iterator[None]:
-    """Around a whole run: when it stopped with :class:`RequeueRequested`, call submitit's handler last (it
-    requeues the job and exits); other ranks and runs without submitit just stop."""
-    _requested.clear()
+    """Around a whole run, in a submitit job: hold submitit's time-limit handler back. A signal is recorded, the run
+    stops at its next step boundary (:class:`CheckpointOnRequeueSignal`), closes its summary and loggers, and only
+    then submitit's handler runs (it requeues the job and exits). Elsewhere (no handler installed, or not the main
+    thread) this does nothing."""
+    sig = requeue_signal()
+    handler = signal.getsignal(sig) if threading.current_thread() is threading.main_thread() else None
+    if not callable(handler):
+        yield
+        return
+    _Signal.handler, _Signal.pending, _Signal.stopping = handler, None, False
+    signal.signal(sig, _Signal.record)
     try:
         yield
-    except RequeueRequested:
-        if _requested:
-            handler, signum = _requested.pop()
-            handler(signum, None)  # submitit: dump the call, scontrol requeue, sys.exit
+    except BaseException:
+        signal.signal(sig, handler)
+        if not _Signal.stopping:
+            raise
+        signum, _Signal.pending = _Signal.pending or int(sig), None
+        try:
+            handler(signum, None)  # submitit: dump the call, scontrol requeue, sys.exit (rank 0; other ranks return)
+        except subprocess.CalledProcessError as error:
+            if error.returncode != -signal.SIGTERM:
+                raise
+            # SLURM stops every process of the job as it requeues it, `scontrol requeue` included: done, not failed
+            log.info("job %s requeued (scontrol was stopped by the requeue itself)", _job_name())
+            raise SystemExit(-1) from None
         raise
+    finally:
+        signal.signal(sig, handler)
+        if _Signal.pending is not None and not _Signal.stopping:
+            log.warning("the requeue signal arrived after the last step: the run finished without a requeue")
+        _Signal.handler, _Signal.pending, _Signal.stopping = None, None, False
 
 
 def allocation_number() -> int:
@@ -178,7 +221,7 @@ def trainer_plugins(trainer_cfg) -> dict[str, Any]:
     ``trainer.plugins`` itself."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
-    if "plugins" in trainer_cfg or not SLURMEnvironment.detect():
+    if "plugins" in trainer_cfg or "SLURM_JOB_ID" not in os.environ or not SLURMEnvironment.detect():
         return {}
     return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
 
@@ -190,77 +233,53 @@ def requeue_signal() -> signal.Signals:
 
 
 class CheckpointOnRequeueSignal(pl.Callback):
-    """Defer submitit's time-limit handler to the end of the current step and write ``last.ckpt`` first.
+    """Stop the run once the requeue signal was recorded (:func:`requeue_after_run`), writing ``last.ckpt``; the
+    job is then requeued and resumes from it.
 
-    Active only where a handler for the requeue signal is installed (submitit does so in its jobs); elsewhere
-    it does nothing. During DDP every rank receives the signal; the ranks agree (any rank) at the end of each
-    step so all of them save the same step. A signal that arrives outside the training loop (start-up,
-    final evaluation) goes to submitit's handler at once: the requeued job then resumes from the newest
-    checkpoint on disk.
+    The step in flight finishes (optimised, logged, validated) and the run stops where Lightning stops after a
+    SIGTERM: the signal is turned into Lightning's own stop request at the end of the step, so every rank of a DDP
+    run stops after the same step. A signal during start-up stops the run as training starts (nothing new to save).
+    Outside a submitit job nothing is ever recorded and this does nothing.
     """
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
-        self._signal = requeue_signal()
-        self._original: Any = None
-        self._pending: tuple[int, Any] | None = None
-        self._in_loop = False
+        self._saved = False
 
-    def _on_signal(self, signum: int, frame) -> None:
-        if not self._in_loop:
-            self._forward(signum, frame)
-            return
-        log.warning(
-            "caught %s (SLURM time limit or preemption): saving last.ckpt after this step, then requeueing",
-            signal.Signals(signum).name,
-        )
-        self._pending = (signum, frame)
-
-    def _forward(self, signum: int, frame) -> None:
-        if callable(self._original):
-            self._original(signum, frame)
+    @staticmethod
+    def _agreed(trainer: pl.Trainer, local: bool) -> bool:
+        if trainer.world_size > 1:  # every rank stops after the same step
+            return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
+        return local
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        handler = signal.getsignal(self._signal)
-        if not callable(handler) or getattr(handler, "__self__", None) is self:
-            return  # no submitit handler to defer (not a submitit job): leave the signal alone
-        self._original = handler
-        signal.signal(self._signal, self._on_signal)
-        self._in_loop = True
+        if _Signal.handler is not None and self._agreed(trainer, _Signal.pending is not None):
+            _Signal.stopping = True
+            raise RequeueRequested(f"SLURM job {_job_name()} stopped before training to be requeued")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._original is None:
+        if self._saved:
             return
-        pending = self._pending is not None
-        if trainer.world_size > 1:
-            pending = trainer.strategy.reduce_boolean_decision(pending, all=False)
-        if not pending:
+        requeue = _Signal.handler is not None and _Signal.pending is not None
+        if not self._agreed(trainer, requeue or trainer.received_sigterm):
             return
-        signum, frame = self._pending or (int(self._signal), None)
-        self._pending = None
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            log.warning("step %d saved to %s; the requeued job resumes from it", trainer.global_step, path)
-        self._in_loop = False
-        if trainer.is_global_zero and callable(self._original):
-            _requested.append((self._original, signum))  # requeue_after_run calls it once the run is closed
-        raise RequeueRequested(f"SLURM job {_job_name()} stopped at step {trainer.global_step} to be requeued")
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        original, pending = self._original, self._pending
-        self._pending = None
-        self._restore()
-        if pending is not None and callable(original):  # after the last step: requeue (resumes from newest ckpt)
-            original(*pending)
+        # Saved where ModelCheckpoint saves (the point Lightning's resume expects: a checkpoint written as the run
+        # stops, after this step's logging, resumes with the logged step numbers one ahead), under a name of its
+        # own, renamed to last.ckpt as the run stops (on_exception). Also for a SIGTERM (preemption) in the step.
+        trainer.save_checkpoint(self.dirpath / REQUEUE_CHECKPOINT)
+        self._saved = True
+        if requeue:
+            _Signal.stopping = True
+            # Lightning's graceful stop (as for SIGTERM): it raises once this step is logged and validated.
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, RequeueRequested):
-            self._pending = None  # the run is ending anyway; SaveOnInterrupt keeps its checkpoint
-        self._restore()
-
-    def _restore(self) -> None:
-        self._in_loop = False
-        if self._original is not None:
-            signal.signal(self._signal, self._original)
-            self._original = None
+        saved = self.dirpath / REQUEUE_CHECKPOINT
+        if not self._saved or not trainer.is_global_zero or not saved.is_file():
+            return
+        os.replace(saved, self.dirpath / "last.ckpt")  # same folder: a rename, whole or not at all
+        log.warning(
+            "step %d saved to %s; a resume (or the requeued job) continues from it",
+            trainer.global_step,
+            saved.with_name("last.ckpt"),
+        )
