@@ -133,6 +133,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         CheckpointOnRequeueSignal,
         allocation_number,
         keep_csv_logs,
+        preemption_stops_cleanly,
         resume_requeued_run,
         trainer_plugins,
     )
@@ -177,7 +178,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
             logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
         define_curve_summaries(loggers)
-        trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
+        with preemption_stops_cleanly(trainer):  # a logger stopped with the job by SIGTERM is the SIGTERM
+            trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         if trainer.interrupted:
             summary["status"] = "interrupted"
         elif trainer.is_global_zero:

@@ -131,3 +131,16 @@ def test_lightning_auto_requeue_is_off_inside_slurm(monkeypatch):
     (environment,) = requeue.trainer_plugins({})["plugins"]
     assert environment.auto_requeue is False
     assert requeue.trainer_plugins({"plugins": []}) == {}  # the config's own choice stands
+
+
+@pytest.mark.parametrize("sigterm", [True, False])
+def test_a_logger_failing_after_sigterm_is_the_preemption_not_a_crash(sigterm):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    trainer = SimpleNamespace(received_sigterm=sigterm)
+    expected = SIGTERMException if sigterm else ConnectionResetError
+    with pytest.raises(expected, match="Connection lost"):
+        with requeue.preemption_stops_cleanly(trainer):
+            raise ConnectionResetError("Connection lost")  # W&B's service, stopped by SLURM with the job

@@ -108,6 +108,22 @@ def requeue_after_run() -> Iterator[None]:
         _Signal.handler, _Signal.pending, _Signal.stopping = None, None, False
 
 
+@contextlib.contextmanager
+def preemption_stops_cleanly(trainer: pl.Trainer) -> Iterator[None]:
+    """Around ``trainer.fit``: after a SIGTERM (preemption, ``scontrol requeue``) SLURM has also stopped W&B's
+    service process, so the rest of the step can fail logging to it (``ConnectionResetError``). Such a failure is
+    the preemption, not a crash: it is raised as Lightning's ``SIGTERMException``, so the run ends
+    ``interrupted`` and submitit leaves the job to its requeue instead of reporting it failed."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except OSError as error:
+        if not trainer.received_sigterm:
+            raise
+        raise SIGTERMException(f"stopped by SIGTERM (then {type(error).__name__}: {error})") from error
+
+
 def allocation_number() -> int:
     """Which allocation of its SLURM job this process runs in (1 outside SLURM and in a job never requeued)."""
     try:
