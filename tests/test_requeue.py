@@ -35,6 +35,18 @@ class SignalAtStep(pl.Callback):
             os.kill(os.getpid(), requeue.requeue_signal())
 
 
+class SigtermAfterValidation(pl.Callback):
+    """A SIGTERM noticed after step ``step``'s validation: Lightning stops at the end of that step and the interrupt
+    checkpoint is written there (as for a preemption that lands late in a step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            trainer._signal_connector.received_sigterm = True
+
+
 @pytest.fixture
 def submitit_handler():
     """A stand-in for submitit's SIGUSR2 handler (it requeues and exits); records what the run's folder held then."""
@@ -144,3 +156,16 @@ def test_a_logger_failing_after_sigterm_is_the_preemption_not_a_crash(sigterm):
     with pytest.raises(expected, match="Connection lost"):
         with requeue.preemption_stops_cleanly(trainer):
             raise ConnectionResetError("Connection lost")  # W&B's service, stopped by SLURM with the job
+
+
+def test_a_run_stopped_by_sigterm_resumes_with_every_step_logged_once(tmp_path, monkeypatch):
+    folder = tmp_path / "preempted"
+    stopped = [*SMALL, "+callbacks.sigterm._target_=test_requeue.SigtermAfterValidation", "+callbacks.sigterm.step=3"]
+    with pytest.raises(SystemExit):
+        run(compose_config(stopped, folder))
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setenv(requeue.RESTART_VARIABLE, "1")
+    resumed = run(compose_config(SMALL, folder))
+    assert resumed["status"] == "completed" and resumed["steps"] == 6
+    steps = [int(row["step"]) for row in csv.DictReader(open(folder / "csv" / "metrics.csv")) if row.get("loss")]
+    assert steps == list(range(6))

@@ -261,12 +261,25 @@ class CheckpointOnRequeueSignal(pl.Callback):
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
         self._saved = False
+        self._step_numbers_checked = False
 
     @staticmethod
     def _agreed(trainer: pl.Trainer, local: bool) -> bool:
         if trainer.world_size > 1:  # every rank stops after the same step
             return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
         return local
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._step_numbers_checked:
+            return
+        self._step_numbers_checked = True
+        # Lightning adds one to the logged-step counter when it resumes, assuming the checkpoint was written before
+        # the counter moved (ModelCheckpoint); one written as a run stopped after a SIGTERM or Ctrl-C was written
+        # after it, and the resumed run would log every step one ahead. With one optimizer stepping every batch,
+        # the counter equals global_step at the start of a step: restore that.
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.ckpt_path and len(trainer.optimizers) == 1 and trainer.accumulate_grad_batches == 1:
+            loop._batches_that_stepped = trainer.global_step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if _Signal.handler is not None and self._agreed(trainer, _Signal.pending is not None):

@@ -207,14 +207,15 @@ def test_a_preempted_job_resumes_where_it_stopped(cluster, tmp_path, reference, 
 
 def test_resources_the_cluster_cannot_give_are_refused_in_one_line(cluster, tmp_path):
     sweep = tmp_path / "sweep"
-    result = csd_exp(cluster, ["-m", "hydra/launcher=slurm_gpu", *SMALL, *COMMON, f"hydra.sweep.dir={sweep}"], tmp_path)
+    refused = ["-m", "hydra/launcher=slurm_gpu", "hydra.launcher.name=refused"]
+    result = csd_exp(cluster, [*refused, *SMALL, *COMMON, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("csd-exp: SLURM cannot run the jobs of hydra/launcher=slurm_gpu: "), result.stderr[-2000:]
     assert "gres" in last and "gpus_per_node=1" in last and "hydra.launcher.<key>=" in last
     assert "Traceback" not in result.stderr
     assert not (sweep / ".submitit").exists()  # nothing was submitted
-    assert cluster.slurm("squeue", "-h").strip() == ""
+    assert cluster.slurm("squeue", "-h", "-n", "refused").strip() == ""
 
 
 def test_a_requeued_job_whose_config_changed_on_disk_is_refused(cluster, tmp_path, release_held_jobs):
