@@ -12,8 +12,11 @@ How a requeue reaches a run (``hydra/launcher=submitit_slurm`` with ``max_num_ti
   the run closes ``summary.json`` and its W&B run, and only then submitit's handler runs (it requeues, which makes
   SLURM stop the job's processes, and exits without a result, so the sweep waits for the requeued job).
   ``signal_delay_s`` must cover the start-up (model loading) plus one step.
-- **Preemption** (``scontrol requeue``, a preempting partition): SLURM sends SIGTERM; Lightning stops after the
-  current step and :class:`csd_exp.infra.callbacks.SaveOnInterrupt` writes ``last.ckpt``.
+- **Preemption** (``scontrol requeue``, a preempting partition): SLURM sends SIGTERM to every process of the job;
+  Lightning stops after the current step and ``last.ckpt`` is written (by :class:`CheckpointOnRequeueSignal` at the
+  step's end when it sees the SIGTERM there, else by :class:`csd_exp.infra.callbacks.SaveOnInterrupt`). W&B's
+  service process is stopped by the same SIGTERM, so a W&B call failing after it counts as the preemption
+  (:func:`preemption_stops_cleanly`), not as a crash. SLURM requeues the job itself.
 - **Killed without warning** (node failure, SIGKILL): nothing is written; the requeued job resumes from the
   newest checkpoint that loads (``last.ckpt`` or the newest periodic ``stepNNNNN.ckpt``).
 
