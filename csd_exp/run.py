@@ -7,7 +7,8 @@
 - ``metrics``: final metrics, e.g. ``fidelity/psnr``, ``fidelity/ssim``, ``consistency/seam_error``,
   ``consistency/mode_agreement``, ``consistency/mode_fraction/<mode>``, ``clip/directional``, ...
   (CLIP / LPIPS keys are absent when their weights are not available, never zero)
-- ``seed``, ``steps`` (optimisation steps done), ``wall_time_s``, ``versions``, ``outputs``, ``config``
+- ``seed``, ``steps`` (optimisation steps done, over all allocations), ``allocations`` (SLURM allocations
+  the run used: 1 + its requeues), ``wall_time_s``, ``versions``, ``outputs``, ``config``
 - ``overrides`` (this job's command-line overrides), ``tags`` (the run's ``tags`` list), and with W&B
   ``wandb`` (name, group, job type, tags, id on resume, and the files of its ``outputs-<id>`` artifact)
 """
@@ -129,10 +130,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     is given the same folder is refused) until its ``summary.json`` is written."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    from csd_exp.infra.requeue import requeue_after_run
     from csd_exp.metrics.notes import once_per_sweep
 
     # A sweep's jobs say once, not once each, that a metric is skipped for want of its weights.
-    with hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank), once_per_sweep(sweep_folder()):
+    with (
+        requeue_after_run(),
+        hold_run_folder(Path(cfg.paths.output_dir), rank=rank_zero_only.rank),
+        once_per_sweep(sweep_folder()),
+    ):
         return _run(cfg)
 
 
@@ -146,6 +152,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
     from csd_exp.infra.config_record import write_config_record
     from csd_exp.infra.loggers import define_curve_summaries, finish_wandb, log_metrics_table, resolve_wandb_mode
+    from csd_exp.infra.requeue import (
+        CheckpointOnRequeueSignal,
+        allocation_number,
+        keep_csv_logs,
+        preemption_stops_cleanly,
+        resume_requeued_run,
+        trainer_plugins,
+    )
 
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
@@ -153,6 +167,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     summary["overrides"] = job_overrides()
     summary["tags"] = list(cfg.get("tags") or [])
     summary.update(run_identity(cfg))
+    summary["allocations"] = allocation_number()  # SLURM allocations this run has used (requeues + 1)
     multirun = in_multirun()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     loggers: list = []
@@ -160,6 +175,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         fingerprint = run_fingerprint(resolved)
+        requeued_from = resume_requeued_run(cfg, output_dir, fingerprint)  # a requeued SLURM job: own last.ckpt
         changed = check_resume_checkpoint(
             cfg.get("ckpt_path"), fingerprint, bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False))
         )
@@ -182,12 +198,16 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)
         loggers = _instantiate_group(cfg.get("logger"))
         console.quiet_wandb_logger(loggers)
+        if requeued_from is not None:
+            keep_csv_logs(loggers)
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        callbacks.append(CheckpointOnRequeueSignal(output_dir / "checkpoints"))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
             logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
         define_curve_summaries(loggers)
-        trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
+        with preemption_stops_cleanly(trainer):  # a logger stopped with the job by SIGTERM is the SIGTERM
+            trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         if trainer.interrupted:
             summary["status"] = "interrupted"
         elif trainer.is_global_zero:

@@ -174,6 +174,13 @@ def finish_wandb(loggers: Iterable, exit_code: int = 0, announce: bool = True) -
             continue
         offline = run.settings.mode == "offline" or os.environ.get("WANDB_MODE") == "offline"
         run_dir = Path(run.dir).parent if run.dir else None
-        wandb.finish(exit_code=exit_code)
+        try:
+            wandb.finish(exit_code=exit_code)
+        except OSError as error:  # e.g. SLURM stopped W&B's service process when it requeued or preempted the job
+            if exit_code == 0:
+                raise
+            log.warning(
+                "W&B run %s not closed (%s: %s); its files so far are kept", run.id, type(error).__name__, error
+            )
         if offline and run_dir is not None and announce:
             log.info("W&B ran offline; upload this run later with: wandb sync %s", run_dir)
