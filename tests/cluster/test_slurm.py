@@ -21,7 +21,7 @@ import torch
 pytestmark = pytest.mark.cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COMMON = ["metrics=none", "~callbacks.progress", "extras.print_config=false", "+trainer.enable_model_summary=false"]
+COMMON = ["metrics=none", "~callbacks.progress", "extras.print_config=false", "++trainer.enable_model_summary=false"]
 SMALL = ["experiment=panorama_exact_cpu", "data.short_side=32", "task.window_size=32", "task.window_stride=8"]
 # The requeue tests' run: ~20 s of training at ~20 ms a step on one core (a checkpoint every 100 steps).
 STEPS = 1000
