@@ -21,8 +21,10 @@ PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper", "hparams_search", "experimen
 _OVERRIDE_FAILED = re.compile(r"Could not override '([^']+)'")
 _NOT_FOUND = re.compile(r"Could not find '([^']+)/([^'/]+)'")
 # A defaults-list entry that chooses a plugin config: ``- joblib`` in hydra/launcher/*.yaml, or
-# ``override /hydra/sweeper: optuna`` / ``- /hydra/launcher: local_parallel`` anywhere.
-_DEFAULT_ENTRY = re.compile(r"^\s*-\s*(?:override\s+)?(/?[\w/]+)\s*:\s*([\w.-]+)\s*$|^\s*-\s*([\w.-]+)\s*$", re.M)
+# ``override /hydra/sweeper: optuna`` / ``- /hydra/launcher: local_parallel`` anywhere; a trailing comment allowed.
+_DEFAULT_ENTRY = re.compile(
+    r"^\s*-\s*(?:override\s+)?(/?[\w/]+)\s*:\s*([\w.-]+)\s*(?:#.*)?$|^\s*-\s*([\w.-]+)\s*(?:#.*)?$", re.M
+)
 
 
 def _split(override: str) -> tuple[str, str] | None:
