@@ -46,7 +46,7 @@ from csd_exp.metrics.consistency import (
     warp_errors,
     window_border_lines,
 )
-from csd_exp.metrics.evaluator import EditEvaluator, build_evaluator
+from csd_exp.metrics.evaluator import EditEvaluator
 from csd_exp.metrics.fidelity import SourcePSNR, SourceSSIM
 from csd_exp.metrics.keys import ALL_METRIC_KEYS, HIGHER_IS_BETTER
 from csd_exp.metrics.lpips import LPIPS_NETS, ConsecutiveFrameLPIPS, load_lpips
@@ -70,7 +70,6 @@ __all__ = [
     "SourcePSNR",
     "SourceSSIM",
     "WarpError",
-    "build_evaluator",
     "directional_similarity",
     "keys",
     "load_clip",
