@@ -27,8 +27,6 @@ and ``load_lpips`` return None after one warning and those keys are absent, neve
 
 from csd_exp.metrics import keys
 from csd_exp.metrics.clip import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
     ClipConsistency,
     ClipDirectionalSimilarity,
     ClipEncoder,
@@ -53,8 +51,6 @@ from csd_exp.metrics.lpips import LPIPS_NETS, ConsecutiveFrameLPIPS, load_lpips
 
 __all__ = [
     "ALL_METRIC_KEYS",
-    "DEFAULT_CLIP_MODEL",
-    "DEFAULT_CLIP_PRETRAINED",
     "HIGHER_IS_BETTER",
     "LPIPS_NETS",
     "ClipConsistency",

@@ -26,9 +26,6 @@ from csd_exp.metrics.clip_weights import ClipWeights, resolve_clip_weights, skip
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP_MODEL = "ViT-bigG-14"
-DEFAULT_CLIP_PRETRAINED = "laion2b_s39b_b160k"
-
 
 @runtime_checkable
 class ImageTextEncoder(Protocol):

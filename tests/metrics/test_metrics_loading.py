@@ -193,3 +193,25 @@ def test_a_tag_found_in_the_local_hub_cache_loads_offline(tiny_clip_checkpoint, 
     torch.testing.assert_close(encoder.encode_images(images), expected, rtol=1e-5, atol=1e-5)
     # the same tag without the cached file: None, not a download attempt
     assert load_clip(TINY_CLIP_NAME, "cached_tag", cache_dir=str(tmp_path / "other_hub"), **DOWNLOADS_ON) is None
+
+
+def test_weight_resolvers_say_where_the_weights_are_without_loading(tiny_clip_checkpoint, tmp_path, caplog):
+    from csd_exp.metrics.clip_weights import ClipWeights, resolve_clip_weights
+
+    caplog.set_level(logging.WARNING)
+    offline = {"cache_dir": None, "allow_download": False}
+    not_a_model = tmp_path / "weights.bin"
+    not_a_model.write_bytes(b"never read")  # resolving names the file; only the loader opens it
+    assert resolve_clip_weights(TINY_CLIP_NAME, str(not_a_model), **offline) == ClipWeights(
+        TINY_CLIP_NAME, str(not_a_model), f"{TINY_CLIP_NAME}/{not_a_model}"
+    )
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "open_clip_config.json").write_text("{}")
+    assert resolve_clip_weights(TINY_CLIP_NAME, str(saved), **offline).model_name == f"local-dir:{saved}"
+    assert resolve_clip_weights(f"local-dir:{saved}", None, **offline).model_name == f"local-dir:{saved}"
+    assert not _warnings(caplog)
+    assert resolve_clip_weights(f"local-dir:{tmp_path / 'empty'}", None, **offline) is None
+    assert resolve_clip_weights("hf-hub:org/model", None, **offline) is None
+    assert resolve_clip_weights(TINY_CLIP_NAME, None, **offline) is None
+    assert len(_warnings(caplog)) == 3 and all("CLIP metrics skipped" in r.getMessage() for r in _warnings(caplog))
