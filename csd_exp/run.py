@@ -191,7 +191,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if trainer.interrupted:
             summary["status"] = "interrupted"
         elif trainer.is_global_zero:
-            # metrics (conf/metrics/default.yaml: csd_exp.metrics.EditEvaluator); metrics=none is empty: none
+            # metrics (conf/metrics/default.yaml: csd_exp.metrics.EditEvaluator); an empty node builds none
             evaluator = instantiate_clearly(cfg.metrics) if cfg.get("metrics") else None
             summary["metrics"] = task.finalize(output_dir, evaluator)
             console.announce([*console.metrics_lines(summary["metrics"]), console.outputs_line(output_dir)])

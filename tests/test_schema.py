@@ -95,7 +95,7 @@ def test_messages_name_the_guidance_by_its_axes_without_hydra(plain):
 
 
 def test_metrics_is_an_evaluator_node_or_empty(plain):
-    """``metrics`` is built by ``_target_`` (checked by its schema); ``metrics=none`` is empty and builds none."""
+    """``metrics`` is built by ``_target_`` (checked by its schema); an empty node is allowed and builds none."""
     cfg = copy.deepcopy(plain)
     assert cfg["metrics"]["_target_"] == "csd_exp.metrics.EditEvaluator"
     assert cfg["metrics"]["clip"]["batch_size"] == 8  # the YAML's value is the default

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 class EditEvaluator:
     """Scores an edit against its source. Built from the ``metrics`` config group (conf/metrics/default.yaml,
-    whose values are the defaults) by ``csd_exp.run`` and ``csd-exp eval``; ``metrics=none`` builds none.
+    whose values are the defaults) by ``csd_exp.run`` and ``csd-exp eval``; ``metrics=none`` builds it without
+    CLIP and LPIPS.
 
     Metric states are never synchronised across processes: rank zero scores the whole gathered result alone.
 

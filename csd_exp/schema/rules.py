@@ -182,11 +182,11 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
 
 
 def _check_metrics(metrics: Any) -> None:
-    """``metrics`` is empty (``metrics=none``: no evaluator) or a node with a ``_target_`` (checked by its schema)."""
+    """``metrics`` is a node with a ``_target_`` (checked by its schema), or empty (no evaluator)."""
     if isinstance(metrics, Mapping) and metrics and "_target_" not in metrics:
         raise ConfigError(
             f"metrics sets {', '.join(map(str, metrics))} but names no _target_; use metrics=default, "
-            "or metrics=none for no metrics"
+            "or metrics=none for the weight-free metrics only"
         )
     check_target("metrics", metrics)
 

@@ -139,7 +139,8 @@ def test_default_config_builds_and_skips_unavailable_metrics(caplog, monkeypatch
 
 
 def test_none_config_and_tiny_clip_config(tiny_clip_checkpoint):
-    assert not _compose("none")  # metrics=none is an empty node: csd_exp.run builds no evaluator
+    evaluator = instantiate_clearly(_compose("none"))
+    assert evaluator.clip is None and evaluator.lpips is None
     checkpoint, _ = tiny_clip_checkpoint
     config = _compose("default")
     config["clip"].update(model_name=TINY_CLIP_NAME, pretrained=str(checkpoint), batch_size=2)
