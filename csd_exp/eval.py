@@ -173,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-text", required=True, help="y_target for clip/directional (the instruction, or a target caption)"
     )
     parser.add_argument("--out", default=".", help="folder for summary.json (created; default: current folder)")
-    parser.add_argument("--clip-model", default="ViT-bigG-14", help="OpenCLIP architecture (default: ViT-bigG-14)")
+    # Unset options keep conf/metrics/default.yaml's values, the node a run builds its evaluator from.
+    parser.add_argument("--clip-model", default=None, help="OpenCLIP architecture (default: ViT-bigG-14)")
     parser.add_argument(
         "--clip-pretrained",
-        default="laion2b_s39b_b160k",
+        default=None,
         help="open_clip tag, local checkpoint file/folder, or 'none' to skip CLIP (default: laion2b_s39b_b160k)",
     )
-    parser.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze", "none"))
+    parser.add_argument(
+        "--lpips-net", default=None, choices=("alex", "vgg", "squeeze", "none"), help="LPIPS backbone (default: alex)"
+    )
     parser.add_argument(
         "--resize", type=_parse_size, default=None, metavar="HxW", help="resize both inputs to HEIGHTxWIDTH"
     )
@@ -203,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow (F-1, 2, H, W) in pixels mapping frame i+1 to frame i, for consistency/warp_error",
     )
     parser.add_argument("--device", default=None, help="cpu (default) or cuda")
-    parser.add_argument("--clip-batch-size", type=int, default=8)
+    parser.add_argument("--clip-batch-size", type=int, default=None, help="images per CLIP forward (default: 8)")
     parser.add_argument(
         "--allow-download",
         action="store_true",
@@ -227,12 +230,34 @@ def _format_table(metrics: dict[str, float], unavailable: dict[str, str]) -> str
     return "\n".join(f"{name:<{width}}  {value:>{value_width}}  {note}" for name, value, note in rows)
 
 
+def metrics_node(args: argparse.Namespace):
+    """The run's ``metrics`` node (conf/metrics/default.yaml) with this command line's settings."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create((files("csd_exp.conf") / "metrics" / "default.yaml").read_text())
+    node.device = args.device
+    if args.lpips_net is not None:
+        node.lpips_net = None if args.lpips_net == "none" else args.lpips_net
+    if args.clip_pretrained is not None and str(args.clip_pretrained).lower() == "none":
+        node.clip = None
+        return node
+    settings = {
+        "model_name": args.clip_model,
+        "pretrained": args.clip_pretrained,
+        "batch_size": args.clip_batch_size,
+        "allow_download": args.allow_download,
+    }
+    node.clip.merge_with({key: value for key, value in settings.items() if value is not None})
+    return node
+
+
 def run(args: argparse.Namespace) -> dict:
     """Score the pair described by parsed ``args``; write and return the summary dict."""
     if not args.allow_download:
         os.environ["HF_HUB_OFFLINE"] = "1"
     from csd_exp import __version__
-    from csd_exp.metrics import EditEvaluator, load_clip
     from csd_exp.metrics.keys import CLIP_CONSISTENCY, LPIPS_CONSECUTIVE, MODE_AGREEMENT, SEAM_ERROR, WARP_ERROR
 
     source, source_names = load_frames(args.source)
@@ -263,15 +288,12 @@ def run(args: argparse.Namespace) -> dict:
         if tuple(flow.shape) != expected:
             raise InputError(f"flow {args.flow} has shape {tuple(flow.shape)}, expected (F-1, 2, H, W) = {expected}")
 
-    clip_pretrained = None if str(args.clip_pretrained).lower() == "none" else args.clip_pretrained
-    clip = None
-    if clip_pretrained is not None:
-        clip = load_clip(args.clip_model, clip_pretrained, args.device, batch_size=args.clip_batch_size)
-    lpips_net = None if args.lpips_net == "none" else args.lpips_net
-    evaluator = EditEvaluator(
-        clip, lpips_net, source_text=args.source_text, target_text=args.target_text, device=args.device
-    )
-    if clip_pretrained is None:
+    from csd_exp.run import instantiate_clearly
+
+    node = metrics_node(args)  # built as a run builds its evaluator
+    evaluator = instantiate_clearly(node, source_text=args.source_text, target_text=args.target_text)
+    clip, lpips_net = evaluator.clip, node.lpips_net
+    if node.clip is None:
         evaluator.unavailable.update(
             {key: "--clip-pretrained none" for key in evaluator.unavailable if key.startswith("clip/")}
         )
@@ -313,8 +335,8 @@ def run(args: argparse.Namespace) -> dict:
             "flow": str(Path(args.flow).resolve()) if args.flow else None,
         },
         "settings": {
-            "clip_model": args.clip_model if clip is not None else None,
-            "clip_pretrained": clip_pretrained if clip is not None else None,
+            "clip_model": node.clip.model_name if clip is not None else None,
+            "clip_pretrained": node.clip.pretrained if clip is not None else None,
             "lpips_net": lpips_net if evaluator.lpips is not None else None,
         },
         "versions": {

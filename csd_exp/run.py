@@ -211,9 +211,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if trainer.interrupted:
             summary["status"] = "interrupted"
         elif trainer.is_global_zero:
-            from csd_exp.metrics import build_evaluator
-
-            evaluator = build_evaluator(OmegaConf.to_container(cfg.metrics, resolve=True))
+            # metrics (conf/metrics/default.yaml: csd_exp.metrics.EditEvaluator); an empty node builds none
+            evaluator = instantiate_clearly(cfg.metrics) if cfg.get("metrics") else None
             summary["metrics"] = task.finalize(output_dir, evaluator)
             console.announce([*console.metrics_lines(summary["metrics"]), console.outputs_line(output_dir)])
             log_metrics_table(loggers, summary["metrics"], step=trainer.global_step)

@@ -45,6 +45,9 @@ PYTHON_ONLY = {
     "compute_dtype",
     "num_train_timesteps",
     "aabb",
+    "lpips",  # the evaluator's: an LPIPS object, and its default texts (a run passes its own to evaluate)
+    "source_text",
+    "target_text",
 }
 
 
@@ -68,7 +71,7 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
     cfg, plain = _composed(overrides.split(), tmp_path)
     validate_composed(cfg)
     for path, node in _target_nodes(
-        {k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task", "data") if k in plain}
+        {k: plain[k] for k in ("model", "guidance", "kernel", "schedule", "task", "data", "metrics") if k in plain}
     ):
         target = get_object(node["_target_"])
         parameters = inspect.signature(target).parameters
@@ -160,6 +163,7 @@ def test_sampling_baselines_keep_their_names(overrides, name, tag, tmp_path):
         ("task", "panorama"),
         ("task", "video"),
         ("task", "scene3d"),
+        ("metrics", "default"),
     ],
 )
 def test_python_defaults_equal_the_default_yaml(group, option, tmp_path):
@@ -192,6 +196,10 @@ def test_python_defaults_equal_the_default_yaml(group, option, tmp_path):
         (["task=scene3d", "task.editor.init=photo"], "task.editor.init"),
         (["model=ip2p", "model.torch_dtype=half16"], "model.torch_dtype"),
         (["data.resize_policy=fit"], "data.resize_policy"),
+        (["metrics.lpips_net=vggg"], "metrics.lpips_net"),
+        (["metrics.clip.batch_size=0"], "metrics.clip.batch_size"),
+        (["metrics.clip.precision=fp8"], "metrics.clip.precision"),
+        (["+metrics.clip.pretrained_path=x"], "metrics.clip.pretrained_path"),
     ],
 )
 def test_bad_values_fail_at_compose_time_naming_the_key(overrides, key, tmp_path):

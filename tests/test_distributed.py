@@ -30,7 +30,9 @@ DDP_ENV_VARS = (
 )
 RUN_TIMEOUT_S = 240  # one CLI run here takes 10-30 s; a hang is caught, never waited out
 FAILURE_TIMEOUT_S = 120  # a failing DDP run must stop well before ddp_sim's 5-minute collective timeout
-COMMON = ["logger=csv", "metrics=none", "~callbacks.progress", "++trainer.enable_model_summary=false"]
+# The weight-free metrics (= metrics=none): compared between the runs.
+WEIGHT_FREE_METRICS = ["metrics.clip=null", "metrics.lpips_net=null"]
+COMMON = ["logger=csv", *WEIGHT_FREE_METRICS, "~callbacks.progress", "++trainer.enable_model_summary=false"]
 PANORAMA = [
     "experiment=panorama_exact_cpu",
     "data.short_side=32",

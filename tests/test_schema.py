@@ -92,3 +92,19 @@ def test_messages_name_the_guidance_by_its_axes_without_hydra(plain):
     cfg["guidance"]["kernel"] = {}
     with pytest.raises(ConfigError, match="guidance=source_branch baseline with no kernel .*add kernel=rbf"):
         validate_config(cfg)
+
+
+def test_metrics_is_an_evaluator_node_or_empty(plain):
+    """``metrics`` is built by ``_target_`` (checked by its schema); an empty node is allowed and builds none."""
+    cfg = copy.deepcopy(plain)
+    assert cfg["metrics"]["_target_"] == "csd_exp.metrics.EditEvaluator"
+    assert cfg["metrics"]["clip"]["batch_size"] == 8  # the YAML's value is the default
+    cfg["metrics"] = {}
+    validate_config(cfg)
+    cfg["metrics"] = {"lpips_net": "alex"}
+    with pytest.raises(ConfigError, match="metrics sets lpips_net but names no _target_; use metrics=default"):
+        validate_config(cfg)
+    cfg["metrics"] = copy.deepcopy(plain["metrics"])
+    cfg["metrics"]["clip"]["precision"] = "fp8"
+    with pytest.raises(ConfigError, match=r"metrics\.clip\.precision"):
+        validate_config(cfg)

@@ -27,8 +27,6 @@ and ``load_lpips`` return None after one warning and those keys are absent, neve
 
 from csd_exp.metrics import keys
 from csd_exp.metrics.clip import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
     ClipConsistency,
     ClipDirectionalSimilarity,
     ClipEncoder,
@@ -46,15 +44,13 @@ from csd_exp.metrics.consistency import (
     warp_errors,
     window_border_lines,
 )
-from csd_exp.metrics.evaluator import EditEvaluator, build_evaluator
+from csd_exp.metrics.evaluator import EditEvaluator
 from csd_exp.metrics.fidelity import SourcePSNR, SourceSSIM
 from csd_exp.metrics.keys import ALL_METRIC_KEYS, HIGHER_IS_BETTER
 from csd_exp.metrics.lpips import LPIPS_NETS, ConsecutiveFrameLPIPS, load_lpips
 
 __all__ = [
     "ALL_METRIC_KEYS",
-    "DEFAULT_CLIP_MODEL",
-    "DEFAULT_CLIP_PRETRAINED",
     "HIGHER_IS_BETTER",
     "LPIPS_NETS",
     "ClipConsistency",
@@ -70,7 +66,6 @@ __all__ = [
     "SourcePSNR",
     "SourceSSIM",
     "WarpError",
-    "build_evaluator",
     "directional_similarity",
     "keys",
     "load_clip",

@@ -28,16 +28,12 @@ from torch import Tensor
 from csd_exp.metrics._base import MeanOverPairs
 from csd_exp.metrics._validation import check_images, check_pair
 from csd_exp.metrics.clip_encoder import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
     ClipEncoder,
     ImageTextEncoder,
     load_clip,
 )
 
 __all__ = [
-    "DEFAULT_CLIP_MODEL",
-    "DEFAULT_CLIP_PRETRAINED",
     "ClipConsistency",
     "ClipDirectionalSimilarity",
     "ClipEncoder",

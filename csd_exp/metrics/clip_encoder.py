@@ -1,5 +1,8 @@
 """The OpenCLIP encoder behind the CLIP metrics, and ``load_clip``, which builds it without downloading.
 
+``load_clip`` is the one loader: ``clip_weights.py`` resolves where the weights come from (a tag in the
+local cache, a local checkpoint, a saved model folder), ``open_clip_encoder`` loads them.
+
 The paper evaluates everything with OpenCLIP ViT-bigG-14 (App. D); the pretrained tag is not stated,
 ``laion2b_s39b_b160k`` is the usual one and our default. ``load_clip`` never downloads when the
 Hugging Face hub is offline: it looks in the local cache first and otherwise returns ``None`` after one
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -20,13 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from csd_exp.metrics._validation import check_images
-from csd_exp.metrics.notes import DOCS, note_skipped
+from csd_exp.metrics.clip_weights import ClipWeights, resolve_clip_weights, skip_note
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CLIP_MODEL = "ViT-bigG-14"
-DEFAULT_CLIP_PRETRAINED = "laion2b_s39b_b160k"
-_CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 
 @runtime_checkable
@@ -148,163 +146,63 @@ class ClipEncoder:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-def _hub_offline(allow_download: bool = True) -> bool:
-    if not allow_download:
-        return True
-    from huggingface_hub import constants
-
-    env_value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return constants.is_offline_mode() or env_value in ("1", "true", "yes", "on")
-
-
-def _cached_weights_for_tag(tag_config: dict, cache_dir: str | None) -> str | None:
-    """Path of the tag's weights in the local cache, or None; never touches the network."""
-    if tag_config.get("file"):
-        return tag_config["file"] if os.path.isfile(tag_config["file"]) else None
-    hf_hub = tag_config.get("hf_hub", "")
-    if hf_hub:
-        from huggingface_hub import try_to_load_from_cache
-        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-        repo_id, filename = os.path.split(hf_hub)
-        candidates = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-        if filename.endswith((".bin", ".pth", ".pt")):
-            candidates.insert(0, os.path.splitext(filename)[0] + ".safetensors")
-        for candidate in candidates:
-            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-    url = tag_config.get("url", "")
-    if url:
-        clip_cache = cache_dir or os.path.expanduser("~/.cache/clip")
-        candidate = os.path.join(clip_cache, os.path.basename(url))
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _looks_like_path(value: str) -> bool:
-    return (
-        os.sep in value or "/" in value or value.startswith(("~", ".")) or value.lower().endswith(_CHECKPOINT_SUFFIXES)
-    )
-
-
-def _missing_weights_warning(what: str) -> None:
-    """One line: which CLIP weights are missing and the key that provides them; the rest is in the docs."""
-    note_skipped(
-        logger,
-        f"CLIP metrics skipped: {what}; give metrics.clip.pretrained=PATH (csd-exp eval: --clip-pretrained), "
-        f"see {DOCS}",
-    )
-
-
 def load_clip(
-    model_name: str = DEFAULT_CLIP_MODEL,
-    pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
+    model_name: str,
+    pretrained: str | None,
     device: torch.device | str | None = None,
     *,
     precision: str = "fp32",
-    batch_size: int = 16,
+    batch_size: int,
     cache_dir: str | None = None,
-    allow_download: bool = True,
+    allow_download: bool,
 ) -> ClipEncoder | None:
-    """Build a frozen OpenCLIP encoder, or return None (after one ``logging.warning``) without weights.
+    """A frozen OpenCLIP encoder, or None (after one skip note) without weights: the ``_target_`` of
+    ``metrics.clip`` (conf/metrics/default.yaml holds the defaults).
 
-    ``pretrained`` is one of:
+    ``pretrained`` is an open_clip tag (used from the local cache; downloaded only with ``allow_download``
+    and the hub online), a local checkpoint file or saved-model folder, or None (CLIP metrics skipped); where
+    the weights come from is decided by ``clip_weights.resolve_clip_weights``. A path that does not exist
+    gives None with the note; a file that exists but does not load raises; an unknown ``model_name`` or tag
+    raises ``ValueError``. ``batch_size``: images per CLIP forward.
+    """
+    weights = resolve_clip_weights(model_name, pretrained, cache_dir=cache_dir, allow_download=allow_download)
+    if weights is None:
+        return None
+    return open_clip_encoder(weights, device, precision=precision, batch_size=batch_size, cache_dir=cache_dir)
 
-    - an open_clip tag (``"laion2b_s39b_b160k"``): the weights are used when already in the local
-      cache (Hugging Face hub cache, or ``~/.cache/clip`` for URL tags). When missing and the hub is
-      offline (``HF_HUB_OFFLINE=1``, which the framework sets), return None at once; when online,
-      let open_clip download them, and return None if that fails;
-    - a local checkpoint file (``open_clip_pytorch_model.bin`` / ``.safetensors`` / a ``state_dict``
-      saved with ``torch.save``) for the architecture ``model_name``; a folder with
-      ``open_clip_config.json`` is loaded through open_clip's ``local-dir:`` schema. A path that does
-      not exist gives None with the warning; a file that exists but does not load raises;
-    - ``allow_download=False`` treats the hub as offline: a tag is used only from the local cache
-      (the framework's default, so a run never starts a multi-GB download at its end);
-    - ``None``: no CLIP weights configured, CLIP metrics skipped (random weights would give numbers
-      that look real and mean nothing).
 
-    An unknown ``model_name`` or tag is a configuration error and raises ``ValueError``.
+def open_clip_encoder(
+    weights: ClipWeights, device: torch.device | str | None, *, precision: str, batch_size: int, cache_dir: str | None
+) -> ClipEncoder | None:
+    """Load resolved ``weights`` into a ``ClipEncoder`` with the model's own eval preprocessing.
+
+    A local file or folder that does not load raises ``RuntimeError``; a failed download gives None with the note.
     """
     import open_clip
-    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
-        _missing_weights_warning(f"no CLIP weights configured for {model_name} (pretrained=None)")
-        return None
-
-    create_kwargs: dict = {"precision": precision, "device": device, "cache_dir": cache_dir}
-    description = f"{model_name}/{pretrained}"
-    if model_name.startswith("hf-hub:"):
-        if _hub_offline(allow_download):
-            _missing_weights_warning(f"{model_name} cannot be fetched with HF_HUB_OFFLINE=1")
-            return None
-        source_name, source_pretrained = model_name, None
-        description = model_name
-    elif model_name.startswith("local-dir:"):
-        folder = Path(model_name[len("local-dir:") :]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            _missing_weights_warning(f"no open_clip_config.json in {folder}")
-            return None
-        source_name, source_pretrained = f"local-dir:{folder}", None
-        description = model_name
-    else:
-        if open_clip.get_model_config(model_name) is None:
-            raise ValueError(
-                f"unknown OpenCLIP architecture {model_name!r}; known ones include "
-                f"{', '.join(m for m in open_clip.list_models() if m.startswith('ViT-'))[:300]}..."
-            )
-        tag_config = get_pretrained_cfg(model_name, pretrained)
-        if tag_config:
-            cached = _cached_weights_for_tag(tag_config, cache_dir)
-            if cached is None and _hub_offline(allow_download):
-                _missing_weights_warning(
-                    f"weights {model_name}/{pretrained} are not cached and downloads are off",
-                )
-                return None
-            source_name, source_pretrained = model_name, cached or pretrained
-            # a file path loses the tag's preprocessing and activation settings; pass them on explicitly
-            preprocess_override = {
-                key: tag_config[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag_config
-            }
-            if preprocess_override:
-                create_kwargs["force_preprocess_cfg"] = preprocess_override
-            if tag_config.get("quick_gelu", False):
-                create_kwargs["force_quick_gelu"] = True
-        elif _looks_like_path(pretrained):
-            path = Path(pretrained).expanduser()
-            if path.is_dir():
-                if not (path / "open_clip_config.json").is_file():
-                    _missing_weights_warning(f"no open_clip_config.json in checkpoint folder {path}")
-                    return None
-                source_name, source_pretrained = f"local-dir:{path}", None
-            elif path.is_file():
-                source_name, source_pretrained = model_name, str(path)
-            else:
-                _missing_weights_warning(f"CLIP checkpoint {path} does not exist")
-                return None
-        else:
-            tags = list_pretrained_tags_by_model(model_name)
-            raise ValueError(
-                f"pretrained={pretrained!r} is neither a known tag of {model_name} ({', '.join(tags) or 'none'}) "
-                "nor a path to a checkpoint"
-            )
-
     try:
-        model = open_clip.create_model(source_name, pretrained=source_pretrained, **create_kwargs)
+        model = open_clip.create_model(
+            weights.model_name,
+            pretrained=weights.pretrained,
+            precision=precision,
+            device=device,
+            cache_dir=cache_dir,
+            **weights.create_kwargs,
+        )
     except (RuntimeError, OSError, ValueError) as error:
-        is_local = source_pretrained is not None and os.path.isfile(str(source_pretrained))
-        if is_local or source_name.startswith("local-dir:"):
-            raise RuntimeError(f"could not load CLIP checkpoint {source_pretrained or source_name}: {error}") from error
+        is_local = weights.pretrained is not None and os.path.isfile(str(weights.pretrained))
+        if is_local or weights.model_name.startswith("local-dir:"):
+            raise RuntimeError(
+                f"could not load CLIP checkpoint {weights.pretrained or weights.model_name}: {error}"
+            ) from error
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        _missing_weights_warning(f"downloading {description} failed ({reason})")
+        skip_note(f"downloading {weights.description} failed ({reason})")
         return None
-    tokenizer = open_clip.get_tokenizer(source_name, cache_dir=cache_dir)
+    tokenizer = open_clip.get_tokenizer(weights.model_name, cache_dir=cache_dir)
     preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
     image_size = preprocess_cfg.get("size", model.visual.image_size)
-    logger.info("Loaded OpenCLIP %s for metrics on %s", description, device)
+    logger.info("Loaded OpenCLIP %s for metrics on %s", weights.description, device)
     return ClipEncoder(
         model,
         tokenizer,
@@ -315,5 +213,5 @@ def load_clip(
         resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
         fill_color=preprocess_cfg.get("fill_color", 0),
         batch_size=batch_size,
-        description=description,
+        description=weights.description,
     )

@@ -1,4 +1,4 @@
-"""``EditEvaluator``: every metric of one source/edit pair in one call, and ``build_evaluator`` from config.
+"""``EditEvaluator``: every metric of one source/edit pair in one call; the ``_target_`` of ``metrics``.
 
 Used by the tasks for ``summary.json`` and by ``csd-exp-eval`` for external baselines, so both land in
 the same table with the same keys (``csd_exp.metrics.keys``). Only metrics that could be computed are
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -21,14 +20,11 @@ from torch import Tensor
 from csd_exp.metrics import keys
 from csd_exp.metrics._validation import check_images, check_pair
 from csd_exp.metrics.clip import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
     ClipConsistency,
     ClipDirectionalSimilarity,
     ClipImageSimilarity,
     ClipTextSimilarity,
     ImageTextEncoder,
-    load_clip,
 )
 from csd_exp.metrics.consistency import FlowSource, ModeAgreement, SeamError, WarpError, resolve_flow
 from csd_exp.metrics.fidelity import SSIM_MIN_SIZE, SourcePSNR, SourceSSIM
@@ -38,32 +34,32 @@ logger = logging.getLogger(__name__)
 
 
 class EditEvaluator:
-    """Scores an edit against its source.
+    """Scores an edit against its source. Built from the ``metrics`` config group (conf/metrics/default.yaml,
+    whose values are the defaults) by ``csd_exp.run`` and ``csd-exp eval``; ``metrics=none`` builds it without
+    CLIP and LPIPS.
+
+    Metric states are never synchronised across processes: rank zero scores the whole gathered result alone.
 
     Args:
-        clip: a ``ClipEncoder`` (``load_clip``) or any object with ``encode_images`` / ``encode_text``;
-            None skips the CLIP metrics.
+        clip: a ``ClipEncoder`` (``load_clip``, the ``_target_`` of ``metrics.clip``) or any object with
+            ``encode_images`` / ``encode_text``; None skips the CLIP metrics.
         lpips_net: ``"alex" | "vgg" | "squeeze"`` to load torchmetrics' LPIPS (``load_lpips``; None
             with one warning when the backbone weights are not cached), or None for no LPIPS.
         lpips: an already built LPIPS metric or pair-distance callable; overrides ``lpips_net``.
         source_text, target_text: defaults for ``evaluate``'s texts (``csd-exp eval --source-text / --target-text``).
-        device: where metric states live (CLIP and LPIPS networks stay on their own devices).
-        sync_across_processes: False (default) makes every ``evaluate`` call self-contained, which is
-            right when each process scores the whole result (or only rank 0 does). True sums the
-            metric states over the process group, for sharded evaluation; then every process must
-            call ``evaluate`` with its shard, each shard a whole sequence.
+        device: where LPIPS and the metric states live (null: cpu; CLIP is loaded on ``metrics.clip.device``,
+            which the YAML sets to this value).
     """
 
     def __init__(
         self,
         clip: ImageTextEncoder | None,
-        lpips_net: str | None = "alex",
+        lpips_net: str | None,
         *,
         lpips=None,
         source_text: str | None = "",
         target_text: str | None = None,
         device: torch.device | str | None = None,
-        sync_across_processes: bool = False,
     ) -> None:
         if lpips_net is not None and lpips_net not in LPIPS_NETS:
             raise ValueError(f"lpips_net must be one of {LPIPS_NETS} or None, got {lpips_net!r}")
@@ -75,7 +71,6 @@ class EditEvaluator:
         self.lpips = lpips
         self.source_text = source_text
         self.target_text = target_text
-        self.sync_across_processes = bool(sync_across_processes)
         self.unavailable: dict[str, str] = {}
         if self.clip is None:
             for key in keys.CLIP_KEYS:
@@ -85,7 +80,8 @@ class EditEvaluator:
             self.unavailable[keys.LPIPS_CONSECUTIVE] = reason
 
     def _new(self, metric_class, *args):
-        return metric_class(*args, sync_on_compute=self.sync_across_processes).to(self.device)
+        # rank zero evaluates alone: a synchronising compute() would wait for ranks that never call it
+        return metric_class(*args, sync_on_compute=False).to(self.device)
 
     @torch.no_grad()
     def evaluate(
@@ -216,50 +212,3 @@ class EditEvaluator:
             consistency.update(edited_embeddings)
             results[keys.CLIP_CONSISTENCY] = consistency.compute()
         return results
-
-
-_EVALUATOR_KEYS = {"clip", "lpips_net", "device", "sync_across_processes"}
-_CLIP_KEYS = {"model_name", "pretrained", "batch_size", "precision", "cache_dir", "allow_download"}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    return value
-
-
-def _check_keys(section: str, given: Mapping, allowed: set[str]) -> None:
-    unknown = set(given) - allowed
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in {section}; allowed: {sorted(allowed)}")
-
-
-def build_evaluator(config: Mapping | None) -> EditEvaluator:
-    """``EditEvaluator`` from the ``metrics`` config group (plain dicts; a DictConfig also works).
-
-    Keys: ``clip`` (null, or ``{model_name, pretrained, batch_size, precision, cache_dir, allow_download}``),
-    ``lpips_net`` (alex | vgg | squeeze | null), ``device`` (for CLIP, LPIPS and metric states; null = cpu),
-    ``sync_across_processes``. Unknown keys raise ``ValueError``.
-    """
-    config = _plain(config or {})
-    _check_keys("metrics", config, _EVALUATOR_KEYS)
-    device = config.get("device")
-    clip_config = config.get("clip")
-    clip = None
-    if clip_config:
-        _check_keys("metrics.clip", clip_config, _CLIP_KEYS)
-        clip = load_clip(
-            clip_config.get("model_name", DEFAULT_CLIP_MODEL),
-            clip_config.get("pretrained", DEFAULT_CLIP_PRETRAINED),
-            device,
-            precision=clip_config.get("precision", "fp32"),
-            batch_size=int(clip_config.get("batch_size", 16)),
-            cache_dir=clip_config.get("cache_dir"),
-            allow_download=bool(clip_config.get("allow_download", False)),
-        )
-    return EditEvaluator(
-        clip,
-        config.get("lpips_net"),
-        device=device,
-        sync_across_processes=bool(config.get("sync_across_processes", False)),
-    )

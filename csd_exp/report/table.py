@@ -26,7 +26,8 @@ BOOKKEEPING_KEYS = frozenset(
         "trainer.strategy",
         "trainer.enable_progress_bar",
         "metrics.device",
-        "metrics.sync_across_processes",
+        "metrics.clip.device",
+        "metrics.sync_across_processes",  # in the summaries of runs made before it was deleted
         "metrics.clip.cache_dir",
         "metrics.clip.allow_download",
         "metrics.clip.batch_size",

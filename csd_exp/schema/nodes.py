@@ -339,21 +339,26 @@ class SceneDataSchema:
 
 # ---------------------------------------------------------------------------------------- metrics
 @dataclass
-class ClipSchema:
+class LoadClipSchema:
+    """``metrics.clip`` (csd_exp.metrics.load_clip)."""
+
     model_name: str
     pretrained: str | None
-    batch_size: PositiveInt
+    device: str | None
     precision: Literal[CLIP_PRECISIONS]
+    batch_size: PositiveInt
     cache_dir: str | None
     allow_download: bool
 
 
 @dataclass
-class MetricsSchema:
+class EditEvaluatorSchema:
+    """``metrics`` (csd_exp.metrics.EditEvaluator). ``lpips`` (an LPIPS object) and the default texts are for
+    Python callers and csd-exp eval: a run passes its own texts to ``evaluate``."""
+
     clip: Node | None
     lpips_net: Literal[LPIPS_NETS] | None
     device: str | None
-    sync_across_processes: bool
 
 
 # --------------------------------------------------------------------------------------- top level
@@ -411,6 +416,8 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.distill.LPIPSRBFKernel": LPIPSRBFKernelSchema,
     "csd_exp.distill.FeatureRBFKernel": FeatureRBFKernelSchema,
     "csd_exp.metrics.lpips.load_lpips": LoadLPIPSSchema,
+    "csd_exp.metrics.EditEvaluator": EditEvaluatorSchema,
+    "csd_exp.metrics.load_clip": LoadClipSchema,
     "csd_exp.distill.TimestepSchedule": TimestepScheduleSchema,
     "torch.optim.SGD": SGDSchema,
     "torch.optim.Adam": AdamSchema,

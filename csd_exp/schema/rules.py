@@ -21,9 +21,7 @@ from csd_exp.schema.nodes import (
     SOURCE_BRANCH,
     VIEW_TASKS,
     CheckpointFilesSchema,
-    ClipSchema,
     ExtrasSchema,
-    MetricsSchema,
     ResumeSchema,
     RunSchema,
     TrainerSchema,
@@ -180,12 +178,18 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
     check_target("guidance", cfg.get("guidance"))
     _check_task(cfg, choices)
     _check_guidance(cfg, choices)
-    metrics = cfg.get("metrics")
-    if isinstance(metrics, Mapping):
-        check_node("metrics", metrics, MetricsSchema)
-        if metrics.get("clip"):
-            check_node("metrics.clip", metrics["clip"], ClipSchema)
+    _check_metrics(cfg.get("metrics"))
     check_inputs(cfg)  # last: the files are read only once every value is known to be well-formed
+
+
+def _check_metrics(metrics: Any) -> None:
+    """``metrics`` is a node with a ``_target_`` (checked by its schema), or empty (no evaluator)."""
+    if isinstance(metrics, Mapping) and metrics and "_target_" not in metrics:
+        raise ConfigError(
+            f"metrics sets {', '.join(map(str, metrics))} but names no _target_; use metrics=default, "
+            "or metrics=none for the weight-free metrics only"
+        )
+    check_target("metrics", metrics)
 
 
 #: Top-level nodes the checks read (of ``callbacks`` only the checkpoint's file settings); the others (paths,

@@ -11,9 +11,14 @@ import torch
 import torch.nn.functional as F
 from metrics_test_support import TINY_CLIP_NAME, write_fake_lpips_backbone
 
-from csd_exp.metrics import ClipEncoder, EditEvaluator, build_evaluator, keys, load_clip, load_lpips
+from csd_exp.metrics import ClipEncoder, EditEvaluator, keys, load_clip, load_lpips
+from csd_exp.run import instantiate_clearly
+from csd_exp.schema import ConfigError, check_target
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "metrics"
+# load_clip as these tests called it before its defaults moved to conf/metrics/default.yaml: downloads allowed
+# by the caller, so that HF_HUB_OFFLINE=1 (tests/conftest.py) is what keeps them offline.
+DOWNLOADS_ON = {"batch_size": 16, "allow_download": True}
 
 
 def _warnings(caplog) -> list[logging.LogRecord]:
@@ -24,7 +29,7 @@ def test_missing_bigg_weights_offline_give_none_with_one_warning(caplog, tmp_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     caplog.set_level(logging.INFO)
     started = time.perf_counter()
-    encoder = load_clip("ViT-bigG-14", "laion2b_s39b_b160k", cache_dir=str(tmp_path / "empty_hf_cache"))
+    encoder = load_clip("ViT-bigG-14", "laion2b_s39b_b160k", cache_dir=str(tmp_path / "empty_hf_cache"), **DOWNLOADS_ON)
     assert encoder is None
     assert time.perf_counter() - started < 5.0
     warnings = _warnings(caplog)
@@ -36,22 +41,22 @@ def test_missing_bigg_weights_offline_give_none_with_one_warning(caplog, tmp_pat
 
 def test_missing_local_checkpoint_and_none_give_none(caplog, tmp_path):
     caplog.set_level(logging.WARNING)
-    assert load_clip("ViT-bigG-14", str(tmp_path / "absent" / "open_clip_pytorch_model.bin")) is None
+    assert load_clip("ViT-bigG-14", str(tmp_path / "absent" / "open_clip_pytorch_model.bin"), **DOWNLOADS_ON) is None
     assert "does not exist" in _warnings(caplog)[-1].getMessage()
-    assert load_clip("ViT-bigG-14", None) is None
+    assert load_clip("ViT-bigG-14", None, **DOWNLOADS_ON) is None
     assert len(_warnings(caplog)) == 2
 
 
 def test_configuration_mistakes_raise():
     with pytest.raises(ValueError, match="unknown OpenCLIP architecture"):
-        load_clip("ViT-Nonexistent-99", "laion2b_s39b_b160k")
+        load_clip("ViT-Nonexistent-99", "laion2b_s39b_b160k", **DOWNLOADS_ON)
     with pytest.raises(ValueError, match="neither a known tag"):
-        load_clip("ViT-bigG-14", "laion2b_typo")
+        load_clip("ViT-bigG-14", "laion2b_typo", **DOWNLOADS_ON)
 
 
 def test_tiny_clip_loads_from_a_local_checkpoint(tiny_clip_checkpoint):
     checkpoint, reference_model = tiny_clip_checkpoint
-    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint), batch_size=2)
+    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint), batch_size=2, allow_download=True)
     assert isinstance(encoder, ClipEncoder)
     torch.manual_seed(1)
     images = torch.rand(3, 3, 40, 56)
@@ -70,7 +75,7 @@ def test_tiny_clip_loads_from_a_local_checkpoint(tiny_clip_checkpoint):
 
 def test_preprocessing_matches_open_clip_shortest_side_crop(tiny_clip_checkpoint):
     checkpoint, _ = tiny_clip_checkpoint
-    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint))
+    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint), **DOWNLOADS_ON)
     assert encoder.image_size == (32, 32) and encoder.resize_mode == "shortest"
     # a 32x96 panorama: shorter side already 32 -> only the central 32x32 square is kept
     panorama = torch.zeros(1, 3, 32, 96)
@@ -123,7 +128,7 @@ def test_default_config_builds_and_skips_unavailable_metrics(caplog, monkeypatch
     assert config["clip"]["model_name"] == "ViT-bigG-14"
     assert "directional_text" not in config  # the texts are the run's source_prompt and prompt
     config["clip"]["cache_dir"] = str(tmp_path / "empty_hf_cache")
-    evaluator = build_evaluator(config)
+    evaluator = instantiate_clearly(config)  # as csd_exp.run builds it
     assert evaluator.clip is None and evaluator.lpips is None
     assert len(_warnings(caplog)) == 2  # one for CLIP, one for LPIPS
     torch.manual_seed(0)
@@ -134,15 +139,14 @@ def test_default_config_builds_and_skips_unavailable_metrics(caplog, monkeypatch
 
 
 def test_none_config_and_tiny_clip_config(tiny_clip_checkpoint):
-    evaluator = build_evaluator(_compose("none"))
+    evaluator = instantiate_clearly(_compose("none"))
     assert evaluator.clip is None and evaluator.lpips is None
     checkpoint, _ = tiny_clip_checkpoint
-    evaluator = build_evaluator(
-        {
-            "clip": {"model_name": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 2},
-            "lpips_net": None,
-        }
-    )
+    config = _compose("default")
+    config["clip"].update(model_name=TINY_CLIP_NAME, pretrained=str(checkpoint), batch_size=2)
+    config["lpips_net"] = None
+    evaluator = instantiate_clearly(config)
+    assert evaluator.clip.batch_size == 2
     torch.manual_seed(0)
     source = torch.rand(3, 3, 24, 24)
     report = evaluator.evaluate(
@@ -150,10 +154,11 @@ def test_none_config_and_tiny_clip_config(tiny_clip_checkpoint):
     )
     assert set(keys.CLIP_KEYS) <= set(report)
     assert -1.0 <= report[keys.CLIP_DIRECTIONAL] <= 1.0
-    with pytest.raises(ValueError, match="unknown key"):
-        build_evaluator({"clip": None, "lpips": "alex"})
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pretrained_path'\] in metrics.clip"):
-        build_evaluator({"clip": {"pretrained_path": "x"}})
+    # unknown keys are refused before anything is built (the compose-time check csd-exp runs)
+    with pytest.raises(ConfigError, match="metrics.lpips is not a setting of EditEvaluator"):
+        check_target("metrics", {**_compose("default"), "lpips": "alex"})
+    with pytest.raises(ConfigError, match=r"metrics.clip.pretrained_path is not a setting of LoadClip"):
+        check_target("metrics", {**_compose("default"), "clip": {**config["clip"], "pretrained_path": "x"}})
 
 
 def test_a_tag_found_in_the_local_hub_cache_loads_offline(tiny_clip_checkpoint, tmp_path, monkeypatch):
@@ -179,7 +184,7 @@ def test_a_tag_found_in_the_local_hub_cache_loads_offline(tiny_clip_checkpoint, 
     shutil.copy(checkpoint, snapshot / "open_clip_pytorch_model.bin")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    encoder = load_clip(TINY_CLIP_NAME, "cached_tag", cache_dir=str(tmp_path / "hub"))
+    encoder = load_clip(TINY_CLIP_NAME, "cached_tag", cache_dir=str(tmp_path / "hub"), **DOWNLOADS_ON)
     assert encoder is not None
     torch.testing.assert_close(encoder.mean.view(3), torch.tensor(tag_mean))
     torch.testing.assert_close(encoder.std.view(3), torch.tensor(tag_std))
@@ -188,4 +193,26 @@ def test_a_tag_found_in_the_local_hub_cache_loads_offline(tiny_clip_checkpoint, 
         expected = F.normalize(reference_model.encode_image((images - 0.5) / 0.25), dim=-1)
     torch.testing.assert_close(encoder.encode_images(images), expected, rtol=1e-5, atol=1e-5)
     # the same tag without the cached file: None, not a download attempt
-    assert load_clip(TINY_CLIP_NAME, "cached_tag", cache_dir=str(tmp_path / "other_hub")) is None
+    assert load_clip(TINY_CLIP_NAME, "cached_tag", cache_dir=str(tmp_path / "other_hub"), **DOWNLOADS_ON) is None
+
+
+def test_weight_resolvers_say_where_the_weights_are_without_loading(tiny_clip_checkpoint, tmp_path, caplog):
+    from csd_exp.metrics.clip_weights import ClipWeights, resolve_clip_weights
+
+    caplog.set_level(logging.WARNING)
+    offline = {"cache_dir": None, "allow_download": False}
+    not_a_model = tmp_path / "weights.bin"
+    not_a_model.write_bytes(b"never read")  # resolving names the file; only the loader opens it
+    assert resolve_clip_weights(TINY_CLIP_NAME, str(not_a_model), **offline) == ClipWeights(
+        TINY_CLIP_NAME, str(not_a_model), f"{TINY_CLIP_NAME}/{not_a_model}"
+    )
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "open_clip_config.json").write_text("{}")
+    assert resolve_clip_weights(TINY_CLIP_NAME, str(saved), **offline).model_name == f"local-dir:{saved}"
+    assert resolve_clip_weights(f"local-dir:{saved}", None, **offline).model_name == f"local-dir:{saved}"
+    assert not _warnings(caplog)
+    assert resolve_clip_weights(f"local-dir:{tmp_path / 'empty'}", None, **offline) is None
+    assert resolve_clip_weights("hf-hub:org/model", None, **offline) is None
+    assert resolve_clip_weights(TINY_CLIP_NAME, None, **offline) is None
+    assert len(_warnings(caplog)) == 3 and all("CLIP metrics skipped" in r.getMessage() for r in _warnings(caplog))

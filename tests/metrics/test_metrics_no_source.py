@@ -96,7 +96,7 @@ def test_tiny_clip_and_lpips_without_source(tiny_clip_checkpoint, tmp_path, monk
     checkpoint, _ = tiny_clip_checkpoint
     write_fake_lpips_backbone(tmp_path / "torch_home")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint), batch_size=2)
+    encoder = load_clip(TINY_CLIP_NAME, str(checkpoint), batch_size=2, allow_download=False)
     evaluator = EditEvaluator(encoder, "squeeze")
     assert evaluator.lpips is not None
     generator = torch.Generator().manual_seed(5)
