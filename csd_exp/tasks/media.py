@@ -14,7 +14,7 @@ import torch
 
 from csd_exp.data.images import save_image
 from csd_exp.data.resample import resize_frames
-from csd_exp.infra.loggers import log_images, log_video
+from csd_exp.infra.loggers import log_images, log_media
 
 
 class SnapshotMedia(pl.Callback):
@@ -49,12 +49,23 @@ def log_final_media(
 ) -> None:
     """Send a result's images and written videos (as ``final/<name>``) to the loggers that take media, plus
     ``final/source_vs_edited`` (source | edited) when the images hold a ``source`` and an ``edited`` entry
-    (``source_grid`` / ``edited_grid`` for frames), all captioned ``caption``."""
+    (``final/source_vs_edited_grid`` from ``source_grid`` / ``edited_grid`` for frames, whose video is
+    ``final/source_vs_edited``), all captioned ``caption``, as one W&B history row at ``step``."""
     images = dict(images)
-    for source_key, edited_key in (("source", "edited"), ("source_grid", "edited_grid")):
+    for source_key, edited_key, pair_key in (
+        ("source", "edited", "source_vs_edited"),
+        ("source_grid", "edited_grid", "source_vs_edited_grid"),
+    ):
         if source_key in images and edited_key in images:
-            images["source_vs_edited"] = side_by_side(images[source_key], images[edited_key])
+            images[pair_key] = side_by_side(images[source_key], images[edited_key])
             break
-    log_images(loggers, {f"final/{k}": v for k, v in images.items()}, step=step, caption=caption)
-    for name, path in videos.items():
-        log_video(loggers, f"final/{name}", path, step=step)
+    clash = sorted(set(images) & set(videos))
+    if clash:  # one history row holds each key once: an image would hide the video of the same name
+        raise ValueError(f"final media name(s) {', '.join(clash)} given both as image and as video")
+    log_media(
+        loggers,
+        images={f"final/{k}": v for k, v in images.items()},
+        videos={f"final/{name}": path for name, path in videos.items()},
+        step=step,
+        caption=caption,
+    )
