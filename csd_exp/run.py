@@ -196,7 +196,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             evaluator = build_evaluator(OmegaConf.to_container(cfg.metrics, resolve=True))
             summary["metrics"] = task.finalize(output_dir, evaluator)
             console.announce([*console.metrics_lines(summary["metrics"]), console.outputs_line(output_dir)])
-            log_metrics_table(loggers, summary["metrics"], step=trainer.global_step)
+            log_metrics_table(loggers, summary["metrics"], step=task.completed_steps)
         if not trainer.interrupted:
             summary["status"] = "completed"
             exit_code = 0

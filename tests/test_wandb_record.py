@@ -3,6 +3,7 @@ history at the steps they belong to, and nothing W&B dropped."""
 
 from __future__ import annotations
 
+import pytest
 from framework_support import FAST
 from wandb_offline import read_offline_run
 
@@ -33,3 +34,31 @@ def test_a_video_run_has_its_videos_in_the_history_at_the_final_step(run_job, mo
         assert final[f"final/{name}"]["_type"] == "images/separated", name
     # Each snapshot is its own row at the step it shows.
     assert [row["trainer/global_step"] for row in _rows_with(run, "snapshots/edited_frames")] == [1, 2]
+
+
+SAMPLING = {
+    "video": ["experiment=video_exact_cpu", "task=video_sampling", "guidance=sampling", "data.max_frames=4"],
+    "panorama": ["task=panorama_sampling", "data.short_side=32", "task.window_size=32", "task.window_stride=8"],
+}
+
+
+@pytest.mark.parametrize("modality", sorted(SAMPLING))
+def test_a_sampling_baseline_logs_media_and_validation_at_its_reverse_steps(modality, run_job, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [*SAMPLING[modality], "debug=smoke", "logger=wandb", "task.num_inference_steps=3"]
+    summary, run_dir = run_job([*overrides, "trainer.max_steps=-1"])
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    # One snapshot per reverse step, each in its own file (the optimizer's global_step stays 0 throughout).
+    snapshots = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert [name.rsplit("_step", 1)[1] for name in snapshots] == ["00001.png", "00002.png", "00003.png"], snapshots
+    run = _offline_run(run_dir)
+    assert not [w for w in run.warnings if "ignoring" in w], run.warnings
+    (snapshot_key,) = {key for row in run.history for key in row if key.startswith("snapshots/")}
+    assert [row["trainer/global_step"] for row in _rows_with(run, snapshot_key)] == [1, 2, 3]
+    (final,) = _rows_with(run, "final/edited")
+    assert final["trainer/global_step"] == 3
+    # Every validation point scores an estimate of the edit, never the source against itself (identical images
+    # give a PSNR above 100 dB, capped only by float rounding; a 3-step sample is far from the source).
+    psnr = [row["val/fidelity/psnr"] for row in _rows_with(run, "val/fidelity/psnr")]
+    assert len(psnr) == 3 and max(psnr) < 60, psnr
+    assert psnr[-1] == pytest.approx(summary["metrics"]["fidelity/psnr"], rel=1e-6)  # the last one is the result

@@ -15,22 +15,26 @@ import torch
 from csd_exp.data.images import save_image
 from csd_exp.data.resample import resize_frames
 from csd_exp.infra.loggers import log_images, log_media
+from csd_exp.infra.progress import steps_done
 
 
 class SnapshotMedia(pl.Callback):
     """Every validation (``trainer.val_check_interval`` steps), rank zero saves the task's
-    ``current_images()`` as ``snapshots/<name>[_<index>]_step<step>.png`` and logs them as ``snapshots/<name>``."""
+    ``current_images()`` as ``snapshots/<name>[_<index>]_step<step>.png`` and logs them as ``snapshots/<name>``,
+    ``<step>`` being the updates done (the task's ``completed_steps``: reverse steps for a sampling baseline,
+    whose optimizer ``global_step`` stays 0). A task with nothing to show yet (``has_result`` False) is skipped."""
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or not getattr(pl_module, "has_result", True):
             return
+        step = steps_done(trainer, pl_module)
         images = pl_module.current_images()
         folder = Path(trainer.default_root_dir) / "snapshots"
         for name, batch in images.items():
             for index, image in enumerate(batch):
                 suffix = f"_{index:03d}" if batch.shape[0] > 1 else ""
-                save_image(image, folder / f"{name}{suffix}_step{trainer.global_step:05d}.png")
-        log_images(trainer.loggers, {f"snapshots/{k}": v for k, v in images.items()}, step=trainer.global_step)
+                save_image(image, folder / f"{name}{suffix}_step{step:05d}.png")
+        log_images(trainer.loggers, {f"snapshots/{k}": v for k, v in images.items()}, step=step)
 
 
 def side_by_side(source: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
