@@ -4,7 +4,7 @@ history at the steps they belong to, and nothing W&B dropped."""
 from __future__ import annotations
 
 import pytest
-from framework_support import FAST
+from framework_support import FAST, run_cli
 from wandb_offline import read_offline_run
 
 VIDEO = ["experiment=video_exact_cpu", "task.frame_size=32", "data.max_frames=4", *FAST, "logger=wandb"]
@@ -62,3 +62,23 @@ def test_a_sampling_baseline_logs_media_and_validation_at_its_reverse_steps(moda
     psnr = [row["val/fidelity/psnr"] for row in _rows_with(run, "val/fidelity/psnr")]
     assert len(psnr) == 3 and max(psnr) < 60, psnr
     assert psnr[-1] == pytest.approx(summary["metrics"]["fidelity/psnr"], rel=1e-6)  # the last one is the result
+
+
+def test_a_sweep_over_experiments_is_one_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={sweep}",
+            "experiment=panorama_exact_cpu,video_exact_cpu",
+            "debug=smoke",
+            "logger=wandb",
+            "trainer.max_steps=1",
+        ],
+        env={"WANDB_MODE": "offline"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [read_offline_run(folder) for folder in sorted(sweep.glob("*/wandb/offline-run-*"))]
+    assert len(runs) == 2
+    assert {run.group for run in runs} == {f"panorama_exact_cpu+video_exact_cpu-{sweep.name}"}
+    assert sorted(run.job_type for run in runs) == ["panorama", "video"]  # each job still says what it ran
