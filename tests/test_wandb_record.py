@@ -82,3 +82,37 @@ def test_a_sweep_over_experiments_is_one_group(tmp_path):
     assert len(runs) == 2
     assert {run.group for run in runs} == {f"panorama_exact_cpu+video_exact_cpu-{sweep.name}"}
     assert sorted(run.job_type for run in runs) == ["panorama", "video"]  # each job still says what it ran
+
+
+PANORAMA = ["experiment=panorama_exact_cpu", "debug=smoke", "logger=wandb", "data.short_side=32"]
+PANORAMA += ["task.window_size=32", "task.window_stride=8"]
+
+
+def test_a_resumed_sweep_job_keeps_its_wandb_id_group_name_and_tags(tmp_path):
+    sweep, resumed = tmp_path / "sweep", tmp_path / "resumed"
+    _cli_ok(["-m", f"hydra.sweep.dir={sweep}", *PANORAMA, "guidance.guidance_scale=1.5,3", "tags=[review]"])
+    (job,) = [folder for folder in sweep.iterdir() if "guidance.guidance_scale=1.5" in _overrides(folder)]
+    original = _offline_run(job)
+    assert original.group == f"panorama_exact_cpu-{sweep.name}" and "guidance_scale=1.5" in original.name
+    # Resumed as a single run (the command the interrupted job printed), with more steps.
+    checkpoint = job / "checkpoints" / "last.ckpt"
+    again = [*PANORAMA, "guidance.guidance_scale=1.5", "tags=[review]", "trainer.max_steps=3"]
+    _cli_ok([*again, f"ckpt_path={checkpoint}", f"paths.output_dir={resumed}"])
+    run = _offline_run(resumed)
+    assert (run.id, run.group, run.name, run.job_type, run.tags) == (
+        original.id,
+        original.group,
+        original.name,
+        original.job_type,
+        original.tags,
+    )
+
+
+def _cli_ok(args):
+    result = run_cli(args, env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _overrides(folder):
+    return (folder / ".hydra" / "overrides.yaml").read_text() if (folder / ".hydra").is_dir() else ""
