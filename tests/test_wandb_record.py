@@ -116,3 +116,23 @@ def _cli_ok(args):
 
 def _overrides(folder):
     return (folder / ".hydra" / "overrides.yaml").read_text() if (folder / ".hydra").is_dir() else ""
+
+
+def test_optuna_trials_have_distinct_names_with_their_drawn_values(tmp_path):
+    sweep = tmp_path / "sweep"
+    search = ["hparams_search=guidance_scale_optuna", "optimized_metric=fidelity/psnr", "hydra.sweeper.n_trials=2"]
+    _cli_ok(["-m", f"hydra.sweep.dir={sweep}", *PANORAMA, *search])
+    runs = {folder.parent.parent.name: read_offline_run(folder) for folder in sweep.glob("*/wandb/offline-run-*")}
+    assert len(runs) == 2 and len({run.name for run in runs.values()}) == 2
+    for job, run in runs.items():
+        drawn = dict(
+            line[2:].split("=", 1) for line in _overrides(sweep / job).splitlines() if "guidance_scale=" in line
+        )
+        assert run.name.split("·") == [
+            "csd_edit",
+            f"guidance_scale={drawn['guidance.guidance_scale']}",
+            f"image_guidance_scale={drawn['guidance.image_guidance_scale']}",
+            f"#{job.split('_', 1)[0]}",
+            "s0",
+        ]
+        assert run.group == f"panorama_exact_cpu-{sweep.name}"

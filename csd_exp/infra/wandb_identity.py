@@ -5,7 +5,9 @@
   group by all its values, ``<a>+<b>-<folder>``; a single run has none. ``logger.wandb.group`` overrides it.
 - ``name``: ``<method>·<swept key>=<value>·…·s<seed>``: the method label, the values this job takes of the
   keys the sweep varies (read from the sweep's own ``multirun.yaml``, which Hydra writes before the first
-  job), and the seed, so two runs of a sweep never share a name. ``logger.wandb.name`` overrides it.
+  job, and from the sweeper's ``params``, e.g. ``hparams_search=...``), and the seed, so two runs of a sweep
+  never share a name; a search sweeper's (Optuna's) trials add their job number, ``#<n>``, as a search may
+  draw the same values twice. ``logger.wandb.name`` overrides it.
 - ``job_type``: the task (``panorama``, ``video``, ...); ``tags``: task, method, the experiment if any, then
   the config's own ``tags`` list.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 SEPARATOR = "·"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def _hydra_config():
@@ -83,10 +86,14 @@ def wandb_identity(method: str, seed: int, extra_tags: Iterable[str] = ()) -> di
         for override in hydra.overrides.task:
             key, _, value = str(override).partition("=")
             values[key] = value
-        for key in swept_keys(sweep_dir):
+        keys = swept_keys(sweep_dir)
+        keys += [str(key) for key in (hydra.sweeper.get("params") or {}) if str(key) not in keys]
+        for key in keys:
             if key == "seed" or key not in values or values[key] == method:
                 continue  # the seed ends every name; a swept method is the name's first part
             parts.append(f"{_short(key)}={values[key]}")
+        if str(hydra.sweeper.get("_target_", BASIC_SWEEPER)) != BASIC_SWEEPER:
+            parts.append(f"#{hydra.job.num}")  # a search may draw the same values twice: the trial's number
     parts.append(f"s{seed}")
     tags = [task, method] + ([experiment] if experiment else [])
     tags += [str(tag) for tag in extra_tags if str(tag) not in tags]
