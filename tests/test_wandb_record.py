@@ -3,6 +3,8 @@ history at the steps they belong to, and nothing W&B dropped."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from framework_support import FAST, run_cli
 from wandb_offline import read_offline_run
@@ -136,3 +138,34 @@ def test_optuna_trials_have_distinct_names_with_their_drawn_values(tmp_path):
             "s0",
         ]
         assert run.group == f"panorama_exact_cpu-{sweep.name}"
+
+
+def test_reporting_a_sweep_again_updates_its_one_report_run(tmp_path, monkeypatch):
+    from test_report import write_run
+
+    from csd_exp.report.cli import main as report_main
+
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        folder = write_run(sweep, f"{seed}_panorama_csd_edit_seed{seed}", seed=seed)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["wandb"] = {"name": f"csd_edit·s{seed}", "group": "panorama_exact_cpu-sweep", "job_type": "panorama"}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for _ in range(2):
+        assert report_main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+        ids.append(json.loads((sweep / "report_wandb.json").read_text())["id"])
+    assert ids[0] == ids[1]
+    recorded = [read_offline_run(folder) for folder in sorted((sweep / "wandb").glob("offline-run-*"))]
+    assert len(recorded) == 2 and {run.id for run in recorded} == {ids[0]}  # `wandb sync` uploads both into it
+    assert {(run.group, run.job_type) for run in recorded} == {("panorama_exact_cpu-sweep", "report")}
+    # Another sweep gets its own report run.
+    other = tmp_path / "other"
+    write_run(other, "0_panorama_csd_edit_seed0", seed=0)
+    summary = json.loads((other / "0_panorama_csd_edit_seed0" / "summary.json").read_text())
+    summary["wandb"] = {"name": "csd_edit·s0", "group": "panorama_exact_cpu-other", "job_type": "panorama"}
+    (other / "0_panorama_csd_edit_seed0" / "summary.json").write_text(json.dumps(summary))
+    assert report_main([str(other), "--metrics", "fidelity/psnr"]) == 0
+    assert json.loads((other / "report_wandb.json").read_text())["id"] != ids[0]
