@@ -47,15 +47,18 @@ def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
     node = OmegaConf.select(cfg, "logger.wandb")
     if not node:
         return None
-    from csd_exp.infra.checkpoints import stored_wandb_run_id
+    from csd_exp.infra.checkpoints import stored_wandb_identity
 
     identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed), extra_tags=cfg.get("tags") or ())
+    stored = stored_wandb_identity(cfg.get("ckpt_path"))
+    resumed = stored.pop("id", None) if node.get("id") is None else None
+    if resumed:  # the resumed run continues its W&B run under its own name, group, job type and tags
+        identity.update(stored)
     with open_dict(node):
         for key, value in identity.items():
             if node.get(key) is None:
                 node[key] = value
-        resumed = stored_wandb_run_id(cfg.get("ckpt_path"))
-        if resumed and node.get("id") is None:  # the resumed run continues its W&B run
+        if resumed:
             node["id"], node["resume"] = resumed, "allow"
             identity["id"] = resumed
     return {key: OmegaConf.to_container(node[key]) if OmegaConf.is_config(node[key]) else node[key] for key in identity}
@@ -215,7 +218,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             evaluator = instantiate_clearly(cfg.metrics) if cfg.get("metrics") else None
             summary["metrics"] = task.finalize(output_dir, evaluator)
             console.announce([*console.metrics_lines(summary["metrics"]), console.outputs_line(output_dir)])
-            log_metrics_table(loggers, summary["metrics"], step=trainer.global_step)
+            log_metrics_table(loggers, summary["metrics"], step=task.completed_steps)
         if not trainer.interrupted:
             summary["status"] = "completed"
             exit_code = 0

@@ -83,22 +83,25 @@ def test_snapshots_after_a_resumed_ctrl_c_carry_the_steps_of_an_uninterrupted_ru
 
 
 def test_final_media_are_captioned_and_shown_source_beside_edit(monkeypatch, tmp_path):
+    import numpy as np
     import torch
     from pytorch_lightning.loggers import WandbLogger
 
     from csd_exp.tasks.media import log_final_media
 
-    calls = []
-    monkeypatch.setattr(WandbLogger, "log_image", lambda self, **kwargs: calls.append(kwargs))
+    rows = []  # one history row per call: {key: [wandb.Image, ...]}, step
+    monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: rows.append((metrics, step)))
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     source, edited = torch.rand(1, 3, 16, 40), torch.rand(1, 3, 32, 80)  # the edit at output size
     log_final_media([logger], {"source": source, "edited": edited}, {}, step=3, caption="make it red · seed 0")
-    by_key = {call["key"]: call for call in calls}
+    assert len(rows) == 1 and rows[0][1] == 3  # all final media in one row at the final step
+    by_key = rows[0][0]
     assert set(by_key) == {"final/source", "final/edited", "final/source_vs_edited"}
-    pair = by_key["final/source_vs_edited"]["images"][0]
-    assert pair.shape == (32, 160, 3)  # the source scaled to the edit's height, then the edit
-    assert (pair[:, 80:] == (edited[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).all()
-    assert all(call["caption"] == ["make it red · seed 0"] and call["step"] == 3 for call in calls)
+    (pair,) = by_key["final/source_vs_edited"]
+    assert pair.image.size == (160, 32)  # the source scaled to the edit's height, then the edit
+    expected = (edited[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    assert (np.asarray(pair.image)[:, 80:] == expected).all()
+    assert all(image._caption == "make it red · seed 0" for images in by_key.values() for image in images)
 
 
 @pytest.mark.parametrize(

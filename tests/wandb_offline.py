@@ -4,7 +4,8 @@ wandb >= 0.19 writes offline runs from its Go core and ships no Python reader. T
 7-byte header (``:W&B``, magic, version) followed by a LevelDB-style log: 32 KiB blocks of records, each
 with a 7-byte header (CRC-32C, little-endian length, type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4), a block's
 tail shorter than a header being padding. Each assembled record is a ``wandb_internal_pb2.Record``.
-This reads only what the tests check: the run's identity, config, summary and artifacts.
+This reads only what the tests check: the run's identity, config, summary, history rows and artifacts,
+plus the warnings W&B's core wrote into ``logs/debug-internal.log`` (a history row it ignored shows there).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     artifacts: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name -> (type, files)
+    history: list[dict] = field(default_factory=list)  # one dict per row; a media entry is a dict of its fields
+    warnings: list[str] = field(default_factory=list)  # "<msg> <fields>" of each WARN line of the core's log
 
 
 def _payloads(data: bytes):
@@ -59,8 +62,37 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def _history_row(history) -> dict:
+    row: dict = {}
+    for item in history.item:
+        value = json.loads(item.value_json)
+        if item.key or len(item.nested_key) == 1:
+            row[item.key or item.nested_key[0]] = value
+        else:  # a media entry, e.g. ("final/edited", "_type") -> row["final/edited"]["_type"]
+            *parents, leaf = item.nested_key
+            node = row
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = value
+    return row
+
+
+def _core_warnings(run_dir: Path) -> list[str]:
+    log = Path(run_dir) / "logs" / "debug-internal.log"
+    warnings = []
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") == "WARN":
+            fields = {k: v for k, v in entry.items() if k not in ("time", "level", "msg")}
+            warnings.append(f"{entry.get('msg', '')} {fields}")
+    return warnings
+
+
 def read_offline_run(run_dir: Path) -> OfflineRun:
-    """The identity, config, final summary and artifacts recorded in ``run_dir/run-<id>.wandb``."""
+    """The identity, config, final summary, history and artifacts recorded in ``run_dir/run-<id>.wandb``."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = Path(run_dir).glob("run-*.wandb")
@@ -80,4 +112,7 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         elif kind == "artifact":
             files = sorted(entry.path for entry in record.artifact.manifest.contents)
             run.artifacts[record.artifact.name] = (record.artifact.type, files)
+        elif kind == "history":
+            run.history.append(_history_row(record.history))
+    run.warnings = _core_warnings(run_dir)
     return run

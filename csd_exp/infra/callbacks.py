@@ -76,7 +76,8 @@ class SaveOnInterrupt(pl.Callback):
 class RunFingerprint(pl.Callback):
     """Store the run's config fingerprint (:func:`csd_exp.infra.checkpoints.run_fingerprint`) in every checkpoint,
     periodic, last and on-interrupt alike, under ``checkpoint["csd_exp"]["fingerprint"]``, and the W&B run's
-    id under ``["wandb_run_id"]`` (a resume continues that run)."""
+    id under ``["wandb_run_id"]`` with its name, group, job type and tags under ``["wandb_identity"]`` (a resume
+    continues that run under the same identity, even when resumed outside its sweep)."""
 
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
@@ -92,3 +93,10 @@ class RunFingerprint(pl.Callback):
         for logger in trainer.loggers:  # a resume from this checkpoint continues the same W&B run
             if isinstance(logger, WandbLogger) and logger.version:
                 entry["wandb_run_id"] = str(logger.version)
+                run = logger.experiment
+                entry["wandb_identity"] = {
+                    "name": run.name,
+                    "group": run.group,
+                    "job_type": run.job_type,
+                    "tags": list(run.tags or ()),
+                }

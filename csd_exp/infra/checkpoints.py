@@ -207,7 +207,21 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_co
 
 def stored_wandb_run_id(path: str | Path | None) -> str | None:
     """The W&B run id a checkpoint was written under (None: none recorded, or no checkpoint)."""
+    return stored_wandb_identity(path).get("id")
+
+
+#: What a checkpoint records of its W&B run besides the id, so that a resume keeps them.
+WANDB_IDENTITY_KEYS = ("name", "group", "job_type", "tags")
+
+
+def stored_wandb_identity(path: str | Path | None) -> dict[str, Any]:
+    """The W&B run a checkpoint was written under: ``id`` and, where recorded, its ``name``, ``group``,
+    ``job_type`` and ``tags`` ({} without a checkpoint or a W&B run; empty values are left out)."""
     if not path or not Path(path).is_file():
-        return None
-    run_id = (_load(Path(path)).get(CHECKPOINT_KEY) or {}).get("wandb_run_id")
-    return str(run_id) if run_id else None
+        return {}
+    entry = _load(Path(path)).get(CHECKPOINT_KEY) or {}
+    if not entry.get("wandb_run_id"):
+        return {}
+    stored = entry.get("wandb_identity") or {}
+    identity = {key: stored[key] for key in WANDB_IDENTITY_KEYS if stored.get(key)}
+    return {"id": str(entry["wandb_run_id"]), **identity}

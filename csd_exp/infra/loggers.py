@@ -61,26 +61,42 @@ def _to_uint8(images: torch.Tensor):
     return (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
 
 
-def log_images(
-    loggers: Iterable, images: Mapping[str, torch.Tensor], step: int | None = None, caption: str | None = None
+def log_media(
+    loggers: Iterable,
+    images: Mapping[str, torch.Tensor] | None = None,
+    videos: Mapping[str, Path] | None = None,
+    step: int | None = None,
+    caption: str | None = None,
 ) -> None:
-    """Send (B, 3, H, W) image batches in [0, 1] to every W&B logger, each image captioned ``caption``."""
+    """Send (B, 3, H, W) image batches in [0, 1] (each image captioned ``caption``) and already written video
+    files to every W&B logger as **one** history row at ``step`` (``trainer/global_step``, the x-axis Lightning
+    gives every W&B chart).
+
+    One row through the logger's ``log_metrics``, never ``run.log(step=...)``: W&B's own step only grows, every
+    earlier row has advanced it past the trainer's step, and W&B drops a row logged at a smaller step
+    ("ignoring partial history record")."""
+    images, videos = dict(images or {}), dict(videos or {})
+    if not images and not videos:
+        return
     for logger in loggers:
         if not _is_wandb(logger):
             continue
+        import wandb
+
+        row: dict = {}
         for key, batch in images.items():
             arrays = list(_to_uint8(batch))
-            extra = {} if caption is None else {"caption": [caption] * len(arrays)}
-            logger.log_image(key=key, images=arrays, step=step, **extra)
+            row[key] = [wandb.Image(array, caption=caption) for array in arrays]
+        for key, path in videos.items():
+            row[key] = wandb.Video(str(path), format=Path(path).suffix[1:], caption=caption)
+        logger.log_metrics(row, step=step)
 
 
-def log_video(loggers: Iterable, key: str, video_path: Path, step: int | None = None) -> None:
-    """Send an already written video file to every W&B logger."""
-    for logger in loggers:
-        if _is_wandb(logger):
-            import wandb
-
-            logger.experiment.log({key: wandb.Video(str(video_path), format=Path(video_path).suffix[1:])}, step=step)
+def log_images(
+    loggers: Iterable, images: Mapping[str, torch.Tensor], step: int | None = None, caption: str | None = None
+) -> None:
+    """Send (B, 3, H, W) image batches in [0, 1] to every W&B logger (one history row, see :func:`log_media`)."""
+    log_media(loggers, images=images, step=step, caption=caption)
 
 
 #: W&B run-summary aggregates of the curves (the final metrics are set under summary.json's own names).

@@ -1,7 +1,9 @@
 """The report as a W&B run: the table as a ``wandb.Table`` with links to the runs, and the figures.
 
 One run per report, ``job_type="report"``, in the W&B group of the runs it reports (``summary.json``
-records each run's W&B identity under ``"wandb"``), in their project. It is made when W&B is on: the
+records each run's W&B identity under ``"wandb"``), in their project. Its id is derived from the project and the
+reported folders (:func:`report_run_id`), so reporting the same sweep again updates that one run (W&B resumes it)
+instead of adding another. It is made when W&B is on: the
 runs logged to W&B, ``wandb`` is installed, and neither ``WANDB_MODE=disabled`` nor ``--no-wandb`` says
 otherwise; offline (no API key, or ``WANDB_MODE=offline``) counts, and the run is then written under
 ``<report folder>/wandb`` for ``wandb sync``. ``report_wandb.json`` records the run and the table sent.
@@ -97,6 +99,15 @@ def _table(columns: list[str], data: list[list]):
     return wandb.Table(columns=list(columns), data=rows, allow_mixed_types=True)
 
 
+def report_run_id(project: str, roots: list[Path]) -> str:
+    """The report run's W&B id: a hash of the project and the reported folders (resolved, in order), the same
+    for every report of the same sweep(s)."""
+    import hashlib
+
+    key = "\n".join([project, *(str(Path(root).resolve()) for root in roots)])
+    return "report-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def log_report(report: Report, extra_tables: dict[str, tuple[list[str], list[list]]] | None = None) -> WandbReport:
     """Create the report run, log the table, the figures and ``extra_tables`` (key -> columns, rows), finish."""
     import wandb
@@ -111,6 +122,8 @@ def log_report(report: Report, extra_tables: dict[str, tuple[list[str], list[lis
     mode = resolve_wandb_mode()
     report.out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
+        id=report_run_id(project, list(report.roots)),
+        resume="allow",  # a re-report continues the same run: its table and figures are the latest
         project=project,
         entity=entity,
         group=group,

@@ -319,6 +319,7 @@ class DistillationTask(pl.LightningModule):
             result = self.final_result()
         videos = self.write_outputs(output_dir, result)
         if self._trainer is not None:
-            caption = f"{self.prompt} · seed {self.seed} · step {self.global_step}"
-            log_final_media(self.trainer.loggers, result.media, videos, step=self.global_step, caption=caption)
+            step = self.completed_steps  # a sampling baseline's reverse steps (its global_step stays 0)
+            caption = f"{self.prompt} · seed {self.seed} · step {step}"
+            log_final_media(self.trainer.loggers, result.media, videos, step=step, caption=caption)
         return final_metrics(evaluator, result, source_text=self.source_prompt, target_text=self.prompt)

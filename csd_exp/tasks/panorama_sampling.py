@@ -84,6 +84,9 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
             self.canvas.data.copy_(self.final_canvas(self.state))
         return None
 
+    def show_estimate(self, clean: torch.Tensor) -> None:
+        self.canvas.data.copy_(self.final_canvas(clean))
+
     def stitch(self, windows: torch.Tensor) -> torch.Tensor:
         """Average (W, C, s, s) windows onto the (1, C, H, W) canvas where they overlap."""
         canvas = torch.zeros_like(self.canvas)

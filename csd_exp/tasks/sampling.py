@@ -27,6 +27,12 @@ def sampling_timesteps(num_train_timesteps: int, num_steps: int, strength: float
     return [int(round(float(t))) for t in steps]
 
 
+def predicted_clean(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+    """The clean sample that ``x_t`` and its noise estimate ``eps`` at timestep ``t`` imply (x0 above)."""
+    abar_t = alphas_cumprod[t].to(x_t)
+    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
 def ddim_step(
     alphas_cumprod: torch.Tensor,
     x_t: torch.Tensor,
@@ -39,7 +45,7 @@ def ddim_step(
     """One reverse step from ``t`` to ``t_prev`` (``None``: to the clean sample)."""
     abar_t = alphas_cumprod[t].to(x_t)
     abar_prev = alphas_cumprod[t_prev].to(x_t) if t_prev is not None else torch.ones((), device=x_t.device)
-    x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    x0 = predicted_clean(alphas_cumprod, x_t, eps, t)
     if t_prev is None:
         return x0
     sigma_prev_sq = 1 - abar_prev
@@ -87,6 +93,12 @@ class ReverseSamplingMixin:
 
     Mixed into a task (before it in the bases): the dataloader yields one ticket per reverse step,
     ``completed_steps`` counts reverse steps, and :meth:`reverse_step` advances ``self.state``.
+
+    Until the last step the task's own latents still hold the source, so what a validation or a snapshot
+    shows mid-way is the clean sample the last reverse step predicts (:meth:`show_estimate` puts it into the
+    task's latents at each validation); before the first reverse step (or, for a task that predicts none,
+    before its result) there is nothing to show, and no validation point or snapshot is made
+    (:attr:`has_result`): none ever scores the source against itself.
     """
 
     draws_per_step = False  # one reverse process, not one random draw per step: nothing to overfit
@@ -105,6 +117,27 @@ class ReverseSamplingMixin:
         self.timesteps = sampling_timesteps(self.prior.num_train_timesteps, int(num_inference_steps), self.strength)
         self.state: torch.Tensor | None = None
         self.reverse_steps_done = 0
+        self.clean_estimate: torch.Tensor | None = None  # the clean sample the last reverse step predicts
+        self.result_ready = False  # the task's latents hold the finished result
+
+    @property
+    def has_result(self) -> bool:
+        """True once there is something to validate and snapshot: a reverse step's estimate or the result."""
+        return self.result_ready or self.clean_estimate is not None
+
+    def show_estimate(self, clean: torch.Tensor) -> None:
+        """Put the clean estimate ``clean`` (the shape of ``self.state``) into the task's latents."""
+        raise NotImplementedError
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if not self.result_ready and self.clean_estimate is not None:
+            self.show_estimate(self.clean_estimate)
+
+    def validation_step(self, batch, batch_idx):
+        if not self.has_result:
+            return None
+        return super().validation_step(batch, batch_idx)
 
     def train_dataloader(self):
         from torch.utils.data import DataLoader
@@ -134,8 +167,10 @@ class ReverseSamplingMixin:
 
         t = self.timesteps[index]
         t_prev = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else None
+        alphas_cumprod = self.prior.alphas_cumprod.float()
+        self.clean_estimate = predicted_clean(alphas_cumprod, self.state, eps, t)
         self.state = ddim_step(
-            self.prior.alphas_cumprod.float(),
+            alphas_cumprod,
             self.state,
             eps,
             t,
@@ -144,5 +179,6 @@ class ReverseSamplingMixin:
             step_generator(self.seed, index, "sampling"),
         )
         self.reverse_steps_done = index + 1
+        self.result_ready = t_prev is None  # the caller puts the final state into its latents
         self.log("t", float(t), prog_bar=True, on_step=True, rank_zero_only=True)
         return t_prev is None

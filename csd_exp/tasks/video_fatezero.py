@@ -143,6 +143,7 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
             self.editing_step(index - self.num_steps)
             if index == 2 * self.num_steps - 1:
                 self.latents.data.copy_(self.state)
+                self.result_ready = True  # validations and snapshots before this would show the source
                 self.release_inversion()
         self._next_index = index + 1
         self.reverse_steps_done = index + 1

@@ -49,3 +49,6 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         if self.reverse_step(index, eps):
             self.latents.data.copy_(self.state)
         return None
+
+    def show_estimate(self, clean: torch.Tensor) -> None:
+        self.latents.data.copy_(clean)
