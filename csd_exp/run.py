@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from csd_exp.infra.run_folder import hold_run_folder
-from csd_exp.infra.summary import package_versions, run_identity, write_summary
+from csd_exp.infra.summary import group_choices, package_versions, run_identity, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,6 @@ def sweep_folder() -> Path | None:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().sweep.dir) if in_multirun() else None
-
-
-def group_choices() -> dict[str, str]:
-    """The config group options of this job (task, model, experiment, ...); {} outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:

@@ -35,6 +35,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def group_choices() -> dict[str, str]:
+    """The config group options of this job (task, model, experiment, ...); {} outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
 def run_identity(cfg: Any) -> dict[str, str | None]:
     """What ran, at the top of ``summary.json``: ``task`` (the task option), ``method`` (the run's label),
     ``model`` (the model option) and ``model_id`` (the weights' hub id or folder, else the option), so a report
@@ -42,13 +51,7 @@ def run_identity(cfg: Any) -> dict[str, str | None]:
     is added once the prior is built (``csd_exp.run``)."""
     from omegaconf import OmegaConf
 
-    choices: dict = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = dict(HydraConfig.get().runtime.choices)
-    except ValueError:  # no Hydra context (a config composed by hand): the options are unknown
-        pass
+    choices = group_choices()  # {} without a Hydra context (a config composed by hand): options unknown
     method = OmegaConf.select(cfg, "method", default=None)
     model_id = OmegaConf.select(cfg, "model.pretrained_model_name_or_path", default=None) or choices.get("model")
     return {
