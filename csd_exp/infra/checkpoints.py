@@ -135,8 +135,9 @@ def _refused_pickle(message: str, path: Path) -> str | None:
     return None
 
 
-def _load(path: Path) -> dict:
-    """The checkpoint on CPU, tensors and plain containers only (never arbitrary pickled objects)."""
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint on CPU, tensors and plain containers only (never arbitrary pickled objects); a ValueError
+    naming the fix for an empty, damaged, pickled or non-Lightning file."""
     if path.stat().st_size == 0:
         raise ValueError(f"ckpt_path={path} is empty (0 bytes: a save that never finished){_siblings(path)}")
     try:
@@ -178,7 +179,7 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_co
         raise FileNotFoundError(f"ckpt_path={path} is a folder; point it at a file in it, e.g. {path / 'last.ckpt'}")
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist; point it at a run's checkpoints/last.ckpt")
-    stored = (_load(path).get(CHECKPOINT_KEY) or {}).get("fingerprint")
+    stored = (load_checkpoint(path).get(CHECKPOINT_KEY) or {}).get("fingerprint")
     if not stored:
         log.warning(
             "ckpt_path=%s has no config fingerprint (written before csd-exp stored one): cannot check "
@@ -219,7 +220,7 @@ def stored_wandb_identity(path: str | Path | None) -> dict[str, Any]:
     ``job_type`` and ``tags`` ({} without a checkpoint or a W&B run; empty values are left out)."""
     if not path or not Path(path).is_file():
         return {}
-    entry = _load(Path(path)).get(CHECKPOINT_KEY) or {}
+    entry = load_checkpoint(Path(path)).get(CHECKPOINT_KEY) or {}
     if not entry.get("wandb_run_id"):
         return {}
     stored = entry.get("wandb_identity") or {}

@@ -142,12 +142,11 @@ def _job_name() -> str:
 
 def _global_step(path: Path) -> int | None:
     """The checkpoint's step, or None when it does not load (truncated, empty, not a checkpoint)."""
-    import torch
+    from csd_exp.infra.checkpoints import load_checkpoint
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["global_step"])
-    except Exception:  # any unreadable file is simply not a candidate; the caller names what it chose
+        return int(load_checkpoint(path)["global_step"])
+    except (OSError, ValueError, KeyError):  # an unreadable file is simply not a candidate; the caller says so
         return None
 
 
