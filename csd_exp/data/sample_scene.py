@@ -193,7 +193,3 @@ def make_sample_scene(
         )
     return dataset
 
-
-def sample_scene(out_dir: str | os.PathLike | None = None) -> SceneDataset:
-    """The default CPU-sized sample: 24 training + 6 held-out views at 48x48."""
-    return make_sample_scene(num_views=30, num_val=6, size=(48, 48), seed=0, out_dir=out_dir)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from analytic_support import analytic_field
 
 from csd_exp.data.cameras import Cameras, look_at, turntable_cameras
 from csd_exp.render.reprojection import reprojection_error, warp_to_view
@@ -14,7 +15,8 @@ from csd_exp.render.voxel import VoxelRadianceField
 def textured_sphere():
     """Opaque sphere whose colour is a smooth function of 3D position (so it is view-consistent)."""
     field = VoxelRadianceField(resolution=48, num_samples=96)
-    field.set_from_functions(
+    analytic_field(
+        field,
         lambda p: 60.0 * torch.sigmoid((0.6 - p.norm(dim=-1)) * 40.0),
         lambda p: torch.stack(
             [

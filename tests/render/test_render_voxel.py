@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from analytic_support import analytic_field
 
 from csd_exp.data.cameras import turntable_cameras
 from csd_exp.render.base import RadianceField
@@ -13,7 +14,8 @@ from csd_exp.render.voxel import VoxelRadianceField, ray_aabb_intersect
 
 def _sphere_field(resolution=40, num_samples=64):
     field = VoxelRadianceField(resolution=resolution, num_samples=num_samples)
-    field.set_from_functions(
+    analytic_field(
+        field,
         lambda p: torch.where(p.norm(dim=-1) < 0.5, torch.tensor(200.0), torch.tensor(0.0)),
         lambda p: (0.5 + 0.4 * p).clamp(0, 1),
     )
