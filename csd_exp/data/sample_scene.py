@@ -192,4 +192,3 @@ def make_sample_scene(
             dataset, image_paths=[root / f"images/frame_{i:05d}.png" for i in range(num_views)], source=root
         )
     return dataset
-
