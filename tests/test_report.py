@@ -16,7 +16,7 @@ from PIL import Image
 
 from csd_exp.report import main
 from csd_exp.report.plots import line_key
-from csd_exp.report.runs import run_labels
+from csd_exp.report.runs import load_runs
 from csd_exp.report.table import build_rows, swept_columns
 
 RBF = {"_target_": "csd_exp.distill.RBFKernel", "bandwidth": "median", "bandwidth_multiplier": 1.0}
@@ -59,7 +59,9 @@ def write_run(
     }
     if metrics is None:
         metrics = {"fidelity/psnr": psnr_of(method, scale, seed), "consistency/mode_fraction/hue_72": 1.0}
+    # Runs record what ran at the top of summary.json (the report never recovers it from names).
     summary = {"status": status, "metrics": metrics, "seed": seed, "steps": 2, "wall_time_s": 1.0, "config": config}
+    summary.update(task=task, method=method)
     (folder / "summary.json").write_text(json.dumps(summary))
     if image:
         Image.new("RGB", (48, 16), (40 * seed, 100, 200)).save(folder / "edited.png")
@@ -208,22 +210,30 @@ def test_one_numeric_swept_key_gives_line_plots():
     assert line_key(build_rows(runs, swept_columns(runs)), swept_columns(runs)) is None
 
 
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ({"run_name": "panorama_csd_edit"}, ("panorama", "csd_edit")),
-        ({"run_name": "panorama_sampling_multidiffusion"}, ("panorama", "sampling_multidiffusion")),
-        ({"run_name": "scene3d_in2n"}, ("scene3d", "in2n")),
-        ({"run_name": "video_sampling"}, ("video", "sampling")),
-        ({"run_name": "mine_csd", "task": {"_target_": "pkg.MineTask"}}, ("mine", "csd")),
-        # The guidance keys are being renamed: a config without run_name still gets a label.
-        ({"guidance": {"baseline": "csd", "kernel": RBF}, "task": {"_target_": "x.VideoTask"}}, ("video", "csd+rbf")),
-        ({"guidance": {"method": "sds"}}, (None, "sds")),
-        ({}, (None, "run7")),
-    ],
-)
-def test_method_labels(config, expected):
-    assert run_labels(config, Path("/x/run7")) == expected
+def test_labels_are_what_the_run_recorded_never_names(tmp_path):
+    """task / method come from summary.json (else the saved config's method label); a run that records
+    neither is "unknown" with a one-line note, whatever its run name, class name or folder says."""
+    sweep = tmp_path / "sweep"
+    recorded = write_run(sweep, "0_panorama_csd_edit_seed0")
+    old = write_run(sweep, "1_panorama_sds_seed0", method="sds")
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["task"], summary["method"]  # an older summary: the config's method label is still read
+    summary["config"]["method"] = "sds"
+    (old / "summary.json").write_text(json.dumps(summary))
+    nameless = write_run(sweep, "2_video_csd_seed0", task="video", method="csd")
+    summary = json.loads((nameless / "summary.json").read_text())
+    del summary["task"], summary["method"]  # run_name "video_csd" and VideoTask are not read
+    (nameless / "summary.json").write_text(json.dumps(summary))
+    runs, _ = load_runs([sweep])
+    assert [(run.task, run.method, run.labelled) for run in runs] == [
+        ("panorama", "csd_edit", True),
+        (None, "sds", True),
+        (None, "unknown", False),
+    ]
+    assert recorded == runs[0].folder
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "1 run(s) record no method" in text and "reported as `unknown`, never guessed from names" in text
 
 
 def test_non_finite_values_and_eval_summaries(tmp_path):
@@ -236,7 +246,7 @@ def test_non_finite_values_and_eval_summaries(tmp_path):
     assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
     text = (sweep / "report.md").read_text()
     assert "| csd_edit | 2 | 20 (1/2) |" in text
-    assert "| fatezero | 1 | 15 |" in text
+    assert "| unknown | 1 | 15 |" in text  # no method recorded: not recovered from the folder name
 
 
 @pytest.mark.slow
