@@ -152,7 +152,7 @@ def _label(value: Any) -> str | None:
     return value if isinstance(value, str) and value and "${" not in value else None
 
 
-def _identity(summary: dict, config: dict, folder: Path) -> tuple[str | None, str | None]:
+def recorded_labels(summary: dict, config: dict, folder: Path) -> tuple[str | None, str | None]:
     """(task, method) as the run recorded them: summary.json's top-level fields, else the saved config's
     ``method`` label and Hydra's ``task`` choice (``.hydra/hydra.yaml``); None where none is recorded."""
     task, method = _label(summary.get("task")), _label(summary.get("method"))
@@ -172,7 +172,7 @@ def _describe(path: Path, summary: dict) -> Run:
         config = _saved_yaml(path.parent / ".hydra" / "config.yaml")
     # csd-exp-eval writes no status: a summary with metrics and no status is a finished evaluation.
     status = summary.get("status") or ("completed" if "metrics" in summary else "unknown")
-    task, method = _identity(summary, config, path.parent)
+    task, method = recorded_labels(summary, config, path.parent)
     seed = summary.get("seed", config.get("seed"))
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return Run(

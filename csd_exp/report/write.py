@@ -347,7 +347,9 @@ def conditions_lines(report: Report) -> list[str]:
         lines += [f"- {name}: {detail}" for name, detail in comparison.confounders.items()]
     elif len(comparison.methods) > 1:
         lines.append("Confounders: none (the methods ran on the same inputs, frames, sizes, steps, scales and seeds).")
-    lines += [f"- Expected: {line}" if comparison.confounders else f"Expected: {line}" for line in comparison.expected]
+    if comparison.expected and comparison.confounders:
+        lines.append("")
+    lines += [f"Expected: {line}" for line in comparison.expected]
     if comparison.derived:
         lines.append(
             f"Conditions of {', '.join(comparison.derived)} come from the saved config (their summary.json has no "
