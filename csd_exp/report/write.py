@@ -157,6 +157,18 @@ def table_lines(report: Report) -> list[str]:
 
 def notes(report: Report) -> list[str]:
     columns, found = report.columns, []
+    tables: dict[tuple, None] = {}
+    for run in report.completed:
+        listed = run.config.get("paper.methods")
+        if isinstance(listed, list) and isinstance(run.config.get("paper.table"), str):
+            tables[(run.config["paper.table"], tuple(map(str, listed)))] = None
+    ran = {run.method for run in report.completed}
+    for name, listed in tables:
+        if absent := [method for method in listed if method not in ran]:
+            found.append(
+                f"Paper table {name} (its experiment's paper.methods) lists methods without a completed run here: "
+                f"{', '.join(absent)} (csd-exp-paper {name} runs them all)."
+            )
     unlabelled = [run for run in report.runs if not run.labelled]
     if unlabelled:
         found.append(
