@@ -26,6 +26,8 @@ from typing import Any
 # Condition fields compared between methods, in the order the report shows them. None = not applicable
 # to that run (a panorama has no frame count, FateZero no image guidance scale) and is never compared.
 COMPARED = ("input", "frames", "size_px", "steps", "guidance_scale", "image_guidance_scale", "seed")
+# The input of a run whose data.path is null: the task's bundled default.
+DEFAULT_INPUT = "default (data.path=null)"
 # Config keys that give a run's size when its summary has no size_px (the key is shown with the value).
 SIZE_KEYS = (
     "task.frame_size",
@@ -107,7 +109,10 @@ def _derived_values(summary: dict, config: dict, seed: int | None) -> dict[str, 
         scale = _plain(_select(config, "task.guidance_scale")) if scale is None else scale
         image_scale = _plain(_select(config, "task.image_guidance_scale")) if image_scale is None else image_scale
     return {
-        "input": path if path is not None else _plain(config.get("prompt")),
+        # A task without a data node (text-to-3D) edits nothing: its prompt is its input.
+        "input": path
+        if path is not None
+        else (DEFAULT_INPUT if isinstance(config.get("data"), dict) else _plain(config.get("prompt"))),
         "frames": _plain(_select(config, "data.max_frames")),
         "size_px": size,
         "steps": steps,
