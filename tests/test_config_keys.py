@@ -126,7 +126,7 @@ GUIDANCE_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "guidance").glob("*.yaml
 @pytest.mark.parametrize("preset", GUIDANCE_PRESETS)
 def test_the_method_label_is_the_guidance_choice(preset, tmp_path):
     """Run name, W&B tag and the summary table all name a run by its guidance preset, as they did by method."""
-    from csd_exp.report.runs import run_labels
+    from csd_exp.report.runs import recorded_labels
 
     cfg, plain = _composed([f"guidance={preset}"], tmp_path)
     from csd_exp.infra.wandb_identity import wandb_identity
@@ -135,7 +135,8 @@ def test_the_method_label_is_the_guidance_choice(preset, tmp_path):
         "panorama",
         preset,
     ]
-    assert plain["method"] == preset and run_labels(plain, tmp_path) == ("panorama", preset)
+    # The report reads the recorded label (summary.json, else the config's method), never the run name.
+    assert plain["method"] == preset and recorded_labels({}, plain, tmp_path)[1] == preset
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from csd_exp.report import main
 from csd_exp.report.plots import line_key
-from csd_exp.report.runs import run_labels
+from csd_exp.report.runs import load_runs
 from csd_exp.report.table import build_rows, swept_columns
 
 RBF = {"_target_": "csd_exp.distill.RBFKernel", "bandwidth": "median", "bandwidth_multiplier": 1.0}
@@ -59,7 +59,9 @@ def write_run(
     }
     if metrics is None:
         metrics = {"fidelity/psnr": psnr_of(method, scale, seed), "consistency/mode_fraction/hue_72": 1.0}
+    # Runs record what ran at the top of summary.json (the report never recovers it from names).
     summary = {"status": status, "metrics": metrics, "seed": seed, "steps": 2, "wall_time_s": 1.0, "config": config}
+    summary.update(task=task, method=method)
     (folder / "summary.json").write_text(json.dumps(summary))
     if image:
         Image.new("RGB", (48, 16), (40 * seed, 100, 200)).save(folder / "edited.png")
@@ -208,22 +210,30 @@ def test_one_numeric_swept_key_gives_line_plots():
     assert line_key(build_rows(runs, swept_columns(runs)), swept_columns(runs)) is None
 
 
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ({"run_name": "panorama_csd_edit"}, ("panorama", "csd_edit")),
-        ({"run_name": "panorama_sampling_multidiffusion"}, ("panorama", "sampling_multidiffusion")),
-        ({"run_name": "scene3d_in2n"}, ("scene3d", "in2n")),
-        ({"run_name": "video_sampling"}, ("video", "sampling")),
-        ({"run_name": "mine_csd", "task": {"_target_": "pkg.MineTask"}}, ("mine", "csd")),
-        # The guidance keys are being renamed: a config without run_name still gets a label.
-        ({"guidance": {"baseline": "csd", "kernel": RBF}, "task": {"_target_": "x.VideoTask"}}, ("video", "csd+rbf")),
-        ({"guidance": {"method": "sds"}}, (None, "sds")),
-        ({}, (None, "run7")),
-    ],
-)
-def test_method_labels(config, expected):
-    assert run_labels(config, Path("/x/run7")) == expected
+def test_labels_are_what_the_run_recorded_never_names(tmp_path):
+    """task / method come from summary.json (else the saved config's method label); a run that records
+    neither is "unknown" with a one-line note, whatever its run name, class name or folder says."""
+    sweep = tmp_path / "sweep"
+    recorded = write_run(sweep, "0_panorama_csd_edit_seed0")
+    old = write_run(sweep, "1_panorama_sds_seed0", method="sds")
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["task"], summary["method"]  # an older summary: the config's method label is still read
+    summary["config"]["method"] = "sds"
+    (old / "summary.json").write_text(json.dumps(summary))
+    nameless = write_run(sweep, "2_video_csd_seed0", task="video", method="csd")
+    summary = json.loads((nameless / "summary.json").read_text())
+    del summary["task"], summary["method"]  # run_name "video_csd" and VideoTask are not read
+    (nameless / "summary.json").write_text(json.dumps(summary))
+    runs, _ = load_runs([sweep])
+    assert [(run.task, run.method, run.labelled) for run in runs] == [
+        ("panorama", "csd_edit", True),
+        (None, "sds", True),
+        (None, "unknown", False),
+    ]
+    assert recorded == runs[0].folder
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "1 run(s) record no method" in text and "reported as `unknown`, never guessed from names" in text
 
 
 def test_non_finite_values_and_eval_summaries(tmp_path):
@@ -236,7 +246,7 @@ def test_non_finite_values_and_eval_summaries(tmp_path):
     assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
     text = (sweep / "report.md").read_text()
     assert "| csd_edit | 2 | 20 (1/2) |" in text
-    assert "| fatezero | 1 | 15 |" in text
+    assert "| unknown | 1 | 15 |" in text  # no method recorded: not recovered from the folder name
 
 
 @pytest.mark.slow
@@ -277,3 +287,183 @@ def test_a_real_smoke_sweep_end_to_end(tmp_path):
     assert math.isfinite(float(rows[0]["fidelity/psnr_mean"])) and rows[0]["fidelity/psnr_std"]
     assert {"report.md", "report_grid.png", "report_fidelity_psnr.png"} <= {path.name for path in sweep.iterdir()}
     assert "| csd_edit | 2 |" in reported.stdout
+
+
+# ------------------------------------------------------------------ conditions, confounders, paired differences
+FAMILY = {"csd_edit": "instruct_pix2pix", "sds": "instruct_pix2pix", "fatezero": "stable_diffusion"}
+MODEL = {"instruct_pix2pix": "tiny_ip2p", "stable_diffusion": "tiny_sd"}
+
+
+def write_recorded(sweep: Path, job: int, method: str, seed: int, value: float, **conditions) -> Path:
+    """A summary as runs write it now: task, method, model and the conditions block at the top."""
+    folder = sweep / f"{job}_video_{method}_seed{seed}"
+    folder.mkdir(parents=True)
+    family = conditions.pop("family", FAMILY[method])
+    block = {
+        "input": "sample:pan",
+        "frames": 8,
+        "size_px": [64, 64],
+        "steps": 4,
+        "steps_meaning": "updates",
+        "guidance_scale": 7.5,
+        "image_guidance_scale": 1.5,
+        "seed": seed,
+        "unet_passes_per_step": 3,
+        **conditions,
+    }
+    task = {"fatezero": "VideoFateZeroTask"}.get(method, "VideoTask")
+    config = {"seed": seed, "task": {"_target_": f"csd_exp.tasks.{task}"}, "data": {"path": block["input"]}}
+    summary = {
+        "status": "completed",
+        "task": "video",
+        "method": method,
+        "model_family": family,
+        "model_id": conditions.get("model_id", MODEL[family]),
+        "kernel": "rbf" if method == "csd_edit" else None,
+        "conditions": block,
+        "seed": seed,
+        "metrics": {"fidelity/psnr": value},
+        "config": config,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_paired_differences_by_seed_and_input_with_a_t_interval(tmp_path):
+    """sds minus csd_edit on 2 clips x 2 seeds: differences 1, 2, 3, 6 (hand-computed: mean 3, sample std
+    sqrt(14/3), t_{0.975, 3} = 3.18245 from a t table, half width 3.18245 * sqrt(14/3) / 2 = 3.43743)."""
+    sweep = tmp_path / "sweep"
+    base = {("a", 0): 20.0, ("a", 1): 21.0, ("b", 0): 30.0, ("b", 1): 28.0}
+    shift = {("a", 0): 1.0, ("a", 1): 2.0, ("b", 0): 3.0, ("b", 1): 6.0}
+    job = 0
+    # The sds runs come in another order than csd_edit's: pairs follow (input, seed), never the order.
+    for method, keys in (("csd_edit", list(base)), ("sds", list(reversed(base)))):
+        for clip, seed in keys:
+            value = base[clip, seed] + (shift[clip, seed] if method == "sds" else 0.0)
+            write_recorded(sweep, job, method, seed, value, input=clip)
+            job += 1
+    write_recorded(sweep, job, "sds", 2, 99.0, input="a")  # no csd_edit run on (a, seed 2): unpaired
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    (row,) = read_csv(sweep / "report_paired.csv")
+    half = 3.18245 * math.sqrt(14 / 3) / 2
+    assert (row["method"], row["reference"], row["n_pairs"], row["unpaired"]) == ("sds", "csd_edit", "4", "1")
+    assert float(row["mean_difference"]) == pytest.approx(3.0, abs=1e-12)
+    # The table's t value has 6 significant digits: the bounds agree to ~1e-5 of the half width.
+    assert float(row["ci95_low"]) == pytest.approx(3.0 - half, abs=1e-4)
+    assert float(row["ci95_high"]) == pytest.approx(3.0 + half, abs=1e-4)
+    text = (sweep / "report.md").read_text()
+    assert "## Paired differences against `csd_edit`" in text
+    assert "| fidelity/psnr | sds | 4 (1 unpaired) | 3 | [-0.4374, 6.437] |" in text
+    # Another reference: the differences change sign.
+    assert main([str(sweep), "--metrics", "fidelity/psnr", "--reference", "sds", "--out", str(tmp_path / "r")]) == 0
+    (row,) = read_csv(tmp_path / "r" / "report_paired.csv")
+    assert (row["method"], row["n_pairs"], float(row["mean_difference"])) == ("csd_edit", "4", -3.0)
+    assert main([str(sweep), "--reference", "in2n", "--out", str(tmp_path / "none")]) == 0
+    assert "reference method `in2n` has no completed run" in (tmp_path / "none" / "report.md").read_text()
+
+
+def test_t_quantiles_match_the_table():
+    from csd_exp.report.paired import mean_interval, t_quantile
+
+    # Two-sided 95 % critical values of a t table (6 significant digits).
+    for dof, value in ((1, 12.7062), (2, 4.30265), (3, 3.18245), (4, 2.77645), (9, 2.26216), (30, 2.04227)):
+        assert t_quantile(0.95, dof) == pytest.approx(value, rel=1e-5)
+    # Differences 1, 2, 3: mean 2, std 1, half width 4.30265 / sqrt(3).
+    interval = mean_interval([1.0, 2.0, 3.0])
+    assert (interval.n, interval.mean) == (3, 2.0)
+    assert interval.high - 2.0 == pytest.approx(4.30265 / math.sqrt(3), rel=1e-5)
+    assert mean_interval([5.0]).low is None and mean_interval([]).n == 0
+
+
+def test_a_sweep_where_only_the_method_differs_flags_the_model_as_expected_and_nothing_else(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (method, seed) in enumerate((m, s) for m in ("csd_edit", "fatezero") for s in (0, 1)):
+        write_recorded(sweep, job, method, seed, 20.0 + job)
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "## Conditions" in text
+    assert "| csd_edit | instruct_pix2pix: tiny_ip2p | sample:pan | 8 | 64x64 | 4 | 7.5 | 1.5 | 0, 1 |" in text
+    assert "| fatezero | stable_diffusion: tiny_sd | sample:pan | 8 | 64x64 | 4 | 7.5 | 1.5 | 0, 1 |" in text
+    assert "task class: VideoFateZeroTask" in text and "kernel: rbf" in text  # listed, not flagged
+    assert "Confounders: none" in text and "**Confounders**" not in text
+    assert "Expected: model family differs between methods" in text
+    assert "updates (3 UNet passes per step)" in text
+    rows = read_csv(sweep / "report.csv")
+    assert "confounders" not in rows[0] and list(rows[0])[:2] == ["method", "n"]
+
+
+def test_frames_size_and_steps_that_differ_are_confounders_in_the_report_the_csv_and_the_plots(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        write_recorded(sweep, seed, "csd_edit", seed, 20.0, frames=12, size_px=[512, 512], steps=100)
+        write_recorded(sweep, 2 + seed, "fatezero", seed, 18.0, frames=8, size_px=[128, 128], steps=100)
+        # Same family, another model: a confounder too (a family difference alone is not).
+        write_recorded(sweep, 4 + seed, "sds", seed, 17.0, frames=12, size_px=[512, 512], steps=50, model_id="ip2p")
+    titles = []
+    import csd_exp.report.cli as cli
+
+    original = cli.plot_metric
+    monkeypatch.setattr(cli, "plot_metric", lambda *a, **k: titles.append(a[-1]) or original(*a, **k))
+    assert main([str(sweep), "--metrics", "fidelity/psnr"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "**Confounders**" in text
+    assert "- frames: csd_edit: 12; fatezero: 8; sds: 12" in text
+    assert "- size_px: csd_edit: 512x512; fatezero: 128x128; sds: 512x512" in text
+    assert "- steps: csd_edit: 100; fatezero: 100; sds: 50" in text
+    assert "- model: family instruct_pix2pix: csd_edit: tiny_ip2p; sds: ip2p" in text
+    assert "- input:" not in text and "- seed:" not in text and "- guidance_scale:" not in text
+    rows = {row["method"]: row for row in read_csv(sweep / "report.csv")}
+    assert rows["fatezero"]["confounders"] == "frames, size_px, steps, model"
+    assert (rows["fatezero"]["condition:frames"], rows["fatezero"]["condition:size_px"]) == ("8", "128x128")
+    assert titles == ["confounded: frames, size_px, steps, model"]
+    assert {row["confounders"] for row in read_csv(sweep / "report_paired.csv")} == {"frames, size_px, steps, model"}
+
+
+def test_seeds_and_scales_given_per_method_are_confounders_a_scale_swept_for_all_is_not(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_recorded(sweep, 0, "csd_edit", 0, 20.0, guidance_scale=7.5)
+    write_recorded(sweep, 1, "sds", 1, 20.0, guidance_scale=100.0)
+    assert main([str(sweep)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "- guidance_scale: csd_edit: 7.5; sds: 100" in text and "- seed: csd_edit: 0; sds: 1" in text
+    swept = tmp_path / "swept"
+    for job, (method, scale) in enumerate((m, s) for m in ("csd_edit", "sds") for s in (3.0, 7.5)):
+        write_recorded(swept, job, method, 0, scale, guidance_scale=scale)
+    assert main([str(swept)]) == 0
+    assert "Confounders: none" in (swept / "report.md").read_text()
+
+
+def test_jobs_without_a_summary_are_counted_as_missing_from_jobs_json(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = [write_recorded(sweep, job, "csd_edit", job, 20.0) for job in (0, 1)]
+    (sweep / "2_video_sds_seed0").mkdir()  # started, never wrote its summary
+    jobs = [
+        {"num": 0, "overrides": ["method=csd_edit", "seed=0"], "dir": done[0].name},
+        {"num": 1, "overrides": ["method=csd_edit", "seed=1"], "dir": done[1].name},
+        {"num": 2, "overrides": ["method=sds", "seed=0"], "dir": "2_video_sds_seed0"},
+        {"num": 3, "overrides": ["method=sds", "seed=1"], "dir": None},  # never started
+    ]
+    (sweep / "jobs.json").write_text(json.dumps({"jobs": jobs, "n_trials": None}))
+    assert main([str(sweep)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert (
+        "2 of 4 jobs missing in . (no summary.json; from jobs.json): job 2 (method=sds seed=0); "
+        "job 3 (method=sds seed=1)." in text
+    )
+    # Optuna: the trials never launched count too, up to n_trials.
+    (sweep / "jobs.json").write_text(json.dumps({"jobs": jobs[:2], "n_trials": 5}))
+    assert main([str(sweep)]) == 0
+    assert "3 of 5 jobs missing in . (no summary.json; from jobs.json); 3 trial(s) of n_trials never launched." in (
+        (sweep / "report.md").read_text()
+    )
+    # Without jobs.json: job folders Hydra made that hold no summary, with their overrides.
+    (sweep / "jobs.json").unlink()
+    (sweep / "2_video_sds_seed0" / ".hydra").mkdir()
+    (sweep / "2_video_sds_seed0" / ".hydra" / "overrides.yaml").write_text("- method=sds\n- seed=0\n")
+    for folder in done:
+        (folder / ".hydra").mkdir()
+    assert main([str(sweep)]) == 0
+    assert (
+        "1 of 3 jobs missing in . (no summary.json; from job folders (no jobs.json)): job 2 (method=sds seed=0)."
+        in ((sweep / "report.md").read_text())
+    )

@@ -1,7 +1,7 @@
 """``csd-exp-report``: a report per sweep, from the runs' ``summary.json`` files.
 
     csd-exp-report outputs/multiruns/2026-11-25_07-00-00 [more sweep or run folders] \\
-        [--metrics fidelity/psnr 'consistency/*'] [--out DIR] [--paper-column paper.yaml]
+        [--metrics fidelity/psnr 'consistency/*'] [--out DIR] [--paper-column paper.yaml] [--reference METHOD]
 
 Reads every ``summary.json`` under the given paths (recursively) and writes into the first path (or
 ``--out``):
@@ -14,11 +14,21 @@ Reads every ``summary.json`` under the given paths (recursively) and writes into
 - ``report_<metric>.png`` per metric (``/`` becomes ``_``): a line plot against the swept key when exactly
   one numeric key was swept, bars otherwise.
 
-The method is the run's ``run_name`` minus its task prefix (``panorama_csd_edit`` -> ``csd_edit``), or a
-label built from the guidance / task config when there is none. The swept keys are the flattened config
-keys whose values differ between the completed runs, leaving out the seed and bookkeeping (paths, run
-name, checkpoint path, loggers, callbacks, trainer devices, Hydra); a row never averages over a swept
-key. ``.hydra/overrides.yaml`` is not read, so copied or merged run folders report the same.
+The task and method are what the run recorded (``summary.json``'s ``task`` / ``method``, else the saved
+config's ``method`` label); a run that records neither is ``unknown``, never guessed from run, folder or
+class names (csd_exp/report/runs.py). The swept keys are the flattened config keys whose values differ
+between the completed runs, leaving out the seed and bookkeeping (paths, run name, checkpoint path,
+loggers, callbacks, trainer devices, Hydra, the experiment's ``paper`` node); a row never averages over a
+swept key. ``.hydra/overrides.yaml`` is not read, so copied or merged run folders report the same.
+
+Beside the table (csd_exp/report/conditions.py, paired.py, jobs.py):
+
+- a conditions block: per method its model, input, frames, size in pixels, steps, scales and seeds, and
+  what the method sets itself (listed, not flagged); a model-family difference marked as expected; any
+  other difference between the methods flagged as a confounder in ``report.md``, the CSV and the plots;
+- paired differences against ``--reference`` (default ``csd_edit``) per metric, paired by input and seed:
+  mean, 95 % t interval, number of pairs (``report_paired.csv``);
+- the jobs of the sweep that left no summary (``jobs.json``, else job folders), with their overrides.
 
 ``--paper-column`` takes a YAML or JSON mapping ``method -> metric -> number`` and shows a "paper" column
 beside each metric it names.

@@ -8,10 +8,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from csd_exp.report.conditions import compare
+from csd_exp.report.jobs import missing_jobs
+from csd_exp.report.paired import INPUT_KEYS, paired_differences
 from csd_exp.report.plots import image_grid, plot_metric, plot_name
 from csd_exp.report.runs import SUMMARY_NUMBERS, ReportError, Run, load_runs
 from csd_exp.report.table import Columns, build_rows, load_paper, swept_columns
-from csd_exp.report.write import Report, markdown, status_lines, table_lines, write_csv
+from csd_exp.report.write import (
+    Report,
+    markdown,
+    missing_lines,
+    status_lines,
+    table_lines,
+    write_csv,
+    write_paired_csv,
+)
+
+DEFAULT_REFERENCE = "csd_edit"
+PAIRED_NAME = "report_paired.csv"
 
 GRID_NAME = "report_grid.png"
 
@@ -42,8 +56,18 @@ def resolve_metrics(patterns: Sequence[str] | None, runs: list[Run]) -> list[str
     return list(chosen)
 
 
+def input_linked(columns: Columns) -> set[str]:
+    """The swept keys that say which input a run edited (``data.path``, ``prompt``, ...) and those that vary
+    with them: the paired differences match runs through the input instead of splitting on them."""
+    return {key for key in columns.keys if key in INPUT_KEYS or set(columns.together.get(key, [])) & INPUT_KEYS}
+
+
 def build_report(
-    roots: Sequence[Path], metrics: Sequence[str] | None = None, out: Path | None = None, paper: Path | None = None
+    roots: Sequence[Path],
+    metrics: Sequence[str] | None = None,
+    out: Path | None = None,
+    paper: Path | None = None,
+    reference: str = DEFAULT_REFERENCE,
 ) -> Report:
     """Everything but the figures; raises ReportError for inputs the report cannot use."""
     roots = [Path(root) for root in roots]
@@ -52,15 +76,28 @@ def build_report(
     columns = swept_columns(completed) if completed else Columns()
     first = roots[0]
     out_dir = Path(out) if out is not None else (first if first.is_dir() else first.parent)
+    rows = build_rows(completed, columns)
+    methods = list(dict.fromkeys(row.method for row in rows))
+    chosen = resolve_metrics(metrics, completed)
+    runs_of = {method: [run for run in completed if run.method == method] for method in methods}
+    paired = (
+        paired_differences(completed, chosen, reference, columns.keys, input_linked(columns))
+        if reference in runs_of and len(methods) > 1
+        else []
+    )
     return Report(
         roots=roots,
         out_dir=out_dir,
         runs=runs,
         unreadable=unreadable,
         columns=columns,
-        rows=build_rows(completed, columns),
-        metrics=resolve_metrics(metrics, completed),
+        rows=rows,
+        metrics=chosen,
         paper=load_paper(Path(paper)) if paper is not None else None,
+        comparison=compare(methods, runs_of),
+        reference=reference,
+        paired=paired,
+        missing=missing_jobs(roots),
     )
 
 
@@ -82,7 +119,8 @@ def draw_figures(report: Report) -> None:
     for metric in report.metrics:
         paper = [report.paper_value(row, metric) for row in report.rows]
         name = plot_name(metric)
-        if plot_metric(report.out_dir / name, metric, report.rows, report.columns, labels, methods, paper):
+        caution = report.caution()
+        if plot_metric(report.out_dir / name, metric, report.rows, report.columns, labels, methods, paper, caution):
             report.figures[metric] = name
 
 
@@ -98,11 +136,13 @@ def write_report(
         draw_figures(report)
         (report.out_dir / "report.md").write_text(markdown(report))
         write_csv(report, report.out_dir / "report.csv")
+        paired_csv = write_paired_csv(report, report.out_dir / PAIRED_NAME)
     except OSError as error:
         raise ReportError(
             f"cannot write the report into {report.out_dir}: {error} (choose a folder with --out)"
         ) from error
-    written = [report.out_dir / name for name in ("report.md", "report.csv", *report.figures.values())]
+    names = ("report.md", "report.csv", *([PAIRED_NAME] if paired_csv else []), *report.figures.values())
+    written = [report.out_dir / name for name in names]
     reason = skip_reason(report, no_wandb)
     if reason is not None:
         report.wandb_lines = [f"Not sent to W&B: {reason}."]
@@ -130,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         "--paper-column", type=Path, help="YAML or JSON file: method -> metric -> number, shown as a 'paper' column"
     )
     parser.add_argument(
+        "--reference",
+        default=DEFAULT_REFERENCE,
+        metavar="METHOD",
+        help=f"the method that paired differences are taken against (default: {DEFAULT_REFERENCE})",
+    )
+    parser.add_argument(
         "--no-wandb",
         action="store_true",
         help="do not send the table to W&B (default: sent when the runs logged to W&B)",
@@ -144,12 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, or argparse's own usage error (already printed)
         return int(stop.code or 0)
     try:
-        report = build_report(args.paths, args.metrics, args.out, args.paper_column)
+        report = build_report(args.paths, args.metrics, args.out, args.paper_column, args.reference)
         written = write_report(report, no_wandb=args.no_wandb)
     except ReportError as error:
         print(f"csd-exp-report: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join([*table_lines(report), *status_lines(report)]))
+    print("\n".join([*table_lines(report), *status_lines(report), *missing_lines(report)]))
+    if report.confounders:
+        print("confounders: " + "; ".join(f"{name} ({detail})" for name, detail in report.confounders.items()))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -11,7 +11,7 @@ CSV: a header row ``name,path,source_prompt,prompt`` (any subset but ``name`` op
 ``path`` becomes ``data.path`` (a folder of frames, a video, an image or a scene folder), ``prompt`` and
 ``source_prompt`` the run's keys of the same names; an input may leave any of them out (Table 3's
 inputs are prompts only). Relative paths start at ``--root``, else the file's ``root``, else the file's
-folder.
+folder; ``sample:<name>`` names a bundled sample (``sample:pan``, the panning clip).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from csd_exp.report.runs import ReportError
 # What an input may set, and the config key each becomes.
 INPUT_KEYS = {"path": "data.path", "prompt": "prompt", "source_prompt": "source_prompt"}
 ALLOWED = ("name", *INPUT_KEYS)
+# A path naming one of the bundled samples (``sample:pan``): kept as it is, never resolved against --root.
+SAMPLE_PREFIX = "sample:"
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,16 @@ def load_inputs(path: Path, root: Path | None = None) -> list[Input]:
         if not set(record) & set(INPUT_KEYS):
             raise ReportError(f"--inputs: {path}: input {number} sets none of {', '.join(INPUT_KEYS)}")
         values = {INPUT_KEYS[key]: str(record[key]) for key in INPUT_KEYS if key in record}
-        if "data.path" in values:
+        if "data.path" in values and values["data.path"].startswith(SAMPLE_PREFIX):
+            pass  # a bundled sample (sample:pan), resolved by the data sources
+        elif "data.path" in values:
             full = Path(values["data.path"]).expanduser()
             full = full if full.is_absolute() else base / full
             if not full.exists():
                 missing.append(str(full))
             values["data.path"] = str(full.resolve())
-        name = _safe_name(str(record.get("name") or Path(values.get("data.path", "")).name or f"input{number}"))
+        path_name = values.get("data.path", "").removeprefix(SAMPLE_PREFIX)
+        name = _safe_name(str(record.get("name") or Path(path_name).name or f"input{number}"))
         while name in names:
             name += f"_{number}"
         names.add(name)

@@ -66,3 +66,6 @@ TABLE3 = PaperNumbers(
         "csd": {"clip/text_similarity": 0.447, "clip/depth_text_similarity": 0.345, "fid/rgb": 247.1},
     },
 )
+
+# By csd-exp-paper table name (an experiment's ``paper.table``); figures have no numbers.
+NUMBERS: dict[str, PaperNumbers] = {"table1": TABLE1, "table2": TABLE2, "table3": TABLE3}

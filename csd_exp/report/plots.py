@@ -42,8 +42,20 @@ def line_key(rows: list[Row], columns: Columns) -> str | None:
     return key if numeric else None
 
 
+def with_caution(title: str, caution: str | None) -> str:
+    """A plot title with the report's confounders under it (``confounded: frames, size_px``)."""
+    return f"{title}\n{caution}" if caution else title
+
+
 def plot_metric(
-    path: Path, metric: str, rows: list[Row], columns: Columns, labels: list[str], methods: list[str], paper: list
+    path: Path,
+    metric: str,
+    rows: list[Row],
+    columns: Columns,
+    labels: list[str],
+    methods: list[str],
+    paper: list,
+    caution: str | None = None,
 ) -> bool:
     """Mean ± std of ``metric`` per row: a line per method against the one numeric swept key, else a bar per
     row. ``labels`` / ``methods`` / ``paper`` hold each row's full label, method label and paper number (or
@@ -92,7 +104,7 @@ def plot_metric(
             axes.legend(fontsize="small")
         axes.set_xticks(positions, [labels[i] for i in shown], rotation=30, ha="right", fontsize="small")
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric} (mean ± std over seeds)")
+    axes.set_title(with_caution(f"{metric} (mean ± std over seeds)", caution), fontsize="medium")
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=110)
     return True
@@ -143,7 +155,13 @@ def image_grid(path: Path, rows: list[Row], labels: list[str]) -> bool:
 
 
 def scatter_plot(
-    path: Path, rows: list[Row], columns: Columns, methods: list[str], x_metric: str, y_metric: str
+    path: Path,
+    rows: list[Row],
+    columns: Columns,
+    methods: list[str],
+    x_metric: str,
+    y_metric: str,
+    caution: str | None = None,
 ) -> bool:
     """``y_metric`` against ``x_metric`` (means ± std), one curve per method through its rows in order of the
     one numeric swept key, each point marked with that key's value (the paper's Fig. 5 / Fig. 8). False
@@ -179,7 +197,7 @@ def scatter_plot(
                 axes.annotate(mark, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     axes.set_xlabel(x_metric)
     axes.set_ylabel(y_metric)
-    axes.set_title(f"{y_metric} against {x_metric} (mean ± std)")
+    axes.set_title(with_caution(f"{y_metric} against {x_metric} (mean ± std)", caution), fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.savefig(path, dpi=110)
@@ -187,7 +205,13 @@ def scatter_plot(
 
 
 def paper_bars(
-    path: Path, metrics: list[str], rows: list[Row], labels: list[str], paper: dict, absent: dict[str, str | None]
+    path: Path,
+    metrics: list[str],
+    rows: list[Row],
+    labels: list[str],
+    paper: dict,
+    absent: dict[str, str | None],
+    title: str | None = None,
 ) -> bool:
     """A panel per metric: a bar per row (ours, mean ± std) beside the paper's number (hatched) where it gives
     one; a metric no run has shows only the paper's bars and says what it needs (``absent``). ``paper``
@@ -235,5 +259,7 @@ def paper_bars(
         axes.set_title(metric, fontsize="small")
         axes.grid(alpha=0.3, axis="y")
         axes.legend(fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="small")
     figure.savefig(path, dpi=110)
     return True

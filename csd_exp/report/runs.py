@@ -1,5 +1,9 @@
-"""Find the runs' ``summary.json`` files and describe each run: status, task and method labels, flattened
-config, seed, metrics and the output image to show.
+"""Find the runs' ``summary.json`` files and describe each run: status, task and method labels, model,
+conditions (csd_exp/report/conditions.py), flattened config, seed, metrics and the output image to show.
+
+The task and method are what the run recorded (``summary.json``'s top-level ``task`` and ``method``, else the
+saved config's ``method`` label and Hydra's ``task`` choice in ``.hydra/hydra.yaml``); never recovered from
+run, folder or class names. A run that records neither is ``unknown``.
 
 Only the standard library: a report starts in well under a second, with no torch import.
 """
@@ -8,18 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from csd_exp.report.conditions import Conditions, derive_conditions
 
 # Output images, most telling first: the panorama, the video's frame grid, the 3D scene's turntable and
 # training-view grids. Looked up in the folder holding summary.json, not in outputs.run_dir, since run
 # folders get copied and moved.
 IMAGE_NAMES = ("edited.png", "edited_grid.png", "turntable_grid.png", "renders_train_grid.png")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-# Task prefixes of the bundled run names (``<task option>_<guidance option>``); a user's task is also
-# recognised by its class name (see _task_prefixes), so the list need not name every task.
-BASE_TASKS = ("panorama", "video", "scene3d")
+# What a summary that records neither (a csd-exp-eval score, a summary older than the fields) is labelled:
+# never guessed from folder, run or class names.
+UNKNOWN = "unknown"
 # Top-level summary keys that are numbers and may be asked for like metrics.
 SUMMARY_NUMBERS = ("wall_time_s", "steps")
 
@@ -49,6 +55,8 @@ class Run:
     method: str
     seed: int | None
     config: dict[str, Any]  # flattened: "guidance.guidance_scale" -> 7.5
+    conditions: Conditions = field(default_factory=lambda: Conditions())
+    labelled: bool = True  # False: neither summary nor config named the method ("unknown")
 
     def metric(self, name: str) -> float | None:
         """A metric of ``summary["metrics"]`` or a top-level number (``wall_time_s``); None when absent."""
@@ -94,65 +102,6 @@ def canonical(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _class_task_name(task_config: dict) -> str | None:
-    """``csd_exp.tasks.PanoramaSamplingTask`` -> ``panorama``: the run-name prefix of a task's configs."""
-    target = task_config.get("_target_")
-    if not isinstance(target, str):
-        return None
-    name = target.rsplit(".", 1)[-1]
-    for suffix in ("Task", "Sampling"):
-        name = name.removesuffix(suffix)
-    return name.lower() or None
-
-
-def _task_prefixes(task_config: dict) -> list[str]:
-    names = set(BASE_TASKS)
-    if from_class := _class_task_name(task_config):
-        names.add(from_class)
-    return sorted(names, key=len, reverse=True)  # the longest match wins
-
-
-def _method_from_config(config: dict) -> str | None:
-    """A label when the config has no usable run_name. The guidance keys are read defensively because
-    their names change (``guidance.method`` vs ``guidance.baseline`` plus the kernel)."""
-    guidance = config.get("guidance") if isinstance(config.get("guidance"), dict) else {}
-    task = config.get("task") if isinstance(config.get("task"), dict) else {}
-    name = guidance.get("method") or guidance.get("baseline")
-    if isinstance(name, str):
-        kernel = guidance.get("kernel") if isinstance(guidance.get("kernel"), dict) else {}
-        target = kernel.get("_target_")
-        if "method" not in guidance and isinstance(target, str):
-            return f"{name}+{target.rsplit('.', 1)[-1].removesuffix('Kernel').lower()}"
-        return name
-    if isinstance(task.get("method"), str):
-        return f"sampling:{task['method']}"
-    target = task.get("_target_")
-    return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
-
-
-def run_labels(config: dict, folder: Path) -> tuple[str | None, str]:
-    """(task, method): the config's ``method`` label (runs since it exists) with the task from ``run_name``;
-    else ``run_name`` minus its task prefix, e.g. ``panorama_csd_edit`` -> (panorama, csd_edit)."""
-    task_config = config.get("task") if isinstance(config.get("task"), dict) else {}
-    run_name = config.get("run_name")
-    method = config.get("method")
-    if isinstance(method, str) and method and "${" not in method:
-        if isinstance(run_name, str):
-            for prefix in _task_prefixes(task_config):
-                if run_name == prefix or run_name.startswith(prefix + "_"):
-                    return prefix, method
-        return _class_task_name(task_config), method
-    if isinstance(run_name, str) and run_name and "${" not in run_name:
-        for prefix in _task_prefixes(task_config):
-            if run_name.startswith(prefix + "_"):
-                return prefix, run_name[len(prefix) + 1 :]
-            if run_name == prefix:
-                return prefix, _method_from_config(config) or run_name
-        task, _, method = run_name.partition("_")
-        return (task, method) if method else (None, run_name)
-    return _class_task_name(task_config), _method_from_config(config) or folder.name
-
-
 def _summary_files(root: Path) -> list[Path]:
     if not root.exists():
         raise ReportError(f"no such file or folder: {root}")
@@ -185,23 +134,55 @@ def load_runs(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, unreadable
 
 
+def _saved_yaml(path: Path) -> dict:
+    """A YAML file Hydra saved beside the run (``.hydra/config.yaml``), as plain data; {} when absent or
+    unreadable (OmegaConf is imported only then: summaries that carry everything need no YAML parser)."""
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # a damaged file is as good as none: the summary alone is reported
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _label(value: Any) -> str | None:
+    return value if isinstance(value, str) and value and "${" not in value else None
+
+
+def recorded_labels(summary: dict, config: dict, folder: Path) -> tuple[str | None, str | None]:
+    """(task, method) as the run recorded them: summary.json's top-level fields, else the saved config's
+    ``method`` label and Hydra's ``task`` choice (``.hydra/hydra.yaml``); None where none is recorded."""
+    task, method = _label(summary.get("task")), _label(summary.get("method"))
+    if method is None:
+        method = _label(config.get("method"))
+    if task is None and (folder / ".hydra" / "hydra.yaml").is_file():
+        choices = ((_saved_yaml(folder / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime") or {}).get(
+            "choices"
+        )
+        task = _label((choices or {}).get("task"))
+    return task, method
+
+
 def _describe(path: Path, summary: dict) -> Run:
-    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else None
+    if config is None:  # older or hand-made summaries: the config Hydra saved beside the run
+        config = _saved_yaml(path.parent / ".hydra" / "config.yaml")
     # csd-exp-eval writes no status: a summary with metrics and no status is a finished evaluation.
     status = summary.get("status") or ("completed" if "metrics" in summary else "unknown")
-    task, method = run_labels(config, path.parent)
-    # Runs since summary.json records what ran: read it rather than recover it from names.
-    if isinstance(summary.get("method"), str) and summary["method"]:
-        method = summary["method"]
-    if isinstance(summary.get("task"), str) and summary["task"]:
-        task = summary["task"]
+    task, method = recorded_labels(summary, config, path.parent)
     seed = summary.get("seed", config.get("seed"))
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return Run(
         folder=path.parent,
         summary=summary,
         status=str(status),
         task=task,
-        method=method,
-        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        method=method or UNKNOWN,
+        seed=seed,
         config=flatten(config),
+        conditions=derive_conditions(summary, config, seed),
+        labelled=method is not None,
     )

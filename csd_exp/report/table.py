@@ -16,7 +16,8 @@ from csd_exp.report.runs import MISSING, ReportError, Run, canonical, natural_ke
 
 # Keys that differ between runs without changing what was computed: output folders, names, loggers,
 # callbacks, the device a run used, resume bookkeeping. A key under one of these prefixes is never swept.
-BOOKKEEPING_PREFIXES = ("paths", "hydra", "logger", "callbacks", "run_name", "ckpt_path", "resume")
+# ``paper``: the paper table an experiment is (read by csd-exp-paper and the notes), never a run setting.
+BOOKKEEPING_PREFIXES = ("paths", "hydra", "logger", "callbacks", "run_name", "ckpt_path", "resume", "paper")
 BOOKKEEPING_KEYS = frozenset(
     {
         "trainer.default_root_dir",

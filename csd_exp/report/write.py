@@ -8,7 +8,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csd_exp.report.runs import MISSING, Run
+from csd_exp.report.conditions import COMPARED, Comparison, show
+from csd_exp.report.jobs import Missing
+from csd_exp.report.paired import CONFIDENCE, Paired
+from csd_exp.report.runs import MISSING, UNKNOWN, Run
 from csd_exp.report.table import Columns, Row, display_value, key_note
 
 # A failed run's error is shown by its first line, cut here: enough to tell an OOM from a bad override.
@@ -38,6 +41,18 @@ class Report:
     figure_notes: list[str] = field(default_factory=list)
     wandb_lines: list[str] = field(default_factory=list)  # where the report went in W&B, or why not
     pooled: bool = False  # rows pool several inputs (csd-exp-paper), so a seed repeats by design
+    comparison: Comparison | None = None  # the methods' conditions and what differs between them
+    reference: str = "csd_edit"  # the method the paired differences are taken against
+    paired: list[Paired] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)  # per sweep folder: jobs that left no summary
+
+    @property
+    def confounders(self) -> dict[str, str]:
+        return self.comparison.confounders if self.comparison else {}
+
+    def caution(self) -> str | None:
+        """The plot titles' line: ``confounded: frames, size_px`` (None when nothing is)."""
+        return f"confounded: {', '.join(self.confounders)}" if self.confounders else None
 
     @property
     def completed(self) -> list[Run]:
@@ -142,6 +157,24 @@ def table_lines(report: Report) -> list[str]:
 
 def notes(report: Report) -> list[str]:
     columns, found = report.columns, []
+    tables: dict[tuple, None] = {}
+    for run in report.completed:
+        listed = run.config.get("paper.methods")
+        if isinstance(listed, list) and isinstance(run.config.get("paper.table"), str):
+            tables[(run.config["paper.table"], tuple(map(str, listed)))] = None
+    ran = {run.method for run in report.completed}
+    for name, listed in tables:
+        if absent := [method for method in listed if method not in ran]:
+            found.append(
+                f"Paper table {name} (its experiment's paper.methods) lists methods without a completed run here: "
+                f"{', '.join(absent)} (csd-exp-paper {name} runs them all)."
+            )
+    unlabelled = [run for run in report.runs if not run.labelled]
+    if unlabelled:
+        found.append(
+            f"{len(unlabelled)} run(s) record no method (summary.json without `method`, e.g. csd-exp-eval or an "
+            f"older run): reported as `{UNKNOWN}`, never guessed from names."
+        )
     if columns.with_method:
         found.append(f"Differ only between methods (shown by the method column): {key_note(columns.with_method)}.")
     for key, together in columns.together.items():
@@ -182,6 +215,8 @@ def markdown(report: Report) -> str:
     )
     if status_lines(report):
         lines += ["", *status_lines(report)]
+    if missing := missing_lines(report):
+        lines += ["", *missing]
     errors = [run for run in report.runs if run.status != "completed" and run.summary.get("error")]
     if errors:
         lines += ["", "Errors:", ""]
@@ -194,6 +229,8 @@ def markdown(report: Report) -> str:
     if report.paper:
         lines.append("paper: the number given for the method in --paper-column.")
     lines += ["", *table_lines(report)]
+    lines += conditions_lines(report)
+    lines += paired_lines(report)
     if found := notes(report):
         lines += ["", "Notes:", ""] + [f"- {note}" for note in found]
     if "grid" in report.figures:
@@ -216,6 +253,8 @@ def table_records(report: Report) -> tuple[list[str], list[list]]:
     names += [report.columns.names[key] for key in report.columns.keys] + ["n"]
     for metric in report.metrics:
         names += [f"{metric}_mean", f"{metric}_std"] + ([f"{metric}_paper"] if metric in paper_metrics else [])
+    if report.confounders:
+        names += [f"condition:{name}" for name in report.confounders] + ["confounders"]
     names.append("runs")
     records = []
     for row in report.rows:
@@ -234,6 +273,9 @@ def table_records(report: Report) -> tuple[list[str], list[list]]:
             if metric in paper_metrics:
                 paper = report.paper_value(row, metric)
                 values.append("" if paper is None else paper)
+        if report.confounders:  # the columns exist only when something is confounded
+            values += [";".join(_row_condition(row, name)) for name in report.confounders]
+            values.append(", ".join(report.confounders))
         values.append(";".join(report.shown_path(run.folder) for run in row.runs))
         records.append(values)
     return names, records
@@ -245,3 +287,169 @@ def write_csv(report: Report, path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(names)
         writer.writerows(records)
+
+
+def _row_condition(row: Row, name: str) -> list[str]:
+    """The row's distinct values of a condition (``model``: family and id)."""
+    if name == "model":
+        values = [f"{run.conditions.model_family}:{run.conditions.model_id}" for run in row.runs]
+    else:
+        values = [show(run.conditions.value(name)) for run in row.runs]
+    return list(dict.fromkeys(values))
+
+
+def missing_lines(report: Report) -> list[str]:
+    """``1 of 4 jobs missing (no summary.json): job 3 (method=sds seed=1)``, per sweep folder."""
+    lines = []
+    for missing in report.missing:
+        if not missing.count:
+            continue
+        where = report.shown_path(missing.sweep)
+        total = missing.listed + missing.never_launched
+        jobs = "; ".join(
+            f"job {'?' if num is None else num} ({' '.join(overrides) or 'no overrides'})"
+            for num, overrides, _ in missing.jobs
+        )
+        text = f"{missing.count} of {total} jobs missing in {where} (no summary.json; from {missing.source})"
+        if jobs:
+            text += f": {jobs}"
+        if missing.never_launched:
+            text += f"; {missing.never_launched} trial(s) of n_trials never launched"
+        lines.append(text + ".")
+    return lines
+
+
+def conditions_lines(report: Report) -> list[str]:
+    """The conditions block: per method its model, input, frames, size, steps, scales and seeds, what it
+    sets itself; then the confounders and the expected differences."""
+    comparison = report.comparison
+    if comparison is None or not comparison.methods:
+        return []
+    heads = ["method", "model", *COMPARED, "set by the method"]
+    lines = ["", "## Conditions", ""]
+    lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
+    for method in comparison.methods:
+        models = ", ".join(f"{family or '?'}: {model_id or '?'}" for family, model_id in comparison.models[method])
+        cells = [method, models]
+        for name in COMPARED:
+            values = comparison.per_method[method][name]
+            cells.append(", ".join(show(value) for value in values) or "–")
+        cells.append(
+            "; ".join(f"{key}: {', '.join(values)}" for key, values in comparison.set_by_method[method].items())
+        )
+        lines.append("| " + " | ".join(map(_escape, cells)) + " |")
+    meanings = {
+        run.method: (run.conditions.steps_meaning, run.conditions.unet_passes_per_step)
+        for run in report.completed
+        if run.conditions.steps_meaning or run.conditions.unet_passes_per_step
+    }
+    if meanings:
+        lines += [
+            "",
+            "Steps: "
+            + "; ".join(f"{m}: {text or '?'} ({passes} UNet passes per step)" for m, (text, passes) in meanings.items())
+            + ".",
+        ]
+    lines.append("")
+    if comparison.confounders:
+        lines.append(
+            "**Confounders** (differ between methods beyond what each method sets itself; "
+            "the comparison is not like for like):"
+        )
+        lines += [f"- {name}: {detail}" for name, detail in comparison.confounders.items()]
+    elif len(comparison.methods) > 1:
+        lines.append("Confounders: none (the methods ran on the same inputs, frames, sizes, steps, scales and seeds).")
+    if comparison.expected and comparison.confounders:
+        lines.append("")
+    lines += [f"Expected: {line}" for line in comparison.expected]
+    if comparison.derived:
+        lines.append(
+            f"Conditions of {', '.join(comparison.derived)} come from the saved config (their summary.json has no "
+            "`conditions`): sizes are the config's own key and unit, not pixels."
+        )
+    return lines
+
+
+def paired_lines(report: Report) -> list[str]:
+    """Per metric, each method minus the reference on the same input and seed: mean, 95 % CI, pairs."""
+    if not report.paired:
+        if (
+            report.comparison
+            and len(report.comparison.methods) > 1
+            and report.reference not in report.comparison.methods
+        ):
+            return [
+                "",
+                f"No paired differences: the reference method `{report.reference}` has no completed run "
+                "(choose one with --reference).",
+            ]
+        return []
+    lines = ["", f"## Paired differences against `{report.reference}`", ""]
+    lines.append(
+        f"Each method's run minus the `{report.reference}` run on the same input and seed; mean, "
+        f"{CONFIDENCE:.0%} confidence interval (t distribution, n - 1 degrees of freedom), n = pairs."
+    )
+    lines.append("")
+    context_keys = list(report.paired[0].context)
+    heads = [
+        "metric",
+        "method",
+        *(report.columns.names.get(key, key) for key in context_keys),
+        "n",
+        "mean difference",
+        "95 % CI",
+    ]
+    lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * (len(heads) - 3) + ["---:"] * 3) + "|"]
+    for item in report.paired:
+        interval = item.interval
+        ci = "–" if interval.low is None else f"[{number(interval.low)}, {number(interval.high)}]"
+        mean = "–" if interval.mean is None else number(interval.mean)
+        count = str(interval.n) + (f" ({item.unpaired} unpaired)" if item.unpaired else "")
+        cells = [
+            item.metric,
+            item.method,
+            *(display_value(key, item.context[key]) for key in context_keys),
+            count,
+            mean,
+            ci,
+        ]
+        lines.append("| " + " | ".join(map(_escape, cells)) + " |")
+    return lines
+
+
+def paired_records(report: Report) -> tuple[list[str], list[list]]:
+    context_keys = list(report.paired[0].context) if report.paired else []
+    names = ["metric", "method", *(report.columns.names.get(key, key) for key in context_keys)]
+    names += ["reference", "n_pairs", "unpaired", "mean_difference", "ci95_low", "ci95_high", "confounders"]
+    records = []
+    for item in report.paired:
+        interval = item.interval
+        records.append(
+            [
+                item.metric,
+                item.method,
+                *(
+                    "" if item.context[key] is MISSING else display_value(key, item.context[key])
+                    for key in context_keys
+                ),
+                report.reference,
+                interval.n,
+                item.unpaired,
+                "" if interval.mean is None else interval.mean,
+                "" if interval.low is None else interval.low,
+                "" if interval.high is None else interval.high,
+                ", ".join(report.confounders),
+            ]
+        )
+    return names, records
+
+
+def write_paired_csv(report: Report, path: Path) -> bool:
+    if not report.paired:
+        return False
+    names, records = paired_records(report)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(records)
+    return True
