@@ -145,7 +145,8 @@ class ReleaseSelfAttention:
 
 
 def release_depth(prior, image_uint8, latent_hw):
-    """code/file_utils.py ``load_depth`` (no .npy on disk): estimator depth, bilinear to the latent, [-1, 1], float32."""
+    """code/file_utils.py ``load_depth`` (no .npy on disk): estimator depth, bilinear to the latent, [-1, 1],
+    float32."""
     pixel_values = prior.feature_extractor(images=[image_uint8], return_tensors="pt").pixel_values
     depth = prior.depth_estimator(pixel_values.to(prior.depth_estimator.dtype)).predicted_depth
     depth = depth.permute((1, 2, 0)).squeeze(dim=-1)[None, None]
@@ -397,7 +398,8 @@ def test_the_tiny_experiment_runs_as_released(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["task=video_fatezero", "model=sd2_depth"], "not model=sd2_depth: choose model=sd15, model=sd21, model=tiny_sd"),
+        (["task=video_fatezero", "model=sd2_depth"], "not model=sd2_depth: choose model=sd15, model=sd21, "
+         "model=tiny_sd"),
         (["task=panorama", "model=tiny_sd2_depth"], r"model=tiny_sd2_depth \(Stable Diffusion 2 depth-to-image\) runs "
          "only task=video_pix2video; task=panorama needs another family: text-to-image"),
         (["task=video_pix2video", "model=ip2p"], r"model=tiny_sd \(text-to-image variant\) or model=sd2_depth, "
