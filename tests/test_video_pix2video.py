@@ -327,7 +327,7 @@ def test_sd2_depth_has_the_layer_layout_the_tiny_model_copies():
     device: 6 down, 1 mid and 9 up self-attention layers, so COND_LAYER = 7 is the first up-block layer there too."""
     from diffusers import UNet2DConditionModel
 
-    from csd_exp.priors.tiny import SD2_DEPTH_BLOCKS
+    from csd_exp.priors.tiny_depth import SD2_DEPTH_BLOCKS
 
     config = dict(
         in_channels=5, out_channels=4, sample_size=64, block_out_channels=(320, 640, 1280, 1280),

@@ -23,13 +23,12 @@ from .tiny import (
     build_tiny_if,
     build_tiny_ip2p,
     build_tiny_sd,
-    build_tiny_sd2_depth,
     tiny_deepfloyd_if_prior,
     tiny_instruct_pix2pix_prior,
-    tiny_stable_diffusion_depth_prior,
     tiny_stable_diffusion_prior,
     write_clip_tokenizer,
 )
+from .tiny_depth import build_tiny_sd2_depth, tiny_stable_diffusion_depth_prior
 
 __all__ = [
     "Conditioning",
