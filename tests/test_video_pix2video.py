@@ -419,3 +419,26 @@ def test_python_callers_of_fatezero_get_the_family_error_for_the_depth_prior(rel
 
     with pytest.raises(ValueError, match="not StableDiffusionDepthPrior: choose model=sd15, model=sd21, model=tiny_sd"):
         require_text_to_image_prior(release_run["task"].prior, "video_fatezero")
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_the_last_editing_step_ends_at_the_clean_level(set_alpha_to_one, tmp_path, monkeypatch):
+    """One DDIM step by hand: from τ = 0 to the clean level ᾱ_end = alphas_cumprod[0] (released: the step returns
+    x itself) or 1 (x̂₀), with a fixed ε and no latent update."""
+    from csd_exp.run import build_task
+
+    overrides = [*TINY, *PROMPTS, "data.path=sample:pan", "task.num_inference_steps=2", "task.latent_update_weight=0"]
+    task = build_task(compose_config([*overrides, f"task.set_alpha_to_one={str(set_alpha_to_one).lower()}"], tmp_path))
+    assert task.timesteps == [500, 0]
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    eps = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    monkeypatch.setattr(task, "guided_noise", lambda state, t, hook=None: (eps, eps))
+    task.state = x.clone()
+    task.editing_step(1)
+    alpha_0 = float(task.prior.alphas_cumprod[0])
+    clean = (x - (1 - alpha_0) ** 0.5 * eps) / alpha_0**0.5
+    alpha_end = 1.0 if set_alpha_to_one else alpha_0
+    expected = alpha_end**0.5 * clean + (1 - alpha_end) ** 0.5 * eps
+    torch.testing.assert_close(task.state, expected, rtol=0, atol=1e-12)
+    if not set_alpha_to_one:
+        torch.testing.assert_close(task.state, x, rtol=0, atol=1e-12)  # the release's last step changes nothing
