@@ -18,7 +18,10 @@ from csd_exp.schema import TARGET_SCHEMAS, ConfigError, _fields, validate_compos
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Every option of every group, each with the task it belongs to where it needs one.
 GROUP_OPTIONS = [
-    *[f"model={p.stem}" for p in (CONFIG_DIR / "model").glob("*.yaml")],
+    *[
+        f"model={p.stem}" + (" task=video_pix2video" * ("depth" in p.stem))
+        for p in (CONFIG_DIR / "model").glob("*.yaml")
+    ],
     *[f"guidance={p.stem}" for p in (CONFIG_DIR / "guidance").glob("*.yaml") if p.stem != "sampling"],
     *[f"task={p.stem}" for p in (CONFIG_DIR / "task").glob("*.yaml")],
     *[f"task={p.stem.removeprefix('smoke_')} debug=smoke" for p in (CONFIG_DIR / "debug_sizes").glob("*.yaml")],
@@ -41,6 +44,8 @@ PYTHON_ONLY = {
     "text_encoder",
     "tokenizer",
     "scheduler",
+    "depth_estimator",
+    "feature_extractor",
     "instructions",
     "compute_dtype",
     "num_train_timesteps",

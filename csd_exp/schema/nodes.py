@@ -407,6 +407,8 @@ TARGET_SCHEMAS: dict[str, type] = {
     "csd_exp.priors.StableDiffusionPrior": DiffusersPriorSchema,
     "csd_exp.priors.tiny_instruct_pix2pix_prior": TinyInstructPix2PixSchema,
     "csd_exp.priors.tiny_stable_diffusion_prior": TinyPriorSchema,
+    "csd_exp.priors.StableDiffusionDepthPrior": DiffusersPriorSchema,
+    "csd_exp.priors.tiny_stable_diffusion_depth_prior": TinyPriorSchema,
     "csd_exp.priors.DeepFloydIFPrior": DeepFloydIFSchema,
     "csd_exp.priors.tiny_deepfloyd_if_prior": TinyDeepFloydIFSchema,
     GUIDANCE: GuidanceSchema,

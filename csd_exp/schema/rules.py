@@ -35,6 +35,10 @@ UNET_PLACES = ("down", "mid", "up")
 TEXT_TO_IMAGE_TASKS = SAMPLING_TASKS[-2:]
 TEXT_TO_IMAGE_PRIORS = ("csd_exp.priors.StableDiffusionPrior", "csd_exp.priors.tiny_stable_diffusion_prior")
 TEXT_TO_IMAGE_MODEL_GROUPS = ("sd15", "sd21", "tiny_sd")
+#: The depth-conditioned SD 2 family (Pix2Video's released model): only task=video_pix2video runs it.
+DEPTH_TASK = SAMPLING_TASKS[-1]
+DEPTH_PRIORS = ("csd_exp.priors.StableDiffusionDepthPrior", "csd_exp.priors.tiny_stable_diffusion_depth_prior")
+DEPTH_MODEL_GROUPS = ("sd2_depth", "tiny_sd2_depth")
 
 #: The presets of conf/guidance, for the message that asks for one.
 GUIDANCE_PRESETS = "guidance=csd_edit | csd | sds | csd_edit_no_svgd | csd_edit_random_noise"
@@ -136,13 +140,7 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             f"guidance={guidance_label(guidance, choices)}"
         )
     model_target = (cfg.get("model") or {}).get("_target_")
-    if target in TEXT_TO_IMAGE_TASKS and model_target not in TEXT_TO_IMAGE_PRIORS:
-        chosen = choices.get("model") or _short(model_target)
-        raise ConfigError(
-            f"task={choices.get('task') or _short(target)} edits with a Stable Diffusion text-to-image prior, not "
-            f"model={chosen}: choose model={', model='.join(TEXT_TO_IMAGE_MODEL_GROUPS)} (any SD 1.x / 2.x "
-            "folder: model=sd15 model.pretrained_model_name_or_path=/path)"
-        )
+    _check_model_family(str(target), model_target, choices)
     if not samples and not distills:
         raise ConfigError(f"this task distils the prior and needs a guidance preset: {GUIDANCE_PRESETS}")
     if samples:
@@ -152,6 +150,31 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
                     f"this task samples without distillation, so the {group} group would do "
                     f"nothing; drop the {group} override ({group}=none)"
                 )
+
+
+def _check_model_family(target: str, model_target: Any, choices: Mapping[str, str]) -> None:
+    """FateZero needs SD text-to-image; Pix2Video SD 2 depth (as released) or text-to-image (its variant); the
+    depth family serves Pix2Video only. One line naming the model groups that work."""
+    task = choices.get("task") or _short(target)
+    chosen = choices.get("model") or _short(model_target)
+    text_to_image = f"model={', model='.join(TEXT_TO_IMAGE_MODEL_GROUPS)}"
+    if target == DEPTH_TASK:
+        if model_target not in TEXT_TO_IMAGE_PRIORS + DEPTH_PRIORS:
+            raise ConfigError(
+                f"task={task} edits with a Stable Diffusion prior, not model={chosen}: choose {text_to_image} "
+                f"(text-to-image variant) or model={', model='.join(DEPTH_MODEL_GROUPS)} (SD 2 depth, as released)"
+            )
+    elif target in TEXT_TO_IMAGE_TASKS and model_target not in TEXT_TO_IMAGE_PRIORS:
+        raise ConfigError(
+            f"task={task} edits with a Stable Diffusion text-to-image prior, not model={chosen}: choose "
+            f"{text_to_image} (any SD 1.x / 2.x folder: model=sd15 model.pretrained_model_name_or_path=/path)"
+        )
+    elif model_target in DEPTH_PRIORS:
+        raise ConfigError(
+            f"model={chosen} (Stable Diffusion 2 depth-to-image) runs only task=video_pix2video; task={task} needs "
+            "another family: text-to-image (model=sd15, sd21, tiny_sd), InstructPix2Pix (model=ip2p, tiny_ip2p), "
+            "DeepFloyd IF (model=deepfloyd_if, tiny_if) or the exact scores (model=exact, exact_generation)"
+        )
 
 
 def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from csd_exp.schema.checks import MAX_SEED, Node, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
 
@@ -42,3 +42,5 @@ class VideoFateZeroTaskSchema(ZeroShotVideoTaskSchema):
 class VideoPix2VideoTaskSchema(ZeroShotVideoTaskSchema):
     latent_update_weight: NonNegativeFloat
     latent_update_steps: NonNegativeInt
+    timestep_spacing: Literal["leading", "linspace"]
+    set_alpha_to_one: bool

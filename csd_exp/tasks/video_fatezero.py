@@ -79,7 +79,7 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         temporal_attention_min_level: int = 0,
         **kwargs,
     ):
-        require_text_to_image_prior(prior, self.task_option)  # before the clip is read
+        self.check_prior(prior)  # before the clip is read
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
         self.setup_reverse_process(int(num_inference_steps), 0.0, guidance_scale, 1.0)
@@ -104,6 +104,10 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         self.temporal_min_level = int(temporal_attention_min_level)
         self.attention: VideoAttention | None = None
         self._next_index = 0
+
+    def check_prior(self, prior: Any) -> None:
+        """Refuse a prior of the wrong family (FateZero: Stable Diffusion text-to-image)."""
+        require_text_to_image_prior(prior, self.task_option)
 
     # ------------------------------------------------------------------ steps
     @property

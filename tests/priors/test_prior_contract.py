@@ -71,3 +71,19 @@ class TestDeepFloydIFPrior(PriorContract):
         from csd_exp.priors import tiny_deepfloyd_if_prior
 
         return tiny_deepfloyd_if_prior(tiny_cache, torch_dtype="float64")
+
+
+class TestStableDiffusionDepthPrior(PriorContract):
+    """SD 2 depth-to-image on the tiny pipeline (5-channel UNet, tiny DPT): the image condition is the depth map."""
+
+    @pytest.fixture(scope="class")
+    def prior(self, tiny_cache):
+        from csd_exp.priors import tiny_stable_diffusion_depth_prior
+
+        return tiny_stable_diffusion_depth_prior(tiny_cache)
+
+    @pytest.fixture(scope="class")
+    def prior64(self, tiny_cache):
+        from csd_exp.priors import tiny_stable_diffusion_depth_prior
+
+        return tiny_stable_diffusion_depth_prior(tiny_cache, torch_dtype="float64")
