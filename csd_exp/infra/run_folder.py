@@ -282,6 +282,28 @@ def _run_folders(config: Any) -> list[Path]:
     return folders
 
 
+def _check_resume_in_place(config: Any) -> None:
+    """The checks of ``ckpt_path`` (:func:`csd_exp.infra.checkpoints.check_resume_checkpoint`) before a resume in a
+    finished run's folder writes anything there: a refused resume leaves that run's records and summary as they
+    were. A config that does not resolve here is left to the run, which checks again."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf.errors import OmegaConfBaseException
+
+    from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
+
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    try:
+        resolved = OmegaConf.to_container(task, resolve=True)
+    except OmegaConfBaseException:
+        return
+    allow = bool(OmegaConf.select(task, "resume.allow_config_change", default=False))
+    check_resume_checkpoint(task.get("ckpt_path"), run_fingerprint(resolved), allow)
+
+
 def sweep_resumes(config: Any) -> bool:
     """Whether this multirun re-launches an earlier sweep (``hydra.sweeper.resume=true``)."""
     return bool(config.hydra.sweeper.get("resume", False))
@@ -308,12 +330,21 @@ class GuardRunFolder(Callback):
         if process_rank() != 0:
             return
         folders = _run_folders(config)
-        for folder in folders:
+        existing = [folder for folder in folders if folder.is_dir()]
+        for folder in existing:  # a live run's folder: refused as in use, whatever it holds
             self._claim(folder)
         try:
-            for folder in folders:
+            for folder in existing:
                 check_new_run_folder(folder, config.get("ckpt_path"))
         except ValueError as error:
+            release_claims()
+            raise SystemExit(f"csd-exp: {error}") from None
+        for folder in folders:  # new folders only now: a refused run creates none
+            self._claim(folder)
+        try:
+            if any(finished_run(folder) for folder in folders):  # a resume in place: its checkpoint must fit
+                _check_resume_in_place(config)
+        except (ValueError, FileNotFoundError) as error:
             release_claims()
             raise SystemExit(f"csd-exp: {error}") from None
 
