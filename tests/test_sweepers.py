@@ -188,3 +188,41 @@ def test_two_sweeps_launched_in_the_same_second_keep_their_own_folders(tmp_path)
         assert (summary["status"], summary["seed"], summary["overrides"][-1]) == ("completed", seed, f"seed={seed}")
         seeds.add(seed)
     assert seeds == {0, 1}
+
+
+def test_a_resume_plan_runs_every_job_that_did_not_complete_and_refuses_another_sweep(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from csd_exp.infra.sweep_record import resume_plan, write_jobs
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        config = compose(config_name="config", overrides=["experiment=panorama_exact_cpu"], return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.overrides.task = ["experiment=panorama_exact_cpu", "seed=0,1,2,3,4"]
+    OmegaConf.save(config, tmp_path / "multirun.yaml")
+    jobs = [["experiment=panorama_exact_cpu", f"seed={n}"] for n in range(5)]
+    write_jobs(tmp_path, jobs, None)
+    statuses = {0: "completed", 1: "failed", 2: "interrupted", 3: None}  # 3: started, killed; 4: never started
+    for number, status in statuses.items():
+        folder = tmp_path / f"{number}_panorama_csd_edit_seed{number}"
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {number}\n")
+        if status:
+            (folder / "summary.json").write_text(json.dumps({"status": status}))
+    plan = resume_plan(tmp_path, config, jobs)
+    assert [(n, overrides[-1], status) for n, overrides, status in plan] == [
+        (1, "seed=1", "failed"),
+        (2, "seed=2", "interrupted"),
+        (3, "seed=3", "no summary"),
+        (4, "seed=4", "never started"),
+    ]
+    with open_dict(config):
+        config.hydra.overrides.task = ["experiment=panorama_exact_cpu", "seed=0,1,2"]
+    with pytest.raises(SystemExit, match=r"seed: 0,1,2,3,4 -> 0,1,2\nlaunch it with the sweep's own overrides"):
+        resume_plan(tmp_path, config, jobs[:3])
+    with open_dict(config):  # the same overrides over a config file that changed since
+        config.hydra.overrides.task = ["experiment=panorama_exact_cpu", "seed=0,1,2,3,4"]
+        config.prompt = "make it night"
+    with pytest.raises(SystemExit, match=r"composed config .*\n  prompt: turn it into a pop-art painting -> make it"):
+        resume_plan(tmp_path, config, jobs)

@@ -269,13 +269,17 @@ def _run_folders(config: Any) -> list[Path]:
     """The folders a single run writes in: Hydra's run folder (its records, the log) and ``paths.output_dir``."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf.errors import OmegaConfBaseException
 
     HydraConfig.instance().set_config(config)  # ${hydra:...} in the folder names resolves
     run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.output_dir = str(run_dir)  # what Hydra sets next (run_job), so paths.output_dir resolves
     HydraConfig.instance().set_config(config)
-    output_dir = OmegaConf.select(config, "paths.output_dir", default=None)
+    try:
+        output_dir = OmegaConf.select(config, "paths.output_dir", default=None)
+    except OmegaConfBaseException:  # a broken value: the run reports it
+        output_dir = None
     folders = [run_dir]
     if output_dir is not None and Path(os.path.abspath(str(output_dir))) != run_dir:
         folders.append(Path(os.path.abspath(str(output_dir))))
@@ -361,10 +365,15 @@ class GuardRunFolder(Callback):
         record = sweep_dir / "multirun.yaml"
         resume = sweep_resumes(config)
         if not resume and record.is_file():
+            again = (  # the switch exists where the sweeper has it (the grid sweeper; not a search)
+                "; to run that sweep's missing, failed and interrupted jobs, launch it again with "
+                "hydra.sweeper.resume=true"
+                if "resume" in config.hydra.sweeper
+                else ""
+            )
             raise SystemExit(
                 f"csd-exp: {sweep_dir} holds a sweep already ({record.name}): a new sweep needs a folder of its own "
-                "(leave hydra.sweep.dir unset, or give a new one); to run that sweep's missing, failed and "
-                "interrupted jobs, launch it again with hydra.sweeper.resume=true"
+                f"(leave hydra.sweep.dir unset, or give a new one){again}"
             )
         if resume and not record.is_file():
             raise SystemExit(
