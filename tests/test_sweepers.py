@@ -194,6 +194,7 @@ def test_a_resume_plan_runs_every_job_that_did_not_complete_and_refuses_another_
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
+    from csd_exp.infra.run_folder import hold_run_folder
     from csd_exp.infra.sweep_record import resume_plan, write_jobs
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
@@ -217,6 +218,9 @@ def test_a_resume_plan_runs_every_job_that_did_not_complete_and_refuses_another_
         (3, "seed=3", "no summary"),
         (4, "seed=4", "never started"),
     ]
+    with hold_run_folder(tmp_path / "2_panorama_csd_edit_seed2"):  # job 2 of the first launch still runs
+        with pytest.raises(SystemExit, match=f"job 2 still runs: .* is in use by another run \\(pid {os.getpid()}"):
+            resume_plan(tmp_path, config, jobs)
     with open_dict(config):
         config.hydra.overrides.task = ["experiment=panorama_exact_cpu", "seed=0,1,2"]
     with pytest.raises(SystemExit, match=r"seed: 0,1,2,3,4 -> 0,1,2\nlaunch it with the sweep's own overrides"):

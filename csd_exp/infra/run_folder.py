@@ -142,6 +142,25 @@ def claim_run_folder(path: str | Path) -> None:
     _CLAIMED[folder] = fd
 
 
+def folder_in_use(path: str | Path) -> str | None:
+    """The error text naming the live run that holds ``path``, or None (free, or no such folder). A look only:
+    the lock is released at once."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    try:
+        import fcntl  # noqa: F401  (POSIX only)
+    except ImportError:
+        return None
+    try:
+        fd = _lock(folder)
+    except RunFolderInUse as error:
+        return str(error)
+    if fd is not None:
+        _unlock(folder, fd)
+    return None
+
+
 def release_run_folder(path: str | Path) -> None:
     """Unlock a folder claimed with :func:`claim_run_folder` and not taken over by a run (no-op otherwise)."""
     folder = Path(path).resolve()

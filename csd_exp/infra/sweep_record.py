@@ -24,7 +24,7 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-from csd_exp.infra.run_folder import SUMMARY_NAME, write_json_atomically
+from csd_exp.infra.run_folder import SUMMARY_NAME, folder_in_use, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,12 @@ def resume_plan(sweep_dir: Path, config: Any, jobs: list[list[str]]) -> list[tup
     plan = []
     for number, overrides in enumerate(jobs):
         status = job_status(folders.get(number))
-        if status != "completed":
-            plan.append((number, overrides, status))
+        if status == "completed":
+            continue
+        live = folder_in_use(folders[number]) if number in folders else None
+        if live is not None:  # e.g. a SLURM job of the first launch still running: it must not run twice
+            raise SystemExit(f"csd-exp: hydra.sweeper.resume=true: job {number} still runs: {live}")
+        plan.append((number, overrides, status))
     return plan
 
 
