@@ -230,3 +230,14 @@ def test_a_resume_plan_runs_every_job_that_did_not_complete_and_refuses_another_
         config.prompt = "make it night"
     with pytest.raises(SystemExit, match=r"composed config .*\n  prompt: turn it into a pop-art painting -> make it"):
         resume_plan(tmp_path, config, jobs)
+
+
+def test_the_resume_switch_needs_a_sweep_to_resume(tmp_path):
+    single = run_cli([*SMALL, "hydra.sweeper.resume=true", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert single.returncode == 1 and "hydra.sweeper.resume=true re-launches a sweep: add -m" in single.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sweep = run_cli(["-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={empty}", "hydra.sweeper.resume=true"])
+    assert sweep.returncode == 1
+    assert f"csd-exp: hydra.sweeper.resume=true: {empty} holds no sweep (multirun.yaml missing)" in sweep.stderr
+    assert list(tmp_path.rglob("*")) == [empty], "nothing written"

@@ -350,6 +350,11 @@ class GuardRunFolder(Callback):
         self._held.append(folder)
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if sweep_resumes(config):
+            raise SystemExit(
+                "csd-exp: hydra.sweeper.resume=true re-launches a sweep: add -m and hydra.sweep.dir=<the sweep's "
+                "folder> (a single run continues with ckpt_path=<its folder>/checkpoints/last.ckpt)"
+            )
         if process_rank() != 0:
             return
         folders = _run_folders(config)
