@@ -21,6 +21,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from csd_exp.infra.run_folder import register_launch_id_resolver
+
+# The default run and sweep folder names (conf/hydra/default.yaml) use it; registered on import, so that a
+# process that only unpickles ``main`` (a submitit job) resolves them too.
+register_launch_id_resolver()
+
 CONFIG_PATH = "pkg://csd_exp.conf"
 CONFIG_DIR_VARIABLE = "CSD_EXP_CONFIG_DIR"
 #: Groups that ``--help`` leaves out: chosen by other groups or by csd-exp-paper, never by hand.
@@ -151,6 +157,7 @@ def entry() -> None:
     from omegaconf import OmegaConf
 
     from csd_exp.infra.interrupts import Interrupted, exit_status, install
+    from csd_exp.infra.run_folder import release_claims
     from csd_exp.infra.sweep_end import report_interrupted_sweep
     from csd_exp.schema.composition import missing_extra
 
@@ -169,6 +176,8 @@ def entry() -> None:
     except Interrupted as stop:
         report_interrupted_sweep(stop.code)
         raise
+    finally:
+        release_claims()  # a refused or ended run's folder locks (the OS would drop them at exit; the files go too)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-def sweep_jobs(config: Any) -> list[list[str]]:
-    """The override lists of every job of the multirun ``config`` (basic sweeper semantics)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+from csd_exp.infra.sweep_record import BASIC_SWEEPER, is_grid_sweep, sweep_jobs  # noqa: F401  (BASIC_SWEEPER: kept)
 
 
 class ValidateSweep(Callback):
@@ -39,7 +28,7 @@ class ValidateSweep(Callback):
 
         HydraConfig.instance().set_config(config)  # ${hydra:...} in the jobs' configs (paths) resolves
 
-        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        if not is_grid_sweep(config):
             # Other sweepers (Optuna) draw their jobs as they go: what every job shares (inputs, regions,
             # optimized_metric) is checked here, the drawn values when each job starts.
             try:

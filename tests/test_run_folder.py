@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from framework_support import REPO_ROOT
+from framework_support import REPO_ROOT, run_cli
 
 from csd_exp.infra import run_folder
 from csd_exp.infra.run_folder import LOCK_NAME, RunFolderInUse, hold_run_folder, write_json_atomically
@@ -106,3 +106,70 @@ def test_a_full_disk_leaves_no_temp_file_and_says_why(tmp_path, monkeypatch):
     assert failed.value.__cause__ is None and failed.value.__suppress_context__
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
     assert json.loads(path.read_text()) == {"status": "running"}, "the previous summary must survive"
+
+
+# A run of two steps on the exact prior (seconds on a CPU).
+SMALL = ["experiment=panorama_exact_cpu", "debug=smoke", "data.short_side=32", "task.window_size=32"]
+SMALL += ["task.window_stride=8"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included), by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_refused_by_the_lock_writes_nothing_in_the_live_runs_folder(holder):
+    folder, process = holder
+    # What a live run has written by then: Hydra's records, its log, a checkpoint.
+    (folder / ".hydra").mkdir()
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (folder / ".hydra" / name).write_text(f"# the live run's {name}\n")
+    (folder / "cli.log").write_text("the live run's log\n")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"the live run's checkpoint")
+    before = _files(folder)
+    attempts = {
+        "a new run": [*SMALL, f"hydra.run.dir={folder}"],
+        "a resume in place": [*SMALL, f"hydra.run.dir={folder}", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"],
+        "a sweep": ["-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={folder}"],
+    }
+    for what, args in attempts.items():
+        result = run_cli(args)
+        assert result.returncode == 1, what
+        assert f"csd-exp: {folder} is in use by another run (pid {process.pid}" in result.stderr, (what, result.stderr)
+        assert _files(folder) == before, f"{what} wrote into the live run's folder"
+
+
+def test_a_new_run_in_a_finished_runs_folder_is_refused_and_a_resume_continues_there(tmp_path):
+    import csv
+
+    folder = tmp_path / "run"
+    first = run_cli([*SMALL, f"hydra.run.dir={folder}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = _files(folder)
+    resume = [f"hydra.run.dir={folder}", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=4"]
+    for args in ([f"hydra.run.dir={folder}"], [f"paths.output_dir={folder}"]):  # Hydra's folder or the outputs'
+        refused = run_cli([*SMALL, *args])
+        assert refused.returncode == 1
+        assert (
+            f"csd-exp: {folder} holds a finished run (summary.json: completed): a new run needs a folder of its own"
+            in refused.stderr
+        ), refused.stderr
+        assert f"resume it: ckpt_path={folder}/checkpoints/last.ckpt" in refused.stderr
+        assert _files(folder) == finished
+    # A resume in place under a changed setting is refused before anything is written ...
+    changed = run_cli([*SMALL, *resume, "guidance.guidance_scale=2.5"])
+    assert changed.returncode == 1 and "guidance.guidance_scale: 1.5 -> 2.5" in changed.stderr, changed.stderr
+    assert "resume.allow_config_change=true" in changed.stderr
+    assert _files(folder) == finished
+    # ... and continues the run there when asked to: to step 4, one checkpoint series, the CSV log kept.
+    allowed = run_cli([*SMALL, *resume, "guidance.guidance_scale=2.5", "resume.allow_config_change=true"])
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", 4)
+    assert summary["config_changed_on_resume"] == ["guidance.guidance_scale: 1.5 -> 2.5"]
+    names = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step00002.ckpt", "step00003.ckpt", "step00004.ckpt"]
+    with open(folder / "csv" / "metrics.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("loss")]
+    assert steps == [0, 1, 2, 3], "the first run's rows are kept and the resumed steps follow them"

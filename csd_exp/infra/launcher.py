@@ -58,12 +58,17 @@ class LocalParallelLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.launch_numbered(list(enumerate(job_overrides, start=initial_job_idx)))
+
+    def launch_numbered(self, jobs: Sequence[tuple[int, Sequence[str]]]) -> Sequence[JobReturn]:
+        """Run ``(job number, overrides)`` pairs, ``n_jobs`` at a time, each under its own number (a resumed sweep
+        runs the numbers that did not complete, gaps included: :class:`csd_exp.infra.sweep_record.GridSweeper`)."""
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info("Launching %d jobs, %d at a time, sweep output dir: %s", len(job_overrides), self.n_jobs, sweep_dir)
-        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("Launching %d jobs, %d at a time, sweep output dir: %s", len(jobs), self.n_jobs, sweep_dir)
+        for number, overrides in jobs:
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
 
         signals: list[int] = []
@@ -73,7 +78,7 @@ class LocalParallelLauncher(Launcher):
             previous = {}
         running: dict[int, tuple[multiprocessing.Process, Any]] = {}
         try:
-            results = self._run_all(list(job_overrides), initial_job_idx, signals, running)
+            results = self._run_all([(number, list(overrides)) for number, overrides in jobs], signals, running)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -83,11 +88,11 @@ class LocalParallelLauncher(Launcher):
                 process.join()
         if signals:
             raise Interrupted(exit_status(signals[0]))
-        return [results[number] for number in range(initial_job_idx, initial_job_idx + len(job_overrides))]
+        return [results[number] for number, _ in jobs]
 
-    def _run_all(self, job_overrides, initial_job_idx, signals, running) -> dict[int, JobReturn]:
+    def _run_all(self, jobs, signals, running) -> dict[int, JobReturn]:
         context = multiprocessing.get_context("fork")  # the job inherits the composed sweep; nothing is pickled
-        pending = list(enumerate(job_overrides, start=initial_job_idx))
+        pending = list(jobs)
         results: dict[int, JobReturn] = {}
         forwarded = 0  # how many of the parent's signals were passed on to the running jobs
         deadline = None

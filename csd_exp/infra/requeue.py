@@ -39,6 +39,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,9 +173,22 @@ def own_checkpoint(output_dir: str | Path) -> Path | None:
     return best[1] if best else None
 
 
+def in_resumed_sweep() -> bool:
+    """Whether this process runs a job of a re-launched sweep (``hydra.sweeper.resume=true``,
+    :mod:`csd_exp.infra.sweep_record`): its job continues in its own folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    hydra = HydraConfig.get()
+    return str(hydra.mode) == "RunMode.MULTIRUN" and bool(hydra.sweeper.get("resume", False))
+
+
 def resume_requeued_run(cfg, output_dir: str | Path, fingerprint: dict) -> Path | None:
-    """In a requeued allocation (``SLURM_RESTART_COUNT`` > 0), set ``cfg.ckpt_path`` to the run's own newest
-    checkpoint and return it; None in a first allocation or when no checkpoint was written yet.
+    """Continue a run in its own folder: in a requeued allocation (``SLURM_RESTART_COUNT`` > 0) or a job of a
+    re-launched sweep, set ``cfg.ckpt_path`` to the run's own newest checkpoint and return it; a ``ckpt_path`` the
+    user gave inside the run's own folder is returned as it is (a resume in place); None otherwise (a first
+    allocation, a new run, or no checkpoint written yet).
 
     Raises ValueError, naming the differing keys, when the config composed now (the YAML files are read again
     on every allocation) differs from the checkpoint's, unless ``resume.allow_config_change=true``.
@@ -184,30 +198,33 @@ def resume_requeued_run(cfg, output_dir: str | Path, fingerprint: dict) -> Path 
     from csd_exp.infra.checkpoints import check_resume_checkpoint
 
     allocation = allocation_number()
-    if allocation == 1:
+    if allocation == 1 and not in_resumed_sweep():
+        given = cfg.get("ckpt_path")
+        if given and Path(output_dir).resolve() in Path(str(given)).resolve().parents:
+            return Path(str(given))  # a resume in place (checked by the run: check_resume_checkpoint)
         return None
+    where = f"SLURM job {_job_name()}, allocation {allocation}" if allocation > 1 else "re-launched sweep"
     checkpoint = own_checkpoint(output_dir)
     if checkpoint is None:
-        log.warning(
-            "SLURM job %s, allocation %d: no checkpoint in %s/checkpoints yet, starting at step 0",
-            _job_name(),
-            allocation,
-            output_dir,
-        )
+        stale = sorted(Path(output_dir).glob("checkpoints/*.ckpt"))
+        if stale:  # none loads: keep them apart, so the new run's last.ckpt never mixes with them
+            aside = Path(output_dir) / "checkpoints" / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.mkdir(parents=True, exist_ok=True)
+            for path in stale:
+                os.replace(path, aside / path.name)
+            log.warning("%s: no checkpoint in %s loads (moved to %s)", where, Path(output_dir) / "checkpoints", aside)
+        log.warning("%s: no checkpoint in %s/checkpoints yet, starting at step 0", where, output_dir)
         return None
     allow = bool(OmegaConf.select(cfg, "resume.allow_config_change", default=False))
     try:
         check_resume_checkpoint(checkpoint, fingerprint, allow)
     except ValueError as error:
         raise ValueError(
-            f"SLURM job {_job_name()} was requeued (allocation {allocation}) but its config changed on disk "
-            f"since it started; not resuming {checkpoint}. {error}"
+            f"{where}: the config changed on disk since the run started; not resuming {checkpoint}. {error}"
         ) from None
     with open_dict(cfg):
         cfg.ckpt_path = str(checkpoint)
-    log.warning(
-        "SLURM job %s, allocation %d: resuming this run from its own checkpoint %s", _job_name(), allocation, checkpoint
-    )
+    log.warning("%s: resuming this run from its own checkpoint %s", where, checkpoint)
     return checkpoint
 
 

@@ -1,9 +1,15 @@
-"""The run folder: one run at a time in it (:func:`hold_run_folder`), and files written whole or not at all
-(:func:`write_json_atomically`).
+"""The run folder: one run at a time in it (:func:`hold_run_folder`), a new run never in a finished run's folder
+(:class:`GuardRunFolder`), names that two launches in the same second never share (:func:`launch_id`), and
+files written whole or not at all (:func:`write_json_atomically`).
 
 The lock is ``<run folder>/.csd-exp.lock``, locked with ``fcntl.flock`` and holding the holder's pid, host
 and start time. The OS drops a flock when its process ends, however it ends (SIGKILL, OOM killer, a lost
 node), so a stale lock file never blocks a resume into the same folder; only a live holder does.
+
+Hydra writes its records (``.hydra/config.yaml``, ``overrides.yaml``, ``hydra.yaml``) and opens the job's log
+before the run starts, so the lock is taken earlier, by :class:`GuardRunFolder` (a Hydra callback, before Hydra
+writes anything): a run that is refused leaves the other run's folder as it was. The run then takes the lock
+over (:func:`hold_run_folder`). A sweep locks its sweep folder the same way for as long as it runs.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ import errno
 import json
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".csd-exp.lock"
+SUMMARY_NAME = "summary.json"
+LAUNCH_ID_RESOLVER = "csd_exp_launch_id"  # conf/hydra/default.yaml: the default run and sweep folder names
 # What to do about the errors a user can fix when a file cannot be written.
 _WRITE_FIXES = {
     errno.ENOSPC: "free space on that disk",
@@ -33,6 +44,20 @@ _WRITE_FIXES = {
 
 class RunFolderInUse(RuntimeError):
     """Another live process holds the run folder's lock."""
+
+
+def launch_id() -> str:
+    """``<pid>-<4 hex digits>``: what makes the default folder names of two launches in the same second differ
+    (the pid on one machine, the random digits between machines). Registered as the ``csd_exp_launch_id``
+    resolver with caching, so every job of a sweep, and every look at one run's folder, sees the same value."""
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def register_launch_id_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(LAUNCH_ID_RESOLVER):
+        OmegaConf.register_new_resolver(LAUNCH_ID_RESOLVER, launch_id, use_cache=True)
 
 
 def _holder_text(fd: int) -> str:
@@ -95,17 +120,81 @@ def _unlock(folder: Path, fd: int) -> None:
     os.close(fd)
 
 
+#: Folders this process locked ahead of its run (:func:`claim_run_folder`): resolved path -> locked descriptor.
+_CLAIMED: dict[Path, int | None] = {}
+
+
+def claim_run_folder(path: str | Path) -> None:
+    """Lock ``path`` now, for the run this process is about to start (which takes the lock over in
+    :func:`hold_run_folder`); raise :class:`RunFolderInUse` if a live run holds it. Nothing is written in a
+    folder that another run holds."""
+    folder = Path(path).resolve()
+    if folder in _CLAIMED:
+        return
+    try:
+        import fcntl  # noqa: F401  (POSIX only)
+    except ImportError:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = _lock(folder)
+    if fd is not None:
+        _write_holder(fd)
+    _CLAIMED[folder] = fd
+
+
+def folder_in_use(path: str | Path) -> str | None:
+    """The error text naming the live run that holds ``path``, or None (free, or no such folder). A look only:
+    the lock is released at once."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    try:
+        import fcntl  # noqa: F401  (POSIX only)
+    except ImportError:
+        return None
+    try:
+        fd = _lock(folder)
+    except RunFolderInUse as error:
+        return str(error)
+    if fd is not None:
+        _unlock(folder, fd)
+    return None
+
+
+def release_run_folder(path: str | Path) -> None:
+    """Unlock a folder claimed with :func:`claim_run_folder` and not taken over by a run (no-op otherwise)."""
+    folder = Path(path).resolve()
+    fd = _CLAIMED.pop(folder, None)
+    if fd is not None:
+        _unlock(folder, fd)
+
+
+def release_claims() -> None:
+    """Unlock every folder this process still claims (at its end, after a refusal)."""
+    for folder in list(_CLAIMED):
+        release_run_folder(folder)
+
+
 @contextlib.contextmanager
 def hold_run_folder(path: str | Path, *, rank: int = 0) -> Iterator[Path | None]:
     """Hold ``path``'s lock for the ``with`` block; raise :class:`RunFolderInUse` if a live run holds it.
 
     Only rank 0 locks (DDP ranks share their folder): other ranks pass through. The caller gives the rank,
     e.g. ``rank_zero_only.rank``, which Lightning's launchers set from the environment before ``run`` is
-    called. Yields the lock file's path, or None where nothing was locked.
+    called. A folder this process claimed for the run (:func:`claim_run_folder`) is taken over, not locked
+    twice. Yields the lock file's path, or None where nothing was locked.
     """
     folder = Path(path)
     if rank != 0:
         yield None
+        return
+    if folder.resolve() in _CLAIMED:
+        fd = _CLAIMED.pop(folder.resolve())
+        try:
+            yield None if fd is None else folder / LOCK_NAME
+        finally:
+            if fd is not None:
+                _unlock(folder.resolve(), fd)
         return
     try:
         import fcntl  # noqa: F401  (POSIX only)
@@ -149,3 +238,173 @@ def write_json_atomically(path: str | Path, data: Any) -> None:
         reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error))
         fix = f"; {_WRITE_FIXES[error.errno]}" if error.errno in _WRITE_FIXES else ""
         raise OSError(error.errno, f"could not write {path}: {reason}{fix}") from None
+
+
+def process_rank() -> int:
+    """This process's rank as launchers set it in the environment (Lightning's rank-zero rule); 0 without one."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(variable)
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return 0
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return folder.resolve() in (path.resolve(), *path.resolve().parents)
+
+
+def finished_run(folder: str | Path) -> str | None:
+    """What shows that a run already ran in ``folder`` (its ``summary.json`` status, or its checkpoints); None
+    for a folder no run has finished in (new, empty, or a run killed before it wrote either)."""
+    folder = Path(folder)
+    summary = folder / SUMMARY_NAME
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text()).get("status", "no status")
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable"
+        return f"{SUMMARY_NAME}: {status}"
+    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt"))
+    if checkpoints:
+        return f"checkpoints/{checkpoints[-1].name}"
+    return None
+
+
+def check_new_run_folder(folder: str | Path, ckpt_path: str | None) -> None:
+    """Refuse (ValueError, one line naming the fix) a run in a finished run's ``folder`` unless it resumes a
+    checkpoint of that folder (``ckpt_path=<folder>/checkpoints/...``): the one way to continue a run there."""
+    folder = Path(folder)
+    found = finished_run(folder)
+    if found is None or (ckpt_path and _within(Path(str(ckpt_path)), folder)):
+        return
+    raise ValueError(
+        f"{folder} holds a finished run ({found}): a new run needs a folder of its own (leave hydra.run.dir "
+        f"unset, or give a new one); to continue that run there, resume it: ckpt_path={folder}/checkpoints/last.ckpt"
+    )
+
+
+def _run_folders(config: Any) -> list[Path]:
+    """The folders a single run writes in: Hydra's run folder (its records, the log) and ``paths.output_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf.errors import OmegaConfBaseException
+
+    HydraConfig.instance().set_config(config)  # ${hydra:...} in the folder names resolves
+    run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(run_dir)  # what Hydra sets next (run_job), so paths.output_dir resolves
+    HydraConfig.instance().set_config(config)
+    try:
+        output_dir = OmegaConf.select(config, "paths.output_dir", default=None)
+    except OmegaConfBaseException:  # a broken value: the run reports it
+        output_dir = None
+    folders = [run_dir]
+    if output_dir is not None and Path(os.path.abspath(str(output_dir))) != run_dir:
+        folders.append(Path(os.path.abspath(str(output_dir))))
+    return folders
+
+
+def _check_resume_in_place(config: Any) -> None:
+    """The checks of ``ckpt_path`` (:func:`csd_exp.infra.checkpoints.check_resume_checkpoint`) before a resume in a
+    finished run's folder writes anything there: a refused resume leaves that run's records and summary as they
+    were. A config that does not resolve here is left to the run, which checks again."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf.errors import OmegaConfBaseException
+
+    from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
+
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    try:
+        resolved = OmegaConf.to_container(task, resolve=True)
+    except OmegaConfBaseException:
+        return
+    allow = bool(OmegaConf.select(task, "resume.allow_config_change", default=False))
+    check_resume_checkpoint(task.get("ckpt_path"), run_fingerprint(resolved), allow)
+
+
+def sweep_resumes(config: Any) -> bool:
+    """Whether this multirun re-launches an earlier sweep (``hydra.sweeper.resume=true``)."""
+    return bool(config.hydra.sweeper.get("resume", False))
+
+
+class GuardRunFolder(Callback):
+    """Before Hydra writes anything: a single run locks its folders (refused, writing nothing, if a live run holds
+    one) and is refused in a finished run's folder unless it resumes that run's checkpoint; a sweep locks its sweep
+    folder and is refused in an earlier sweep's folder unless it resumes that sweep (``hydra.sweeper.resume=true``).
+    Other DDP ranks pass through, as in :func:`hold_run_folder`."""
+
+    def __init__(self) -> None:
+        self._held: list[Path] = []
+
+    def _claim(self, folder: Path) -> None:
+        try:
+            claim_run_folder(folder)
+        except RunFolderInUse as error:
+            release_claims()
+            raise SystemExit(f"csd-exp: {error}") from None
+        self._held.append(folder)
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if sweep_resumes(config):
+            raise SystemExit(
+                "csd-exp: hydra.sweeper.resume=true re-launches a sweep: add -m and hydra.sweep.dir=<the sweep's "
+                "folder> (a single run continues with ckpt_path=<its folder>/checkpoints/last.ckpt)"
+            )
+        if process_rank() != 0:
+            return
+        folders = _run_folders(config)
+        existing = [folder for folder in folders if folder.is_dir()]
+        for folder in existing:  # a live run's folder: refused as in use, whatever it holds
+            self._claim(folder)
+        try:
+            for folder in existing:
+                check_new_run_folder(folder, config.get("ckpt_path"))
+        except ValueError as error:
+            release_claims()
+            raise SystemExit(f"csd-exp: {error}") from None
+        for folder in folders:  # new folders only now: a refused run creates none
+            self._claim(folder)
+        try:
+            if any(finished_run(folder) for folder in folders):  # a resume in place: its checkpoint must fit
+                _check_resume_in_place(config)
+        except (ValueError, FileNotFoundError) as error:
+            release_claims()
+            raise SystemExit(f"csd-exp: {error}") from None
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        for folder in self._held:  # those the run did not take over
+            release_run_folder(folder)
+        self._held.clear()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)
+        sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+        record = sweep_dir / "multirun.yaml"
+        resume = sweep_resumes(config)
+        if not resume and record.is_file():
+            again = (  # the switch exists where the sweeper has it (the grid sweeper; not a search)
+                "; to run that sweep's missing, failed and interrupted jobs, launch it again with "
+                "hydra.sweeper.resume=true"
+                if "resume" in config.hydra.sweeper
+                else ""
+            )
+            raise SystemExit(
+                f"csd-exp: {sweep_dir} holds a sweep already ({record.name}): a new sweep needs a folder of its own "
+                f"(leave hydra.sweep.dir unset, or give a new one){again}"
+            )
+        if resume and not record.is_file():
+            raise SystemExit(
+                f"csd-exp: hydra.sweeper.resume=true: {sweep_dir} holds no sweep ({record.name} missing); give the "
+                "folder of the sweep to resume with hydra.sweep.dir=..."
+            )
+        self._claim(sweep_dir)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self.on_run_end(config)

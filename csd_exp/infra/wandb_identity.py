@@ -22,6 +22,8 @@ from typing import Any
 
 SEPARATOR = "·"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+#: Grid sweepers (every job a distinct combination of values): Hydra's and csd-exp's resumable one.
+GRID_SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.csd_exp_launcher.GridSweeper")
 
 
 def _hydra_config():
@@ -92,7 +94,7 @@ def wandb_identity(method: str, seed: int, extra_tags: Iterable[str] = ()) -> di
             if key == "seed" or key not in values or values[key] == method:
                 continue  # the seed ends every name; a swept method is the name's first part
             parts.append(f"{_short(key)}={values[key]}")
-        if str(hydra.sweeper.get("_target_", BASIC_SWEEPER)) != BASIC_SWEEPER:
+        if str(hydra.sweeper.get("_target_", BASIC_SWEEPER)) not in GRID_SWEEPERS:
             parts.append(f"#{hydra.job.num}")  # a search may draw the same values twice: the trial's number
     parts.append(f"s{seed}")
     tags = [task, method] + ([experiment] if experiment else [])
