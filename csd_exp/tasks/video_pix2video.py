@@ -21,13 +21,17 @@ prior of the other baselines (``model=sd15`` / ``sd21``), so no depth map is nee
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from csd_exp.data.sources import ClipSource
 from csd_exp.priors.ddim_inversion import level_alpha, predicted_clean, sampling_step
 from csd_exp.tasks.video_fatezero import InvertThenEditVideoTask
+
+if TYPE_CHECKING:
+    from csd_exp.priors.stable_diffusion import StableDiffusionPrior
+    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
 
 #: Anchor and previous frame: the causal choices (frames after i would break the batched = sequential equality).
 PIX2VIDEO_FRAMES = ("first", "previous")
@@ -49,22 +53,22 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
 
     def __init__(
         self,
-        prior: Any,
+        prior: StableDiffusionPrior,
         guidance: Any = None,
         *,
         prompt: str,
         data: ClipSource,
         source_prompt: str = "",
-        seed: int = 0,
+        seed: Seed = 0,
         max_steps: int = -1,
-        frame_size: int = 64,
-        num_inference_steps: int = 50,
+        frame_size: PositiveInt = 64,
+        num_inference_steps: PositiveInt = 50,
         guidance_scale: float = 7.5,
-        latent_update_weight: float = 100.0,
-        latent_update_steps: int = 26,
+        latent_update_weight: NonNegativeFloat = 100.0,
+        latent_update_steps: NonNegativeInt = 26,
         temporal_attention_frames: list[str] | tuple[str, ...] = PIX2VIDEO_FRAMES,
         temporal_attention_blocks: list[str] | tuple[str, ...] = ("up",),
-        temporal_attention_min_level: int = 0,
+        temporal_attention_min_level: NonNegativeInt = 0,
     ):
         if not temporal_attention_frames or any(f not in PIX2VIDEO_FRAMES for f in temporal_attention_frames):
             raise ValueError(
@@ -86,11 +90,7 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
             temporal_attention_blocks=temporal_attention_blocks,
             temporal_attention_min_level=temporal_attention_min_level,
         )
-        if float(latent_update_weight) < 0 or int(latent_update_steps) < 0:
-            raise ValueError(
-                f"task.latent_update_weight={latent_update_weight} and task.latent_update_steps="
-                f"{latent_update_steps} must be >= 0"
-            )
+
         self.latent_update_weight = float(latent_update_weight)
         self.latent_update_steps = int(latent_update_steps)
 
