@@ -51,6 +51,9 @@ class EditEvaluator:
             which the YAML sets to this value).
     """
 
+    #: objects and texts for Python callers and csd-exp eval: not config settings (a run passes its own texts)
+    python_only_parameters = ("lpips", "source_text", "target_text")
+
     def __init__(
         self,
         clip: ImageTextEncoder | None,

@@ -81,6 +81,9 @@ class DeepFloydIFPrior(ScorePrior):
         variant: forwarded to ``from_pretrained`` when not ``None`` (``fp16``: the hub's half-size weight files).
     """
 
+    #: the pipeline's components, for Python callers: not config settings
+    python_only_parameters = ("unet", "text_encoder", "tokenizer", "scheduler")
+
     name = "deepfloyd_if"
     supports_image_condition = False
     #: sizes are pixels (latent_scale_factor 1): resize so the short side is the configured size

@@ -179,6 +179,9 @@ class DiffusersPrior(ScorePrior):
       decoder. Encoding stays with the pipeline's VAE, as in the official code.
     """
 
+    #: the pipeline's components, for Python callers: not config settings
+    python_only_parameters = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
     pipeline_class_name: str
 
     def __init__(

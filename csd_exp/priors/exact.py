@@ -125,6 +125,7 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
     """
 
     name = "exact"
+    python_only_parameters = ("instructions",)  # instruction families, for Python callers
     supports_image_condition = True
     default_resize_policy = "short_side"  # CPU-sized runs: the canvas is data.short_side tall, not at least it
 

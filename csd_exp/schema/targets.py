@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from csd_exp.schema.checks import HYDRA_KEYS, check_keys
-from csd_exp.schema.signatures import read_signature
+from csd_exp.schema.signatures import class_attribute, read_signature
 
 
 def check_target(prefix: str, node: Any) -> None:
@@ -21,8 +21,12 @@ def check_target(prefix: str, node: Any) -> None:
     target = node.get("_target_")
     signature = read_signature(target) if isinstance(target, str) else None
     if signature is not None:
-        owner = str(target).rsplit(".", 1)[-1]
-        check_keys(prefix, node, signature.parameters, owner, open_=signature.open)
+        # Parameters only Python callers pass (objects, weights' components): the class lists them itself.
+        hidden = class_attribute(target, "python_only_parameters", ())
+        settings = {k: v for k, v in signature.parameters.items() if k not in hidden}
+        name = str(target).rsplit(".", 1)[-1]
+        owner = name if signature.owner.is_class else "".join(part.capitalize() for part in name.split("_"))
+        check_keys(prefix, node, settings, owner, open_=signature.open)
     for key, value in node.items():
         if key not in HYDRA_KEYS and isinstance(value, Mapping) and "_target_" in value:
             check_target(f"{prefix}.{key}", value)
