@@ -261,6 +261,10 @@ def _signature_of(definition: Definition) -> Signature:
     if not definition.is_class:
         parameters, is_open = _parameters(definition, ())
         return Signature(definition, parameters, is_open, definition)
+    init = _init_of(definition)
+    if init is not None and init.node.args.kwarg is None:  # its own constructor, all of it: no base needed
+        parameters, is_open = _parameters(init, (definition,))
+        return Signature(definition, parameters, is_open, init)
     classes, unknown, opaque = mro(definition)
     return _class_signature(definition, classes, unknown or opaque)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import importlib
 import importlib.util
 import operator
@@ -143,10 +144,15 @@ def load(module: str) -> Module | None:
     if found is None:
         return None
     path, is_package = found
+    enabled = gc.isenabled()
+    gc.disable()  # a parse makes many small objects: collections of the caller's large heap would double its cost
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError):
         return None
+    finally:
+        if enabled:
+            gc.enable()
     defined: dict[str, ast.AST] = {}
     imported: dict[str, tuple[str, str | None]] = {}
     here = module.split(".") if is_package else module.split(".")[:-1]
@@ -186,10 +192,13 @@ class _Ref:
     module: str
 
 
-def _lookup(module: str, name: str, depth: int = 0) -> Any:
+def _lookup(module: str, name: str, depth: int = 0, follow_opaque: bool = False) -> Any:
     """What ``name`` is in ``module``: a real object (from :data:`REAL_MODULES`), a :class:`Definition`, a
-    ``(Module, ast.expr)`` pair (an assigned value, evaluated on use) or a :class:`_Ref` to a module."""
-    if depth > 12:
+    ``(Module, ast.expr)`` pair (an assigned value, evaluated on use) or a :class:`_Ref` to a module.
+
+    A name of :data:`OPAQUE_PACKAGES` (``torch.dtype``, ``Tensor``) is no config value: it is not looked up
+    (their large modules are not parsed) unless ``follow_opaque`` (a ``_target_`` there, ``torch.optim.SGD``)."""
+    if depth > 12 or (not follow_opaque and module.split(".")[0] in OPAQUE_PACKAGES):
         raise Unresolved(f"{module}.{name}")
     if _is_real(module):
         try:
@@ -209,7 +218,7 @@ def _lookup(module: str, name: str, depth: int = 0) -> Any:
         if attribute is None:
             return _Ref(other)
         try:
-            return _lookup(other, attribute, depth + 1)
+            return _lookup(other, attribute, depth + 1, follow_opaque)
         except Unresolved:
             if module_file(f"{other}.{attribute}") is not None:
                 return _Ref(f"{other}.{attribute}")
@@ -249,7 +258,7 @@ def find(target: str) -> Definition | None:
             for name in parts[split:]:
                 if not isinstance(found, _Ref):
                     return None
-                found = _lookup(found.module, name)
+                found = _lookup(found.module, name, follow_opaque=True)
         except Unresolved:
             return None
         return found if isinstance(found, Definition) else None
