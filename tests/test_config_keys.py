@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from framework_support import CONFIG_DIR, compose_config
 from hydra.utils import get_object
 
-from csd_exp.schema import TARGET_SCHEMAS, ConfigError, _fields, validate_composed
+from csd_exp.schema import ConfigError, read_signature, validate_composed
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Every option of every group, each with the task it belongs to where it needs one.
@@ -35,25 +37,6 @@ GROUP_OPTIONS = [
     "data.resize_policy=official",
     "data.resize_policy=short_side",
 ]
-# Objects csd_exp.run.build_task passes in; everything else comes from the YAML.
-INJECTED = {"prior", "guidance"}
-# Constructor parameters for Python callers only (objects, or values fixed by the prior's weights).
-PYTHON_ONLY = {
-    "unet",
-    "vae",
-    "text_encoder",
-    "tokenizer",
-    "scheduler",
-    "depth_estimator",
-    "feature_extractor",
-    "instructions",
-    "compute_dtype",
-    "num_train_timesteps",
-    "aabb",
-    "lpips",  # the evaluator's: an LPIPS object, and its default texts (a run passes its own to evaluate)
-    "source_text",
-    "target_text",
-}
 
 
 def _target_nodes(node, prefix=""):
@@ -101,28 +84,38 @@ def test_every_key_reaches_a_constructor_parameter(overrides, tmp_path):
         assert not plain["kernel"], "a kernel chosen for a task that samples would do nothing"
 
 
-@pytest.mark.parametrize("target", sorted(TARGET_SCHEMAS))
-def test_schemas_name_exactly_the_constructor_parameters(target):
-    if target.startswith("torch."):
-        return  # torch's own classes: the schema lists only the keys our configs set
+# Every ``_target_`` of the run's groups (Lightning's callbacks and loggers and Hydra's own are not checked).
+TARGETS = sorted(
+    {
+        target
+        for path in CONFIG_DIR.rglob("*.yaml")
+        if path.relative_to(CONFIG_DIR).parts[0] not in ("hydra", "callbacks", "logger", "trainer")
+        for target in re.findall(r"_target_:\s*([\w.]+)", path.read_text())
+    }
+)
+# The markers of csd_exp.schema.fields and the literals: an annotation that names one must be read as a type.
+MARKERS = re.compile(
+    r"\b(PositiveInt|PositiveFloat|NonNegativeInt|NonNegativeFloat|UnitFraction|Probability|OpenFraction|Seed"
+    r"|Literal|Field|TorchDtypeName|DecoderName|BaselineName|BandwidthRule|AnnealingRule|SamplingMethod"
+    r"|WindowSampler|EditInit|LpipsNet)\b"
+)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_source_reader_finds_the_constructor_and_reads_its_markers(target):
+    """What the compose-time check reads from source (never importing it) is the constructor Hydra calls: the
+    same parameters (those passed on through ``**kwargs`` too), and every constrained annotation as a type."""
+    signature = read_signature(target)
+    assert signature is not None, f"{target}: its source was not found"
     parameters = inspect.signature(get_object(target)).parameters
-    named = {name for name, p in parameters.items() if p.kind is not p.VAR_KEYWORD} - INJECTED
-    if not target.startswith("csd_exp.priors.ExactScorePrior"):
-        named -= PYTHON_ONLY
-    else:
-        named -= PYTHON_ONLY - {"num_train_timesteps"}  # the exact prior's schedule length is a setting
-    if target.endswith("TimestepSchedule"):
-        named -= {"max_steps"}  # the horizon: the task sets it (set_horizon)
-    if "Sampling" in target:
-        named -= {"optimizer", "lr_scheduler"}  # sampling baselines optimise nothing
-        named |= {"window_size", "window_stride"} if "panorama" in target else {"frame_size"}
-        named |= {"prompt", "source_prompt", "seed", "max_steps", "data"}  # forwarded through **kwargs
-    if target.split(".")[-1].startswith("tiny_"):  # builders forward **prior_kwargs to the prior class
-        prior_class = "InstructPix2PixPrior" if "pix2pix" in target else "StableDiffusionPrior"
-        named |= {"seed"} | set(inspect.signature(get_object(f"csd_exp.priors.{prior_class}")).parameters)
-        assert set(_fields(TARGET_SCHEMAS[target])) <= named
-        return
-    assert set(_fields(TARGET_SCHEMAS[target])) == named
+    named = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    assert named <= set(signature.parameters)
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        assert set(signature.parameters) == named and not signature.open
+    for name in named:
+        annotation = str(parameters[name].annotation)
+        if MARKERS.search(annotation):
+            assert signature.parameters[name] is not Any, f"{target}({name}: {annotation}) was not read"
 
 
 GUIDANCE_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "guidance").glob("*.yaml") if p.stem != "sampling")

@@ -1,11 +1,13 @@
-"""Extending csd-exp from outside the package: a new task, a new data source, a new guidance baseline.
+"""Extending csd-exp from outside the package: a new task, a new data source, a new guidance baseline, a new
+sampling task, a new view task and a new 3D editor.
 
 A new task is first-class with its module, its task YAML and its experiment YAML, and nothing else: the
 files are written into a temporary folder (as a user's would be) and run through the CLI with
 ``--config-dir``; no switch, schema entry, size table or evaluator edit is needed for the run to step,
 snapshot, log ``val/`` curves, write its outputs and report metrics in ``summary.json``. A new data
 source is one class named by ``data._target_``; a new guidance method is one ``Baseline`` subclass and one
-``conf/guidance`` YAML naming it by ``guidance.baseline._target_``.
+``conf/guidance`` YAML naming it by ``guidance.baseline._target_``. The compose-time check knows none of these
+classes by name: it reads their signatures and what they declare from their source (csd_exp.schema).
 """
 
 from __future__ import annotations
@@ -219,3 +221,267 @@ def test_a_new_guidance_baseline_is_one_class_and_one_yaml(tmp_path):
     assert summary["config"]["guidance"]["baseline"]["_target_"] == "noted_baseline.NotedSourceBranch"
     steps = [line.split() for line in notes.read_text().splitlines()]
     assert len(steps) == 3 and all(int(count) == summary["config"]["data"]["max_frames"] for _, count in steps)
+
+
+# -------------------------------------------------------------- a sampling task, a view task, a 3D editor
+# Each class says what the compose-time check needs to know about it (csd_exp.schema reads it from the source,
+# never importing it): a sampling task takes no distillation guidance (``uses_guidance = False``, here through
+# ReverseSamplingMixin), a view task passes its renders to the kernel (``passes_renders = True``), an editor
+# that samples says so too; its settings are checked from its signature's annotations.
+SAMPLING_MODULE = '''
+"""A user's sampling baseline: every frame drawn from one shared initial noise (one reverse step per step)."""
+from typing import Annotated
+
+import torch
+from pydantic import Field
+
+from csd_exp.tasks.base import step_generator
+from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.video import VideoTask
+
+
+class SharedNoiseSampling(ReverseSamplingMixin, VideoTask):
+    def __init__(self, prior, guidance=None, optimizer=None, lr_scheduler=None, *,
+                 steps: Annotated[int, Field(ge=1)], scale: float, **kwargs):
+        super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
+        self.latents.requires_grad_(False)
+        self.setup_reverse_process(steps, 0.0, scale, scale)
+
+    @torch.no_grad()
+    def training_step(self, batch, batch_idx):
+        index = int(batch)
+        if index == 0 or self.state is None:
+            shared = torch.randn((1, *self.latents.shape[1:]), generator=step_generator(self.seed, 0, "shared"))
+            self.state = shared.expand_as(self.latents).clone().to(self.latents.device)
+        cond = self.conditioning(self.image_condition)
+        eps = self.prior.predict_noise(self.state, self.timesteps[index], cond).target.float()
+        if self.reverse_step(index, eps):
+            self.latents.data.copy_(self.state)
+
+    def show_estimate(self, clean):
+        self.latents.data.copy_(clean)
+'''
+
+SAMPLING_YAML = """
+# @package _global_
+defaults:
+  - override /guidance: sampling
+  - override /kernel: none
+  - override /schedule: none
+task:
+  _target_: shared_noise.SharedNoiseSampling
+  prompt: ${prompt}
+  source_prompt: ${source_prompt}
+  seed: ${seed}
+  max_steps: ${trainer.max_steps}
+  data: ${data}
+  frame_size: 8
+  steps: 3
+  scale: ${guidance.guidance_scale}
+data:
+  _target_: csd_exp.data.ClipSource
+  path: null
+  max_frames: 3
+run_name: shared_noise
+trainer:
+  max_steps: -1
+  max_epochs: 1
+  val_check_interval: 1
+"""
+
+
+def _write(tmp_path, module_name, module, yamls):
+    (tmp_path / "code").mkdir(exist_ok=True)
+    (tmp_path / "code" / f"{module_name}.py").write_text(textwrap.dedent(module))
+    for group, text in yamls.items():
+        (tmp_path / "conf" / group).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "conf" / group).write_text(textwrap.dedent(text))
+
+
+def test_a_new_sampling_task_takes_no_guidance_and_runs(tmp_path):
+    _write(tmp_path, "shared_noise", SAMPLING_MODULE, {"task/shared_noise.yaml": SAMPLING_YAML})
+    common = [f"--config-dir={tmp_path / 'conf'}", "task=shared_noise", "model=exact", "~callbacks.progress"]
+    refused = _run_cli(tmp_path, tmp_path / "code", *common, "task.steps=0", f"paths.output_dir={tmp_path / 'bad'}")
+    assert refused.returncode != 0 and "task.steps=0 is not allowed" in refused.stderr, refused.stderr[-2000:]
+    distils = _run_cli(tmp_path, tmp_path / "code", *common, "guidance=csd_edit", f"paths.output_dir={tmp_path / 'x'}")
+    assert "this sampling baseline uses only the guidance scales" in distils.stderr, distils.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    result = _run_cli(tmp_path, tmp_path / "code", *common, f"paths.output_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert len(list((run_dir / "edited_frames").iterdir())) == 3
+
+
+VIEW_TASK_MODULE = '''
+"""A user's view task: side-by-side crops of an image are the particles, and their decoded images (the views
+this task "renders") go to the kernel, so an image kernel (kernel=feature_rbf) compares them."""
+import torch
+
+from csd_exp.data.images import load_image, save_image
+from csd_exp.data.resample import resize_frames
+from csd_exp.distill import Particles
+from csd_exp.tasks.base import DistillationTask
+from csd_exp.tasks.results import TaskResult
+
+
+class CropViewsTask(DistillationTask):
+    passes_renders = True
+
+    def __init__(self, prior, guidance, optimizer, *, prompt, image, size: int, views: int, seed=0,
+                 source_prompt="", max_steps=2):
+        super().__init__(prior, guidance, optimizer, prompt=prompt, seed=seed, source_prompt=source_prompt,
+                         max_steps=max_steps)
+        full = resize_frames(load_image(image), size, size * views)
+        self.source = torch.stack([full[:, :, i * size:(i + 1) * size] for i in range(views)])
+        scale = prior.latent_scale_factor
+        self.latents = torch.nn.Parameter(torch.zeros(views, prior.latent_channels, size // scale, size // scale))
+
+    def configure_particles(self, device):
+        self.source_latents, self.image_condition = self.encode_sources(self.source.to(device))
+        self.latents.data.copy_(self.source_latents)
+
+    def distillation_step(self, step):
+        renders = self.prior.decode(self.latents)
+        particles = Particles(self.latents, source_latents=self.source_latents, condition=self.image_condition,
+                              kernel_inputs=renders)
+        return self.guidance(self.prior, particles, prompt=self.prompt, step=step, seed=self.seed)
+
+    def edited(self):
+        with torch.no_grad():
+            return self.prior.decode(self.latents.detach()).float().clamp(0, 1).cpu()
+
+    def current_images(self):
+        return {"edited": self.edited()}
+
+    def current_pair(self):
+        return self.edited(), self.source
+
+    def final_result(self):
+        return TaskResult(edited=self.edited(), source=self.source, media={"edited": self.edited()})
+
+    def write_outputs(self, output_dir, result):
+        for index, view in enumerate(result.edited):
+            save_image(view, output_dir / f"view_{index}.png")
+        return {}
+'''
+
+VIEW_TASK_YAML = """
+# @package _global_
+task:
+  _target_: crop_views.CropViewsTask
+  prompt: ${prompt}
+  source_prompt: ${source_prompt}
+  seed: ${seed}
+  max_steps: ${trainer.max_steps}
+  image: sample:rocket
+  size: 16
+  views: 3
+  optimizer:
+    _target_: torch.optim.SGD
+    _partial_: true
+    lr: 2.0
+trainer:
+  max_steps: 2
+  val_check_interval: 1
+"""
+
+
+def test_a_new_view_task_passes_its_renders_to_an_image_kernel(tmp_path):
+    _write(tmp_path, "crop_views", VIEW_TASK_MODULE, {"task/crop_views.yaml": VIEW_TASK_YAML})
+    run_dir = tmp_path / "run"
+    result = _run_cli(
+        tmp_path,
+        tmp_path / "code",
+        f"--config-dir={tmp_path / 'conf'}",
+        "task=crop_views",
+        "model=exact",
+        "guidance=csd_edit",
+        "kernel=feature_rbf",
+        "kernel.image_size=16",
+        "~callbacks.progress",
+        f"paths.output_dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["config"]["guidance"]["kernel"]["_target_"] == "csd_exp.distill.FeatureRBFKernel"
+    assert sorted(p.name for p in run_dir.glob("view_*.png")) == ["view_0.png", "view_1.png", "view_2.png"]
+
+
+EDITOR_MODULE = '''
+"""A user's 3D editor: every round replaces the chosen training views by their grey version (no prior)."""
+from typing import Annotated
+
+from pydantic import Field
+
+from csd_exp.tasks.scene3d_editors import DatasetEditor
+
+
+class DesaturateEditor(DatasetEditor):
+    uses_guidance = False  # edits without the task's guidance: the run's guidance group holds no method
+
+    def __init__(self, every: int, views: int, amount: Annotated[float, Field(ge=0, le=1)] = 1.0):
+        super().__init__(every, views)
+        self.amount = float(amount)
+
+    def edit_round(self, scene, views, step, round_index):
+        _, originals = scene.edit_inputs(views)
+        grey = originals.mean(dim=1, keepdim=True).expand_as(originals)
+        for view, image in zip(views, (1 - self.amount) * originals + self.amount * grey):
+            scene.images.replace(view, image.cpu())
+        return {"views": len(views)}
+'''
+
+EDITOR_YAML = """
+# @package task.editor
+_target_: desaturate_editor.DesaturateEditor
+every: 1
+views: 1
+amount: 1.0
+"""
+
+EDITOR_EXPERIMENT_YAML = """
+# @package _global_
+defaults:
+  - override /task: scene3d
+  - override /editor: desaturate
+  - override /model: exact
+  - override /guidance: sampling
+  - override /kernel: none
+  - override /schedule: none
+data:
+  path: null
+  image_size: 8
+  max_views: 8
+task:
+  pretrain_steps: 1
+  views_per_step: 2
+  turntable_views: 2
+  field:
+    resolution: 16
+    num_samples: 16
+trainer:
+  max_steps: 3
+  val_check_interval: 1
+"""
+
+
+def test_a_new_3d_editor_is_one_class_and_one_yaml(tmp_path):
+    _write(
+        tmp_path,
+        "desaturate_editor",
+        EDITOR_MODULE,
+        {"editor/desaturate.yaml": EDITOR_YAML, "experiment/desaturate_cpu.yaml": EDITOR_EXPERIMENT_YAML},
+    )
+    common = [f"--config-dir={tmp_path / 'conf'}", "experiment=desaturate_cpu", "~callbacks.progress"]
+    refused = _run_cli(
+        tmp_path, tmp_path / "code", *common, "task.editor.amount=2", f"paths.output_dir={tmp_path / 'x'}"
+    )
+    assert refused.returncode != 0 and "task.editor.amount=2 is not allowed" in refused.stderr, refused.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    result = _run_cli(tmp_path, tmp_path / "code", *common, f"paths.output_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert summary["config"]["task"]["editor"]["_target_"] == "desaturate_editor.DesaturateEditor"

@@ -91,5 +91,9 @@ def test_canvas_starts_at_the_source_and_prior_stays_out_of_the_state_dict():
 
 
 def test_unknown_sampler_is_rejected():
+    """The choices are the constructor's annotation, refused when the config is checked (before a model loads);
+    the constructor no longer repeats the check (issue 21)."""
+    from csd_exp.schema import check_target
+
     with pytest.raises(ValueError, match="window_sampler"):
-        _task(window_sampler="random")
+        check_target("task", {"_target_": "csd_exp.tasks.PanoramaTask", "window_sampler": "random"})

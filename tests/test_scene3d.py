@@ -249,8 +249,12 @@ def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
         _tiny_task(editor={"views": 9})
     with pytest.raises(TypeError, match="diffusion_steps"):
         _tiny_task(editor={"diffusion_steps": 20})  # an in2n setting given to the csd_edit editor
+    from csd_exp.schema import check_target
+
+    # The editor's choices are its signature's annotation, refused when the config is checked (issue 21: the
+    # constructor no longer repeats the check).
     with pytest.raises(ValueError, match="task.editor.init"):
-        _tiny_task(editor={"init": "photo"})
+        check_target("task.editor", {"_target_": "csd_exp.tasks.scene3d_editors.CSDEditEditor", "init": "photo"})
 
 
 def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(monkeypatch):

@@ -1,5 +1,6 @@
-"""The schema package on its own: light to import, optional for a new ``_target_``, and the guidance rules on
-plain configs (with and without Hydra's record of the group choices)."""
+"""The schema package on its own: light to import, optional for a new ``_target_``, the guidance rules on
+plain configs (with and without Hydra's record of the group choices), and the reader of constructor signatures
+that the checks are made of (source read with ast, never imported)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import sys
 import pytest
 from framework_support import REPO_ROOT, compose_config
 
-from csd_exp.schema import TARGET_SCHEMAS, ConfigError, validate_config
-
-MAX_LINES = 450  # no module of csd_exp is longer
+from csd_exp.schema import ConfigError, read_signature, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +30,48 @@ def test_importing_the_schema_imports_no_torch_and_no_omegaconf():
     assert result.stdout.strip() == "[]"
 
 
-def test_every_module_stays_under_the_line_limit():
-    long = {
-        str(p.relative_to(REPO_ROOT)): n
-        for p in (REPO_ROOT / "csd_exp").rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
-    assert not long
+# A compose-time check of several jobs (every task family, and the rules that read classes), in a fresh
+# interpreter; prints the heavy packages it imported.
+_CHECK_WITHOUT_HEAVY_IMPORTS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path("tests").resolve()))
+from framework_support import compose_config
+from csd_exp.schema import ConfigError, validate_composed
+jobs = [[], ["task=video"], ["task=scene3d"], ["task=scene3d", "editor=in2n", "guidance=sampling", "kernel=none",
+        "schedule=none"],
+        ["task=video_fatezero", "model=tiny_sd"], ["task=panorama_sampling"], ["task=generation3d", "guidance=csd",
+        "kernel=feature_rbf"], ["task=video_fatezero", "model=exact"], ["kernel=feature_rbf"],
+        ["task.window_sampler=balanced"]]
+refused = 0
+for overrides in jobs:
+    try:
+        validate_composed(compose_config(overrides, Path(sys.argv[1])))
+    except ConfigError:
+        refused += 1
+print(refused, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "pytorch_lightning", "diffusers"}))
+"""
+
+
+def test_the_compose_time_check_imports_no_torch_lightning_or_diffusers(tmp_path):
+    """The constraints live on constructors whose modules import torch; the check reads their source instead."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECK_WITHOUT_HEAVY_IMPORTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["3", "[]"], result.stdout  # three jobs refused, no heavy package imported
 
 
 def test_a_task_without_a_schema_entry_is_left_to_its_constructor(plain):
     cfg = copy.deepcopy(plain)
     cfg["task"] = {"_target_": "my_lab.tasks.SuperResolutionTask", "scale": 4, "prompt": "x"}
     cfg["data"] = {"path": "img.png", "tile": 128}  # keys no data schema lists
-    assert cfg["task"]["_target_"] not in TARGET_SCHEMAS
+    assert read_signature(cfg["task"]["_target_"]) is None  # no source found: nothing to check against
+
     validate_config(cfg)
 
 
@@ -108,3 +135,88 @@ def test_metrics_is_an_evaluator_node_or_empty(plain):
     cfg["metrics"]["clip"]["precision"] = "fp8"
     with pytest.raises(ConfigError, match=r"metrics\.clip\.precision"):
         validate_config(cfg)
+
+
+# ------------------------------------------------------------------------------------ the signature reader
+READER_MODULE = """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import not_installed_heavy_package as heavy  # never executed: the reader only parses this file
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.schema.fields import PositiveInt, Seed
+
+MODES = ("fast", "exact")
+Mode = Literal[MODES]
+
+
+class Base:
+    uses_guidance = True
+
+    def __init__(self, prior: heavy.Prior, *, size: PositiveInt = 8, seed: Seed = 0):
+        pass
+
+
+class Sampler(Base):
+    uses_guidance = False
+
+    def __init__(self, prior, mode: Mode, ratio: Annotated[float, Field(gt=0, le=1)] | heavy.Tensor = 1.0, **kwargs):
+        super().__init__(prior, **kwargs)
+
+
+def build(path: str, **options) -> Sampler:
+    return Sampler(None, **options)
+
+
+def opaque(**options):
+    return heavy.make(**options)
+"""
+
+
+@pytest.fixture
+def reader_module(tmp_path, monkeypatch):
+    from csd_exp.schema import signatures, source
+
+    (tmp_path / "reader_probe.py").write_text(READER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for cache in (source.module_file, source.load, source.find, signatures.read_signature):
+        cache.cache_clear()
+    yield "reader_probe"
+    assert "reader_probe" not in sys.modules, "the reader must never import the module it reads"
+
+
+def test_the_reader_turns_markers_into_types_and_follows_kwargs(reader_module):
+    from csd_exp.schema import check_target
+
+    signature = read_signature(f"{reader_module}.Sampler")
+    assert set(signature.parameters) == {"prior", "size", "seed", "mode", "ratio"} and not signature.open
+    check_target("task", {"_target_": f"{reader_module}.Sampler", "mode": "fast", "ratio": 0.5, "size": 3})
+    for key, value, needle in [
+        ("mode", "slow", "'fast' or 'exact'"),
+        ("ratio", 1.5, "less than or equal to 1"),  # the union dropped the class a config cannot hold
+        ("size", 0, "greater than or equal to 1"),  # forwarded through **kwargs to Base
+        ("seed", 2**32, "less than or equal to 4294967295"),
+        ("size", 2.0, "valid integer"),  # strict: no float for an integer
+    ]:
+        with pytest.raises(ConfigError, match=rf"task\.{key}={value!r} is not allowed: .*{needle}"):
+            check_target("task", {"_target_": f"{reader_module}.Sampler", key: value})
+    with pytest.raises(
+        ConfigError, match=r"task\.sise is not a setting of Sampler; its settings are: prior, size, seed, mode, ratio"
+    ):
+        check_target("task", {"_target_": f"{reader_module}.Sampler", "sise": 3})
+
+
+def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_module):
+    from csd_exp.schema.signatures import class_attribute, is_a
+    from csd_exp.schema.source import find
+
+    assert set(read_signature(f"{reader_module}.build").parameters) >= {"path", "mode", "size"}
+    assert read_signature(f"{reader_module}.opaque").open  # **options go where the reader cannot follow
+    sampler = find(f"{reader_module}.Sampler")
+    assert is_a(f"{reader_module}.build", sampler) and not is_a(f"{reader_module}.Base", sampler)
+    assert class_attribute(f"{reader_module}.Sampler", "uses_guidance") is False
+    assert class_attribute(f"{reader_module}.Base", "uses_guidance") is True

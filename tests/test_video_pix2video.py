@@ -400,10 +400,11 @@ def test_the_tiny_experiment_runs_as_released(tmp_path):
     [
         (["task=video_fatezero", "model=sd2_depth"], "not model=sd2_depth: choose model=sd15, model=sd21, "
          "model=tiny_sd"),
-        (["task=panorama", "model=tiny_sd2_depth"], r"model=tiny_sd2_depth \(Stable Diffusion 2 depth-to-image\) runs "
-         "only task=video_pix2video; task=panorama needs another family: text-to-image"),
-        (["task=video_pix2video", "model=ip2p"], r"model=tiny_sd \(text-to-image variant\) or model=sd2_depth, "
-         r"model=tiny_sd2_depth \(SD 2 depth, as released\)"),
+        (["task=panorama", "model=tiny_sd2_depth"], r"model=tiny_sd2_depth \(StableDiffusionDepthPrior\) serves only "
+         r"the tasks whose constructor names it as their prior \(task=video_pix2video\); task=panorama needs another "
+         "model: model=deepfloyd_if, exact, exact_generation, ip2p, sd15, sd21, tiny_if, tiny_ip2p, tiny_sd"),
+        (["task=video_pix2video", "model=ip2p"], "not model=ip2p: choose model=sd15, model=sd21, model=tiny_sd, "
+         "model=sd2_depth, model=tiny_sd2_depth"),
     ],
 )  # fmt: skip
 def test_a_model_family_the_task_cannot_use_is_refused_in_one_line(overrides, message, tmp_path):

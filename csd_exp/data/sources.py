@@ -10,6 +10,7 @@ tasks never look at the path to decide what to read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 
@@ -20,7 +21,12 @@ from csd_exp.data.sample_scene import make_sample_scene
 from csd_exp.data.scene import SceneDataset, SceneError, resize_scene
 from csd_exp.data.scene_formats import load_scene
 from csd_exp.data.video import read_video
-from csd_exp.schema import RESIZE_POLICIES
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.schema.fields import NonNegativeInt, PositiveInt
+
 
 #: Pillow's own decompression-bomb limit, kept as the default.
 PILLOW_MAX_IMAGE_PIXELS = 178956970
@@ -42,16 +48,15 @@ class ImageSource:
     """
 
     path: str | None = None
-    resize_policy: str = "auto"
-    short_side: int | None = None
-    max_image_pixels: int | None = PILLOW_MAX_IMAGE_PIXELS
-    alpha_background: str | None = None
+    resize_policy: Literal["auto", "official", "short_side"] = "auto"
+    short_side: PositiveInt | None = None
+    max_image_pixels: PositiveInt | None = PILLOW_MAX_IMAGE_PIXELS
+    alpha_background: (
+        Annotated[str, Field(pattern=r"^(?i:white|black|#[0-9a-f]{6})$", description="white, black or '#rrggbb'")]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
-        if self.resize_policy not in RESIZE_POLICIES:
-            raise ValueError(f"data.resize_policy={self.resize_policy!r} is not one of {RESIZE_POLICIES}")
-        if self.short_side is not None and int(self.short_side) < 1:
-            raise ValueError(f"data.short_side must be >= 1 latent px or null, got {self.short_side!r}")
         set_max_image_pixels(self.max_image_pixels)
         self._background = parse_background(self.alpha_background)
 
@@ -87,9 +92,9 @@ class ClipSource:
     """
 
     path: str | None = None
-    start: int = 0
-    stride: int = 1
-    max_frames: int | None = 12
+    start: NonNegativeInt = 0
+    stride: PositiveInt = 1
+    max_frames: Annotated[int, Field(ge=2)] | None = 12
 
     def load(self, frame_size: tuple[int, int]) -> LoadedClip:
         """The frames resized to ``frame_size`` (height, width)."""
@@ -121,10 +126,10 @@ class SceneSource:
     """
 
     path: str | None = None
-    downscale: int = 1
-    max_views: int | None = None
-    image_size: int | None = None
-    num_val: int | None = None
+    downscale: PositiveInt = 1
+    max_views: Annotated[int, Field(ge=2)] | None = None
+    image_size: PositiveInt | None = None
+    num_val: NonNegativeInt | None = None
 
     SAMPLE_VIEWS = 30
     SAMPLE_SIZE = 32

@@ -17,6 +17,8 @@ stay the guidance's.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 
@@ -81,8 +83,10 @@ class SourceBranch(Baseline):
         return prediction.target.float(), prediction.source.float()
 
 
-#: The short names the presets and ``guidance.baseline=<name>`` overrides use (csd_exp.schema keeps the same list
-#: for the compose-time check; tests/distill/test_baselines.py keeps the two equal).
+#: The short names the presets and ``guidance.baseline=<name>`` overrides use: the annotation of
+#: ``Guidance(baseline=...)`` that the compose-time check reads (tests/distill/test_baselines.py keeps it
+#: equal to :data:`BASELINES`).
+BaselineName = Literal["random_noise", "source_branch"]
 BASELINES: dict[str, type[Baseline]] = {"random_noise": RandomNoise, "source_branch": SourceBranch}
 
 

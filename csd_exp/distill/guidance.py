@@ -76,9 +76,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from csd_exp.distill.baselines import Baseline, SourceBranch, make_baseline
+from csd_exp.distill.baselines import Baseline, BaselineName, SourceBranch, make_baseline
 from csd_exp.distill.combine import csd_gradient, csd_gradient_with_image_kernel, distillation_weight, surrogate_loss
-from csd_exp.distill.kernels import IdentityKernel, Kernel, check_particles, make_kernel
+from csd_exp.distill.kernels import IdentityKernel, Kernel, PositiveFloat, check_particles, make_kernel
 from csd_exp.distill.particles import Particles, Shard
 from csd_exp.distill.schedule import TimestepSchedule, draw_step_randomness
 
@@ -162,12 +162,12 @@ class Guidance:
 
     def __init__(
         self,
-        baseline: str | Baseline,
+        baseline: BaselineName | Baseline,
         kernel: str | Kernel,
         schedule: TimestepSchedule | None = None,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
-        grad_clip: float | None = None,
+        grad_clip: PositiveFloat | None = None,
         official_scaling: bool = False,
         negative_prompt: str = "",
         source_prompt: str = "",
@@ -182,8 +182,7 @@ class Guidance:
                 "baseline='source_branch' and IdentityKernel(normalize_by_count=True), got "
                 f"baseline={baseline!r}, kernel={kernel!r}"
             )
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+
         self.baseline = baseline
         self.kernel = kernel
         self.schedule = TimestepSchedule() if schedule is None else schedule

@@ -26,12 +26,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 BANDWIDTH_RULES = ("median", "median_log_n", "fixed")
+#: ``kernel.bandwidth``: the median heuristic h = med² (SVGD's), med² / log N, or h = 1 / ``gamma``.
+BandwidthRule = Literal[BANDWIDTH_RULES]
+#: A number > 0. Bounds are written as the keywords of pydantic's ``Field`` in a dict (this package imports
+#: torch only): the compose-time check (csd_exp.schema) reads them from the source.
+PositiveFloat = Annotated[float, {"gt": 0}]
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -150,9 +155,9 @@ class RBFKernel:
 
     def __init__(
         self,
-        bandwidth: str = "median",
-        gamma: float | None = None,
-        bandwidth_multiplier: float = 1.0,
+        bandwidth: BandwidthRule = "median",
+        gamma: PositiveFloat | None = None,
+        bandwidth_multiplier: PositiveFloat = 1.0,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         check_bandwidth(bandwidth, gamma, bandwidth_multiplier)
@@ -290,7 +295,8 @@ class ConsensusKernel:
 
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
 
-    def __init__(self, target_coupling: float = 8.0, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, target_coupling: PositiveFloat = 8.0, compute_dtype: torch.dtype = torch.float32) -> None:
+
         if isinstance(target_coupling, bool) or not isinstance(target_coupling, (int, float)):
             raise ValueError(f"target_coupling must be a number > 0, got {target_coupling!r}")
         if not math.isfinite(target_coupling) or target_coupling <= 0:

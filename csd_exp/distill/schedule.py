@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
 ANNEALING_RULES = ("constant", "linear", "sqrt")
+AnnealingRule = Literal[ANNEALING_RULES]
+#: A fraction in (0, 1), as the keywords of pydantic's ``Field`` (read by the compose-time check; torch only here).
+OpenFraction = Annotated[float, {"gt": 0, "lt": 1}]
 SEED_BYTES = 8  # 64-bit generator seeds
 SEED_MASK = (1 << 63) - 1  # torch.Generator.manual_seed takes a non-negative int64
 
@@ -41,9 +45,9 @@ class TimestepSchedule:
 
     def __init__(
         self,
-        min_fraction: float = 0.02,
-        max_fraction: float = 0.5,
-        annealing: str = "constant",
+        min_fraction: OpenFraction = 0.02,
+        max_fraction: OpenFraction = 0.5,
+        annealing: AnnealingRule = "constant",
         max_steps: int | None = None,
         num_train_timesteps: int = 1000,
     ) -> None:

@@ -51,11 +51,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from torch import Tensor
 
 from csd_exp.distill.kernels import KernelOutput, bandwidth_gamma, check_bandwidth, check_particles
+
+if TYPE_CHECKING:
+    from csd_exp.distill.kernels import BandwidthRule, PositiveFloat
 
 #: the paper's render size for the LPIPS kernel (App. B.2)
 PAPER_KERNEL_IMAGE_SIZE = 64
@@ -85,10 +89,10 @@ class ImageRBFKernel:
 
     def __init__(
         self,
-        image_size: int | None = PAPER_KERNEL_IMAGE_SIZE,
-        bandwidth: str = "median_log_n",
-        gamma: float | None = None,
-        bandwidth_multiplier: float = 1.0,
+        image_size: Annotated[int, {"ge": 1}] | None = PAPER_KERNEL_IMAGE_SIZE,
+        bandwidth: BandwidthRule = "median_log_n",
+        gamma: PositiveFloat | None = None,
+        bandwidth_multiplier: PositiveFloat = 1.0,
     ) -> None:
         check_bandwidth(bandwidth, gamma, bandwidth_multiplier)
         if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
@@ -183,10 +187,10 @@ class LPIPSRBFKernel(ImageRBFKernel):
     def __init__(
         self,
         distance,
-        image_size: int | None = PAPER_KERNEL_IMAGE_SIZE,
-        bandwidth: str = "median_log_n",
-        gamma: float | None = None,
-        bandwidth_multiplier: float = 1.0,
+        image_size: Annotated[int, {"ge": 1}] | None = PAPER_KERNEL_IMAGE_SIZE,
+        bandwidth: BandwidthRule = "median_log_n",
+        gamma: PositiveFloat | None = None,
+        bandwidth_multiplier: PositiveFloat = 1.0,
     ) -> None:
         super().__init__(image_size, bandwidth, gamma, bandwidth_multiplier)
         if distance is None:
@@ -274,12 +278,12 @@ class FeatureRBFKernel(ImageRBFKernel):
 
     def __init__(
         self,
-        channels: Sequence[int] = (16, 32),
-        seed: int = 0,
-        image_size: int | None = PAPER_KERNEL_IMAGE_SIZE,
-        bandwidth: str = "median_log_n",
-        gamma: float | None = None,
-        bandwidth_multiplier: float = 1.0,
+        channels: Sequence[Annotated[int, {"ge": 1}]] = (16, 32),
+        seed: Annotated[int, {"ge": 0, "le": 2**32 - 1}] = 0,
+        image_size: Annotated[int, {"ge": 1}] | None = PAPER_KERNEL_IMAGE_SIZE,
+        bandwidth: BandwidthRule = "median_log_n",
+        gamma: PositiveFloat | None = None,
+        bandwidth_multiplier: PositiveFloat = 1.0,
     ) -> None:
         super().__init__(image_size, bandwidth, gamma, bandwidth_multiplier)
         self.features = RandomConvFeatures(channels, seed)

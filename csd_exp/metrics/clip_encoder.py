@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import Tensor
 
 from csd_exp.metrics._validation import check_images
 from csd_exp.metrics.clip_weights import ClipWeights, resolve_clip_weights, skip_note
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +154,8 @@ def load_clip(
     pretrained: str | None,
     device: torch.device | str | None = None,
     *,
-    precision: str = "fp32",
-    batch_size: int,
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32",
+    batch_size: PositiveInt,
     cache_dir: str | None = None,
     allow_download: bool,
 ) -> ClipEncoder | None:

@@ -28,7 +28,7 @@ from csd_exp.metrics.clip import (
 )
 from csd_exp.metrics.consistency import FlowSource, ModeAgreement, SeamError, WarpError, resolve_flow
 from csd_exp.metrics.fidelity import SSIM_MIN_SIZE, SourcePSNR, SourceSSIM
-from csd_exp.metrics.lpips import LPIPS_NETS, ConsecutiveFrameLPIPS, load_lpips
+from csd_exp.metrics.lpips import ConsecutiveFrameLPIPS, LpipsNet, load_lpips
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +51,20 @@ class EditEvaluator:
             which the YAML sets to this value).
     """
 
+    #: objects and texts for Python callers and csd-exp eval: not config settings (a run passes its own texts)
+    python_only_parameters = ("lpips", "source_text", "target_text")
+
     def __init__(
         self,
         clip: ImageTextEncoder | None,
-        lpips_net: str | None,
+        lpips_net: LpipsNet | None,
         *,
         lpips=None,
         source_text: str | None = "",
         target_text: str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if lpips_net is not None and lpips_net not in LPIPS_NETS:
-            raise ValueError(f"lpips_net must be one of {LPIPS_NETS} or None, got {lpips_net!r}")
+
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.clip = clip
         self.lpips_net = lpips_net

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Literal
 from urllib.parse import urlparse
 
 import torch
@@ -27,6 +28,8 @@ from csd_exp.metrics.notes import DOCS, note_skipped
 logger = logging.getLogger(__name__)
 
 LPIPS_NETS = ("alex", "vgg", "squeeze")
+#: The LPIPS backbones (``metrics.lpips_net``).
+LpipsNet = Literal[LPIPS_NETS]
 
 
 def _backbone_weights(net: str):
@@ -43,7 +46,7 @@ def lpips_backbone_cache_path(net: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-def load_lpips(net: str = "alex", device: torch.device | str | None = None):
+def load_lpips(net: LpipsNet = "alex", device: torch.device | str | None = None):
     """torchmetrics ``LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)`` or None.
 
     None (after one ``logging.warning`` naming the missing file and how to provide it) when the

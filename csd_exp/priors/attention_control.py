@@ -56,7 +56,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from csd_exp.schema.rules import TEMPORAL_ATTENTION_FRAMES, UNET_PLACES
+#: The frames a frame's spatio-temporal self-attention may read (``task.temporal_attention_frames``).
+TEMPORAL_ATTENTION_FRAMES = ("first", "previous", "self", "middle", "last")
+#: The places of the UNet's blocks (``task.temporal_attention_blocks``).
+UNET_PLACES = ("down", "mid", "up")
+
 
 #: FateZero keeps maps of query length <= (latent side / 2)², i.e. every level from 1 down.
 STORE_MIN_LEVEL = 1

@@ -23,7 +23,7 @@ enter a task's checkpoint. Inputs may be float32 on any device; outputs are floa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -34,6 +34,8 @@ from csd_exp.infra.devices import parse_torch_dtype
 SD_NUM_TRAIN_TIMESTEPS = 1000
 SD_BETA_START = 0.00085
 SD_BETA_END = 0.012
+#: The ``model.torch_dtype`` names a config may give (a Python caller may pass a ``torch.dtype``).
+TorchDtypeName = Literal["auto", "float32", "float16", "bfloat16", "float64"]
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

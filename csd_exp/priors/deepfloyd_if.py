@@ -24,7 +24,7 @@ diffusers is imported lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,6 +32,10 @@ from torch import Tensor
 from .base import Conditioning, NoisePrediction, ScorePrior, resolve_dtype
 from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen, move_to_device
 from .stable_diffusion import text_guided_noise
+
+if TYPE_CHECKING:
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.schema.fields import PositiveInt
 
 IF_MAX_LENGTH = 77  # IF's T5 was trained with 77 tokens (diffusers IFPipeline.encode_prompt)
 IF_CHANNELS = 3
@@ -77,6 +81,9 @@ class DeepFloydIFPrior(ScorePrior):
         variant: forwarded to ``from_pretrained`` when not ``None`` (``fp16``: the hub's half-size weight files).
     """
 
+    #: the pipeline's components, for Python callers: not config settings
+    python_only_parameters = ("unet", "text_encoder", "tokenizer", "scheduler")
+
     name = "deepfloyd_if"
     supports_image_condition = False
     #: sizes are pixels (latent_scale_factor 1): resize so the short side is the configured size
@@ -88,8 +95,8 @@ class DeepFloydIFPrior(ScorePrior):
         self,
         pretrained_model_name_or_path: str | None = None,
         *,
-        torch_dtype: str | torch.dtype = "float32",
-        max_rows_per_call: int | None = None,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
         variant: str | None = None,
         unet=None,

@@ -20,13 +20,20 @@ import functools
 import inspect
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from torch import Tensor
 
 from .base import ScorePrior, resolve_dtype
 from .vae_tiles import check_tile_stride, tiled
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.schema.fields import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,8 @@ OFFLINE_HINT = (
     "machine (huggingface-cli download {id}) and set model.{key}=/path/to/folder"
 )
 DECODERS = ("vae", "consistency")
+#: ``model.decoder``: the VAE's own decoder or the consistency decoder.
+DecoderName = Literal[DECODERS]
 #: the consistency decoder's noise when decode() gets no generator: decoding is then a function of the latents
 CONSISTENCY_DECODER_SEED = 0
 
@@ -170,17 +179,20 @@ class DiffusersPrior(ScorePrior):
       decoder. Encoding stays with the pipeline's VAE, as in the official code.
     """
 
+    #: the pipeline's components, for Python callers: not config settings
+    python_only_parameters = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
     pipeline_class_name: str
 
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
         *,
-        torch_dtype: str | torch.dtype = "float32",
-        max_rows_per_call: int | None = None,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: int | None = None,
-        decoder: str = "vae",
+        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
         vae=None,

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,12 @@ from .base import (
     scaled_linear_alphas_cumprod,
 )
 from .instructions import INSTRUCTIONS, InstructionFamily, find_instruction
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.schema.fields import PositiveFloat, PositiveInt, UnitFraction
 
 PIXEL_CHANNELS = 3
 
@@ -118,20 +125,21 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
     """
 
     name = "exact"
+    python_only_parameters = ("instructions",)  # instruction families, for Python callers
     supports_image_condition = True
     default_resize_policy = "short_side"  # CPU-sized runs: the canvas is data.short_side tall, not at least it
 
     def __init__(
         self,
-        downsample: int = 1,
-        edit_std: float = 0.05,
-        image_std: float = 0.05,
-        uncond_std: float = 1.0,
+        downsample: PositiveInt = 1,
+        edit_std: PositiveFloat = 0.05,
+        image_std: PositiveFloat = 0.05,
+        uncond_std: PositiveFloat = 1.0,
         uncond_mean: float = 0.0,
-        torch_dtype: str | torch.dtype = "float32",
-        num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS,
-        beta_start: float = SD_BETA_START,
-        beta_end: float = SD_BETA_END,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        num_train_timesteps: Annotated[int, Field(ge=2)] = SD_NUM_TRAIN_TIMESTEPS,
+        beta_start: UnitFraction = SD_BETA_START,
+        beta_end: UnitFraction = SD_BETA_END,
         instructions: Mapping[str, InstructionFamily] | None = None,
     ) -> None:
         super().__init__()

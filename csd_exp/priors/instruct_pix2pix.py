@@ -42,11 +42,21 @@ return the **same one draw** (cached, keyed on the image values), drawn with a f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction, expand_image_condition, instruct_pix2pix_guidance
 from .diffusers_common import DiffusersPrior, posterior_picker
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.diffusers_common import DecoderName
+    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.schema.fields import PositiveInt, Seed
 
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 
@@ -77,14 +87,14 @@ class InstructPix2PixPrior(DiffusersPrior):
         self,
         pretrained_model_name_or_path: str | None = None,
         *,
-        torch_dtype: str | torch.dtype = "float32",
-        max_rows_per_call: int | None = None,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        max_rows_per_call: PositiveInt | None = None,
         official_condition_latents: bool = False,
         official_source_latents: bool = False,
-        condition_seed: int = 0,
+        condition_seed: Seed = 0,
         local_files_only: bool | None = None,
-        vae_tile_stride: int | None = None,
-        decoder: str = "vae",
+        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
         vae=None,
@@ -92,14 +102,7 @@ class InstructPix2PixPrior(DiffusersPrior):
         tokenizer=None,
         scheduler=None,
     ) -> None:
-        for key, value in (
-            ("official_condition_latents", official_condition_latents),
-            ("official_source_latents", official_source_latents),
-        ):
-            if not isinstance(value, bool):
-                raise ValueError(f"model.{key} must be true or false; got {value!r}")
-        if isinstance(condition_seed, bool) or not isinstance(condition_seed, int) or condition_seed < 0:
-            raise ValueError(f"model.condition_seed must be a non-negative integer; got {condition_seed!r}")
+
         super().__init__(
             pretrained_model_name_or_path,
             torch_dtype=torch_dtype,

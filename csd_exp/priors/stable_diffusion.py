@@ -12,11 +12,21 @@ All rows go through the UNet as one batch or in chunks of ``max_rows_per_call``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import torch
 from torch import Tensor
 
 from .base import Conditioning, NoisePrediction
 from .diffusers_common import DiffusersPrior
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.diffusers_common import DecoderName
+    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.schema.fields import PositiveInt
 
 SD_PIPELINE = "StableDiffusionPipeline"
 
@@ -41,11 +51,11 @@ class StableDiffusionPrior(DiffusersPrior):
         self,
         pretrained_model_name_or_path: str | None = None,
         *,
-        torch_dtype: str | torch.dtype = "float32",
-        max_rows_per_call: int | None = None,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: int | None = None,
-        decoder: str = "vae",
+        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
         vae=None,

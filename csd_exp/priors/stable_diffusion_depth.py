@@ -18,7 +18,7 @@ runs it under autocast.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,14 @@ from .diffusers_common import (
 )
 from .stable_diffusion import text_guided_noise
 from .vae_tiles import check_tile_stride
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.diffusers_common import DecoderName
+    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.schema.fields import PositiveInt
 
 DEPTH_PIPELINE = "StableDiffusionDepth2ImgPipeline"
 #: How the estimator's depth reaches the latent's size: ``bicubic`` as diffusers' pipeline, ``bilinear`` as
@@ -75,16 +83,22 @@ class StableDiffusionDepthPrior(DiffusersPrior):
     name = "stable_diffusion_depth"
     pipeline_class_name = DEPTH_PIPELINE
     supports_image_condition = True
+    python_only_parameters = (
+        "unet", "vae", "text_encoder", "tokenizer", "scheduler", "depth_estimator", "feature_extractor",
+    )  # fmt: skip
+    #: Its image condition is a depth map, which only a task that names this class as its ``prior`` feeds:
+    #: the compose-time check refuses it for every other task (csd_exp/schema/rules.py).
+    serves_only_tasks_that_name_it: ClassVar[bool] = True
 
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
         *,
-        torch_dtype: str | torch.dtype = "float32",
-        max_rows_per_call: int | None = None,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: int | None = None,
-        decoder: str = "vae",
+        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet: Any = None,
         vae: Any = None,

@@ -23,10 +23,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .base import SD_BETA_END, SD_BETA_START, SD_NUM_TRAIN_TIMESTEPS
+
+if TYPE_CHECKING:
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.deepfloyd_if import DeepFloydIFPrior
+    from csd_exp.priors.instruct_pix2pix import InstructPix2PixPrior
+    from csd_exp.priors.stable_diffusion import StableDiffusionPrior
+    from csd_exp.schema.fields import PositiveInt, Seed
 
 TINY_FORMAT_VERSION = 1
 CLIP_MAX_LENGTH = 77
@@ -236,7 +244,7 @@ def _cached_build(cache_dir: str | os.PathLike, name: str, build, seed: int) -> 
     return final
 
 
-def tiny_instruct_pix2pix_prior(cache_dir: str | os.PathLike, seed: int = 0, **prior_kwargs):
+def tiny_instruct_pix2pix_prior(cache_dir: str | os.PathLike, seed: Seed = 0, **prior_kwargs) -> InstructPix2PixPrior:
     """An :class:`InstructPix2PixPrior` on the tiny pipeline in ``cache_dir`` (built there if absent)."""
     from .instruct_pix2pix import InstructPix2PixPrior
 
@@ -244,7 +252,7 @@ def tiny_instruct_pix2pix_prior(cache_dir: str | os.PathLike, seed: int = 0, **p
     return InstructPix2PixPrior(str(folder), **prior_kwargs)
 
 
-def tiny_stable_diffusion_prior(cache_dir: str | os.PathLike, seed: int = 0, **prior_kwargs):
+def tiny_stable_diffusion_prior(cache_dir: str | os.PathLike, seed: Seed = 0, **prior_kwargs) -> StableDiffusionPrior:
     """A :class:`StableDiffusionPrior` on the tiny pipeline in ``cache_dir`` (built there if absent)."""
     from .stable_diffusion import StableDiffusionPrior
 
@@ -360,10 +368,10 @@ def build_tiny_if(folder: str | os.PathLike, seed: int = 0) -> Path:
 
 def tiny_deepfloyd_if_prior(
     cache_dir: str | os.PathLike,
-    seed: int = 0,
-    torch_dtype: str | torch.dtype = "float32",
-    max_rows_per_call: int | None = None,
-):
+    seed: Seed = 0,
+    torch_dtype: TorchDtypeName | torch.dtype = "float32",
+    max_rows_per_call: PositiveInt | None = None,
+) -> DeepFloydIFPrior:
     """A :class:`DeepFloydIFPrior` on the tiny IF pipeline in ``cache_dir`` (built there if absent), loaded through
     ``IFPipeline.from_pretrained`` like a real checkpoint."""
     from .deepfloyd_if import DeepFloydIFPrior

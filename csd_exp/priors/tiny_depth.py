@@ -9,8 +9,18 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import torch
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.priors.diffusers_common import DecoderName
+    from csd_exp.priors.stable_diffusion_depth import StableDiffusionDepthPrior
+    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.schema.fields import PositiveInt, Seed
 
 from .tiny import LATENT_CHANNELS, TINY_HIDDEN_SIZE, _cached_build, _schedule_kwargs, tiny_components
 
@@ -98,13 +108,13 @@ def build_tiny_sd2_depth(folder: str | os.PathLike, seed: int = 0) -> Path:
 
 def tiny_stable_diffusion_depth_prior(
     cache_dir: str | os.PathLike,
-    seed: int = 0,
-    torch_dtype: str | torch.dtype = "float32",
-    max_rows_per_call: int | None = None,
-    vae_tile_stride: int | None = None,
-    decoder: str = "vae",
+    seed: Seed = 0,
+    torch_dtype: TorchDtypeName | torch.dtype = "float32",
+    max_rows_per_call: PositiveInt | None = None,
+    vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+    decoder: DecoderName = "vae",
     decoder_path: str | None = None,
-):
+) -> StableDiffusionDepthPrior:
     """A :class:`StableDiffusionDepthPrior` on the tiny depth pipeline in ``cache_dir`` (built there if absent),
     loaded through ``StableDiffusionDepth2ImgPipeline.from_pretrained`` like a real checkpoint."""
     from .stable_diffusion_depth import StableDiffusionDepthPrior

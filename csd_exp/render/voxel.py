@@ -43,12 +43,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
 
 from csd_exp.data.cameras import Cameras, generate_rays
 from csd_exp.render.base import RadianceField, RenderOutput, resolve_background
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.schema.fields import NonNegativeFloat, PositiveFloat, PositiveInt
 
 __all__ = ["VoxelRadianceField", "ray_aabb_intersect"]
 
@@ -87,17 +93,17 @@ class VoxelRadianceField(RadianceField):
 
     def __init__(
         self,
-        resolution: int | Sequence[int] = 64,
+        resolution: Annotated[int, Field(ge=2)] | Sequence[Annotated[int, Field(ge=2)]] = 64,
         aabb: Sequence[Sequence[float]] | torch.Tensor = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)),
-        num_samples: int = 64,
-        init_opacity: float = 0.1,
-        density_scale: float = 10.0,
+        num_samples: PositiveInt = 64,
+        init_opacity: PositiveFloat = 0.1,
+        density_scale: PositiveFloat = 10.0,
         background: float | Sequence[float] = 1.0,
-        lr_density: float = 0.1,
-        lr_color: float = 0.1,
-        tv_weight: float = 0.0,
-        near: float = 1e-2,
-        chunk_rays: int = 65536,
+        lr_density: PositiveFloat = 0.1,
+        lr_color: PositiveFloat = 0.1,
+        tv_weight: NonNegativeFloat = 0.0,
+        near: PositiveFloat = 1e-2,
+        chunk_rays: PositiveInt = 65536,
     ) -> None:
         super().__init__()
         res = [int(resolution)] * 3 if isinstance(resolution, (int, float)) else [int(r) for r in resolution]

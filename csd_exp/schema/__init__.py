@@ -1,14 +1,18 @@
-"""Typed schemas of the config groups, checked as soon as a config is composed.
+"""Config values checked as soon as a config is composed, against the constructors they are passed to.
 
-The check runs before torch, diffusers or any model is imported (``csd-exp`` calls
-:func:`validate_composed` first; the sweeper calls it for every job of a multirun before the first one
-starts), so a bad value costs a second, not a model load, and a sweep with one bad value starts no job.
+The check runs before torch, diffusers or any model is imported (``csd-exp`` calls :func:`validate_composed`
+first; the sweeper calls it for every job of a multirun before the first one starts), so a bad value costs a
+second, not a model load, and a sweep with one bad value starts no job.
 
-* :mod:`csd_exp.schema.checks`: typed fields (``Annotated[int, Range(min=1)]`` for bounded numbers,
-  ``Literal[...]`` for choices, ``X | None`` where null is allowed) and :func:`check_value`;
-* :mod:`csd_exp.schema.nodes`: one dataclass per ``_target_`` whose fields are the constructor parameters a
-  config node may set (:data:`TARGET_SCHEMAS`, the ``data`` sources included);
-* :mod:`csd_exp.schema.targets`: :func:`check_node` / :func:`check_target`, a node against its target's schema;
+Each constraint is written once, on the constructor that takes the value (``window_size: PositiveInt``,
+``method: Literal[...]``, markers of :mod:`csd_exp.schema.fields`), and each cross-group rule a class needs is
+declared on that class (``uses_guidance = False``, ``on_images = True``, ``passes_renders = True``, an annotated
+``prior``). Nothing here names a class of the package:
+
+* :mod:`csd_exp.schema.signatures`: a ``_target_``'s constructor read from its source with :mod:`ast` (never
+  imported), its annotations turned into types, and the class facts the rules read;
+* :mod:`csd_exp.schema.checks`: a value against an annotation (pydantic, strict) and :class:`ConfigError`;
+* :mod:`csd_exp.schema.targets`: :func:`check_target`, a node (and its sub-nodes) against its constructor;
 * :mod:`csd_exp.schema.rules`: what only a combination of groups can get wrong, and the entry points;
 * :mod:`csd_exp.schema.inputs`: what the run would read (input files, folders, scenes, region boxes and masks,
   the checkpoint) and ``optimized_metric``, checked from file headers and folder listings (Pillow, no torch);
@@ -16,78 +20,25 @@ starts), so a bad value costs a second, not a model load, and a sweep with one b
 * :mod:`csd_exp.schema.composition`: Hydra's composition errors in a line (a mistyped key names the nearest
   ones) and the extra a launcher or sweeper needs (``csd-exp`` uses it before and around Hydra).
 
-A node is matched to its schema by its ``_target_`` (no import needed). A key that the schema does not list
-is an error: a key that does nothing must not exist (tests/test_config_keys.py checks that the schemas and
-the constructors name the same parameters). A ``_target_`` with no schema is not checked here: its
-constructor refuses unknown keys when Hydra instantiates it, so a new class needs no entry to run.
+A key the constructor does not take is an error (a key that does nothing must not exist), unless the
+constructor passes ``**kwargs`` on where the reader cannot follow. A ``_target_`` whose source cannot be found
+is not checked here: its constructor refuses unknown keys when Hydra instantiates it.
 
-This package imports nothing heavier than the standard library (omegaconf and hydra lazily, in
+This package imports the standard library and pydantic (omegaconf and hydra lazily, in
 :func:`validate_composed`; Pillow to read an image header). tests/test_compose_checks.py checks that a refused
-run has not imported torch.
+run has imported none of torch, pytorch_lightning and diffusers.
 """
 
-from csd_exp.schema.checks import (
+from csd_exp.schema.checks import ConfigError, check_value
+from csd_exp.schema.fields import (
     MAX_SEED,
-    ConfigError,
-    Node,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Probability,
-    Range,
+    Seed,
     UnitFraction,
-    _fields,  # noqa: F401  (tests and tools read a schema's fields through it)
-    check_value,
-)
-from csd_exp.schema.nodes import (
-    ANNEALING_RULES,
-    BANDWIDTH_RULES,
-    CLIP_PRECISIONS,
-    DECODERS,
-    EDIT_INITS,
-    GUIDANCE,
-    GUIDANCE_BASELINES,
-    IDENTITY_KERNEL,
-    IN2N_EDITOR,
-    LPIPS_NETS,
-    PANORAMA_SAMPLING_METHODS,
-    RESIZE_POLICIES,
-    SAMPLING_TASKS,
-    TARGET_SCHEMAS,
-    TORCH_DTYPES,
-    VAE_TILE_LATENT,
-    WINDOW_SAMPLERS,
-    AdamSchema,
-    CSDEditEditorSchema,
-    DiffusersPriorSchema,
-    EditEvaluatorSchema,
-    ExactPriorSchema,
-    ExtrasSchema,
-    FieldSchema,
-    GuidanceSchema,
-    IdentityKernelSchema,
-    ImageDataSchema,
-    IN2NEditorSchema,
-    InstructPix2PixSchema,
-    LoadClipSchema,
-    PanoramaSamplingTaskSchema,
-    PanoramaTaskSchema,
-    RBFKernelSchema,
-    ResumeSchema,
-    RunSchema,
-    Scene3DTaskSchema,
-    SceneDataSchema,
-    SGDSchema,
-    StepLRSchema,
-    TaskInputsSchema,
-    TimestepScheduleSchema,
-    TinyInstructPix2PixSchema,
-    TinyPriorSchema,
-    TrainerSchema,
-    VideoDataSchema,
-    VideoSamplingTaskSchema,
-    VideoTaskSchema,
 )
 from csd_exp.schema.rules import (
     CHECKED_NODES,
@@ -97,73 +48,26 @@ from csd_exp.schema.rules import (
     validate_composed,
     validate_config,
 )
-from csd_exp.schema.targets import check_node, check_target
+from csd_exp.schema.signatures import read_signature
+from csd_exp.schema.targets import check_target
 
 __all__ = [
-    "ANNEALING_RULES",
-    "DECODERS",
-    "AdamSchema",
-    "BANDWIDTH_RULES",
     "CHECKED_NODES",
-    "CLIP_PRECISIONS",
-    "CSDEditEditorSchema",
     "ConfigError",
-    "DiffusersPriorSchema",
-    "EditEvaluatorSchema",
-    "EDIT_INITS",
-    "ExactPriorSchema",
-    "FieldSchema",
-    "GUIDANCE",
-    "GUIDANCE_BASELINES",
     "GUIDANCE_PRESETS",
-    "GuidanceSchema",
-    "IDENTITY_KERNEL",
-    "IN2NEditorSchema",
-    "IN2N_EDITOR",
-    "IdentityKernelSchema",
-    "LoadClipSchema",
-    "ImageDataSchema",
-    "InstructPix2PixSchema",
-    "LPIPS_NETS",
     "MAX_SEED",
-    "Node",
     "NonNegativeFloat",
     "NonNegativeInt",
-    "PANORAMA_SAMPLING_METHODS",
-    "PanoramaSamplingTaskSchema",
-    "PanoramaTaskSchema",
     "PositiveFloat",
     "PositiveInt",
     "Probability",
-    "RBFKernelSchema",
-    "RESIZE_POLICIES",
-    "Range",
-    "ExtrasSchema",
-    "ResumeSchema",
-    "RunSchema",
-    "SAMPLING_TASKS",
-    "SGDSchema",
-    "Scene3DTaskSchema",
-    "SceneDataSchema",
-    "StepLRSchema",
-    "TARGET_SCHEMAS",
-    "TORCH_DTYPES",
-    "VAE_TILE_LATENT",
-    "TaskInputsSchema",
-    "TimestepScheduleSchema",
-    "TinyInstructPix2PixSchema",
-    "TinyPriorSchema",
-    "TrainerSchema",
+    "Seed",
     "UnitFraction",
-    "VideoDataSchema",
-    "VideoSamplingTaskSchema",
-    "VideoTaskSchema",
-    "WINDOW_SAMPLERS",
-    "check_node",
     "check_target",
     "check_value",
     "guidance_label",
     "hydra_choices",
+    "read_signature",
     "validate_composed",
     "validate_config",
 ]

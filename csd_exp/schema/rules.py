@@ -1,44 +1,51 @@
 """Rules across config groups, and the entry points :func:`validate_config` / :func:`validate_composed`.
 
-A node's own keys are checked by its schema (:mod:`csd_exp.schema.nodes`); what only the combination of groups
-can get wrong (a kernel chosen for a task that uses none, a flag that only one guidance preset honours) is
-checked here, each with a one-line message that names the override that fixes it.
+A node's own keys are checked against its constructor (:mod:`csd_exp.schema.targets`); what only the
+combination of groups can get wrong is checked here, each with a one-line message that names the override
+that fixes it. The rules read what each class declares about itself, never a list of class names:
+
+* a task or editor whose class sets ``uses_guidance = False`` samples (``ReverseSamplingMixin``, the IN2N
+  editor) and takes no distillation guidance, kernel or schedule;
+* a kernel that sets ``on_images = True`` needs a task that sets ``passes_renders = True``;
+* a task whose constructor annotates ``prior`` with a class (``prior: StableDiffusionPrior``) needs a model
+  that builds one (the model groups offered are those of ``conf/model`` whose ``_target_`` does).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from csd_exp.schema.checks import ConfigError, _fields, check_value
+from csd_exp.schema.checks import ConfigError, check_keys, check_value
+from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
-from csd_exp.schema.nodes import (
-    GUIDANCE,
-    IDENTITY_KERNEL,
-    IMAGE_KERNELS,
-    IN2N_EDITOR,
-    SAMPLING_TASKS,
-    SOURCE_BRANCH,
-    VIEW_TASKS,
-    CheckpointFilesSchema,
-    ExtrasSchema,
-    ResumeSchema,
-    RunSchema,
-    TrainerSchema,
-)
-from csd_exp.schema.targets import check_node, check_target
+from csd_exp.schema.signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
+from csd_exp.schema.source import Definition, module_file
+from csd_exp.schema.targets import check_target
 
-#: Choices of the zero-shot video baselines (csd_exp/priors/attention_control.py, csd_exp/tasks/video_fatezero.py).
-TEMPORAL_ATTENTION_FRAMES = ("first", "previous", "self", "middle", "last")
-UNET_PLACES = ("down", "mid", "up")
-#: FateZero and Pix2Video run on a Stable Diffusion text-to-image prior: these targets, these model groups.
-TEXT_TO_IMAGE_TASKS = SAMPLING_TASKS[-2:]
-TEXT_TO_IMAGE_PRIORS = ("csd_exp.priors.StableDiffusionPrior", "csd_exp.priors.tiny_stable_diffusion_prior")
-TEXT_TO_IMAGE_MODEL_GROUPS = ("sd15", "sd21", "tiny_sd")
-#: The depth-conditioned SD 2 family (Pix2Video's released model): only task=video_pix2video runs it.
-DEPTH_TASK = SAMPLING_TASKS[-1]
-DEPTH_PRIORS = ("csd_exp.priors.StableDiffusionDepthPrior", "csd_exp.priors.tiny_stable_diffusion_depth_prior")
-DEPTH_MODEL_GROUPS = ("sd2_depth", "tiny_sd2_depth")
+GUIDANCE = "csd_exp.distill.Guidance"
+IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"
+SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
+
+#: The run's own top-level keys (no constructor takes them as such), and the nodes of infrastructure.
+RUN_KEYS = {
+    "prompt": str,
+    "source_prompt": str,
+    "method": str,
+    "optimized_metric": str | None,
+    "seed": Seed,
+    "ckpt_path": str | None,
+    "tags": list,
+}
+#: The trainer's keys a run's config is read for (the step counts, checked by :func:`_check_steps`; the others
+#: are Lightning's, checked by it, and some name the run folder, which a sweep has not made yet).
+TRAINER_KEYS = ("max_steps", "max_epochs", "val_check_interval", "log_every_n_steps")
+RESUME_KEYS = {"allow_config_change": bool}
+EXTRAS_KEYS = {"print_config": bool}
+#: The checked keys of ``callbacks.checkpoint`` (csd_exp/infra/checkpoint_files.py): how often a periodic
+#: checkpoint is written and how many of the newest are kept (null: all); the rest is ModelCheckpoint's.
+CHECKPOINT_FILE_KEYS = {"every_n_train_steps": PositiveInt | None, "keep_last": PositiveInt | None}
 
 #: The presets of conf/guidance, for the message that asks for one.
 GUIDANCE_PRESETS = "guidance=csd_edit | csd | sds | csd_edit_no_svgd | csd_edit_random_noise"
@@ -107,13 +114,20 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             f"guidance=csd_edit_no_svgd with kernel={chosen} couples the particles, which is CSD-Edit "
             "(Eq. 9): choose guidance=csd_edit, or drop the kernel override (the ablation is kernel=identity_mean)"
         )
-    task_target = str((cfg.get("task") or {}).get("_target_", ""))
-    # Only the project's own tasks are known here; a task from outside the package may pass renders itself.
-    if kernel_target in IMAGE_KERNELS and task_target.startswith("csd_exp.tasks.") and task_target not in VIEW_TASKS:
+    task_target = (cfg.get("task") or {}).get("_target_")
+    # The kernel says it compares renders; the task says whether it passes them (a class that says nothing,
+    # or whose source is unreadable, is not refused).
+    if (
+        isinstance(kernel_target, str)
+        and isinstance(task_target, str)
+        and class_attribute(kernel_target, "on_images", False) is True
+        and class_attribute(task_target, "passes_renders", None) is False
+    ):
         raise ConfigError(
-            f"kernel={choices.get('kernel') or _short(kernel_target)} compares rendered views, which only "
-            f"task=generation3d passes to the guidance; task={choices.get('task') or _short(task_target)} couples "
-            "its particles on the noisy latents: choose kernel=rbf (or kernel=consensus)"
+            f"kernel={choices.get('kernel') or _short(kernel_target)} compares rendered views, which "
+            f"task={choices.get('task') or _short(task_target)} does not pass to the guidance (it couples its "
+            "particles on the noisy latents): choose kernel=rbf (or kernel=consensus), or a task that renders "
+            "views (task=generation3d)"
         )
     no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
     if guidance.get("official_scaling") and not (_baseline(guidance) == "source_branch" and no_svgd):
@@ -124,23 +138,108 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         )
 
 
+def _samples(target: Any) -> bool:
+    """The class says it samples: it sets ``uses_guidance = False`` (itself or through a base)."""
+    return isinstance(target, str) and class_attribute(target, "uses_guidance", True) is False
+
+
+def _builders_of(required: Definition) -> list[str]:
+    """The options of conf/model whose ``_target_`` builds a ``required``, by name."""
+    found = module_file("csd_exp.conf")
+    if found is None:
+        return []
+    groups = []
+    for path in sorted((found[0].parent / "model").glob("*.yaml")):
+        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target and is_a(target.group(1), required):
+            groups.append(path.stem)
+    return groups
+
+
+def _check_prior(cfg: Mapping[str, Any], choices: Mapping[str, str], target: str) -> None:
+    """A task whose constructor annotates ``prior`` with classes needs a model that builds one of them; a prior
+    class that ``serves_only_tasks_that_name_it`` (a depth-conditioned one) is refused by every other task."""
+    required = parameter_classes(target, "prior")
+    model_target = (cfg.get("model") or {}).get("_target_")
+    if not isinstance(model_target, str):
+        return
+    task = choices.get("task") or _short(target)
+    chosen = choices.get("model") or _short(model_target)
+    if required and all(is_a(model_target, cls) is False for cls in required):
+        groups = [group for cls in required for group in _builders_of(cls)]
+        options = f": choose model={', model='.join(groups)}" if groups else ""
+        signature = read_signature(required[0].qualname)
+        folder = (
+            f" (any folder of such weights: model={groups[0]} model.pretrained_model_name_or_path=/path)"
+            if groups and signature is not None and "pretrained_model_name_or_path" in signature.parameters
+            else ""
+        )
+        names = " or a ".join(cls.name for cls in required)
+        raise ConfigError(
+            f"task={task} edits with a {names} (its constructor's prior), not model={chosen}{options}{folder}"
+        )
+    built = built_class(model_target)
+    if not _exclusive(built):
+        return
+    if not any(cls.qualname == built.qualname for cls in required):
+        takers = _tasks_taking(built)
+        others = [group for group, cls in _model_classes() if not _exclusive(cls)]
+        raise ConfigError(
+            f"model={chosen} ({built.name}) serves only the tasks whose constructor names it as their prior"
+            f"{' (task=' + ', task='.join(takers) + ')' if takers else ''}; task={task} needs another model"
+            f"{': model=' + ', '.join(others) if others else ''}"
+        )
+
+
+def _exclusive(cls: Definition | None) -> bool:
+    return cls is not None and bool(class_attribute(cls.qualname, "serves_only_tasks_that_name_it", False))
+
+
+def _model_classes() -> list[tuple[str, Definition | None]]:
+    """Each option of conf/model with the class its ``_target_`` builds (None where unreadable)."""
+    found = module_file("csd_exp.conf")
+    if found is None:
+        return []
+    options = []
+    for path in sorted((found[0].parent / "model").glob("*.yaml")):
+        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target:
+            options.append((path.stem, built_class(target.group(1))))
+    return options
+
+
+def _tasks_taking(prior: Definition) -> list[str]:
+    """The options of conf/task whose constructor names ``prior`` among its ``prior`` classes."""
+    found = module_file("csd_exp.conf")
+    if found is None:
+        return []
+    tasks = []
+    for path in sorted((found[0].parent / "task").glob("*.yaml")):
+        target = re.search(r"^\s*_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target and any(c.qualname == prior.qualname for c in parameter_classes(target.group(1), "prior")):
+            tasks.append(path.stem)
+    return tasks
+
+
 def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
     task = cfg.get("task") or {}
     target = task.get("_target_")
     check_target("task", task)
-    check_target("data", cfg.get("data") or {})  # the data source class (if it has a schema)
+    check_target("data", cfg.get("data") or {})  # the data source class (if its source is readable)
     editor = task.get("editor")
-    samples = target in SAMPLING_TASKS or (isinstance(editor, Mapping) and editor.get("_target_") == IN2N_EDITOR)
+    editor_target = editor.get("_target_") if isinstance(editor, Mapping) else None
+    task_samples = _samples(target)
+    samples = task_samples or _samples(editor_target)
     guidance = cfg.get("guidance") or {}
     distills = "_target_" in guidance
     if samples and distills:
+        who = "this sampling baseline" if task_samples else f"editor={choices.get('editor') or _short(editor_target)}"
         raise ConfigError(
-            f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
-            "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
-            f"guidance={guidance_label(guidance, choices)}"
+            f"{who} uses only the guidance scales; choose guidance=sampling (the task's own config does) instead "
+            f"of guidance={guidance_label(guidance, choices)}"
         )
-    model_target = (cfg.get("model") or {}).get("_target_")
-    _check_model_family(str(target), model_target, choices)
+    if isinstance(target, str):
+        _check_prior(cfg, choices, target)
     if not samples and not distills:
         raise ConfigError(f"this task distils the prior and needs a guidance preset: {GUIDANCE_PRESETS}")
     if samples:
@@ -152,31 +251,6 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
                 )
 
 
-def _check_model_family(target: str, model_target: Any, choices: Mapping[str, str]) -> None:
-    """FateZero needs SD text-to-image; Pix2Video SD 2 depth (as released) or text-to-image (its variant); the
-    depth family serves Pix2Video only. One line naming the model groups that work."""
-    task = choices.get("task") or _short(target)
-    chosen = choices.get("model") or _short(model_target)
-    text_to_image = f"model={', model='.join(TEXT_TO_IMAGE_MODEL_GROUPS)}"
-    if target == DEPTH_TASK:
-        if model_target not in TEXT_TO_IMAGE_PRIORS + DEPTH_PRIORS:
-            raise ConfigError(
-                f"task={task} edits with a Stable Diffusion prior, not model={chosen}: choose {text_to_image} "
-                f"(text-to-image variant) or model={', model='.join(DEPTH_MODEL_GROUPS)} (SD 2 depth, as released)"
-            )
-    elif target in TEXT_TO_IMAGE_TASKS and model_target not in TEXT_TO_IMAGE_PRIORS:
-        raise ConfigError(
-            f"task={task} edits with a Stable Diffusion text-to-image prior, not model={chosen}: choose "
-            f"{text_to_image} (any SD 1.x / 2.x folder: model=sd15 model.pretrained_model_name_or_path=/path)"
-        )
-    elif model_target in DEPTH_PRIORS:
-        raise ConfigError(
-            f"model={chosen} (Stable Diffusion 2 depth-to-image) runs only task=video_pix2video; task={task} needs "
-            "another family: text-to-image (model=sd15, sd21, tiny_sd), InstructPix2Pix (model=ip2p, tiny_ip2p), "
-            "DeepFloyd IF (model=deepfloyd_if, tiny_if) or the exact scores (model=exact, exact_generation)"
-        )
-
-
 def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None) -> None:
     """Check a resolved config (plain containers); raise :class:`ConfigError` naming the first bad key.
 
@@ -184,17 +258,17 @@ def validate_config(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = 
     rules that depend on a preset's name (not only on its values) apply only with them.
     """
     choices = choices or {}
-    for key, annotation in _fields(RunSchema).items():
+    for key, annotation in RUN_KEYS.items():
         check_value(key, cfg.get(key), annotation)
     _check_steps(cfg.get("trainer") or {})
     if isinstance(cfg.get("resume"), Mapping):
-        check_node("resume", cfg["resume"], ResumeSchema)
+        check_keys("resume", cfg["resume"], RESUME_KEYS, "resume")
     if isinstance(cfg.get("extras"), Mapping):
-        check_node("extras", cfg["extras"], ExtrasSchema)
+        check_keys("extras", cfg["extras"], EXTRAS_KEYS, "extras")
     checkpoint = (cfg.get("callbacks") or {}).get("checkpoint")
     if isinstance(checkpoint, Mapping):  # its file settings; the rest is ModelCheckpoint's, checked by it
-        fields = _fields(CheckpointFilesSchema)
-        check_node("callbacks.checkpoint", {k: v for k, v in checkpoint.items() if k in fields}, CheckpointFilesSchema)
+        files = {k: v for k, v in checkpoint.items() if k in CHECKPOINT_FILE_KEYS}
+        check_keys("callbacks.checkpoint", files, CHECKPOINT_FILE_KEYS, "the checkpoint files")
     check_target("model", cfg.get("model"))
     check_target("kernel", cfg.get("kernel"))  # before guidance, which holds them too: name the
     check_target("schedule", cfg.get("schedule"))  # key the way the user set it
@@ -271,10 +345,10 @@ def validate_composed(cfg: Any) -> None:
         try:
             node = cfg[key]
             if key == "trainer":  # only the keys checked: others name the run folder, not made yet in a sweep
-                node = OmegaConf.create({k: node[k] for k in _fields(TrainerSchema) if k in node})
+                node = OmegaConf.create({k: node[k] for k in TRAINER_KEYS if k in node})
             elif key == "callbacks":  # likewise: the checkpoint's file settings, not its folder
                 checkpoint = node.get("checkpoint") if OmegaConf.is_dict(node) else None
-                fields = _fields(CheckpointFilesSchema) if OmegaConf.is_dict(checkpoint) else {}
+                fields = CHECKPOINT_FILE_KEYS if OmegaConf.is_dict(checkpoint) else {}
                 node = OmegaConf.create({"checkpoint": {k: checkpoint[k] for k in fields if k in checkpoint}})
             plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         except OmegaConfBaseException as error:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from csd_exp.distill.particles import Shard
 from csd_exp.distill.schedule import hashed_seed
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import Seed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,13 @@ def step_generator(seed: int, step: int, purpose: str) -> torch.Generator:
 class DistillationTask(pl.LightningModule):
     """Base LightningModule for CSD tasks. The frozen prior is kept out of ``state_dict``."""
 
+    #: the task distils the prior through its guidance (a sampling baseline sets False: the compose-time
+    #: check then refuses a distillation guidance, kernel and schedule for it)
+    uses_guidance = True
+    #: the task passes renders of its views to the guidance's kernel (``Particles.kernel_inputs``), which a
+    #: kernel that compares images (``on_images = True``) needs
+    passes_renders = False
+
     def __init__(
         self,
         prior: Any,
@@ -67,11 +77,12 @@ class DistillationTask(pl.LightningModule):
         lr_scheduler: Callable[..., Any] | None = None,
         *,
         prompt: str,
-        seed: int = 0,
+        seed: Seed = 0,
         source_prompt: str = "",
         max_steps: int = 200,
     ):
         super().__init__()
+
         # Plain attributes, not submodules: frozen weights never enter a checkpoint.
         object.__setattr__(self, "prior", prior)
         self.guidance = guidance

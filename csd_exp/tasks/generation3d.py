@@ -72,6 +72,8 @@ class Generation3DResult(TaskResult):
 class Generation3DTask(DistillationTask):
     """Generate a radiance field from a text prompt by SDS / CSD over rendered views."""
 
+    passes_renders = True  # the kernel receives the rendered views (image kernels compare them)
+
     def __init__(
         self,
         prior: Any,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -26,11 +26,16 @@ from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.data.sources import ImageSource
 from csd_exp.distill.particles import Particles
 from csd_exp.priors.base import ModeOracle
-from csd_exp.schema import WINDOW_SAMPLERS
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import TaskResult
 
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt, Seed
+
 log = logging.getLogger(__name__)
+
+#: How the windows of a step are drawn (``task.window_sampler``).
+WindowSampler = Literal["uniform", "coverage_balanced"]
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,11 @@ class PanoramaTask(DistillationTask):
         *,
         prompt: str,
         data: ImageSource,
-        window_size: int = 64,
-        window_stride: int = 16,
-        windows_per_step: int = 4,
-        window_sampler: str = "uniform",
-        seed: int = 0,
+        window_size: PositiveInt = 64,
+        window_stride: PositiveInt = 16,
+        windows_per_step: PositiveInt = 4,
+        window_sampler: WindowSampler = "uniform",
+        seed: Seed = 0,
         source_prompt: str = "",
         max_steps: int = 200,
     ):
@@ -133,13 +138,7 @@ class PanoramaTask(DistillationTask):
             source_prompt=source_prompt,
             max_steps=max_steps,
         )
-        if window_sampler not in WINDOW_SAMPLERS:
-            raise ValueError(f"task.window_sampler must be one of {WINDOW_SAMPLERS}, got {window_sampler!r}")
-        if windows_per_step < 1 or window_size < 1 or window_stride < 1:
-            raise ValueError(
-                "task.windows_per_step, task.window_size and task.window_stride must be >= 1, got "
-                f"{windows_per_step}, {window_size}, {window_stride}"
-            )
+
         self.window_sampler = window_sampler
 
         # Everything about the geometry is decided here, before any long work, so bad input fails early.

@@ -13,7 +13,7 @@ With the exact-score prior these are exact ancestral samplers of the guided dist
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -22,7 +22,11 @@ from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
 from csd_exp.tasks.sampling import ReverseSamplingMixin
 
-METHODS = ("per_window", "downscaled", "multidiffusion")
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt, Probability
+
+#: ``task.method``: one reverse process per window, one on the downscaled image, or MultiDiffusion's fusion.
+SamplingMethod = Literal["per_window", "downscaled", "multidiffusion"]
 
 
 class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
@@ -35,15 +39,14 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         optimizer=None,
         lr_scheduler=None,
         *,
-        method: str,
-        num_inference_steps: int = 50,
-        eta: float = 1.0,
+        method: SamplingMethod,
+        num_inference_steps: PositiveInt = 50,
+        eta: Probability = 1.0,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
         **kwargs,
     ):
-        if method not in METHODS:
-            raise ValueError(f"task.method must be one of {', '.join(METHODS)}, got {method!r}")
+
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.canvas.requires_grad_(False)
         self.method = method

@@ -102,6 +102,7 @@ class ReverseSamplingMixin:
     """
 
     draws_per_step = False  # one reverse process, not one random draw per step: nothing to overfit
+    uses_guidance = False  # only the guidance scales (its own keys): no distillation guidance, kernel or schedule
 
     def setup_reverse_process(
         self,

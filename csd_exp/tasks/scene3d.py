@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,6 +52,9 @@ from csd_exp.tasks.results import TaskResult
 from csd_exp.tasks.scene3d_data import render_cameras, restore_edits, save_edits, turntable_path
 from csd_exp.tasks.scene3d_editors import DatasetEditor, edit_round_positions
 from csd_exp.tasks.scene3d_view import SceneView
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 __all__ = ["Scene3DResult", "Scene3DTask", "StepOutput"]
 
@@ -91,12 +94,12 @@ class Scene3DTask(DistillationTask):
         data: SceneSource,
         editor: DatasetEditor,
         field: Callable[..., RadianceField],
-        pretrain_steps: int = 200,
-        views_per_step: int = 4,
+        pretrain_steps: NonNegativeInt = 200,
+        views_per_step: PositiveInt = 4,
         jitter: bool = True,
-        turntable_views: int = 24,
-        turntable_fps: float = 8.0,
-        seed: int = 0,
+        turntable_views: PositiveInt = 24,
+        turntable_fps: PositiveFloat = 8.0,
+        seed: Seed = 0,
         source_prompt: str = "",
         max_steps: int = 320,
     ):

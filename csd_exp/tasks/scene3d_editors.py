@@ -21,14 +21,17 @@ renders it edits), never the task itself.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from csd_exp.distill.particles import Particles
-from csd_exp.schema import EDIT_INITS
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import guided_sample
 from csd_exp.tasks.scene3d_view import SceneView
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveFloat, PositiveInt, Probability, UnitFraction
 
 
 @torch.no_grad()
@@ -95,15 +98,17 @@ def edit_round_positions(num_views: int, round_size: int, seed: int, round_index
     return rounds[round_index]
 
 
+#: Where a CSD-Edit round starts: the render (as IN2N does) or the photo (``task.editor.init``).
+EditInit = Literal["render", "source"]
+
+
 class DatasetEditor:
     """Edits ``views`` training views every ``every`` steps; subclasses implement :meth:`edit_round`."""
 
     #: whether the task's guidance (a distillation method) drives this editor
     uses_guidance = False
 
-    def __init__(self, every: int, views: int):
-        if int(every) < 1 or int(views) < 1:
-            raise ValueError(f"task.editor.every and task.editor.views must be >= 1, got {every}, {views}")
+    def __init__(self, every: PositiveInt, views: PositiveInt):
         self.every, self.views = int(every), int(views)
 
     def attach(self, scene: SceneView) -> None:
@@ -129,15 +134,16 @@ class CSDEditEditor(DatasetEditor):
     uses_guidance = True
 
     def __init__(
-        self, every: int, views: int, iterations: int, lr: float, lr_decay: float, lr_decay_every: int, init: str
+        self,
+        every: PositiveInt,
+        views: PositiveInt,
+        iterations: PositiveInt,
+        lr: PositiveFloat,
+        lr_decay: UnitFraction,
+        lr_decay_every: PositiveInt,
+        init: EditInit,
     ):
         super().__init__(every, views)
-        if init not in EDIT_INITS:
-            raise ValueError(f"task.editor.init={init!r} is not one of {EDIT_INITS}")
-        if int(iterations) < 1 or int(lr_decay_every) < 1:
-            raise ValueError(
-                f"task.editor.iterations and lr_decay_every must be >= 1, got {iterations}, {lr_decay_every}"
-            )
         self.iterations, self.lr = int(iterations), float(lr)
         self.lr_decay, self.lr_decay_every, self.init = float(lr_decay), int(lr_decay_every), init
 
@@ -188,18 +194,16 @@ class IN2NEditor(DatasetEditor):
 
     def __init__(
         self,
-        every: int,
-        views: int,
-        diffusion_steps: int,
-        noise_lower: float,
-        noise_upper: float,
-        sampler_eta: float,
+        every: PositiveInt,
+        views: PositiveInt,
+        diffusion_steps: PositiveInt,
+        noise_lower: UnitFraction,
+        noise_upper: UnitFraction,
+        sampler_eta: Probability,
         guidance_scale: float,
         image_guidance_scale: float,
     ):
         super().__init__(every, views)
-        if int(diffusion_steps) < 1:
-            raise ValueError(f"task.editor.diffusion_steps must be >= 1, got {diffusion_steps}")
         if not 0.0 < float(noise_lower) <= float(noise_upper) <= 1.0:
             raise ValueError(
                 f"need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got {noise_lower}, {noise_upper}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.media import side_by_side
 from csd_exp.tasks.results import TaskResult
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt, Seed
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,9 @@ class VideoTask(DistillationTask):
         *,
         prompt: str,
         data: ClipSource,
-        frame_size: int = 64,
-        frames_per_step: int | None = None,
-        seed: int = 0,
+        frame_size: PositiveInt = 64,
+        frames_per_step: PositiveInt | None = None,
+        seed: Seed = 0,
         source_prompt: str = "",
         max_steps: int = 100,
     ):

@@ -27,20 +27,27 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from csd_exp.data.sources import ClipSource
 from csd_exp.data.video import default_memory_budget
-from csd_exp.priors.attention_control import AttentionStore, VideoAttention
+from csd_exp.priors.attention_control import TEMPORAL_ATTENTION_FRAMES, UNET_PLACES, AttentionStore, VideoAttention
 from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings
 from csd_exp.priors.ddim_inversion import inversion_step, inversion_timestep, sampling_step
-from csd_exp.schema.rules import TEMPORAL_ATTENTION_FRAMES, TEXT_TO_IMAGE_MODEL_GROUPS, UNET_PLACES
 from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.video import VideoTask
 
+if TYPE_CHECKING:
+    from csd_exp.priors.stable_diffusion import StableDiffusionPrior
+    from csd_exp.schema.fields import NonNegativeInt, PositiveInt, Probability, Seed
+
 log = logging.getLogger(__name__)
+
+#: The model groups of a Stable Diffusion text-to-image prior, for the error a Python caller gets (the
+#: compose-time check finds them in conf/model by the ``prior`` annotation of the task's constructor).
+TEXT_TO_IMAGE_MODEL_GROUPS = ("sd15", "sd21", "tiny_sd")
 
 
 def require_text_to_image_prior(prior: Any, task: str) -> None:
@@ -67,7 +74,7 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
 
     def __init__(
         self,
-        prior: Any,
+        prior: StableDiffusionPrior,
         guidance: Any = None,
         optimizer=None,
         lr_scheduler=None,
@@ -233,26 +240,26 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
 
     def __init__(
         self,
-        prior: Any,
+        prior: StableDiffusionPrior,
         guidance: Any = None,
         *,
         prompt: str,
         data: ClipSource,
         source_prompt: str = "",
-        seed: int = 0,
+        seed: Seed = 0,
         max_steps: int = -1,
-        frame_size: int = 64,
-        num_inference_steps: int = 50,
+        frame_size: PositiveInt = 64,
+        num_inference_steps: PositiveInt = 50,
         guidance_scale: float = 7.5,
-        cross_replace_steps: float = 0.8,
-        self_replace_steps: float = 0.9,
+        cross_replace_steps: Probability = 0.8,
+        self_replace_steps: Probability = 0.9,
         is_replace_controller: bool = False,
         blend_words: list[str] | None = None,
-        blend_th: float = 0.3,
+        blend_th: Probability = 0.3,
         eq_params: dict | None = None,
         temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
         temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
-        temporal_attention_min_level: int = 1,
+        temporal_attention_min_level: NonNegativeInt = 1,
         attention_store_device: str | None = None,
     ):
         super().__init__(
@@ -270,9 +277,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             temporal_attention_blocks=temporal_attention_blocks,
             temporal_attention_min_level=temporal_attention_min_level,
         )
-        for name, value in (("cross_replace_steps", cross_replace_steps), ("self_replace_steps", self_replace_steps)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"task.{name}={value} must be a fraction of the steps in [0, 1]")
+
         self.fusion = fusion_settings(
             prior.tokenizer,
             self.source_prompt,

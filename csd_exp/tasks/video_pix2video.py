@@ -41,7 +41,7 @@ conditional row only, equal up to rounding.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -52,9 +52,13 @@ from csd_exp.tasks.video_fatezero import InvertThenEditVideoTask, require_text_t
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from csd_exp.priors.stable_diffusion import StableDiffusionPrior
+    from csd_exp.priors.stable_diffusion_depth import StableDiffusionDepthPrior
+    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
+
 #: Anchor and previous frame: the causal choices (frames after i would break the batched = sequential equality).
 PIX2VIDEO_FRAMES = ("first", "previous")
-TIMESTEP_SPACINGS = ("leading", "linspace")
 #: The release's conditioning layers: self-attention layers at call-order index >= COND_LAYER (unet_2d_blocks.py).
 RELEASE_COND_LAYER = 7
 RELEASE_BLOCKS = ("up",)
@@ -85,22 +89,22 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
 
     def __init__(
         self,
-        prior: Any,
+        prior: StableDiffusionPrior | StableDiffusionDepthPrior,
         guidance: Any = None,
         *,
         prompt: str,
         data: ClipSource,
         source_prompt: str = "",
-        seed: int = 0,
+        seed: Seed = 0,
         max_steps: int = -1,
-        frame_size: int = 64,
-        num_inference_steps: int = 50,
+        frame_size: PositiveInt = 64,
+        num_inference_steps: PositiveInt = 50,
         guidance_scale: float = 7.5,
-        latent_update_weight: float = 100.0,
-        latent_update_steps: int = 26,
+        latent_update_weight: NonNegativeFloat = 100.0,
+        latent_update_steps: NonNegativeInt = 26,
         temporal_attention_frames: list[str] | tuple[str, ...] = PIX2VIDEO_FRAMES,
         temporal_attention_blocks: list[str] | tuple[str, ...] = RELEASE_BLOCKS,
-        temporal_attention_min_level: int = 0,
+        temporal_attention_min_level: NonNegativeInt = 0,
         timestep_spacing: Literal["leading", "linspace"] = "leading",
         set_alpha_to_one: bool = False,
     ):
@@ -108,11 +112,6 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
             raise ValueError(
                 f"task.temporal_attention_frames={list(temporal_attention_frames)} is not allowed for Pix2Video: "
                 "frames read the anchor and earlier frames only, a non-empty list of first, previous"
-            )
-        if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(
-                f"task.timestep_spacing={timestep_spacing!r} is not allowed: expected "
-                f"{' or '.join(TIMESTEP_SPACINGS)} (leading: the release's DDIM timesteps)"
             )
         super().__init__(
             prior,
@@ -129,11 +128,7 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
             temporal_attention_blocks=temporal_attention_blocks,
             temporal_attention_min_level=temporal_attention_min_level,
         )
-        if float(latent_update_weight) < 0 or int(latent_update_steps) < 0:
-            raise ValueError(
-                f"task.latent_update_weight={latent_update_weight} and task.latent_update_steps="
-                f"{latent_update_steps} must be >= 0"
-            )
+
         self.latent_update_weight = float(latent_update_weight)
         self.latent_update_steps = int(latent_update_steps)
         self.timestep_spacing = timestep_spacing

@@ -7,13 +7,16 @@ exactly what independent editing produces.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.video import VideoTask
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt, Probability, UnitFraction
 
 
 class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
@@ -24,9 +27,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         optimizer=None,
         lr_scheduler=None,
         *,
-        num_inference_steps: int = 50,
-        eta: float = 1.0,
-        strength: float = 1.0,
+        num_inference_steps: PositiveInt = 50,
+        eta: Probability = 1.0,
+        strength: UnitFraction = 1.0,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
         **kwargs,

@@ -117,13 +117,17 @@ def test_differentiable_official_encode_is_the_same_draw_with_a_graph(official):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(official_source_latents="yes"), "official_source_latents must be true or false"),
-        (dict(condition_seed=-1), "condition_seed must be a non-negative integer"),
+        (dict(official_source_latents="yes"), "official_source_latents='yes' is not allowed: .*valid boolean"),
+        (dict(condition_seed=-1), "condition_seed=-1 is not allowed: .*greater than or equal to 0"),
     ],
 )
-def test_bad_official_switch_values_are_errors(tiny_cache, kwargs, match):
+def test_bad_official_switch_values_are_errors(kwargs, match):
+    """Refused by the constructor's annotations when the config is checked, before the pipeline loads (the
+    constructor no longer repeats the check: issue 21)."""
+    from csd_exp.schema import check_target
+
     with pytest.raises(ValueError, match=match):
-        tiny_instruct_pix2pix_prior(tiny_cache, **kwargs)
+        check_target("model", {"_target_": "csd_exp.priors.tiny_instruct_pix2pix_prior", "cache_dir": "x", **kwargs})
 
 
 # -- negative / source prompts (DDS-style editing with IP2P) ---------------------------------------
