@@ -29,6 +29,10 @@ from csd_exp.schema.video_baselines import VideoFateZeroTaskSchema, VideoPix2Vid
 WINDOW_SAMPLERS = ("uniform", "coverage_balanced")
 RESIZE_POLICIES = ("auto", "official", "short_side")
 PANORAMA_SAMPLING_METHODS = ("per_window", "downscaled", "multidiffusion")
+#: Reverse processes of the sampling baselines (csd_exp.tasks.sampling.SAMPLERS).
+BASELINE_SAMPLERS = ("pipeline", "linspace_ddim")
+#: Instruct-NeRF2NeRF's edit schedules (csd_exp.tasks.scene3d_editors.IN2N_SCHEDULES).
+IN2N_SCHEDULES = ("release", "linspace_ddim")
 #: Short names of the guidance baselines (csd_exp.distill.baselines.BASELINES): ε (Eqs. 5, 8) or the source
 #: branch (Eq. 9); any other baseline is a node with its ``_target_``.
 GUIDANCE_BASELINES = ("random_noise", "source_branch")
@@ -232,8 +236,9 @@ class PanoramaRegionTaskSchema(PanoramaTaskSchema):
 @dataclass
 class PanoramaSamplingTaskSchema(TaskInputsSchema):
     method: Literal[PANORAMA_SAMPLING_METHODS]
-    num_inference_steps: PositiveInt
-    eta: Probability
+    sampler: Literal[BASELINE_SAMPLERS]
+    num_inference_steps: PositiveInt | None
+    eta: Probability | None
     guidance_scale: float
     image_guidance_scale: float
     window_size: PositiveInt
@@ -251,8 +256,9 @@ class VideoTaskSchema(TaskInputsSchema):
 @dataclass
 class VideoSamplingTaskSchema(TaskInputsSchema):
     frame_size: PositiveInt
-    num_inference_steps: PositiveInt
-    eta: Probability
+    sampler: Literal[BASELINE_SAMPLERS]
+    num_inference_steps: PositiveInt | None
+    eta: Probability | None
     strength: UnitFraction
     guidance_scale: float
     image_guidance_scale: float
@@ -276,6 +282,7 @@ class IN2NEditorSchema:
     diffusion_steps: PositiveInt
     noise_lower: UnitFraction
     noise_upper: UnitFraction
+    schedule: Literal[IN2N_SCHEDULES]
     sampler_eta: Probability
     guidance_scale: float
     image_guidance_scale: float

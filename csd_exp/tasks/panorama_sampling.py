@@ -13,14 +13,14 @@ With the exact-score prior these are exact ancestral samplers of the guided dist
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from csd_exp.data.resample import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
-from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 
 METHODS = ("per_window", "downscaled", "multidiffusion")
 
@@ -35,9 +35,10 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         optimizer=None,
         lr_scheduler=None,
         *,
-        method: str,
-        num_inference_steps: int = 50,
-        eta: float = 1.0,
+        method: Literal["per_window", "downscaled", "multidiffusion"],
+        sampler: SamplerName = "pipeline",
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
         **kwargs,
@@ -47,7 +48,9 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.canvas.requires_grad_(False)
         self.method = method
-        self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale)
+        # MultiDiffusion follows StableDiffusionPanoramaPipeline (DDIM); the others InstructPix2Pix's pipeline.
+        kind = "ddim" if method == "multidiffusion" else "euler_ancestral"
+        self.setup_reverse_process(kind, sampler, num_inference_steps, eta, guidance_scale, image_guidance_scale)
 
     def _downscaled_condition(self) -> torch.Tensor | None:
         side = self.grid.size * int(self.prior.latent_scale_factor)
@@ -61,7 +64,7 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
             "downscaled": (1, channels, size, size),
             "multidiffusion": tuple(self.canvas.shape),
         }[self.method]
-        return torch.randn(shape, generator=generator).to(self.canvas.device)
+        return self.process.start(torch.randn(shape, generator=generator).to(self.canvas.device))
 
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
@@ -71,13 +74,14 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         t = self.timesteps[index]
         every = range(len(self.grid))
         cond_windows = None if self.image_condition is None else self.grid.crop(self.image_condition, every)
+        x = self.model_input(index)
         if self.method == "per_window":
-            eps = self.prior.predict_noise(self.state, t, self.conditioning(cond_windows)).target.float()
+            eps = self.prior.predict_noise(x, t, self.conditioning(cond_windows)).target.float()
         elif self.method == "downscaled":
-            eps = self.prior.predict_noise(self.state, t, self.conditioning(self._downscaled_condition())).target
+            eps = self.prior.predict_noise(x, t, self.conditioning(self._downscaled_condition())).target
         else:
             window_eps = self.prior.predict_noise(
-                self.grid.crop(self.state, every), t, self.conditioning(cond_windows)
+                self.grid.crop(x, every), t, self.conditioning(cond_windows)
             ).target.float()
             eps = self.stitch(window_eps)
         if self.reverse_step(index, eps.float()):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from csd_exp.tasks.base import step_generator
-from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 from csd_exp.tasks.video import VideoTask
 
 
@@ -24,8 +24,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         optimizer=None,
         lr_scheduler=None,
         *,
-        num_inference_steps: int = 50,
-        eta: float = 1.0,
+        sampler: SamplerName = "pipeline",
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
         strength: float = 1.0,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
@@ -33,7 +34,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
     ):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
-        self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale, strength)
+        self.setup_reverse_process(
+            "euler_ancestral", sampler, num_inference_steps, eta, guidance_scale, image_guidance_scale, strength
+        )
 
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
@@ -41,11 +44,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         if index == 0 or self.state is None:
             noise = torch.randn(self.latents.shape, generator=step_generator(self.seed, 0, "sampling-init"))
             noise = noise.to(self.latents.device)
-            self.state = (
-                noise if self.strength >= 1.0 else self.prior.add_noise(self.source_latents, noise, self.timesteps[0])
-            )
+            self.state = self.process.start(noise, None if self.strength >= 1.0 else self.source_latents)
         cond = self.conditioning(self.image_condition)
-        eps = self.prior.predict_noise(self.state, self.timesteps[index], cond).target.float()
+        eps = self.prior.predict_noise(self.model_input(index), self.timesteps[index], cond).target.float()
         if self.reverse_step(index, eps):
             self.latents.data.copy_(self.state)
         return None
