@@ -11,6 +11,9 @@
   the run used: 1 + its requeues), ``wall_time_s``, ``versions``, ``outputs``, ``config``
 - ``overrides`` (this job's command-line overrides), ``tags`` (the run's ``tags`` list), and with W&B
   ``wandb`` (name, group, job type, tags, id on resume, and the files of its ``outputs-<id>`` artifact)
+- ``release_deviations``: how a baseline run departs from its release (the task's ``release_deviations()``;
+  ``[]`` when it follows it or is no baseline); when not empty the W&B run is tagged ``non-released``
+  (docs/baselines.md)
 """
 
 from __future__ import annotations

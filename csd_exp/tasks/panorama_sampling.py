@@ -5,10 +5,15 @@
 - ``downscaled``: the whole panorama squeezed into one window, sampled, and resized back (Fig. 5 (a)).
 - ``multidiffusion``: every reverse step predicts the noise of all windows of the shared canvas and
   averages the overlapping predictions (MultiDiffusion's closed-form fusion; Fig. 5 (b)). Averaging
-  the noise estimates is the same as averaging the windows' DDIM proposals when they share the
-  canvas-level injected noise, which is what this implementation does.
+  the noise estimates is the same as averaging the windows' DDIM proposals (what diffusers'
+  ``StableDiffusionPanoramaPipeline`` does) because a DDIM step is affine in ε with the same coefficients
+  for every window; with η > 0 ours injects one canvas-level noise where the pipeline averages one draw per
+  window.
 
-With the exact-score prior these are exact ancestral samplers of the guided distribution (eta = 1).
+Reverse processes (``task.sampler``, :func:`csd_exp.tasks.sampling.reverse_process`): ``pipeline`` (default)
+follows the diffusers pipeline of the method, tested equal to it (docs/baselines.md): MultiDiffusion the
+panorama pipeline's DDIM (50 "leading" steps, η = 0), the others InstructPix2Pix's Euler-ancestral sampler
+(100 steps); ``linspace_ddim`` is the former sampler (linspace DDIM, η = 1 by default).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Per-frame InstructPix2Pix-style sampling: every frame edited independently (no temporal coupling).
 
-One training step is one reverse step over all frames at once; with the exact-score prior this is an
-exact ancestral sampler of each frame's guided edit distribution, so disagreement between frames is
-exactly what independent editing produces.
+One training step is one reverse step over all frames at once. By default (``task.sampler=pipeline``) the
+reverse process is diffusers' ``StableDiffusionInstructPix2PixPipeline``'s (Euler ancestral, 100 steps), tested
+equal to that pipeline (tests/test_sampling_baselines.py, docs/baselines.md); ``task.sampler=linspace_ddim`` is
+the former DDIM sampler. Disagreement between frames is exactly what independent editing produces.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         if self.reverse_step(index, eps):
             self.latents.data.copy_(self.state)
         return None
+
+    def release_deviations(self) -> list[str]:
+        notes = super().release_deviations()
+        if self.strength < 1.0:
+            notes.append(
+                f"task.strength={self.strength}: an SDEdit start (the InstructPix2Pix pipeline starts from noise)"
+            )
+        return notes
 
     def show_estimate(self, clean: torch.Tensor) -> None:
         self.latents.data.copy_(clean)
