@@ -83,6 +83,13 @@ def test_default_timesteps_are_the_pipelines_schedulers():
     assert isinstance(ours, EulerAncestral) and len(ours.timesteps) == 100
     assert ours.timesteps == euler.timesteps.tolist() and ours.timesteps[1] == pytest.approx(988.9091)
     assert torch.equal(ours.sigmas, euler.sigmas) and ours.init_sigma == float(euler.init_noise_sigma)
+    # at a fractional timestep the priors take ᾱ from the scheduler's interpolated σ (the exact prior uses it)
+    from csd_exp.priors.base import alpha_bar_at
+
+    for index in (1, 50, 98):
+        sigma = float(euler.sigmas[index])
+        expected = 1.0 / (1.0 + sigma**2)
+        assert alpha_bar_at(alphas, ours.timesteps[index]) == pytest.approx(expected, rel=10 * EPS_F32)
     former = reverse_process("ddim", "linspace_ddim", scaled_linear_alphas_cumprod(), None, None)
     assert former.eta == 1.0 and former.timesteps[0] == 999 and former.timesteps[-1] == 20
 
