@@ -55,7 +55,9 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         self.method = method
         # MultiDiffusion follows StableDiffusionPanoramaPipeline (DDIM); the others InstructPix2Pix's pipeline.
         kind = "ddim" if method == "multidiffusion" else "euler_ancestral"
-        self.setup_reverse_process(kind, sampler, num_inference_steps, eta, guidance_scale, image_guidance_scale)
+        self.setup_reverse_process(
+            num_inference_steps, eta, guidance_scale, image_guidance_scale, kind=kind, sampler=sampler
+        )
 
     def _downscaled_condition(self) -> torch.Tensor | None:
         side = self.grid.size * int(self.prior.latent_scale_factor)

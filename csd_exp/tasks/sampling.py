@@ -331,24 +331,30 @@ class ReverseSamplingMixin:
 
     def setup_reverse_process(
         self,
-        kind: Literal["ddim", "euler_ancestral"],
-        sampler: SamplerName,
         num_inference_steps: int | None,
         eta: float | None,
         guidance_scale: float,
         image_guidance_scale: float,
         strength: float = 1.0,
+        *,
+        kind: Literal["ddim", "euler_ancestral"] | None = None,
+        sampler: SamplerName = "linspace_ddim",
     ) -> None:
-        """``kind``: the scheduler of the pipeline this baseline follows; ``sampler``, ``num_inference_steps``
-        and ``eta`` as in :func:`reverse_process`."""
+        """``kind``: the scheduler of the diffusers pipeline this baseline follows, with ``sampler``,
+        ``num_inference_steps`` and ``eta`` as in :func:`reverse_process`. Without ``kind`` (a task that
+        keeps its own timestep conventions, e.g. FateZero) the process is :class:`LinspaceDDIM` and reports no
+        deviation: the task knows its release."""
         self.automatic_optimization = False
         self.strength = float(strength)
         self.sampler, self.sampler_kind = sampler, kind
         self.eta = None if eta is None else float(eta)
         self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
-        self.process = reverse_process(
-            kind, sampler, self.prior.alphas_cumprod, num_inference_steps, self.eta, self.strength
-        )
+        alphas_cumprod = self.prior.alphas_cumprod
+        if kind is None:
+            eta_value = 1.0 if self.eta is None else self.eta
+            self.process = LinspaceDDIM(alphas_cumprod, int(num_inference_steps or 50), eta_value, self.strength)
+        else:
+            self.process = reverse_process(kind, sampler, alphas_cumprod, num_inference_steps, self.eta, self.strength)
         self.timesteps = self.process.timesteps
         self.state: torch.Tensor | None = None
         self.reverse_steps_done = 0
@@ -356,6 +362,8 @@ class ReverseSamplingMixin:
         self.result_ready = False  # the task's latents hold the finished result
 
     def release_deviations(self) -> list[str]:
+        if self.sampler_kind is None:
+            return super().release_deviations()
         return sampler_deviations(self.sampler, self.sampler_kind, self.eta)
 
     def model_input(self, index: int) -> torch.Tensor:

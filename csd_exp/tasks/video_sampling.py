@@ -36,7 +36,13 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
         self.setup_reverse_process(
-            "euler_ancestral", sampler, num_inference_steps, eta, guidance_scale, image_guidance_scale, strength
+            num_inference_steps,
+            eta,
+            guidance_scale,
+            image_guidance_scale,
+            strength,
+            kind="euler_ancestral",
+            sampler=sampler,
         )
 
     @torch.no_grad()
