@@ -10,7 +10,7 @@
 all on tiny random-weight models built offline, float32, from the same initial noise (and the same per-step
 draws: the pipelines' ancestral draws are replaced by ours, which is all "the same noise" can mean for two
 random number streams). Tolerances: float32 rounding (ε = 1.2e-7) amplified by the network; we allow
-``RTOL_F32 = 1e3 ε`` times the largest magnitude compared (measured differences are ~10–100× smaller).
+``RTOL_F32 = 1e3 ε`` times the largest magnitude compared (measured differences are 60–500× smaller).
 """
 
 from __future__ import annotations
