@@ -11,6 +11,9 @@
   the run used: 1 + its requeues), ``wall_time_s``, ``versions``, ``outputs``, ``config``
 - ``overrides`` (this job's command-line overrides), ``tags`` (the run's ``tags`` list), and with W&B
   ``wandb`` (name, group, job type, tags, id on resume, and the files of its ``outputs-<id>`` artifact)
+- ``release_deviations``: how a baseline run departs from its release (the task's ``release_deviations()``;
+  ``[]`` when it follows it or is no baseline); when not empty the W&B run is tagged ``non-released``
+  (docs/baselines.md)
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from csd_exp.infra.run_folder import hold_run_folder
-from csd_exp.infra.summary import group_choices, package_versions, run_identity, write_summary
+from csd_exp.infra.summary import (
+    NON_RELEASED_TAG,
+    group_choices,
+    package_versions,
+    release_deviations,
+    run_identity,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +47,9 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
-def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
+def _fill_wandb_identity(cfg: DictConfig, extra_tags: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The W&B run's name, group, job type and tags where the config leaves them null; returns them
-    (None without a W&B logger)."""
+    (None without a W&B logger). ``extra_tags`` follow the config's ``tags``."""
     from omegaconf import open_dict
 
     from csd_exp.infra.wandb_identity import wandb_identity
@@ -49,7 +59,8 @@ def _fill_wandb_identity(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     from csd_exp.infra.checkpoints import stored_wandb_identity
 
-    identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed), extra_tags=cfg.get("tags") or ())
+    tags = [*(cfg.get("tags") or ()), *extra_tags]
+    identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed), extra_tags=tags)
     stored = stored_wandb_identity(cfg.get("ckpt_path"))
     resumed = stored.pop("id", None) if node.get("id") is None else None
     if resumed:  # the resumed run continues its W&B run under its own name, group, job type and tags
@@ -160,6 +171,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"status": "failed", "metrics": {}, "seed": int(cfg.seed), "steps": 0}
     summary["overrides"] = job_overrides()
     summary["tags"] = list(cfg.get("tags") or [])
+    summary["release_deviations"] = []  # filled once the task is built
     summary.update(run_identity(cfg))
     summary["allocations"] = allocation_number()  # SLURM allocations this run has used (requeues + 1)
     multirun = in_multirun()
@@ -187,7 +199,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
         summary["model_family"] = task.prior.name
-        wandb_run = _fill_wandb_identity(cfg)
+        summary["release_deviations"] = release_deviations(task)  # a baseline run off its released behaviour
+        wandb_run = _fill_wandb_identity(cfg, (NON_RELEASED_TAG,) if summary["release_deviations"] else ())
         if wandb_run is not None:
             summary["wandb"] = wandb_run  # how to find this run in W&B (name, group, job type, tags)
         loggers = _instantiate_group(cfg.get("logger"))

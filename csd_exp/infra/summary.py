@@ -62,6 +62,17 @@ def run_identity(cfg: Any) -> dict[str, str | None]:
     }
 
 
+#: The W&B tag of a run made with a baseline's non-released behaviour (``release_deviations`` not empty).
+NON_RELEASED_TAG = "non-released"
+
+
+def release_deviations(task: Any) -> list[str]:
+    """``task.release_deviations()`` as a list of strings (``summary.json``'s ``release_deviations``): how the
+    run departs from the released code of the baseline it runs; [] for a task without the method."""
+    method = getattr(task, "release_deviations", None)
+    return [str(note) for note in method()] if callable(method) else []
+
+
 def _non_finite_reason(name: str, value: float) -> str:
     text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if value == math.inf and name.rsplit("/", 1)[-1].endswith("psnr"):

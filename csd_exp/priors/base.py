@@ -52,6 +52,18 @@ def scaled_linear_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
 
 
+def alpha_bar_at(alphas_cumprod: Tensor, t: int | float) -> float:
+    """ᾱ at timestep ``t``; at a fractional ``t`` from σ = √((1 − ᾱ)/ᾱ) interpolated linearly between the
+    neighbouring integer timesteps (diffusers' Euler schedulers), ᾱ = 1 / (1 + σ²)."""
+    if float(t).is_integer():
+        return float(alphas_cumprod[int(t)].double())
+    low = int(t)
+    pair = alphas_cumprod[low : low + 2].double()
+    sigmas = ((1.0 - pair) / pair).sqrt()
+    sigma = float(sigmas[0] + (float(t) - low) * (sigmas[1] - sigmas[0]))
+    return 1.0 / (1.0 + sigma**2)
+
+
 @dataclass
 class Conditioning:
     """What a noise prediction is conditioned on (see ``ScorePrior.make_conditioning``)."""
@@ -127,11 +139,13 @@ class ScorePrior(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float32).clone(), persistent=False)
         self.num_train_timesteps = int(alphas_cumprod.shape[0])
 
-    def _check_timestep(self, t: int) -> int:
-        t = int(t)
-        if not 0 <= t < self.num_train_timesteps:
+    def _check_timestep(self, t: int | float) -> int | float:
+        """``t`` as an int, or as a float where it is fractional (the Euler samplers' timesteps: the networks
+        take them as they are, ᾱ comes from :func:`alpha_bar_at`)."""
+        value = float(t)
+        if not 0 <= value <= self.num_train_timesteps - 1:
             raise ValueError(f"timestep {t} outside [0, {self.num_train_timesteps - 1}]")
-        return t
+        return int(value) if value.is_integer() else value
 
     def add_noise(self, latents: Tensor, noise: Tensor, t: int) -> Tensor:
         """x_t = √ᾱ_t z₀ + √(1 − ᾱ_t) ε, in float32 (float64 inputs stay float64)."""

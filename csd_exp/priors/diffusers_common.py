@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import torch
 from torch import Tensor
 
-from .base import ScorePrior, resolve_dtype
+from .base import ScorePrior, alpha_bar_at, resolve_dtype
 from .vae_tiles import check_tile_stride, tiled
 
 if TYPE_CHECKING:
@@ -377,7 +377,8 @@ class DiffusersPrior(ScorePrior):
         ``latent_channels`` channels of the row).
         """
         sample = sample.to(device=self.device, dtype=self.dtype)
-        timestep = torch.tensor(int(t), device=self.device)
+        # an integer t as int64 (as DDIM pipelines pass it), a fractional one (Euler samplers) as float32
+        timestep = torch.tensor(t if isinstance(t, float) else int(t), device=self.device)
         chunk = self.max_rows_per_call or sample.shape[0]
         outputs = []
         for start in range(0, sample.shape[0], chunk):
@@ -390,7 +391,7 @@ class DiffusersPrior(ScorePrior):
             self.unet_rows_evaluated += out.shape[0]
         eps = torch.cat(outputs)
         if self.prediction_type == "v_prediction":
-            alpha_bar = self.alphas_cumprod[int(t)].to(eps.device)
+            alpha_bar = torch.tensor(alpha_bar_at(self.alphas_cumprod, t), device=eps.device)
             noisy = sample[:, : self.latent_channels].float()
             eps = alpha_bar.sqrt() * eps + (1.0 - alpha_bar).sqrt() * noisy
         return eps

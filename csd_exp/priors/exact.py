@@ -69,6 +69,7 @@ from .base import (
     Conditioning,
     NoisePrediction,
     ScorePrior,
+    alpha_bar_at,
     expand_image_condition,
     instruct_pix2pix_guidance,
     resolve_dtype,
@@ -212,7 +213,7 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
 
     # -- closed-form denoising ---------------------------------------------------------------------
     def _alpha_sigma(self, t: int) -> tuple[float, float]:
-        alpha_bar = float(self.alphas_cumprod[self._check_timestep(t)].double())
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, self._check_timestep(t))
         return math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
 
     @staticmethod

@@ -173,6 +173,12 @@ class DistillationTask(pl.LightningModule):
         offset = rank * base + min(rank, extra)
         return Shard(offset=offset, total=num_particles, group=self.process_group(), count=count)
 
+    def release_deviations(self) -> list[str]:
+        """Short notes on how this run departs from the released code of the baseline it runs (e.g. a former
+        sampler kept as a switch); empty when it follows its release or is no baseline. ``summary.json`` lists
+        them under ``release_deviations`` and W&B tags such a run ``non-released`` (docs/baselines.md)."""
+        return []
+
     # ---------------------------------------------------------------- training
     @property
     def completed_steps(self) -> int:

@@ -5,10 +5,15 @@
 - ``downscaled``: the whole panorama squeezed into one window, sampled, and resized back (Fig. 5 (a)).
 - ``multidiffusion``: every reverse step predicts the noise of all windows of the shared canvas and
   averages the overlapping predictions (MultiDiffusion's closed-form fusion; Fig. 5 (b)). Averaging
-  the noise estimates is the same as averaging the windows' DDIM proposals when they share the
-  canvas-level injected noise, which is what this implementation does.
+  the noise estimates is the same as averaging the windows' DDIM proposals (what diffusers'
+  ``StableDiffusionPanoramaPipeline`` does) because a DDIM step is affine in ε with the same coefficients
+  for every window; with η > 0 ours injects one canvas-level noise where the pipeline averages one draw per
+  window.
 
-With the exact-score prior these are exact ancestral samplers of the guided distribution (eta = 1).
+Reverse processes (``task.sampler``, :func:`csd_exp.tasks.sampling.reverse_process`): ``pipeline`` (default)
+follows the diffusers pipeline of the method, tested equal to it (docs/baselines.md): MultiDiffusion the
+panorama pipeline's DDIM (50 "leading" steps, η = 0), the others InstructPix2Pix's Euler-ancestral sampler
+(100 steps); ``linspace_ddim`` is the former sampler (linspace DDIM, η = 1 by default).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from csd_exp.data.resample import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama import PanoramaTask
-from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 
 if TYPE_CHECKING:
     from csd_exp.schema.fields import PositiveInt, Probability
@@ -40,8 +45,9 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         lr_scheduler=None,
         *,
         method: SamplingMethod,
-        num_inference_steps: PositiveInt = 50,
-        eta: Probability = 1.0,
+        sampler: SamplerName = "pipeline",
+        num_inference_steps: PositiveInt | None = None,
+        eta: Probability | None = None,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
         **kwargs,
@@ -50,7 +56,11 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.canvas.requires_grad_(False)
         self.method = method
-        self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale)
+        # MultiDiffusion follows StableDiffusionPanoramaPipeline (DDIM); the others InstructPix2Pix's pipeline.
+        kind = "ddim" if method == "multidiffusion" else "euler_ancestral"
+        self.setup_reverse_process(
+            num_inference_steps, eta, guidance_scale, image_guidance_scale, kind=kind, sampler=sampler
+        )
 
     def _downscaled_condition(self) -> torch.Tensor | None:
         side = self.grid.size * int(self.prior.latent_scale_factor)
@@ -64,7 +74,7 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
             "downscaled": (1, channels, size, size),
             "multidiffusion": tuple(self.canvas.shape),
         }[self.method]
-        return torch.randn(shape, generator=generator).to(self.canvas.device)
+        return self.process.start(torch.randn(shape, generator=generator).to(self.canvas.device))
 
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
@@ -74,13 +84,14 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         t = self.timesteps[index]
         every = range(len(self.grid))
         cond_windows = None if self.image_condition is None else self.grid.crop(self.image_condition, every)
+        x = self.model_input(index)
         if self.method == "per_window":
-            eps = self.prior.predict_noise(self.state, t, self.conditioning(cond_windows)).target.float()
+            eps = self.prior.predict_noise(x, t, self.conditioning(cond_windows)).target.float()
         elif self.method == "downscaled":
-            eps = self.prior.predict_noise(self.state, t, self.conditioning(self._downscaled_condition())).target
+            eps = self.prior.predict_noise(x, t, self.conditioning(self._downscaled_condition())).target
         else:
             window_eps = self.prior.predict_noise(
-                self.grid.crop(self.state, every), t, self.conditioning(cond_windows)
+                self.grid.crop(x, every), t, self.conditioning(cond_windows)
             ).target.float()
             eps = self.stitch(window_eps)
         if self.reverse_step(index, eps.float()):

@@ -184,6 +184,9 @@ class Scene3DTask(DistillationTask):
         positions = edit_round_positions(len(self.train_indices), self.round_size, self.seed, round_index)
         return [self.train_indices[i] for i in positions]
 
+    def release_deviations(self) -> list[str]:
+        return self.editor.release_deviations()
+
     def scene_view(self) -> SceneView:
         """What the editor and the diagnostics use of the task, as of now (they never see the task itself)."""
         return SceneView(

@@ -11,7 +11,10 @@ Every ``every`` steps from ``task.pretrain_steps`` an edit round takes the next 
   the render is encoded, noised to a strength drawn from ``[noise_lower, noise_upper]`` of the training
   timesteps (IN2N: [0.02, 0.98]) and denoised in ``diffusion_steps`` (20) DDIM steps of InstructPix2Pix
   conditioned on the ORIGINAL photo, i.e. SDEdit from the render; consistency comes only from the
-  radiance field averaging the edits and later edits starting at renders of that average.
+  radiance field averaging the edits and later edits starting at renders of that average. By default
+  (``schedule=release``) the update is the release's ``InstructPix2Pix.edit_image`` (:func:`in2n_release_edit`,
+  tested equal to it in tests/test_sampling_baselines.py; docs/baselines.md); ``schedule=linspace_ddim`` is
+  the former update (:func:`in2n_edit`).
 
 A new editor is one subclass of :class:`DatasetEditor` and one YAML naming it. An editor sees the task through
 a :class:`~csd_exp.tasks.scene3d_view.SceneView` (prior, guidance, prompt, seed, the training image set and the
@@ -27,7 +30,7 @@ import torch
 
 from csd_exp.distill.particles import Particles
 from csd_exp.tasks.base import step_generator
-from csd_exp.tasks.sampling import guided_sample
+from csd_exp.tasks.sampling import LeadingDDIM, guided_sample
 from csd_exp.tasks.scene3d_view import SceneView
 
 if TYPE_CHECKING:
@@ -77,6 +80,59 @@ def in2n_edit(
     return prior.decode(latents).float().clamp(0, 1), strength
 
 
+def in2n_draws(
+    generator: torch.Generator, shape: tuple, lower: float, upper: float, num_train_timesteps: int
+) -> tuple[int, torch.Tensor]:
+    """The release's two draws for one edit, from ``generator``: the start T ~ U{⌊T·lower⌋ … ⌊T·upper⌋} and the
+    noise ε (the release draws both from the global RNG)."""
+    low, high = int(num_train_timesteps * lower), int(num_train_timesteps * upper)
+    start = int(torch.randint(low, high + 1, (1,), generator=generator))
+    return start, torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+@torch.no_grad()
+def in2n_release_edit(
+    prior,
+    render: torch.Tensor,
+    original: torch.Tensor,
+    *,
+    prompt: str,
+    generator: torch.Generator,
+    lower: float = 0.02,
+    upper: float = 0.98,
+    diffusion_steps: int = 20,
+    eta: float = 0.0,
+    guidance_scale: float,
+    image_guidance_scale: float,
+) -> tuple[torch.Tensor, float]:
+    """Instruct-NeRF2NeRF's ``InstructPix2Pix.edit_image`` (in2n/ip2p.py at 2c0d385): a start T drawn as
+    :func:`in2n_draws`; its DDIM scheduler (Stable Diffusion's config) re-spaced over T, so ``diffusion_steps``
+    "leading" timesteps ``k · (T // n) + 1`` on the full ᾱ table, each step down by T // n, the last to
+    ᾱ = alphas_cumprod[0]; the render's latents noised to the first of them; η = ``eta`` (the release: 0).
+    Differs from the release only in its random draws: the render is encoded to the posterior mode (the
+    release samples the posterior from the global RNG) and T and ε come from ``generator``.
+    Returns the edited images in [0, 1] and T / num_train_timesteps."""
+    if not 0.0 < lower <= upper <= 1.0:
+        raise ValueError(f"need 0 < lower <= upper <= 1, got {lower}, {upper}")
+    init = prior.encode(render).float()
+    start, noise = in2n_draws(generator, tuple(init.shape), lower, upper, prior.num_train_timesteps)
+    if start < diffusion_steps:
+        raise ValueError(
+            f"the drawn start timestep {start} is below task.editor.diffusion_steps={diffusion_steps} (the release's "
+            "DDIM refuses more steps than timesteps): raise task.editor.noise_lower or lower diffusion_steps"
+        )
+    image_cond = prior.encode_image_condition(original) if prior.supports_image_condition else None
+    cond = prior.make_conditioning(
+        prompt, image_cond=image_cond, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+    )
+    process = LeadingDDIM(prior.alphas_cumprod, int(diffusion_steps), float(eta), spacing_timesteps=start)
+    x = process.start(noise.to(init.device), init)
+    for index, t in enumerate(process.timesteps):
+        eps = prior.predict_noise(x, t, cond).target.float()
+        x = process.step(index, x, eps, generator)
+    return prior.decode(x).float().clamp(0, 1), start / prior.num_train_timesteps
+
+
 def edit_round_positions(num_views: int, round_size: int, seed: int, round_index: int) -> list[int]:
     """Positions (in the training-view list) edited in round ``round_index``: consecutive slices of a
     stream of random permutations ("epochs") of the ``num_views`` training views, so every view is edited
@@ -113,6 +169,10 @@ class DatasetEditor:
 
     def attach(self, scene: SceneView) -> None:
         """Called once the task knows its scene and schedule (a hook for checks and horizons)."""
+
+    def release_deviations(self) -> list[str]:
+        """How a baseline editor departs from its release (see ``DistillationTask.release_deviations``)."""
+        return []
 
     def edit_round(self, scene: SceneView, views: list[int], step: int, round_index: int) -> dict[str, float]:
         """Replace ``views`` in ``scene.images`` by edited images; return diagnostics for the loggers."""
@@ -190,7 +250,8 @@ class CSDEditEditor(DatasetEditor):
 
 
 class IN2NEditor(DatasetEditor):
-    """Instruct-NeRF2NeRF's per-view edit (:func:`in2n_edit`); its scales are the guidance group's."""
+    """Instruct-NeRF2NeRF's per-view edit (:func:`in2n_release_edit`, or :func:`in2n_edit` with
+    ``schedule=linspace_ddim``); its scales are the guidance group's."""
 
     def __init__(
         self,
@@ -202,8 +263,10 @@ class IN2NEditor(DatasetEditor):
         sampler_eta: Probability,
         guidance_scale: float,
         image_guidance_scale: float,
+        schedule: Literal["release", "linspace_ddim"] = "release",
     ):
         super().__init__(every, views)
+        self.schedule = schedule
         if not 0.0 < float(noise_lower) <= float(noise_upper) <= 1.0:
             raise ValueError(
                 f"need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got {noise_lower}, {noise_upper}"
@@ -212,11 +275,22 @@ class IN2NEditor(DatasetEditor):
         self.noise_lower, self.noise_upper = float(noise_lower), float(noise_upper)
         self.guidance_scale, self.image_guidance_scale = float(guidance_scale), float(image_guidance_scale)
 
+    def release_deviations(self) -> list[str]:
+        """How this editor departs from the release's ``edit_image`` (empty: it follows it)."""
+        if self.schedule == "linspace_ddim":
+            return [
+                "task.editor.schedule=linspace_ddim: continuous strength, linspace DDIM to ᾱ=1 (release: leading DDIM)"
+            ]
+        if self.sampler_eta != 0.0:
+            return [f"task.editor.sampler_eta={self.sampler_eta}: the release samples at eta=0"]
+        return []
+
     def edit_round(self, scene: SceneView, views: list[int], step: int, round_index: int) -> dict[str, float]:
         rendered, originals = scene.edit_inputs(views)
         strengths = []
+        edit = in2n_release_edit if self.schedule == "release" else in2n_edit
         for i, view in enumerate(views):
-            edited, strength = in2n_edit(
+            edited, strength = edit(
                 scene.prior,
                 rendered[i : i + 1],
                 originals[i : i + 1],

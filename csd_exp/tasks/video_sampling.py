@@ -1,8 +1,9 @@
 """Per-frame InstructPix2Pix-style sampling: every frame edited independently (no temporal coupling).
 
-One training step is one reverse step over all frames at once; with the exact-score prior this is an
-exact ancestral sampler of each frame's guided edit distribution, so disagreement between frames is
-exactly what independent editing produces.
+One training step is one reverse step over all frames at once. By default (``task.sampler=pipeline``) the
+reverse process is diffusers' ``StableDiffusionInstructPix2PixPipeline``'s (Euler ancestral, 100 steps), tested
+equal to that pipeline (tests/test_sampling_baselines.py, docs/baselines.md); ``task.sampler=linspace_ddim`` is
+the former DDIM sampler. Disagreement between frames is exactly what independent editing produces.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from csd_exp.tasks.base import step_generator
-from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 from csd_exp.tasks.video import VideoTask
 
 if TYPE_CHECKING:
@@ -27,8 +28,9 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         optimizer=None,
         lr_scheduler=None,
         *,
-        num_inference_steps: PositiveInt = 50,
-        eta: Probability = 1.0,
+        sampler: SamplerName = "pipeline",
+        num_inference_steps: PositiveInt | None = None,
+        eta: Probability | None = None,
         strength: UnitFraction = 1.0,
         guidance_scale: float = 1.5,
         image_guidance_scale: float = 1.5,
@@ -36,7 +38,15 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
     ):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
-        self.setup_reverse_process(num_inference_steps, eta, guidance_scale, image_guidance_scale, strength)
+        self.setup_reverse_process(
+            num_inference_steps,
+            eta,
+            guidance_scale,
+            image_guidance_scale,
+            strength,
+            kind="euler_ancestral",
+            sampler=sampler,
+        )
 
     @torch.no_grad()
     def training_step(self, batch, batch_idx):
@@ -44,14 +54,20 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         if index == 0 or self.state is None:
             noise = torch.randn(self.latents.shape, generator=step_generator(self.seed, 0, "sampling-init"))
             noise = noise.to(self.latents.device)
-            self.state = (
-                noise if self.strength >= 1.0 else self.prior.add_noise(self.source_latents, noise, self.timesteps[0])
-            )
+            self.state = self.process.start(noise, None if self.strength >= 1.0 else self.source_latents)
         cond = self.conditioning(self.image_condition)
-        eps = self.prior.predict_noise(self.state, self.timesteps[index], cond).target.float()
+        eps = self.prior.predict_noise(self.model_input(index), self.timesteps[index], cond).target.float()
         if self.reverse_step(index, eps):
             self.latents.data.copy_(self.state)
         return None
+
+    def release_deviations(self) -> list[str]:
+        notes = super().release_deviations()
+        if self.strength < 1.0:
+            notes.append(
+                f"task.strength={self.strength}: an SDEdit start (the InstructPix2Pix pipeline starts from noise)"
+            )
+        return notes
 
     def show_estimate(self, clean: torch.Tensor) -> None:
         self.latents.data.copy_(clean)
