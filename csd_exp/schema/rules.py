@@ -90,19 +90,7 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             "add kernel=rbf (or kernel=identity for SDS, kernel=identity_mean for the no-SVGD ablation)"
         )
     kernel_target = kernel.get("_target_")
-    # The preset's name is all that tells sds with an RBF kernel from csd, so only Hydra's choices can.
-    if choices.get("guidance") == "sds" and kernel_target not in (None, IDENTITY_KERNEL):
-        chosen = choices.get("kernel") or _short(kernel_target)
-        raise ConfigError(
-            f"guidance=sds with kernel={chosen} couples the particles, which is CSD (Eq. 8): choose "
-            "guidance=csd, or drop the kernel override (SDS is the identity kernel, Eq. 5)"
-        )
-    if choices.get("guidance") == "csd_edit_no_svgd" and kernel_target not in (None, IDENTITY_KERNEL):
-        chosen = choices.get("kernel") or _short(kernel_target)
-        raise ConfigError(
-            f"guidance=csd_edit_no_svgd with kernel={chosen} couples the particles, which is CSD-Edit "
-            "(Eq. 9): choose guidance=csd_edit, or drop the kernel override (the ablation is kernel=identity_mean)"
-        )
+    # A preset with an overriding kernel (guidance=sds kernel=rbf) is relabelled, not refused (csd_exp/methods.py).
     task_target = str((cfg.get("task") or {}).get("_target_", ""))
     # Only the project's own tasks are known here; a task from outside the package may pass renders itself.
     if kernel_target in IMAGE_KERNELS and task_target.startswith("csd_exp.tasks.") and task_target not in VIEW_TASKS:
@@ -132,7 +120,7 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
     if samples and distills:
         raise ConfigError(
             f"{'editor=in2n' if target not in SAMPLING_TASKS else 'this sampling baseline'} uses only "
-            "the guidance scales; choose guidance=sampling (the task's own config does) instead of "
+            f"the guidance scales (guidance.guidance_scale, guidance.image_guidance_scale); drop "
             f"guidance={guidance_label(guidance, choices)}"
         )
     model_target = (cfg.get("model") or {}).get("_target_")
@@ -241,6 +229,12 @@ def validate_composed(cfg: Any) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from csd_exp.methods import MethodError, apply_to_composed
+
+    try:  # the method's prior family (cfg.model may become ${priors.<family>}) and its fit, first
+        apply_to_composed(cfg)
+    except MethodError as error:
+        raise ConfigError(str(error)) from None
     plain: dict[str, Any] = {}
     for key in CHECKED_NODES:
         if key not in cfg:
