@@ -39,7 +39,7 @@ def test_a_video_run_has_its_videos_in_the_history_at_the_final_step(run_job, mo
 
 
 SAMPLING = {
-    "video": ["experiment=video_exact_cpu", "task=video_sampling", "guidance=sampling", "data.max_frames=4"],
+    "video": ["experiment=video_exact_cpu", "task=video_sampling", "data.max_frames=4"],
     "panorama": ["task=panorama_sampling", "data.short_side=32", "task.window_size=32", "task.window_stride=8"],
 }
 
