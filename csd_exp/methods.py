@@ -305,7 +305,7 @@ def apply_method(cfg: Any, requested: str | None, overrides: list[str]) -> str |
             f"{cfg.get('method')} baseline's task; methods that fit it: {cfg.get('method')} (compare methods on an "
             f"experiment of the {modality} modality, e.g. experiment={modality}_exact_cpu)"
         )
-    if OmegaConf.is_interpolation(cfg, "model"):
+    if prior_source(cfg).startswith("priors."):
         return prior_source(cfg)  # already applied
     model_family = prior_family(_plain(cfg.get("model")))
     if method.family is None or model_family in (None, method.family):
