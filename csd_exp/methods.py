@@ -283,7 +283,7 @@ def apply_method(cfg: Any, requested: str | None, overrides: list[str]) -> str |
     is of another family) and refuse a method that does not fit, raising :class:`MethodError` (one line).
     ``requested`` is the ``method=`` choice, ``overrides`` the job's command-line overrides. Returns where
     the prior comes from (``model`` or ``priors.<family>``); idempotent."""
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     if not requested:
         return "model"
@@ -465,4 +465,25 @@ def requested_method(cfg: Any) -> str | None:
 def apply_to_composed(cfg: Any) -> str | None:
     """:func:`apply_method` with the job's own method choice and command-line overrides (Hydra's record)."""
     overrides = [str(item) for item in (_hydra_node(cfg, "overrides.task") or [])]
+    take_old_caption(cfg)
     return apply_method(cfg, requested_method(cfg), overrides)
+
+
+def take_old_caption(cfg: Any) -> bool:
+    """A top-level ``source_prompt`` (the caption's old name) fills an empty ``source_caption``; True if it was
+    given (the run says so once: :data:`OLD_CAPTION_NOTICE`)."""
+    from omegaconf import open_dict
+
+    old = cfg.get("source_prompt")
+    if not old or "source_caption" not in cfg:
+        return False
+    if not cfg.get("source_caption"):
+        with open_dict(cfg):
+            cfg.source_caption = old
+    return True
+
+
+OLD_CAPTION_NOTICE = (
+    "source_prompt= is the old name of source_caption= (the CLIP caption, the inversion prompt); "
+    "DDS's source-branch text is guidance.source_prompt"
+)

@@ -152,10 +152,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from csd_exp.infra.requeue import requeue_after_run
-    from csd_exp.methods import apply_to_composed, requested_method
+    from csd_exp.methods import OLD_CAPTION_NOTICE, apply_to_composed, requested_method, take_old_caption
     from csd_exp.metrics.notes import once_per_sweep
 
     apply_to_composed(cfg)  # the prior the method needs (idempotent: the CLI's check has applied it already)
+    if take_old_caption(cfg):
+        log.warning(OLD_CAPTION_NOTICE)
     requested = requested_method(cfg)
     if requested and requested != str(cfg.method):
         log.warning(

@@ -434,3 +434,18 @@ def test_a_method_that_does_not_fit_is_refused_in_one_line(args, expected, tmp_p
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("csd-exp: ") and expected in lines[0], result.stderr[-2000:]
+
+
+def test_the_caption_is_source_caption_and_its_old_name_still_works(run_job, caplog):
+    """source_caption (CLIP's caption) and guidance.source_prompt (DDS's source branch) are two things; the
+    caption's old name, top-level source_prompt, is taken with a one-line notice; text-to-3D has no caption."""
+    with caplog.at_level("WARNING"):
+        summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "source_prompt=a rocket"])
+    assert summary["status"] == "completed"
+    config = summary["config"]
+    assert config["source_caption"] == "a rocket" and config["task"]["source_prompt"] == "a rocket"
+    assert config["guidance"]["source_prompt"] == ""  # the DDS text is untouched by the caption
+    notices = [r.getMessage() for r in caplog.records if "old name of source_caption" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0]
+    generation = compose_config(["experiment=generation3d_exact_cpu"], Path("/tmp/unused"))
+    assert "source_prompt" not in generation.task
