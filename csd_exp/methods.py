@@ -436,8 +436,43 @@ def conditions(resolved: Mapping[str, Any], *, latent_scale_factor: int | None, 
         "guidance_scale": guidance.get("guidance_scale"),
         "image_guidance_scale": guidance.get("image_guidance_scale") if family != TEXT_TO_IMAGE else None,
         "seed": resolved.get("seed"),
-        "unet_passes_per_step": None,
+        "unet_passes_per_step": unet_rows_per_step(resolved, family),
     }
+
+
+#: UNet rows per particle of one guidance evaluation (classifier-free guidance): the targets' rows (instruction
+#: prior: text+image, image, unconditional; text-to-image: text, unconditional), plus the source branch's
+#: (image, unconditional; text-to-image: unconditional), plus one with DDS's guidance.source_prompt.
+ROWS_PER_PARTICLE = {
+    (INSTRUCTION, "random_noise"): 3,
+    (INSTRUCTION, "source_branch"): 5,
+    (TEXT_TO_IMAGE, "random_noise"): 2,
+    (TEXT_TO_IMAGE, "source_branch"): 3,
+}
+
+
+def unet_rows_per_step(resolved: Mapping[str, Any], family: str | None) -> int | None:
+    """UNet rows (one row = one image through the UNet, or the exact prior's equivalent) of one step of a
+    distillation, or of a per-frame / downscaled sampling step; None where a step's count varies or is unknown
+    (scene3d edit rounds, MultiDiffusion / per-window's canvas-dependent windows, FateZero, Pix2Video)."""
+    task = resolved.get("task") or {}
+    data = resolved.get("data") or {}
+    guidance = resolved.get("guidance") or {}
+    label = str(resolved.get("method"))
+    if "_target_" not in guidance:
+        rows = 3 if family == INSTRUCTION else 2
+        if label == "per_frame" and data.get("max_frames"):
+            return rows * int(data["max_frames"])
+        return rows if label == "downscaled" else None
+    baseline = baseline_of(guidance)
+    rows = ROWS_PER_PARTICLE.get((family, baseline))
+    if rows is None:
+        return None
+    rows += 1 if baseline == "source_branch" and guidance.get("source_prompt") else 0
+    particles = next((task[k] for k in ("windows_per_step", "views_per_step") if task.get(k)), None)
+    if "frame_size" in task:
+        particles = task.get("frames_per_step") or data.get("max_frames")
+    return rows * int(particles) if particles else None
 
 
 def _hydra_node(cfg: Any, key: str) -> Any:

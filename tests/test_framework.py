@@ -449,3 +449,19 @@ def test_the_caption_is_source_caption_and_its_old_name_still_works(run_job, cap
     assert len(notices) == 1 and "\n" not in notices[0]
     generation = compose_config(["experiment=generation3d_exact_cpu"], Path("/tmp/unused"))
     assert "source_prompt" not in generation.task
+
+
+@pytest.mark.parametrize(
+    "method, family, rows",
+    [("csd_edit", "instruction", 5 * 4), ("sds", "instruction", 3 * 4), ("per_frame", "instruction", 3 * 4)],
+)
+def test_the_conditions_state_the_unet_rows_of_a_step(method, family, rows, tmp_path):
+    from omegaconf import OmegaConf
+
+    from csd_exp.methods import conditions
+    from csd_exp.schema import validate_composed
+
+    cfg = compose_config(["experiment=video_exact_cpu", f"method={method}", "data.max_frames=4"], tmp_path)
+    validate_composed(cfg)
+    block = conditions(OmegaConf.to_container(cfg, resolve=True), latent_scale_factor=1, family=family)
+    assert block["unet_passes_per_step"] == rows and block["frames"] == 4 and block["size_px"] == [64, 64]
