@@ -466,7 +466,7 @@ def unet_rows_per_step(resolved: Mapping[str, Any], family: str | None) -> int |
         return rows if label == "downscaled" else None
     baseline = baseline_of(guidance)
     rows = ROWS_PER_PARTICLE.get((family, baseline))
-    if rows is None:
+    if rows is None or "editor" in task:  # a 3D scene's steps are photometric or a whole edit round
         return None
     rows += 1 if baseline == "source_branch" and guidance.get("source_prompt") else 0
     particles = next((task[k] for k in ("windows_per_step", "views_per_step") if task.get(k)), None)
