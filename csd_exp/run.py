@@ -58,8 +58,10 @@ def _fill_wandb_identity(cfg: DictConfig, extra_tags: tuple[str, ...] = ()) -> d
     if not node:
         return None
     from csd_exp.infra.checkpoints import stored_wandb_identity
+    from csd_exp.methods import kernel_name
 
-    tags = [*(cfg.get("tags") or ()), *extra_tags]
+    kernel = kernel_name(OmegaConf.to_container(cfg.kernel, resolve=True) if cfg.get("kernel") else None)
+    tags = [*(cfg.get("tags") or ()), *([f"kernel:{kernel}"] if kernel else []), *extra_tags]
     identity = wandb_identity(str(cfg.get("method", "run")), int(cfg.seed), extra_tags=tags)
     stored = stored_wandb_identity(cfg.get("ckpt_path"))
     resumed = stored.pop("id", None) if node.get("id") is None else None
@@ -122,12 +124,36 @@ def instantiate_clearly(node, **kwargs):
 
 
 def build_task(cfg: DictConfig):
-    """Instantiate the prior, the guidance and the task (cheap checks of the input happen here)."""
+    """Instantiate the prior, the guidance and the task (cheap checks of the input happen here). The prior is
+    ``cfg.model``, which a method of another prior family has made ``${priors.<family>}``
+    (:func:`csd_exp.methods.apply_method`)."""
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
     # The task's YAML names what it takes from the run (prompt, seed, data, ...); only objects built
     # here are passed in. _convert_=all: the task receives plain dicts and lists, not DictConfigs.
     return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, _convert_="all")
+
+
+def sampling_budget(task) -> dict[str, int]:
+    """A baseline that samples (no random draw per step) runs one pass over its own steps, which it derives from
+    ``task.num_inference_steps`` (= ``trainer.max_steps`` unless given): FateZero and Pix2Video take two per DDIM
+    step (inversion, then editing), so ``trainer.max_steps`` would cut them short."""
+    return {} if getattr(task, "draws_per_step", True) else {"max_steps": -1, "max_epochs": 1}
+
+
+def run_record(cfg: DictConfig, resolved: dict, prior) -> dict[str, Any]:
+    """What ran, for ``summary.json``: the prior (family, where its setting came from, its id), the kernel and
+    the conditions block a report compares (csd_exp.methods.conditions)."""
+    from csd_exp.methods import conditions, kernel_name, prior_family, prior_source
+
+    family = prior_family(resolved.get("model"))
+    return {
+        "model_family": prior.name,
+        "prior_family": family,
+        "prior_setting": prior_source(cfg),
+        "kernel": kernel_name(resolved.get("kernel")),
+        "conditions": conditions(resolved, latent_scale_factor=prior.latent_scale_factor, family=family),
+    }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -136,8 +162,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from csd_exp.infra.requeue import requeue_after_run
+    from csd_exp.methods import OLD_CAPTION_NOTICE, apply_to_composed, requested_method, take_old_caption
     from csd_exp.metrics.notes import once_per_sweep
 
+    apply_to_composed(cfg)  # the prior the method needs (idempotent: the CLI's check has applied it already)
+    if take_old_caption(cfg):
+        log.warning(OLD_CAPTION_NOTICE)
+    requested = requested_method(cfg)
+    if requested and requested != str(cfg.method):
+        log.warning(
+            "method=%s with these settings is %s by its maths: the run is labelled %s",
+            requested,
+            cfg.method,
+            cfg.method,
+        )
     # A sweep's jobs say once, not once each, that a metric is skipped for want of its weights.
     with (
         requeue_after_run(),
@@ -191,14 +229,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
         console.quiet_libraries(single_process=console.single_process(resolved["trainer"]))
         if rank_zero_only.rank == 0:
-            console.announce(console.run_header(resolved, output_dir, group_choices()))
+            console.announce(console.run_header(resolved, output_dir, {**group_choices(), "model": summary["model"]}))
             write_config_record(
                 resolved, output_dir, print_tree=bool(OmegaConf.select(cfg, "extras.print_config", default=False))
             )
         if cfg.get("logger") and "wandb" in cfg.logger and resolve_wandb_mode() == "offline" and not multirun:
             log.info("W&B: no API key found, logging offline into %s/wandb (no prompt, no network)", output_dir)
         task = build_task(cfg)
-        summary["model_family"] = task.prior.name
+        summary.update(run_record(cfg, resolved, task.prior))
         summary["release_deviations"] = release_deviations(task)  # a baseline run off its released behaviour
         wandb_run = _fill_wandb_identity(cfg, (NON_RELEASED_TAG,) if summary["release_deviations"] else ())
         if wandb_run is not None:
@@ -209,7 +247,13 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             keep_csv_logs(loggers)
         callbacks = [*_instantiate_group(cfg.get("callbacks")), RunFingerprint(fingerprint)]
         callbacks.append(CheckpointOnRequeueSignal(output_dir / "checkpoints"))
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            **trainer_plugins(cfg.trainer),
+            **sampling_budget(task),
+        )
         for logger in loggers:  # the config plus the overrides that made this job (a sweep's own values)
             logger.log_hyperparams({**resolved, "overrides": summary["overrides"]})
         define_curve_summaries(loggers)

@@ -24,6 +24,8 @@ def compose_config(overrides: list[str], output_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    import csd_exp.conf  # noqa: F401  (registers the config's resolvers, as the CLI's pkg://csd_exp.conf does)
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):

@@ -16,20 +16,24 @@ SMALL_EXACT = ["data.short_side=32", "task.window_size=32", "task.window_stride=
 
 
 def _smoke_overrides(experiment: str) -> list[str]:
-    """``debug=smoke`` (sizes in conf/debug_sizes/, chosen by the task), and the tiny pipeline in place of a
-    diffusers model that cannot be downloaded here. Nothing per experiment: a new one needs no edit."""
-    cfg = compose_config([f"experiment={experiment}"], Path("/tmp/unused"))
-    overrides = ["debug=smoke"]
-    if "pretrained_model_name_or_path" in cfg.model:  # the tiny pipeline of the same family
-        family = str(cfg.model._target_).rsplit(".", 1)[-1]
-        overrides.append(
-            {"StableDiffusionPrior": "model=tiny_sd", "DeepFloydIFPrior": "model=tiny_if"}.get(
-                family, "model=tiny_ip2p"
-            )
-        )
-    if str(cfg.get("kernel", {}).get("_target_", "")).endswith("LPIPSRBFKernel"):  # LPIPS weights are not here
-        overrides.append("kernel=feature_rbf")
-    return overrides
+    """``debug=smoke``: sizes in conf/debug_sizes/ (chosen by the task), and the offline tiny stand-in of a
+    model or kernel that needs weights in conf/debug_model/, conf/debug_kernel/ (chosen by the model and the
+    kernel). Nothing per experiment, nothing per prior class: a new one needs no edit here."""
+    return ["debug=smoke"]
+
+
+def test_smoke_replaces_every_model_that_needs_weights_by_a_tiny_one_of_its_family(tmp_path):
+    """Every model option with hub weights has its stand-in in conf/debug_model/, of the same prior family."""
+    from csd_exp.methods import prior_family
+
+    for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
+        plain = compose_config([f"model={path.stem}"], tmp_path)
+        if "pretrained_model_name_or_path" not in plain.model:
+            continue
+        assert (CONFIG_DIR / "debug_model" / f"smoke_{path.stem}.yaml").is_file(), f"no smoke stand-in for {path.stem}"
+        smoke = compose_config([f"model={path.stem}", "debug=smoke"], tmp_path)
+        assert "pretrained_model_name_or_path" not in smoke.model, path.stem
+        assert prior_family(dict(smoke.model)) == prior_family(dict(plain.model)), path.stem
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -329,3 +333,135 @@ def test_every_model_group_runs_at_its_own_scale_with_only_its_location_set(task
         assert built.source_frames.shape[-1] == 64 * scale
     else:
         assert min(built.scene.height, built.scene.width) == 32 * scale
+
+
+SIX_METHODS = ["csd_edit", "csd_edit_no_svgd", "sds", "per_frame", "fatezero", "pix2video"]
+TINY_VIDEO = ["trainer.max_steps=2", "trainer.val_check_interval=1", "data.max_frames=3", "task.frame_size=8"]
+
+
+def test_six_methods_are_one_sweep_on_the_same_frames(tmp_path):
+    """One command compares distillation methods and zero-shot baselines: one W&B group, six labels, each
+    method on the prior family its maths needs, and every run on the same clip, frames, pixels, steps and seeds."""
+    sweep = tmp_path / "sweep"
+    result = _cli(
+        [
+            "-m",
+            f"method={','.join(SIX_METHODS)}",
+            "experiment=video_exact_cpu",
+            "seed=0,1",
+            *TINY_VIDEO,
+            "logger=wandb",
+            "~callbacks.progress",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 12 and all(s["status"] == "completed" for s in summaries)
+    assert sorted({s["method"] for s in summaries}) == sorted(SIX_METHODS)
+    assert len({s["wandb"]["group"] for s in summaries}) == 1
+    assert all(s["method"] in s["wandb"]["tags"] for s in summaries)
+    families = {s["method"]: (s["prior_family"], s["model_family"], s["prior_setting"]) for s in summaries}
+    for method in ("csd_edit", "csd_edit_no_svgd", "sds", "per_frame"):
+        assert families[method] == ("instruction", "exact", "model"), method
+    for method in ("fatezero", "pix2video"):
+        assert families[method] == ("text_to_image", "stable_diffusion", "priors.text_to_image"), method
+    assert {s["kernel"] for s in summaries if s["method"] == "csd_edit"} == {"rbf"}
+    assert {s["kernel"] for s in summaries if s["method"] == "fatezero"} == {None}
+    # The same frames for all: the tiny SD VAE halves the side, so its latent frame_size is 4 for 8 px.
+    shared = ("input", "frames", "size_px", "steps", "guidance_scale")
+    assert {tuple(str(s["conditions"][k]) for k in shared) for s in summaries} == {
+        ("sample:pan", "3", "[8, 8]", "2", "1.5")
+    }
+    assert sorted(s["conditions"]["seed"] for s in summaries) == [0] * 6 + [1] * 6
+    for summary in summaries:  # the frames actually edited, read from the outputs
+        frames = sorted((Path(summary["outputs"]["run_dir"]) / "edited_frames").glob("*.png"))
+        assert len(frames) == 3, summary["method"]
+        from PIL import Image
+
+        assert Image.open(frames[0]).size == (8, 8), summary["method"]
+    steps = {s["method"]: (s["conditions"]["steps_meaning"], s["steps"]) for s in summaries}
+    assert steps["csd_edit"] == ("updates", 2)
+    assert steps["per_frame"] == ("denoising steps over the whole t range", 2)
+    assert steps["fatezero"] == ("inversion steps and editing steps each", 4)  # trainer.max_steps each
+
+
+@pytest.mark.parametrize(
+    "overrides, label, kernel",
+    [
+        (["guidance=sds", "kernel=rbf"], "csd_edit_random_noise", "RBFKernel"),
+        (["method=sds", "kernel=rbf", "model=tiny_sd"], "csd", "RBFKernel"),
+        (["guidance=csd_edit", "kernel=identity_mean"], "csd_edit_no_svgd", "IdentityKernel"),
+        (["method=csd_edit_no_svgd", "kernel=consensus"], "csd_edit", "ConsensusKernel"),
+        (["guidance=csd"], "csd_edit_random_noise", "RBFKernel"),  # the exact prior is an instruction prior
+        (["method=csd"], "csd", "RBFKernel"),  # brings its text-to-image prior
+        (["guidance=csd", "kernel=identity"], "sds", "IdentityKernel"),
+    ],
+)
+def test_the_label_follows_the_maths(overrides, label, kernel, tmp_path):
+    from csd_exp.schema import validate_composed
+
+    cfg = compose_config(["experiment=video_exact_cpu", *overrides], tmp_path)
+    validate_composed(cfg)
+    assert cfg.method == label and cfg.run_name == f"video_{label}"
+    assert str(cfg.kernel._target_).endswith(kernel)
+
+
+def test_a_method_brings_its_prior_family_and_keeps_the_pixels(tmp_path):
+    from csd_exp.schema import validate_composed
+
+    cfg = compose_config(["experiment=video_exact_cpu", "method=fatezero", "task.frame_size=16"], tmp_path)
+    validate_composed(cfg)
+    assert str(cfg.model._target_).endswith("tiny_stable_diffusion_prior")  # priors.text_to_image
+    assert cfg.task.frame_size == 8  # 16 px on the exact prior (1 px per latent px) = 8 on the tiny SD VAE (2)
+    single = compose_config(["method=fatezero", "model=tiny_sd", "task.frame_size=16"], tmp_path)
+    validate_composed(single)  # a model of the method's family, chosen by hand, is the prior (sizes as given)
+    assert single.task.frame_size == 16 and str(single.model._target_).endswith("tiny_stable_diffusion_prior")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["method=bogus"], "method=bogus is not an option"),
+        (["method=multidiffusion", "experiment=video_exact_cpu"], "methods that fit: csd_edit"),
+        (["method=fatezero", "experiment=video_exact_cpu", "model=exact"], "model=exact is an instruction one"),
+        (["method=csd_edit", "experiment=generation3d_exact_cpu"], "methods that fit: csd, sds"),
+    ],
+)
+def test_a_method_that_does_not_fit_is_refused_in_one_line(args, expected, tmp_path):
+    result = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("csd-exp: ") and expected in lines[0], result.stderr[-2000:]
+
+
+def test_the_caption_is_source_caption_and_its_old_name_still_works(run_job, caplog):
+    """source_caption (CLIP's caption) and guidance.source_prompt (DDS's source branch) are two things; the
+    caption's old name, top-level source_prompt, is taken with a one-line notice; text-to-3D has no caption."""
+    with caplog.at_level("WARNING"):
+        summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "source_prompt=a rocket"])
+    assert summary["status"] == "completed"
+    config = summary["config"]
+    assert config["source_caption"] == "a rocket" and config["task"]["source_prompt"] == "a rocket"
+    assert config["guidance"]["source_prompt"] == ""  # the DDS text is untouched by the caption
+    notices = [r.getMessage() for r in caplog.records if "old name of source_caption" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0]
+    generation = compose_config(["experiment=generation3d_exact_cpu"], Path("/tmp/unused"))
+    assert "source_prompt" not in generation.task
+
+
+@pytest.mark.parametrize(
+    "method, family, rows",
+    [("csd_edit", "instruction", 5 * 4), ("sds", "instruction", 3 * 4), ("per_frame", "instruction", 3 * 4)],
+)
+def test_the_conditions_state_the_unet_rows_of_a_step(method, family, rows, tmp_path):
+    from omegaconf import OmegaConf
+
+    from csd_exp.methods import conditions
+    from csd_exp.schema import validate_composed
+
+    cfg = compose_config(["experiment=video_exact_cpu", f"method={method}", "data.max_frames=4"], tmp_path)
+    validate_composed(cfg)
+    block = conditions(OmegaConf.to_container(cfg, resolve=True), latent_scale_factor=1, family=family)
+    assert block["unet_passes_per_step"] == rows and block["frames"] == 4 and block["size_px"] == [64, 64]

@@ -112,7 +112,7 @@ def test_final_media_are_captioned_and_shown_source_beside_edit(monkeypatch, tmp
             {"task": "panorama", "method": "sds", "model": "exact", "model_id": "exact", "model_family": "exact"},
         ),
         (
-            ["experiment=video_exact_cpu", "model=tiny_ip2p", "task=video_sampling", "guidance=sampling"],
+            ["experiment=video_exact_cpu", "model=tiny_ip2p", "task=video_sampling"],
             {
                 "task": "video_sampling",
                 "method": "per_frame",

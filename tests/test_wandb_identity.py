@@ -46,10 +46,10 @@ def test_a_sweep_shares_a_group_and_names_each_run_by_method_swept_values_and_se
     assert {run["group"] for run in runs} == {f"panorama_exact_cpu-{sweep.name}"}
     assert {run["job_type"] for run in runs} == {"panorama"}
     assert sorted(tuple(run["tags"]) for run in runs) == [
-        ("panorama", "csd_edit", "panorama_exact_cpu", "review"),
-        ("panorama", "csd_edit", "panorama_exact_cpu", "review"),
-        ("panorama", "sds", "panorama_exact_cpu", "review"),
-        ("panorama", "sds", "panorama_exact_cpu", "review"),
+        ("panorama", "csd_edit", "panorama_exact_cpu", "review", "kernel:rbf"),
+        ("panorama", "csd_edit", "panorama_exact_cpu", "review", "kernel:rbf"),
+        ("panorama", "sds", "panorama_exact_cpu", "review", "kernel:identity"),
+        ("panorama", "sds", "panorama_exact_cpu", "review", "kernel:identity"),
     ]
     # Each job logs its own overrides (its own method and seed), and its artifact holds its record and outputs.
     for summary in summaries:

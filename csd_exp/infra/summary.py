@@ -47,17 +47,22 @@ def group_choices() -> dict[str, str]:
 def run_identity(cfg: Any) -> dict[str, str | None]:
     """What ran, at the top of ``summary.json``: ``task`` (the task option), ``method`` (the run's label),
     ``model`` (the model option) and ``model_id`` (the weights' hub id or folder, else the option), so a report
-    reads them instead of recovering them from folder or class names. ``model_family`` (the prior's ``name``)
-    is added once the prior is built (``csd_exp.run``)."""
+    reads them instead of recovering them from folder or class names (for a method that takes another prior
+    family than ``model``'s, the ``priors.<family>`` option). ``model_family`` (the prior's ``name``), ``kernel``
+    and ``conditions`` are added once the prior is built (``csd_exp.run.run_record``)."""
     from omegaconf import OmegaConf
+
+    from csd_exp.methods import prior_source
 
     choices = group_choices()  # {} without a Hydra context (a config composed by hand): options unknown
     method = OmegaConf.select(cfg, "method", default=None)
-    model_id = OmegaConf.select(cfg, "model.pretrained_model_name_or_path", default=None) or choices.get("model")
+    setting = prior_source(cfg)  # model, or priors.<family> for a method of another prior family
+    option = choices.get("model" if setting == "model" else f"model@{setting}")
+    model_id = OmegaConf.select(cfg, "model.pretrained_model_name_or_path", default=None) or option
     return {
         "task": choices.get("task"),
         "method": None if method is None else str(method),
-        "model": choices.get("model"),
+        "model": option,
         "model_id": None if model_id is None else str(model_id),
     }
 

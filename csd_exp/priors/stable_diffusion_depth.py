@@ -89,6 +89,8 @@ class StableDiffusionDepthPrior(DiffusersPrior):
     #: Its image condition is a depth map, which only a task that names this class as its ``prior`` feeds:
     #: the compose-time check refuses it for every other task (csd_exp/schema/rules.py).
     serves_only_tasks_that_name_it: ClassVar[bool] = True
+    #: Its own family for the method axis (csd_exp/prior_families.py): a depth map is not an instruction's image.
+    prior_family: ClassVar[str] = "depth"
 
     def __init__(
         self,

@@ -101,19 +101,7 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             "add kernel=rbf (or kernel=identity for SDS, kernel=identity_mean for the no-SVGD ablation)"
         )
     kernel_target = kernel.get("_target_")
-    # The preset's name is all that tells sds with an RBF kernel from csd, so only Hydra's choices can.
-    if choices.get("guidance") == "sds" and kernel_target not in (None, IDENTITY_KERNEL):
-        chosen = choices.get("kernel") or _short(kernel_target)
-        raise ConfigError(
-            f"guidance=sds with kernel={chosen} couples the particles, which is CSD (Eq. 8): choose "
-            "guidance=csd, or drop the kernel override (SDS is the identity kernel, Eq. 5)"
-        )
-    if choices.get("guidance") == "csd_edit_no_svgd" and kernel_target not in (None, IDENTITY_KERNEL):
-        chosen = choices.get("kernel") or _short(kernel_target)
-        raise ConfigError(
-            f"guidance=csd_edit_no_svgd with kernel={chosen} couples the particles, which is CSD-Edit "
-            "(Eq. 9): choose guidance=csd_edit, or drop the kernel override (the ablation is kernel=identity_mean)"
-        )
+    # A preset with an overriding kernel (guidance=sds kernel=rbf) is relabelled, not refused (csd_exp/methods.py).
     task_target = (cfg.get("task") or {}).get("_target_")
     # The kernel says it compares renders; the task says whether it passes them (a class that says nothing,
     # or whose source is unreadable, is not refused).
@@ -235,8 +223,8 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
     if samples and distills:
         who = "this sampling baseline" if task_samples else f"editor={choices.get('editor') or _short(editor_target)}"
         raise ConfigError(
-            f"{who} uses only the guidance scales; choose guidance=sampling (the task's own config does) instead "
-            f"of guidance={guidance_label(guidance, choices)}"
+            f"{who} uses only the guidance scales (guidance.guidance_scale, guidance.image_guidance_scale); drop "
+            f"guidance={guidance_label(guidance, choices)}"
         )
     if isinstance(target, str):
         _check_prior(cfg, choices, target)
@@ -338,6 +326,12 @@ def validate_composed(cfg: Any) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from csd_exp.methods import MethodError, apply_to_composed
+
+    try:  # the method's prior family (cfg.model may become ${priors.<family>}) and its fit, first
+        apply_to_composed(cfg)
+    except MethodError as error:
+        raise ConfigError(str(error)) from None
     plain: dict[str, Any] = {}
     for key in CHECKED_NODES:
         if key not in cfg:
