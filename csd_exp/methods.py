@@ -219,7 +219,8 @@ def apply_method(cfg: Any, requested: str | None, overrides: list[str]) -> str |
     given = _model_given(overrides)
     if given:
         raise MethodError(
-            f"method={requested} needs {_with_article(method.family)} prior, but {given} is "
+            f"method={requested} needs {_with_article(method.family)} prior"
+            f"{''.join(f' (or {_with_article(f)} one, its variant)' for f in method.also)}, but {given} is "
             f"{_with_article(model_family)} one; methods that fit it: {', '.join(fitting(modality, model_family))} "
             f"(or drop {given.split('=')[0]}: the method takes priors.{method.family})"
         )

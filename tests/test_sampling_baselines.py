@@ -308,8 +308,7 @@ def test_a_run_with_the_former_sampler_is_marked_in_summary_and_wandb(run_job):
     summary, _ = run_job(
         [
             "experiment=video_exact_cpu",
-            "task=video_sampling",
-            "guidance=sampling",
+            "method=per_frame",
             "debug=smoke",
             "task.sampler=linspace_ddim",
             "task.num_inference_steps=2",

@@ -398,13 +398,13 @@ def test_the_tiny_experiment_runs_as_released(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["task=video_fatezero", "model=sd2_depth"], "not model=sd2_depth: choose model=sd15, model=sd21, "
-         "model=tiny_sd"),
+        (["task=video_fatezero", "model=sd2_depth"], "method=fatezero needs a text-to-image prior, but "
+         "model=sd2_depth is a depth one"),
         (["task=panorama", "model=tiny_sd2_depth"], r"model=tiny_sd2_depth \(StableDiffusionDepthPrior\) serves only "
          r"the tasks whose constructor names it as their prior \(task=video_pix2video\); task=panorama needs another "
          "model: model=deepfloyd_if, exact, exact_generation, ip2p, sd15, sd21, tiny_if, tiny_ip2p, tiny_sd"),
-        (["task=video_pix2video", "model=ip2p"], "not model=ip2p: choose model=sd15, model=sd21, model=tiny_sd, "
-         "model=sd2_depth, model=tiny_sd2_depth"),
+        (["task=video_pix2video", "model=ip2p"], r"method=pix2video needs a depth prior \(or a text-to-image one, "
+         r"its variant\), but model=ip2p is an instruction one"),
     ],
 )  # fmt: skip
 def test_a_model_family_the_task_cannot_use_is_refused_in_one_line(overrides, message, tmp_path):
