@@ -204,6 +204,13 @@ def test_a_resume_command_continues_in_the_checkpoints_run_folder_under_its_over
     for argv in ([ckpt, f"hydra.run.dir={tmp_path}"], [ckpt, f"paths.output_dir={tmp_path}"], ["-m", ckpt]):
         assert run_folder.resume_in_own_folder(["csd-exp", *argv]) == ["csd-exp", *argv]
     assert run_folder.resume_in_own_folder(["csd-exp", "--cfg", "job", ckpt]) == ["csd-exp", "--cfg", "job", ckpt]
+    # A sweep's job keeps the records the sweep wrote (its re-launch reads the job number there).
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n  job:\n    num: 0\n")
+    assert run_folder.resume_in_own_folder(["csd-exp", ckpt])[-2:] == [
+        f"hydra.run.dir={folder}",
+        "hydra.output_subdir=null",
+    ]
+    assert f"resuming job {folder.name} of the sweep {folder.parent} in its own folder" in capsys.readouterr().err
 
 
 def test_a_checkpoint_outside_a_run_folder_resumes_in_a_new_folder_with_a_note(tmp_path, capsys):
@@ -240,10 +247,12 @@ def test_a_sweep_job_resumed_with_only_ckpt_path_continues_in_its_folder_and_the
     (original,) = [read_offline_run(folder) for folder in (job / "wandb").glob("offline-run-*")]
     log_lines = (job / "cli.log").read_text().splitlines()
     folders = sorted(p.name for p in sweep.iterdir())
+    records = _files(job / ".hydra")
 
     resumed = run_cli([f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=3"], cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (tmp_path / "outputs").exists(), "no new run folder"
+    assert _files(job / ".hydra") == records, "the sweep's records of the job are kept"
     assert sorted(p.name for p in sweep.iterdir()) == folders, "nothing new in the sweep folder"
     summary = json.loads((job / "summary.json").read_text())
     assert (before["steps"], summary["status"], summary["steps"]) == (2, "completed", 3)

@@ -463,7 +463,9 @@ def resume_in_own_folder(argv: list[str]) -> list[str]:
     """A single run given ``ckpt_path=<run>/checkpoints/<file>`` and no folder of its own continues in ``<run>``
     (a sweep's job folder included, so the sweep's report reads the resumed summary), under the overrides that
     made that run (``<run>/.hydra/overrides.yaml``); overrides given now replace those of the same key. Returns
-    ``argv`` with those overrides and ``hydra.run.dir=<run>`` added; unchanged for a sweep (``-m``), a command
+    ``argv`` with those overrides and ``hydra.run.dir=<run>`` added (and, for a sweep's job, ``hydra.output_subdir
+    =null``: the job keeps the records the sweep wrote, which its re-launch reads; this resume's own overrides are
+    in ``summary.json``); unchanged for a sweep (``-m``), a command
     that names the folder (``hydra.run.dir`` / ``paths.output_dir``), or a checkpoint outside a run folder (a
     copied file: it gets a new folder, as any run, and a one-line note says so). The folder lock, the refusal of a
     changed config (``resume.allow_config_change``) and the W&B identity (id, group, name, tags, from the
@@ -492,5 +494,21 @@ def resume_in_own_folder(argv: list[str]) -> list[str]:
     stored = [str(item) for item in OmegaConf.load(folder / ".hydra" / "overrides.yaml") or []]
     kept = [item for item in stored if _key(item) not in given and _key(item) not in _FOLDER_KEYS]
     at = given["ckpt_path"]
-    print(f"csd-exp: resuming the run in its own folder {folder}", file=sys.stderr)
-    return [*argv[:at], *kept, argv[at], f"hydra.run.dir={_hydra_value(folder)}", *argv[at + 1 :]]
+    added = [f"hydra.run.dir={_hydra_value(folder)}"]
+    if _sweep_job(folder):  # the sweep's records of its job stay as the sweep wrote them (job number included)
+        added.append("hydra.output_subdir=null")
+        print(f"csd-exp: resuming job {folder.name} of the sweep {folder.parent} in its own folder", file=sys.stderr)
+    else:
+        print(f"csd-exp: resuming the run in its own folder {folder}", file=sys.stderr)
+    return [*argv[:at], *kept, argv[at], *added, *argv[at + 1 :]]
+
+
+def _sweep_job(folder: Path) -> bool:
+    """Whether Hydra's records in ``folder`` are those of a sweep's job (``hydra.mode: MULTIRUN``)."""
+    import yaml
+
+    try:
+        record = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return str((record.get("hydra") or {}).get("mode", "")) == "MULTIRUN"
