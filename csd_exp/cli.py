@@ -157,7 +157,7 @@ def entry() -> None:
     from omegaconf import OmegaConf
 
     from csd_exp.infra.interrupts import Interrupted, exit_status, install
-    from csd_exp.infra.run_folder import release_claims
+    from csd_exp.infra.run_folder import release_claims, resume_in_own_folder
     from csd_exp.infra.sweep_end import report_interrupted_sweep
     from csd_exp.schema.composition import missing_extra
 
@@ -166,6 +166,7 @@ def entry() -> None:
     extra = missing_extra([arg for arg in sys.argv[1:] if not arg.startswith("-")], _config_dirs(sys.argv))
     if extra:
         raise SystemExit(f"csd-exp: {extra}")
+    sys.argv = resume_in_own_folder(sys.argv)  # ckpt_path=<run>/checkpoints/...: continue in <run>
     install()
     try:
         with _short_composition_errors(sys.argv):

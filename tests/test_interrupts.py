@@ -159,7 +159,7 @@ class Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(folder: Path, max_steps: int, keep_last: int | None, module=None, callbacks=()) -> pl.Trainer:
+def _fit(folder: Path, max_steps: int, keep_last: int | None, module=None, callbacks=(), ckpt_path=None) -> pl.Trainer:
     checkpoints = PeriodicCheckpoint(
         dirpath=folder,
         filename="step{step:02d}",
@@ -177,7 +177,7 @@ def _fit(folder: Path, max_steps: int, keep_last: int | None, module=None, callb
         default_root_dir=folder,
         callbacks=[checkpoints, RunFingerprint({"keys": {}, "hash": "test"}), *callbacks],
     )
-    trainer.fit(module or Tiny())
+    trainer.fit(module or Tiny(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -186,6 +186,20 @@ def test_keep_last_keeps_exactly_the_newest_periodic_checkpoints(keep_last, kept
     _fit(tmp_path, max_steps=5, keep_last=keep_last)
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == sorted([f"{name}.ckpt" for name in kept] + ["last.ckpt"])
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("resumed_from", ["step03.ckpt", "last.ckpt"])
+def test_keep_last_holds_after_a_resume_whatever_checkpoint_it_resumes_from(resumed_from, tmp_path):
+    _fit(tmp_path, max_steps=4, keep_last=2)
+    if resumed_from == "last.ckpt":  # as a run stopped by a signal saves it: before that step's periodic file
+        checkpoint = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+        (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("PeriodicCheckpoint")]
+        assert state["periodic_paths"] == [str(tmp_path / "step03.ckpt"), str(tmp_path / "step04.ckpt")]
+        state["periodic_paths"] = state["periodic_paths"][:1]
+        torch.save(checkpoint, tmp_path / "last.ckpt")
+    # A periodic checkpoint's state lists the files before it, not itself: resumed from it, it is pruned all the same.
+    _fit(tmp_path, max_steps=7, keep_last=2, ckpt_path=tmp_path / resumed_from)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt", "step06.ckpt", "step07.ckpt"]
 
 
 def test_keep_last_is_checked_when_the_config_is_composed(tmp_path):

@@ -169,3 +169,6 @@ def test_a_run_stopped_by_sigterm_resumes_with_every_step_logged_once(tmp_path, 
     assert resumed["status"] == "completed" and resumed["steps"] == 6
     steps = [int(row["step"]) for row in csv.DictReader(open(folder / "csv" / "metrics.csv")) if row.get("loss")]
     assert steps == list(range(6))
+    # keep_last (3) holds across the stop: the periodic checkpoint of the stopping step is pruned like the others.
+    kept = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert kept == ["last.ckpt", "step00004.ckpt", "step00005.ckpt", "step00006.ckpt"], kept

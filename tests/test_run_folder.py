@@ -173,3 +173,121 @@ def test_a_new_run_in_a_finished_runs_folder_is_refused_and_a_resume_continues_t
     with open(folder / "csv" / "metrics.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("loss")]
     assert steps == [0, 1, 2, 3], "the first run's rows are kept and the resumed steps follow them"
+
+
+def _job_folder(tmp_path: Path, overrides: list[str]) -> Path:
+    """A constructed run folder as Hydra leaves it: ``.hydra/overrides.yaml`` and ``checkpoints/last.ckpt``."""
+    folder = tmp_path / "sweep" / "0_panorama_csd_edit_seed0"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    return folder
+
+
+def test_a_resume_command_continues_in_the_checkpoints_run_folder_under_its_overrides(tmp_path, capsys):
+    folder = _job_folder(tmp_path, ["experiment=panorama_exact_cpu", "seed=1", "trainer.max_steps=2"])
+    ckpt = f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
+    argv = ["csd-exp", "--config-dir", "/my/conf", ckpt, "trainer.max_steps=5"]
+    assert run_folder.resume_in_own_folder(argv) == [
+        "csd-exp",
+        "--config-dir",
+        "/my/conf",
+        "experiment=panorama_exact_cpu",
+        "seed=1",  # the run's own overrides, but those given now (trainer.max_steps=5 wins)
+        ckpt,
+        f"hydra.run.dir={folder}",
+        "trainer.max_steps=5",
+    ]
+    assert f"resuming the run in its own folder {folder}" in capsys.readouterr().err
+    # A folder named on the command line, a sweep, or a request for help: left as given.
+    for argv in ([ckpt, f"hydra.run.dir={tmp_path}"], [ckpt, f"paths.output_dir={tmp_path}"], ["-m", ckpt]):
+        assert run_folder.resume_in_own_folder(["csd-exp", *argv]) == ["csd-exp", *argv]
+    assert run_folder.resume_in_own_folder(["csd-exp", "--cfg", "job", ckpt]) == ["csd-exp", "--cfg", "job", ckpt]
+    # A sweep's job keeps the records the sweep wrote (its re-launch reads the job number there).
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n  job:\n    num: 0\n")
+    assert run_folder.resume_in_own_folder(["csd-exp", ckpt])[-2:] == [
+        f"hydra.run.dir={folder}",
+        "hydra.output_subdir=null",
+    ]
+    assert f"resuming job {folder.name} of the sweep {folder.parent} in its own folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_outside_a_run_folder_resumes_in_a_new_folder_with_a_note(tmp_path, capsys):
+    copied = tmp_path / "checkpoints" / "last.ckpt"  # a copied file: no .hydra/ beside its folder
+    copied.parent.mkdir()
+    copied.write_bytes(b"a checkpoint")
+    for path in (copied, tmp_path / "copy.ckpt"):
+        path.write_bytes(b"a checkpoint")
+        argv = ["csd-exp", "experiment=panorama_exact_cpu", f"ckpt_path={path}"]
+        assert run_folder.resume_in_own_folder(argv) == argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"ckpt_path={path} is not in a run's checkpoints/ folder" in err, err
+        assert "resuming in a new run folder" in err
+    missing = ["csd-exp", f"ckpt_path={tmp_path / 'nothing.ckpt'}"]  # left to the run, which names the fix
+    assert run_folder.resume_in_own_folder(missing) == missing
+
+
+@pytest.mark.slow
+def test_a_sweep_job_resumed_with_only_ckpt_path_continues_in_its_folder_and_the_sweep_report_reads_it(tmp_path):
+    import csv
+
+    from wandb_offline import read_offline_run
+
+    sweep = tmp_path / "sweep"
+    env = {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    launched = run_cli(
+        ["-m", f"hydra.sweep.dir={sweep}", *SMALL, "logger=wandb", "guidance.guidance_scale=1.5,3", "tags=[review]"],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (job,) = [folder for folder in sweep.iterdir() if "guidance.guidance_scale=1.5" in _hydra_overrides(folder)]
+    before = json.loads((job / "summary.json").read_text())
+    (original,) = [read_offline_run(folder) for folder in (job / "wandb").glob("offline-run-*")]
+    log_lines = (job / "cli.log").read_text().splitlines()
+    folders = sorted(p.name for p in sweep.iterdir())
+    records = _files(job / ".hydra")
+
+    resumed = run_cli([f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=3"], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists(), "no new run folder"
+    assert _files(job / ".hydra") == records, "the sweep's records of the job are kept"
+    assert sorted(p.name for p in sweep.iterdir()) == folders, "nothing new in the sweep folder"
+    summary = json.loads((job / "summary.json").read_text())
+    assert (before["steps"], summary["status"], summary["steps"]) == (2, "completed", 3)
+    assert "guidance.guidance_scale=1.5" in summary["overrides"] and summary["config"]["tags"] == ["review"]
+    cli_log = (job / "cli.log").read_text().splitlines()
+    assert cli_log[: len(log_lines)] == log_lines and len(cli_log) > len(log_lines), "cli.log is appended to"
+    with open(job / "csv" / "metrics.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("loss")]
+    assert steps == [0, 1, 2], "the CSV log keeps the first steps and the resumed one follows"
+    runs = sorted((job / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and original.id in runs[-1].name
+    again = read_offline_run(runs[-1])
+    assert (again.id, again.group, again.name, again.job_type, again.tags) == (
+        original.id,
+        original.group,
+        original.name,
+        original.job_type,
+        original.tags,
+    )
+    assert again.group == f"panorama_exact_cpu-{sweep.name}" and "guidance_scale=1.5" in again.name
+
+    report = subprocess.run(
+        [sys.executable, "-m", "csd_exp.report", str(sweep), "--no-wandb"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    with open(sweep / "report.csv") as handle:
+        rows = {row["runs"]: row for row in csv.DictReader(handle)}
+    psnr = float(rows[job.name]["fidelity/psnr_mean"])
+    assert psnr == pytest.approx(summary["metrics"]["fidelity/psnr"], rel=1e-12)
+    assert psnr != pytest.approx(before["metrics"]["fidelity/psnr"], rel=1e-6), "the report reads the resumed summary"
+
+
+def _hydra_overrides(folder: Path) -> str:
+    return (folder / ".hydra" / "overrides.yaml").read_text() if (folder / ".hydra").is_dir() else ""

@@ -131,4 +131,29 @@ class PeriodicCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:
-            self.periodic_paths = list(state_dict.get("periodic_paths", []))
+            self.periodic_paths = self._with_files_on_disk(list(state_dict.get("periodic_paths", [])))
+
+    _SENTINEL_STEP = 987654321  # a step number no name holds otherwise: marks where the step goes in a file name
+
+    def _step_of(self, path: str) -> int | None:
+        """The step in a periodic checkpoint's file name (None: not one of this callback's periodic names)."""
+        template = self.format_checkpoint_name({"step": self._SENTINEL_STEP})
+        head, sentinel, tail = template.partition(str(self._SENTINEL_STEP))
+        if not sentinel or not path.startswith(head) or not path.endswith(tail):
+            return None
+        digits = path[len(head) : len(path) - len(tail)]
+        return int(digits) if digits.isdigit() else None
+
+    def _with_files_on_disk(self, stored: list[str]) -> list[str]:
+        """The stored periodic paths plus the periodic files in ``dirpath`` that a checkpoint could not list: the
+        one it was itself (a periodic checkpoint's state is taken before it is written), or one written after it
+        (a checkpoint saved as a run stopped, before that step's periodic save). Ordered by step, so pruning
+        removes the oldest whatever checkpoint the run resumed from and ``keep_last`` holds."""
+        if self.dirpath is None or not Path(self.dirpath).is_dir():
+            return stored
+        found = [str(p) for p in Path(self.dirpath).glob("*.ckpt") if self._step_of(str(p)) is not None]
+        merged = list(dict.fromkeys([*stored, *found]))
+        stepped = [p for p in merged if self._step_of(p) is not None]
+        if len(stepped) < len(merged):  # names of another template: keep the stored order
+            return merged
+        return sorted(merged, key=lambda p: self._step_of(p))

@@ -408,3 +408,107 @@ class GuardRunFolder(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         self.on_run_end(config)
+
+
+#: Hydra options whose value is the next argument (the rest of the command line is overrides).
+_VALUED_OPTIONS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
+#: Options with which the command runs no single run (a sweep, help, a config shown).
+_NOT_A_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+#: Overrides that choose a single run's folder: given one, a resume runs where the user says.
+_FOLDER_KEYS = ("hydra.run.dir", "paths.output_dir")
+
+
+def _override_positions(argv: list[str]) -> list[int]:
+    """The indices of ``argv`` (a ``csd-exp`` command line) that are overrides, not options or their values."""
+    positions, skip = [], False
+    for index, arg in enumerate(argv[1:], start=1):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUED_OPTIONS
+        else:
+            positions.append(index)
+    return positions
+
+
+def _key(override: str) -> str:
+    """``+key=value`` / ``~key`` / ``key@pkg=value`` -> ``key`` (what two overrides of the same setting share)."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
+
+
+def _value(override: str) -> str:
+    value = override.split("=", 1)[1].strip() if "=" in override else ""
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def checkpoint_run_folder(ckpt_path: str | Path) -> Path | None:
+    """The csd-exp run folder a checkpoint belongs to: ``<run>`` for ``<run>/checkpoints/<file>`` when ``<run>``
+    holds Hydra's records (``.hydra/``); None for a checkpoint anywhere else (a copied file)."""
+    path = Path(os.path.abspath(os.path.expanduser(str(ckpt_path))))
+    folder = path.parent.parent
+    if path.parent.name == "checkpoints" and (folder / ".hydra" / "overrides.yaml").is_file():
+        return folder
+    return None
+
+
+def _hydra_value(path: Path) -> str:
+    """``path`` as an override value Hydra's grammar reads back as the same string."""
+    text = str(path)
+    if all(c.isalnum() or c in "/._-" for c in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_in_own_folder(argv: list[str]) -> list[str]:
+    """A single run given ``ckpt_path=<run>/checkpoints/<file>`` and no folder of its own continues in ``<run>``
+    (a sweep's job folder included, so the sweep's report reads the resumed summary), under the overrides that
+    made that run (``<run>/.hydra/overrides.yaml``); overrides given now replace those of the same key. Returns
+    ``argv`` with those overrides and ``hydra.run.dir=<run>`` added (and, for a sweep's job, ``hydra.output_subdir
+    =null``: the job keeps the records the sweep wrote, which its re-launch reads; this resume's own overrides are
+    in ``summary.json``); unchanged for a sweep (``-m``), a command
+    that names the folder (``hydra.run.dir`` / ``paths.output_dir``), or a checkpoint outside a run folder (a
+    copied file: it gets a new folder, as any run, and a one-line note says so). The folder lock, the refusal of a
+    changed config (``resume.allow_config_change``) and the W&B identity (id, group, name, tags, from the
+    checkpoint) then apply as for any resume in place."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    if any(arg.split("=", 1)[0] in _NOT_A_RUN for arg in argv[1:]):
+        return argv
+    positions = _override_positions(argv)
+    given = {_key(argv[i]): i for i in positions}
+    if "ckpt_path" not in given or any(key in given for key in _FOLDER_KEYS):
+        return argv
+    ckpt = _value(argv[given["ckpt_path"]])
+    if not ckpt or ckpt == "null" or not Path(ckpt).expanduser().is_file():
+        return argv  # nothing to resume (the run says so)
+    folder = checkpoint_run_folder(ckpt)
+    if folder is None:
+        print(
+            f"csd-exp: note: ckpt_path={ckpt} is not in a run's checkpoints/ folder (no .hydra/ beside it): "
+            "resuming in a new run folder",
+            file=sys.stderr,
+        )
+        return argv
+    stored = [str(item) for item in OmegaConf.load(folder / ".hydra" / "overrides.yaml") or []]
+    kept = [item for item in stored if _key(item) not in given and _key(item) not in _FOLDER_KEYS]
+    at = given["ckpt_path"]
+    added = [f"hydra.run.dir={_hydra_value(folder)}"]
+    if _sweep_job(folder):  # the sweep's records of its job stay as the sweep wrote them (job number included)
+        added.append("hydra.output_subdir=null")
+        print(f"csd-exp: resuming job {folder.name} of the sweep {folder.parent} in its own folder", file=sys.stderr)
+    else:
+        print(f"csd-exp: resuming the run in its own folder {folder}", file=sys.stderr)
+    return [*argv[:at], *kept, argv[at], *added, *argv[at + 1 :]]
+
+
+def _sweep_job(folder: Path) -> bool:
+    """Whether Hydra's records in ``folder`` are those of a sweep's job (``hydra.mode: MULTIRUN``)."""
+    import yaml
+
+    try:
+        record = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return str((record.get("hydra") or {}).get("mode", "")) == "MULTIRUN"
