@@ -44,7 +44,7 @@ class ReleasedCoupling:
         release_fraction: in [0, 1], the fraction of the run's steps that use ``early``.
     """
 
-    def __init__(self, early: Kernel, late: Kernel, release_fraction: float = 0.1) -> None:
+    def __init__(self, early: Kernel, late: Kernel, release_fraction: float = 0.05) -> None:
         for name, kernel in (("early", early), ("late", late)):
             if not callable(kernel) or isinstance(kernel, str):
                 raise ValueError(

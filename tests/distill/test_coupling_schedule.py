@@ -145,7 +145,7 @@ def test_coupled_experiments_select_the_released_coupling(experiment, path, step
     validate_composed(cfg)
     assert cfg.data.path == path and cfg.trainer.max_steps == steps and cfg.prompt == "turn it into a pop-art painting"
     kernel = instantiate(cfg.guidance.kernel)
-    assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.1
+    assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.05
     assert isinstance(kernel.early, ConsensusKernel) and kernel.early.target_coupling == 8.0
     assert isinstance(kernel.late, IdentityKernel) and kernel.late.normalize_by_count
     # the paired rows: the same experiment with the paper's kernel and with the no-SVGD ablation
