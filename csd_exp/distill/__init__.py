@@ -11,6 +11,7 @@ from csd_exp.distill.combine import (
     sds_gradient,
     surrogate_loss,
 )
+from csd_exp.distill.coupling_schedule import ReleasedCoupling
 from csd_exp.distill.distributed import gather_particles
 from csd_exp.distill.guidance import Guidance, GuidanceOutput
 from csd_exp.distill.kernels import (
@@ -43,6 +44,7 @@ __all__ = [
     "Particles",
     "RBFKernel",
     "RandomNoise",
+    "ReleasedCoupling",
     "Shard",
     "SourceBranch",
     "TimestepSchedule",

@@ -238,7 +238,12 @@ class Guidance:
             residuals = self._step_residuals(prior, particles, prompt, noisy_latents, noise, t)
         self._check_finite(residuals, step, t)
         gradients, image_gradients, diagnostics = self._combine(
-            residuals, noisy_latents, particles, prior.alphas_cumprod[t], shard.group
+            residuals,
+            noisy_latents,
+            particles,
+            prior.alphas_cumprod[t],
+            shard.group,
+            self.step_kernel(step if schedule_step is None else schedule_step),
         )
         return self._output(particles, gradients, image_gradients, t, diagnostics)
 
@@ -318,10 +323,24 @@ class Guidance:
                 "or lower the guidance scales"
             )
 
+    def step_kernel(self, step: int) -> Kernel:
+        """The kernel of step ``step`` (the position on the timestep schedule): the kernel itself, or, for a coupling
+        schedule (a kernel with ``at_step``, :mod:`csd_exp.distill.coupling_schedule`), its kernel at this step of
+        ``schedule.max_steps``."""
+        at_step = getattr(self.kernel, "at_step", None)
+        return self.kernel if at_step is None else at_step(step, self.schedule.max_steps)
+
     def _combine(
-        self, residuals: Tensor, noisy_latents: Tensor, particles: Particles, alphas_cumprod_t: Tensor, group
+        self,
+        residuals: Tensor,
+        noisy_latents: Tensor,
+        particles: Particles,
+        alphas_cumprod_t: Tensor,
+        group,
+        kernel: Kernel | None = None,
     ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
         """(gradients, image gradients or None, diagnostics) of the kernel's combiner, before the guards."""
+        kernel = self.kernel if kernel is None else kernel
         if getattr(self.kernel, "on_images", False):
             return csd_gradient_with_image_kernel(
                 residuals,
@@ -341,7 +360,7 @@ class Guidance:
             }
             return residuals, None, diagnostics
         gradients, diagnostics = csd_gradient(
-            residuals, noisy_latents, self.kernel, alphas_cumprod_t, process_group=group, return_diagnostics=True
+            residuals, noisy_latents, kernel, alphas_cumprod_t, process_group=group, return_diagnostics=True
         )
         return gradients, None, diagnostics
 

@@ -14,6 +14,12 @@ FIDELITY_SSIM = "fidelity/ssim"
 SEAM_ERROR = "consistency/seam_error"
 WARP_ERROR = "consistency/warp_error"
 MODE_AGREEMENT = "consistency/mode_agreement"
+# exact-score prior only (csd_exp.metrics.ideal): each particle against the clean edit of its source
+IDEAL_PSNR = "fidelity/ideal_psnr"
+IDEAL_SSIM = "fidelity/ideal_ssim"
+IDEAL_PSNR_MAJORITY = "fidelity/ideal_psnr_majority"
+IDEAL_SSIM_MAJORITY = "fidelity/ideal_ssim_majority"
+IDEAL_KEYS = (IDEAL_PSNR, IDEAL_SSIM, IDEAL_PSNR_MAJORITY, IDEAL_SSIM_MAJORITY)
 
 # new keys go last: ALL_METRIC_KEYS is the row order of csd-exp-eval's table, which then stays as it was
 CLIP_KEYS = (CLIP_DIRECTIONAL, CLIP_IMAGE_SIMILARITY, CLIP_CONSISTENCY, CLIP_TEXT_SIMILARITY)
@@ -33,4 +39,8 @@ HIGHER_IS_BETTER = {
     SEAM_ERROR: False,
     WARP_ERROR: False,
     MODE_AGREEMENT: True,
+    IDEAL_PSNR: True,
+    IDEAL_SSIM: True,
+    IDEAL_PSNR_MAJORITY: True,
+    IDEAL_SSIM_MAJORITY: True,
 }

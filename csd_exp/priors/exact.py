@@ -186,6 +186,14 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
         """(K, N, C, h, w): μ_k = E_k(x̃) for every particle, float32."""
         return self.instruction(prompt).mode_means(image_cond.float())
 
+    @torch.no_grad()
+    def clean_edits(self, image_cond: Tensor, prompt: str) -> Tensor:
+        """(K, N, 3, H, W) in [0, 1]: the noise-free edit of every particle's source under every mode, the image
+        ``decode(E_k(x̃))`` a particle decodes to when it sits exactly on mode k's mean (the ideal edit of
+        ``csd_exp.metrics.ideal``)."""
+        means = self.mode_means(image_cond, prompt)
+        return torch.stack([self.decode(mean) for mean in means])
+
     def make_conditioning(
         self,
         prompt: str,

@@ -25,6 +25,7 @@ from csd_exp.data.images import save_image
 from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.data.sources import ImageSource
 from csd_exp.distill.particles import Particles
+from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.results import TaskResult
@@ -265,7 +266,20 @@ class PanoramaTask(DistillationTask):
             windows=self.window_pixel_boxes(),
             mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
+            **self.ideal_edit_inputs(),
         )
+
+    def ideal_edit_inputs(self) -> dict[str, torch.Tensor]:
+        """The windows as particles and their clean edits (exact prior; ``csd_exp.metrics.ideal``), or {}."""
+        every = range(len(self.grid))
+        if self.image_condition is None:
+            return {}
+        ideal = clean_edits_of(self.prior, self.grid.crop(self.image_condition, every), self.prompt)
+        if ideal is None:
+            return {}
+        with torch.no_grad():
+            windows = self.prior.decode(self.grid.crop(self.canvas.detach(), every)).float().clamp(0, 1).cpu()
+        return {"ideal_edits": ideal, "particles": windows}
 
     def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:
         save_image(result.source[0], output_dir / "source.png")

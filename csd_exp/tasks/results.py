@@ -29,6 +29,9 @@ class TaskResult:
         mode_responsibilities: (N, K) from a prior that knows its modes (adds the mode metrics).
         mode_names: the K modes' names, for ``consistency/mode_fraction/<name>``.
         metrics: the task's own final metrics (e.g. the 3D task's held-out PSNR), added as they are.
+        ideal_edits: (K, N, 3, H, W) the exact prior's clean edit of every particle's source under every mode
+            (adds ``fidelity/ideal_*``, ``csd_exp.metrics.ideal``; needs ``mode_responsibilities``).
+        particles: (N, 3, H, W) the particles those edits belong to, if not ``edited`` (a panorama's windows).
     """
 
     edited: torch.Tensor
@@ -40,6 +43,8 @@ class TaskResult:
     mode_responsibilities: torch.Tensor | None = None
     mode_names: Sequence[str] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    ideal_edits: torch.Tensor | None = None
+    particles: torch.Tensor | None = None
 
 
 def mode_fractions(responsibilities: torch.Tensor, mode_names: Sequence[str] | None) -> dict[str, float]:
@@ -67,4 +72,9 @@ def final_metrics(evaluator: Any, result: TaskResult, *, source_text: str, targe
         )
     if result.mode_responsibilities is not None:
         metrics.update(mode_fractions(result.mode_responsibilities, result.mode_names))
+        if result.ideal_edits is not None:
+            from csd_exp.metrics.ideal import ideal_edit_metrics
+
+            particles = result.edited if result.particles is None else result.particles
+            metrics.update(ideal_edit_metrics(particles, result.ideal_edits, result.mode_responsibilities))
     return metrics

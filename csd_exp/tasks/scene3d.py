@@ -44,6 +44,7 @@ from csd_exp.data.images import save_image
 from csd_exp.data.scene import warn_cameras_inside_box
 from csd_exp.data.sources import SceneSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_video
+from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import RadianceField, psnr
 from csd_exp.tasks import scene3d_diagnostics as diagnostics
@@ -308,6 +309,12 @@ class Scene3DTask(DistillationTask):
         originals = self.originals(self.train_indices)
         return diagnostics.view_responsibilities(self.prior, self.prompt, renders.to(originals.device), originals)
 
+    @torch.no_grad()
+    def ideal_edits(self) -> torch.Tensor | None:
+        """Exact prior: (K, V, 3, H, W) the clean edit of every training view's own photo under every mode."""
+        condition = self.prior.encode_image_condition(self.originals(self.train_indices))
+        return clean_edits_of(self.prior, condition, self.prompt)
+
     def final_result(self) -> Scene3DResult:
         train = self.train_indices
         renders, source = self.train_renders(), self.images.originals[train]
@@ -327,6 +334,7 @@ class Scene3DTask(DistillationTask):
             },
             mode_responsibilities=responsibilities,
             mode_names=None if responsibilities is None else self.prior.mode_names(self.prompt),
+            ideal_edits=None if responsibilities is None else self.ideal_edits(),
             metrics=diagnostics.final_task_metrics(self.scene_view(), renders, turntable, path),
             training_images=current,
             turntable=turntable[0],

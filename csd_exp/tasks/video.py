@@ -22,6 +22,7 @@ from csd_exp.data.resample import restore_size
 from csd_exp.data.sources import ClipSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
 from csd_exp.distill.particles import Particles
+from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
 from csd_exp.tasks.base import DistillationTask, step_generator
 from csd_exp.tasks.media import side_by_side
@@ -138,6 +139,7 @@ class VideoTask(DistillationTask):
             motion=self.flow,
             mode_responsibilities=self.mode_responsibilities(),
             mode_names=self.prior.mode_names(self.prompt) if isinstance(self.prior, ModeOracle) else None,
+            ideal_edits=clean_edits_of(self.prior, self.image_condition, self.prompt),
         )
 
     def write_outputs(self, output_dir: Path, result: TaskResult) -> dict[str, Path]:

@@ -234,9 +234,13 @@ def test_kernel_consensus_composes_and_checks_its_target(tmp_path):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_no_experiment_chooses_consensus(experiment, tmp_path):
-    """Beyond the paper and opt-in: every experiment keeps its kernel (the official median rule for CSD)."""
-    assert "consensus" not in (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text()
+    """Beyond the paper and opt-in: every experiment keeps its kernel (the official median rule for CSD), except
+    the ``*_coupled_*`` experiments of issue 26, whose point is the released coupling (consensus only early)."""
     kernel = compose_config([f"experiment={experiment}"], tmp_path).kernel
+    if "_coupled_" in experiment:
+        assert kernel.get("_target_") == "csd_exp.distill.ReleasedCoupling"
+        return
+    assert "consensus" not in (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text()
     assert kernel.get("_target_") != "csd_exp.distill.ConsensusKernel"
     if kernel.get("_target_") == "csd_exp.distill.RBFKernel":
         assert kernel.bandwidth == "median" and kernel.bandwidth_multiplier == 1.0

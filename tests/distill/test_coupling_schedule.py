@@ -1,0 +1,154 @@
+"""ReleasedCoupling: at its ends it is the late / early kernel bit for bit, it switches at the release step, N = 1 is
+SDS, two gloo ranks equal one process, and the opt-in presets and experiments compose."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from distill_fakes import FakePrior
+from framework_support import compose_config
+
+from csd_exp.distill import (
+    ConsensusKernel,
+    Guidance,
+    IdentityKernel,
+    RBFKernel,
+    ReleasedCoupling,
+    TimestepSchedule,
+    csd_gradient,
+)
+
+STEPS = 10
+SEED = 3
+
+
+def guidance(kernel) -> Guidance:
+    return Guidance("source_branch", kernel, schedule=TimestepSchedule(max_steps=STEPS))
+
+
+def particles(count: int = 5, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    latents, sources = (torch.randn(count, 3, 8, 8, generator=generator) for _ in range(2))
+    from csd_exp.distill import Particles
+
+    return {"particles": Particles(latents, source_latents=sources, condition=sources)}
+
+
+def run(kernel, step: int, count: int = 5):
+    out = guidance(kernel)(FakePrior(), **particles(count), prompt="p", step=step, seed=SEED)
+    return out.gradients, out.diagnostics
+
+
+def no_svgd() -> IdentityKernel:
+    return IdentityKernel(normalize_by_count=True)
+
+
+@pytest.mark.parametrize("late", [no_svgd, RBFKernel], ids=["no_coupling", "median_rule"])
+def test_release_at_zero_is_the_late_kernel_bit_for_bit(late):
+    schedule = ReleasedCoupling(ConsensusKernel(8.0), late(), release_fraction=0.0)
+    for step in range(STEPS):
+        released, released_diagnostics = run(schedule, step)
+        plain, plain_diagnostics = run(late(), step)
+        assert torch.equal(released, plain)
+        assert released_diagnostics == plain_diagnostics
+
+
+def test_release_at_one_is_the_early_kernel_bit_for_bit():
+    schedule = ReleasedCoupling(ConsensusKernel(3.0), no_svgd(), release_fraction=1.0)
+    for step in range(STEPS):
+        assert torch.equal(run(schedule, step)[0], run(ConsensusKernel(3.0), step)[0])
+
+
+def test_the_kernel_switches_at_the_release_step():
+    schedule = ReleasedCoupling(ConsensusKernel(3.0), no_svgd(), release_fraction=0.3)
+    assert schedule.release_step(STEPS) == 3
+    for step in range(STEPS):
+        expected = ConsensusKernel(3.0) if step < 3 else no_svgd()
+        gradients, diagnostics = run(schedule, step)
+        assert torch.equal(gradients, run(expected, step)[0])
+        # the logged coupling S shows the phase: the target while coupled, 0 once released
+        assert diagnostics["kernel_self_weight_ratio"] == (pytest.approx(3.0, rel=1e-6) if step < 3 else 0.0)
+    # the phases really differ (the test above would also pass if both kernels were equal)
+    assert not torch.equal(run(ConsensusKernel(3.0), 0)[0], run(no_svgd(), 0)[0])
+
+
+def test_one_particle_is_sds_in_both_phases():
+    schedule = ReleasedCoupling(ConsensusKernel(8.0), no_svgd(), release_fraction=0.5)
+    with pytest.warns(UserWarning, match="single particle"):
+        for step in (0, STEPS - 1):
+            assert torch.equal(run(schedule, step, count=1)[0], run(IdentityKernel(), step, count=1)[0])
+
+
+def test_bad_arguments_are_refused_early():
+    with pytest.raises(ValueError, match=r"release_fraction must lie in \[0, 1\]"):
+        ReleasedCoupling(ConsensusKernel(), no_svgd(), release_fraction=1.5)
+    with pytest.raises(ValueError, match="early must be a kernel object"):
+        ReleasedCoupling("consensus", no_svgd())
+    with pytest.raises(ValueError, match="nest kernels, not schedules"):
+        ReleasedCoupling(ReleasedCoupling(ConsensusKernel(), no_svgd()), no_svgd())
+    schedule = ReleasedCoupling(ConsensusKernel(), no_svgd(), release_fraction=0.5)
+    with pytest.raises(TypeError, match=r"at_step\(step, horizon\)"):
+        schedule(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="needs the run's number of steps"):
+        schedule.at_step(0, None)
+
+
+# ------------------------------------------------------------------------------ across ranks (gloo)
+SHARDS = (3, 2)
+
+
+def _shard_gradients(start: int, stop: int, step: int, process_group=None):
+    generator = torch.Generator().manual_seed(0)
+    residuals, noisy = (torch.randn(sum(SHARDS), 3, 8, 8, generator=generator) for _ in range(2))
+    kernel = ReleasedCoupling(ConsensusKernel(3.0), no_svgd(), release_fraction=0.5).at_step(step, STEPS)
+    return csd_gradient(residuals[start:stop], noisy[start:stop], kernel, 0.35, process_group=process_group)
+
+
+def _rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        start = sum(SHARDS[:rank])
+        rows = [_shard_gradients(start, start + SHARDS[rank], step, dist.group.WORLD) for step in (0, STEPS - 1)]
+        torch.save(rows, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same BLAS partitioning as the workers: bit-identical results
+    try:
+        mp.spawn(_rank_worker, args=(len(SHARDS), str(tmp_path / "store"), str(tmp_path)), nprocs=len(SHARDS))
+        reference = [_shard_gradients(0, sum(SHARDS), step) for step in (0, STEPS - 1)]
+    finally:
+        torch.set_num_threads(threads)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(len(SHARDS))]
+    for phase in range(2):
+        assert torch.equal(torch.cat([rows[phase] for rows in ranks]), reference[phase])
+
+
+# ------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize(
+    ("experiment", "path", "steps"),
+    [("video_coupled_exact_cpu", "sample:zoom", 100), ("panorama_coupled_exact_cpu", "sample:coffee", 200)],
+)
+def test_coupled_experiments_select_the_released_coupling(experiment, path, steps, tmp_path):
+    from hydra.utils import instantiate
+
+    from csd_exp.schema import validate_composed
+
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    validate_composed(cfg)
+    assert cfg.data.path == path and cfg.trainer.max_steps == steps and cfg.prompt == "turn it into a pop-art painting"
+    kernel = instantiate(cfg.guidance.kernel)
+    assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.05
+    assert isinstance(kernel.early, ConsensusKernel) and kernel.early.target_coupling == 8.0
+    assert isinstance(kernel.late, IdentityKernel) and kernel.late.normalize_by_count
+    # the paired rows: the same experiment with the paper's kernel and with the no-SVGD ablation
+    paired = compose_config([f"experiment={experiment}", "guidance=csd_edit_no_svgd", "kernel=identity_mean"], tmp_path)
+    validate_composed(paired)
+    assert paired.data == cfg.data and paired.trainer == cfg.trainer and paired.task == cfg.task
