@@ -40,6 +40,8 @@ UPDATES = "updates"
 DENOISING = "denoising steps over the whole t range"
 INVERT_EDIT = "inversion steps and editing steps each"
 IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"
+#: Beyond the paper (issue 26): consensus while particles choose their mode, then released (docs/coupling.md).
+RELEASED_COUPLING = "csd_exp.distill.ReleasedCoupling"
 SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
 
 
@@ -60,6 +62,7 @@ METHODS: dict[str, Method] = {
     "csd_edit": Method(_EDIT, INSTRUCTION, "source_branch", "coupling", "(experiment's)", UPDATES),
     "csd_edit_no_svgd": Method(_EDIT, INSTRUCTION, "source_branch", "identity_mean", "(experiment's)", UPDATES),
     "dds": Method(_EDIT, None, "source_branch", "identity", "(experiment's)", UPDATES),
+    "csd_edit_coupled": Method(_EDIT, INSTRUCTION, "source_branch", "released_coupling", "(experiment's)", UPDATES),
     "csd_edit_random_noise": Method(_EDIT, INSTRUCTION, "random_noise", "coupling", "(experiment's)", UPDATES),
     "csd": Method(DISTILL_MODALITIES, TEXT_TO_IMAGE, "random_noise", "coupling", "(experiment's)", UPDATES),
     "sds": Method(DISTILL_MODALITIES, None, "random_noise", "identity", "(experiment's)", UPDATES),
@@ -91,9 +94,12 @@ def baseline_of(guidance: Mapping[str, Any]) -> str:
 
 
 def kernel_family(kernel: Mapping[str, Any] | None) -> str | None:
-    """``identity`` (SDS's normaliser 1), ``identity_mean`` (1/N, no repulsion) or ``coupling`` (any other)."""
+    """``identity`` (SDS's normaliser 1), ``identity_mean`` (1/N, no repulsion), ``released_coupling`` (a
+    coupling schedule: consensus, then released) or ``coupling`` (any other)."""
     if not kernel or "_target_" not in kernel:
         return None
+    if kernel["_target_"] == RELEASED_COUPLING:
+        return "released_coupling"
     if kernel["_target_"] == IDENTITY_KERNEL:
         return "identity_mean" if kernel.get("normalize_by_count") else "identity"
     return "coupling"
@@ -104,13 +110,18 @@ def kernel_name(kernel: Mapping[str, Any] | None) -> str | None:
     if not kernel or "_target_" not in kernel:
         return None
     family = kernel_family(kernel)
-    return family if family != "coupling" else _short(kernel["_target_"]).removesuffix("Kernel").lower()
+    return (
+        family
+        if family not in ("coupling", "released_coupling")
+        else _short(kernel["_target_"]).removesuffix("Kernel").lower()
+    )
 
 
 def distill_label(baseline: str, kernel: str | None, family: str | None) -> str:
     """The label of a distillation's maths (module docstring)."""
     if baseline == "source_branch":
-        return {"coupling": "csd_edit", "identity_mean": "csd_edit_no_svgd", "identity": "dds"}.get(kernel, "csd_edit")
+        labels = {"released_coupling": "csd_edit_coupled", "identity_mean": "csd_edit_no_svgd", "identity": "dds"}
+        return labels.get(kernel, "csd_edit")
     if baseline == "random_noise":
         if kernel in ("identity", "identity_mean"):
             return "sds"

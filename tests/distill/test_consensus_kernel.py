@@ -198,24 +198,20 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ config
-def test_consensus_with_sds_is_a_compose_time_error(tmp_path):
-    from csd_exp.schema import ConfigError, validate_composed
+@pytest.mark.parametrize(
+    "overrides, label",
+    [
+        (["guidance=sds", "kernel=consensus"], "csd_edit_random_noise"),  # random noise + coupling, exact prior
+        (["guidance=csd_edit_no_svgd", "kernel=consensus"], "csd_edit"),  # source branch + coupling
+    ],
+)
+def test_a_coupling_kernel_under_an_uncoupled_preset_is_relabelled_by_its_maths(overrides, label, tmp_path):
+    """Issue 22: a preset with an overriding kernel is relabelled, never refused (it used to be refused)."""
+    from csd_exp.schema import validate_composed
 
-    cfg = compose_config(["guidance=sds", "kernel=consensus"], tmp_path)
-    with pytest.raises(ConfigError) as error:
-        validate_composed(cfg)
-    assert str(error.value) == (
-        "guidance=sds with kernel=consensus couples the particles, which is CSD (Eq. 8): choose guidance=csd, "
-        "or drop the kernel override (SDS is the identity kernel, Eq. 5)"
-    )
-
-
-def test_a_coupling_kernel_under_the_no_svgd_ablation_is_a_compose_time_error(tmp_path):
-    from csd_exp.schema import ConfigError, validate_composed
-
-    cfg = compose_config(["guidance=csd_edit_no_svgd", "kernel=consensus"], tmp_path)
-    with pytest.raises(ConfigError, match="which is CSD-Edit .Eq. 9.: choose guidance=csd_edit"):
-        validate_composed(cfg)
+    cfg = compose_config(overrides, tmp_path)
+    validate_composed(cfg)
+    assert cfg.method == label and cfg.kernel._target_ == "csd_exp.distill.ConsensusKernel"
 
 
 def test_kernel_consensus_composes_and_checks_its_target(tmp_path):
