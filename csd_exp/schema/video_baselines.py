@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from csd_exp.schema.checks import MAX_SEED, Node, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
 
@@ -36,6 +36,16 @@ class VideoFateZeroTaskSchema(ZeroShotVideoTaskSchema):
     blend_th: Probability
     eq_params: Node | None
     attention_store_device: str | None
+    temporal_attention_frames: list | None
+    temporal_attention_min_level: NonNegativeInt | None
+    official_release: bool
+    clip_groupnorm: bool | None
+    timestep_spacing: Literal["leading", "linspace"] | None
+    clean_level: Literal["alphas_cumprod_0", "one"] | None
+    blend_layers: Literal["released", "coarsest"] | None
+    refine_padding: Literal["released", "shifted"] | None
+    cross_replace_count: Literal["n_plus_1", "n"] | None
+    stored_maps: Literal["max_1024_tokens", "level1"] | None
 
 
 @dataclass
