@@ -19,8 +19,8 @@ Layers are chosen by place (``down`` / ``mid`` / ``up`` blocks) and resolution *
 the UNet's activations at 1 / 2^l of the latent's side (SD 1.5 at 64² latents: level 0 = 64², 1 = 32², 2 =
 16², 3 = the 8² mid block). FateZero's released configs put temporal attention on every block with at least
 640 channels (``least_sc_channel: 640``), which on Stable Diffusion's (320, 640, 1280, 1280) channels is
-level >= 1; Pix2Video injects features in the decoder's self-attention (its ``COND_LAYER = 7``: the
-up-block layers).
+level >= 1 (``temporal_min_channels`` selects by channels as the release does, on any UNet); Pix2Video
+injects features in the decoder's self-attention (its ``COND_LAYER = 7``: the up-block layers).
 
 **Attention store** (FateZero Sec. 3.2, its ``AttentionStore``). During DDIM inversion, the attention
 probabilities of every layer at level >= 1 (FateZero: query length <= 32², i.e. one level below the

@@ -17,10 +17,18 @@ the loggers, the snapshots and ``summary.json`` are those of every sampling base
 deterministic (DDIM, η = 0): a run resumed from a checkpoint replays the steps before it (inversion and
 the attention store are not checkpointed) and ends as the uninterrupted run.
 
-Differences from FateZero's code, on purpose: no Tune-A-Video weights (its zero-shot setting), one
-``blend_words`` list (the source words that make the self-attention mask; FateZero's target words only
-feed its latent blending, which its configs leave off), a single ``blend_th`` (FateZero's mask reads only
-its first entry), the timesteps of :func:`csd_exp.tasks.sampling.sampling_timesteps`.
+``official_release=true`` reproduces every deterministic behaviour of FateZero's released code
+(github.com/ChenyangQiQi/FateZero at 9b6cb7b; measured equal on a tiny SD, docs/baselines.md): GroupNorm
+statistics over the whole clip, DDIM "leading" timesteps with steps_offset 1, the clean level
+alphas_cumprod[0], its blend-mask layers, its refine mapper's padding, its cross-replace step count, its
+stored-map size limit and its configs' sparse-causal choice; each has a switch named for what it changes
+(``clip_groupnorm``, ``timestep_spacing``, ``clean_level``, ``blend_layers``, ``refine_padding``,
+``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Its two random draws are not
+reproduced: the VAE posterior *sample* (here: the mode) and the random bias of its zero-initialised temporal
+attention (here: absent, i.e. a zero bias). Differences kept on purpose: no Tune-A-Video weights (its
+zero-shot setting), one ``blend_words`` list (the source words that make the self-attention mask;
+FateZero's target words only feed its latent blending, which its configs leave off), a single ``blend_th``
+(FateZero's mask reads only its first entry).
 """
 
 from __future__ import annotations
