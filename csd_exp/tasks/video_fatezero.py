@@ -46,44 +46,21 @@ from csd_exp.priors.attention_control import (
     AttentionStore,
     VideoAttention,
     attention_layers,
-    level_shape,
 )
 from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings, released_blend_layers
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep
 from csd_exp.schema.rules import TEMPORAL_ATTENTION_FRAMES, TEXT_TO_IMAGE_MODEL_GROUPS, UNET_PLACES
+from csd_exp.tasks.fatezero_release import (
+    CLEAN_LEVELS,
+    TIMESTEP_SPACINGS,
+    leading_timesteps,
+    released_store_min_level,
+    resolve_release_switches,
+)
 from csd_exp.tasks.sampling import ReverseSamplingMixin
 from csd_exp.tasks.video import VideoTask
 
 log = logging.getLogger(__name__)
-
-#: FateZero's released zero-shot style / attribute configs (``config/style/*.yaml``: ``SparseCausalAttention_index:
-#: ['mid']``, ``least_sc_channel: 640``): frame i attends to the middle frame only, in layers of >= 640 channels.
-RELEASED_TEMPORAL_FRAMES = ("middle",)
-RELEASED_TEMPORAL_MIN_CHANNELS = 640
-#: Our choice without the release: frame 0 and frame i − 1, layers at level >= 1.
-DEFAULT_TEMPORAL_FRAMES = ("first", "previous")
-DEFAULT_TEMPORAL_MIN_LEVEL = 1
-#: FateZero stores (and fuses) the attention maps whose queries have at most 32² positions
-#: (``prompt_attention/attention_store.py`` 83, ``attention_util.py`` 104).
-RELEASED_STORE_MAX_TOKENS = 32**2
-TIMESTEP_SPACINGS = ("leading", "linspace")
-CLEAN_LEVELS = ("alphas_cumprod_0", "one")
-
-
-def leading_timesteps(num_train_timesteps: int, num_steps: int, offset: int = 1) -> list[int]:
-    """DDIM's "leading" spacing with ``steps_offset``: k · (T // N) + offset, descending (901 … 1 for N = 10)."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    stride = num_train_timesteps // num_steps
-    return [k * stride + int(offset) for k in reversed(range(num_steps))]
-
-
-def released_store_min_level(latent_hw: tuple[int, int]) -> int:
-    """The finest level whose attention maps FateZero stores: queries of at most 32² positions."""
-    level = 0
-    while level_shape(latent_hw, level)[0] * level_shape(latent_hw, level)[1] > RELEASED_STORE_MAX_TOKENS:
-        level += 1
-    return level
 
 
 def require_text_to_image_prior(prior: Any, task: str) -> None:
@@ -354,31 +331,20 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         cross_replace_count: Literal["n_plus_1", "n"] | None = None,
         stored_maps: Literal["max_1024_tokens", "level1"] | None = None,
     ):
-        official = bool(official_release)
-
-        def pick(value, released, ours):
-            return (released if official else ours) if value is None else value
-
-        min_channels = None
-        if temporal_attention_frames is None and temporal_attention_min_level is None and official:
-            frames, min_level, min_channels = RELEASED_TEMPORAL_FRAMES, 0, RELEASED_TEMPORAL_MIN_CHANNELS
-        else:
-            frames = DEFAULT_TEMPORAL_FRAMES if temporal_attention_frames is None else temporal_attention_frames
-            min_level = (
-                DEFAULT_TEMPORAL_MIN_LEVEL if temporal_attention_min_level is None else temporal_attention_min_level
-            )
-        choices = {
-            "blend_layers": (pick(blend_layers, "released", "coarsest"), ("released", "coarsest")),
-            "refine_padding": (pick(refine_padding, "released", "shifted"), ("released", "shifted")),
-            "cross_replace_count": (pick(cross_replace_count, "n_plus_1", "n"), ("n_plus_1", "n")),
-            "stored_maps": (pick(stored_maps, "max_1024_tokens", "level1"), ("max_1024_tokens", "level1")),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"task.{name}={value} is not one of {', '.join(allowed)} (or null: official_release)")
-        self.official_release = official
-        self.blend_layer_choice = choices["blend_layers"][0]
-        self.stored_maps = choices["stored_maps"][0]
+        switches = resolve_release_switches(
+            bool(official_release),
+            temporal_attention_frames=temporal_attention_frames,
+            temporal_attention_min_level=temporal_attention_min_level,
+            clip_groupnorm=clip_groupnorm,
+            timestep_spacing=timestep_spacing,
+            clean_level=clean_level,
+            blend_layers=blend_layers,
+            refine_padding=refine_padding,
+            cross_replace_count=cross_replace_count,
+            stored_maps=stored_maps,
+        )
+        self.official_release = bool(official_release)
+        self.blend_layer_choice, self.stored_maps = switches["blend_layers"], switches["stored_maps"]
         super().__init__(
             prior,
             guidance,
@@ -390,13 +356,13 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             frame_size=frame_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            temporal_attention_frames=frames,
+            temporal_attention_frames=switches["temporal_attention_frames"],
             temporal_attention_blocks=temporal_attention_blocks,
-            temporal_attention_min_level=min_level,
-            temporal_attention_min_channels=min_channels,
-            clip_groupnorm=pick(clip_groupnorm, True, False),
-            timestep_spacing=pick(timestep_spacing, "leading", "linspace"),
-            clean_level=pick(clean_level, "alphas_cumprod_0", "one"),
+            temporal_attention_min_level=switches["temporal_attention_min_level"],
+            temporal_attention_min_channels=switches["temporal_attention_min_channels"],
+            clip_groupnorm=switches["clip_groupnorm"],
+            timestep_spacing=switches["timestep_spacing"],
+            clean_level=switches["clean_level"],
         )
         for name, value in (("cross_replace_steps", cross_replace_steps), ("self_replace_steps", self_replace_steps)):
             if not 0.0 <= float(value) <= 1.0:
@@ -412,8 +378,8 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             blend_words=blend_words,
             blend_th=blend_th,
             eq_params=eq_params,
-            refine_padding=choices["refine_padding"][0],
-            cross_count_of_n_plus_1=choices["cross_replace_count"][0] == "n_plus_1",
+            refine_padding=switches["refine_padding"],
+            cross_count_of_n_plus_1=switches["cross_replace_count"] == "n_plus_1",
         )
         latent_hw = tuple(self.latents.shape[-2:])
         self.store_min_level = (
