@@ -126,7 +126,11 @@ def instantiate_clearly(node, **kwargs):
 def build_task(cfg: DictConfig):
     """Instantiate the prior, the guidance and the task (cheap checks of the input happen here). The prior is
     ``cfg.model``, which a method of another prior family has made ``${priors.<family>}``
-    (:func:`csd_exp.methods.apply_method`)."""
+    (:func:`csd_exp.methods.apply_method`; applied here too, idempotently, for Python callers that compose and
+    build without the CLI, with the caption's old name taken as the CLI takes it)."""
+    from csd_exp.methods import apply_to_composed
+
+    apply_to_composed(cfg)
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
     # The task's YAML names what it takes from the run (prompt, seed, data, ...); only objects built

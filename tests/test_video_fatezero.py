@@ -10,9 +10,10 @@ import torch
 from framework_support import FAST, compose_config, run_cli
 
 from csd_exp.data.video_write import write_frames
+from csd_exp.priors.attention_control import VideoAttention
 
 TINY = ["task=video_fatezero", "model=tiny_sd", "task.frame_size=8", "data.max_frames=3"]
-PROMPTS = ["source_prompt=a photo of a city street", "prompt=a watercolor photo of a city street"]
+PROMPTS = ["source_caption=a photo of a city street", "prompt=a watercolor photo of a city street"]
 #: The keys task=video's summary.json has (csd_exp/run.py), and its metrics for a prior without modes.
 SUMMARY_KEYS = {"status", "metrics", "seed", "steps", "wall_time_s", "versions", "device", "world_size", "outputs"}
 VIDEO_METRICS = {"fidelity/psnr", "fidelity/ssim", "consistency/warp_error"}
@@ -134,3 +135,323 @@ def test_bad_fatezero_input_fails_before_any_step(overrides, message, tmp_path):
 
     with pytest.raises(ValueError, match=message):
         build_task(compose_config([*TINY, *PROMPTS, *overrides], tmp_path))
+
+
+# ------------------------------------------------------------------------------ official_release (issue 23)
+#: The switches official_release sets, each with (the release's value, ours): the task attribute that shows it.
+RELEASE_SWITCHES = {
+    "clip_groupnorm": ("true", "false"),
+    "timestep_spacing": ("leading", "linspace"),
+    "clean_level": ("alphas_cumprod_0", "one"),
+    "blend_layers": ("released", "coarsest"),
+    "refine_padding": ("released", "shifted"),
+    "cross_replace_count": ("n_plus_1", "n"),
+    "stored_maps": ("max_1024_tokens", "level1"),
+}
+#: 4 latent px per side are too few for the store's levels to differ; 32 (64 px frames) makes level 0 hold
+#: 32² = 1024 queries, the most FateZero stores. 10 steps as experiment=video_fatezero_tiny_cpu; blend words on.
+EDIT = [
+    "task.frame_size=32",
+    "task.num_inference_steps=10",
+    "task.blend_words=[street]",
+    "task.cross_replace_steps=0.75",
+]
+
+
+def _mechanisms(task) -> dict:
+    """What each listed mechanism resolved to, read from the built task (whose UNet hooks are then removed)."""
+    control = task.attention
+    found = {
+        "clip_groupnorm": bool(control.clip_norms),
+        "timesteps": list(task.timesteps),
+        "clean_level": float(task.alpha_bar(None, torch.zeros(()))),
+        "blend_layers": task.blend_layers,
+        "refine_padding": task.fusion.mapper.tolist(),
+        "cross_steps": task.fusion.cross_steps,
+        "store_min_level": task.store_min_level,
+        "temporal": (control.temporal_frames, control.temporal_min_level, control.temporal_min_channels),
+    }
+    control.remove()
+    return found
+
+
+_PRIORS: dict = {}
+
+
+def _built(tmp_path, *overrides):
+    """The task as build_task makes it, on one tiny prior shared by these tests (loading it is the slow part),
+    with its attention control installed (as configure_particles would, without encoding the clip)."""
+    from csd_exp.run import instantiate_clearly
+
+    cfg = compose_config([*TINY, *PROMPTS, *EDIT, *overrides], tmp_path)
+    key = repr(cfg.model)
+    if key not in _PRIORS:
+        _PRIORS.clear()
+        _PRIORS[key] = instantiate_clearly(cfg.model)
+    guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
+    task = instantiate_clearly(cfg.task, prior=_PRIORS[key], guidance=guidance, _convert_="all")
+    task.attention = VideoAttention(
+        task.prior.unet,
+        temporal_frames=task.temporal_frames,
+        temporal_min_level=task.temporal_min_level,
+        temporal_min_channels=task.temporal_min_channels,
+        clip_groupnorm=task.clip_groupnorm,
+    )
+    return task
+
+
+def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_alone_undoes_one(tmp_path):
+    ours = _mechanisms(_built(tmp_path / "ours"))
+    released_task = _built(tmp_path / "released", "task.official_release=true")
+    released = _mechanisms(released_task)
+    assert ours["timesteps"] == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+    assert released["timesteps"] == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert ours["clean_level"] == 1.0
+    assert released["clean_level"] == float(released_task.prior.alphas_cumprod[0])
+    assert (ours["clip_groupnorm"], released["clip_groupnorm"]) == (False, True)
+    # the tiny UNet's cross-attention: down_blocks.1 (2 layers, level 1), mid, up_blocks.0 (3, level 1):
+    # down[2:4] is empty, up[:3] takes the three up layers; ours: the coarsest down / up layers (all five)
+    assert ours["blend_layers"] is None
+    assert released["blend_layers"] == [
+        f"up_blocks.0.attentions.{i}.transformer_blocks.0.attn2.processor" for i in range(3)
+    ]
+    assert (ours["cross_steps"], released["cross_steps"]) == (7, 8)  # int(0.75 · 10), int(0.75 · 11)
+    assert (ours["store_min_level"], released["store_min_level"]) == (1, 0)  # 32² queries fit FateZero's 1024
+    assert ours["temporal"] == (("first", "previous"), 1, None)
+    assert released["temporal"] == (("middle",), 0, 640)
+    # "a photo of a city street" (8 ids) -> "a watercolor photo of a city street" (9 ids): the first padding
+    # position, 9, takes source 9 (released) or source 8 (shifted: the source's first padding)
+    assert (ours["refine_padding"][9], released["refine_padding"][9]) == (8, 9)
+    assert ours.keys() == released.keys() and all(ours[k] != released[k] for k in ours)
+    mechanism_of = {
+        "clip_groupnorm": "clip_groupnorm",
+        "timestep_spacing": "timesteps",
+        "clean_level": "clean_level",
+        "blend_layers": "blend_layers",
+        "refine_padding": "refine_padding",
+        "cross_replace_count": "cross_steps",
+        "stored_maps": "store_min_level",
+    }
+    for switch, (_, our_value) in RELEASE_SWITCHES.items():
+        one = _mechanisms(_built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}"))
+        assert {k for k in released if one[k] != released[k]} == {mechanism_of[switch]}, switch
+        assert one[mechanism_of[switch]] == ours[mechanism_of[switch]], switch
+
+
+@pytest.mark.parametrize(
+    "overrides, temporal",
+    [
+        (["task.temporal_attention_frames=[first]"], (("first",), 1, None)),
+        (["task.temporal_attention_min_level=0"], (("first", "previous"), 0, None)),
+        (["task.temporal_attention_frames=[middle]", "task.temporal_attention_min_level=2"], (("middle",), 2, None)),
+    ],
+)
+def test_explicit_temporal_attention_replaces_the_releases_choice_entirely(overrides, temporal, tmp_path):
+    for official in ("true", "false"):
+        task = _built(tmp_path / official, f"task.official_release={official}", *overrides)
+        assert _mechanisms(task)["temporal"] == temporal
+
+
+def test_the_releases_sparse_causal_choice_selects_layers_by_channels():
+    """least_sc_channel 640: on the tiny UNet (32 / 64 channels) no layer; a channel floor of 64 takes the
+    self-attention layers of the 64-channel blocks (all the tiny UNet has), at every level."""
+    unet = _tiny_unet(down=("DownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "UpBlock2D"))
+    rows = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    embeds = torch.randn(3, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for channels, expected in ((640, 0), (64, 4)):
+        control = VideoAttention(unet, temporal_frames=["middle"], temporal_min_channels=channels)
+        with control.clip(3, (8, 8)):
+            unet(rows, 10, encoder_hidden_states=embeds)
+        assert len(control.temporal_layers()) == expected
+        control.remove()
+
+
+def _tiny_unet(down, up, mid="UNetMidBlock2DCrossAttn"):
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type=mid,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+    return unet.double().eval()
+
+
+def test_clip_groupnorm_takes_statistics_over_every_frame_of_each_clip_as_a_float64_reference():
+    """Rows (G·F, C, H, W) in groups of F frames: each group normalised as one (C, F, H, W) tensor. float32
+    input; the reference in float64: unit-scale data, so 1e-5 is ~100 float32 roundings."""
+    from csd_exp.priors.attention_control import clip_group_norm
+
+    g, f, c, h, w, groups = 2, 3, 8, 5, 4, 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(g * f, c, h, w, generator=gen) * torch.linspace(0.5, 3, g * f)[:, None, None, None] + 1
+    norm = torch.nn.GroupNorm(groups, c, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=gen))
+        norm.bias.copy_(torch.randn(c, generator=gen))
+    out = clip_group_norm(x, f, norm)
+    ref = torch.empty(g * f, c, h, w, dtype=torch.float64)
+    x64 = x.double()
+    per = c // groups
+    for clip in range(g):
+        frames = slice(clip * f, (clip + 1) * f)
+        for k in range(groups):
+            chans = slice(k * per, (k + 1) * per)
+            values = x64[frames, chans]
+            mean, var = values.mean(), values.var(unbiased=False)
+            ref[frames, chans] = (values - mean) / torch.sqrt(var + norm.eps)
+    ref = ref * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]
+    assert (out.double() - ref).abs().max() < 1e-5
+    per_frame = norm(x)
+    assert (per_frame.double() - ref).abs().max() > 0.1  # the frames' scales differ: per-frame statistics differ
+
+
+def test_clip_groupnorm_is_installed_on_every_resnet_norm_and_the_output_norm_and_removed():
+    unet = _tiny_unet(down=("DownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "UpBlock2D"))
+    rows = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    embeds = torch.randn(4, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        plain = unet(rows, 10, encoder_hidden_states=embeds).sample
+        control = VideoAttention(unet, temporal_frames=["self"], clip_groupnorm=True)
+        resnets = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
+        assert len(control.clip_norms) == 2 * len(resnets) + 1 and unet.conv_norm_out in control.clip_norms
+        assert torch.allclose(unet(rows, 10, encoder_hidden_states=embeds).sample, plain, atol=1e-12, rtol=0)
+        with control.clip(2, (8, 8)):  # two clips of 2 frames: statistics over each pair
+            coupled = unet(rows, 10, encoder_hidden_states=embeds).sample
+            first_clip = unet(rows[:2], 10, encoder_hidden_states=embeds[:2]).sample
+        assert (coupled - plain).abs().max() > 1e-3
+        assert torch.allclose(coupled[:2], first_clip, atol=1e-12, rtol=0)  # clips do not see each other
+        control.remove()
+        assert not control.clip_norms and "forward" not in vars(unet.conv_norm_out)
+        assert torch.equal(unet(rows, 10, encoder_hidden_states=embeds).sample, plain)
+
+
+def test_leading_timesteps_are_ddims_leading_spacing_with_offset_one():
+    from diffusers import DDIMScheduler
+
+    from csd_exp.tasks.sampling import leading_timesteps
+
+    assert leading_timesteps(1000, 10) == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert leading_timesteps(1000, 50)[:2] == [981, 961] and leading_timesteps(1000, 50)[-1] == 1
+    for steps in (1, 7, 10, 50):
+        scheduler = DDIMScheduler(steps_offset=1, timestep_spacing="leading")
+        scheduler.set_timesteps(steps)
+        assert leading_timesteps(1000, steps) == scheduler.timesteps.tolist()
+
+
+def test_the_clean_level_in_one_ddim_step_each_way(tmp_path):
+    """Last editing step (to the clean level) and first inversion step (from it), against the DDIM formula
+    by hand in float64 with ᾱ_clean = alphas_cumprod[0] (release) or 1 (ours)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 4, 4, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, 4, 4, 4, generator=gen, dtype=torch.float64)
+    for clean_level in ("alphas_cumprod_0", "one"):
+        task = _built(tmp_path / clean_level, "task.official_release=true", f"task.clean_level={clean_level}")
+        task.attention.remove()
+        task.attention = None
+        a = task.prior.alphas_cumprod.float().double()  # the table the task reads, in float64
+        clean = float(a[0]) if clean_level == "alphas_cumprod_0" else 1.0
+        last, t = task.num_steps - 1, task.timesteps[-1]
+        x0 = (x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()
+        expected = clean**0.5 * x0 + (1 - clean) ** 0.5 * eps
+        assert torch.allclose(task.sampling_step(x, eps, last), expected, atol=1e-12, rtol=0)
+        task.source_latents, task.state = x.float(), None
+        task.noise = lambda state, t, prompts, hook, temporal: [eps.float()]
+        task._inversion_step(0)
+        x0_clean = (x - (1 - clean) ** 0.5 * eps) / clean**0.5
+        inverted = a[t].sqrt() * x0_clean + (1 - a[t]).sqrt() * eps
+        assert torch.allclose(task.state.double(), inverted, atol=1e-5, rtol=0)  # float32 state
+    assert float(a[0]) < 1 - 1e-4  # the two levels differ
+
+
+def test_the_refine_mappers_padding_and_the_cross_replace_count():
+    from csd_exp.priors.attention_fusion import FusionSettings, refinement_mapping
+
+    source, target = [49406, 10, 20, 49407], [49406, 10, 30, 20, 49407]  # a word inserted
+    mapper, alphas = refinement_mapping(source, target, 8, "released")
+    assert mapper.tolist() == [0, 1, 2, 2, 3, 5, 6, 7] and alphas.tolist() == [1, 1, 0, 1, 1, 1, 1, 1]
+    mapper, _ = refinement_mapping(source, target, 8, "shifted")
+    assert mapper.tolist() == [0, 1, 2, 2, 3, 4, 5, 6]
+    assert FusionSettings(num_steps=4, cross_replace_steps=0.8, cross_count_of_n_plus_1=True).cross_steps == 4
+    assert FusionSettings(num_steps=4, cross_replace_steps=0.8).cross_steps == 3
+
+
+def test_the_released_blend_layers_on_sd_layout_and_small_unets():
+    from csd_exp.priors.attention_control import AttentionLayer, attention_layers
+    from csd_exp.priors.attention_fusion import released_blend_layers
+
+    def layer(name, place, level):
+        return AttentionLayer(f"{name}.attn2.processor", place, True, 320, level)
+
+    # SD-1.x's cross-attention layers at 512 px (levels 0, 1, 2 down; 2, 1, 0 up; two / three per block)
+    sd = [layer(f"down{lv}_{i}", "down", lv) for lv in (0, 1, 2) for i in (0, 1)]
+    sd += [layer("mid", "mid", 3)] + [layer(f"up{lv}_{i}", "up", lv) for lv in (2, 1, 0) for i in (0, 1, 2)]
+    chosen = released_blend_layers({x.name: x for x in sd}, store_min_level=1)
+    assert chosen == [x.name for x in sd if x.level == 2]  # = the coarsest down / up layers there
+    # a UNet with cross-attention in both down blocks: call order, shorter slices, mixed levels
+    unet = _tiny_unet(down=("CrossAttnDownBlock2D",) * 2, up=("CrossAttnUpBlock2D",) * 2)
+    layers = attention_layers(unet)
+    control = VideoAttention(unet, temporal_frames=["self"])
+    zeros = torch.zeros(1, 4, 8, 8, dtype=torch.float64)
+    with torch.no_grad(), control.clip(1, (8, 8)):
+        unet(zeros, 10, encoder_hidden_states=torch.zeros(1, 77, 32, dtype=torch.float64))
+    control.remove()
+    assert {n: control.levels[n] for n in layers} == {n: x.level for n, x in layers.items()}  # static = seen
+
+    def up(block, i):
+        return f"up_blocks.{block}.attentions.{i}.transformer_blocks.0.attn2.processor"
+
+    assert released_blend_layers(layers, 0) == [up(0, 0), up(0, 1), up(1, 0)]  # down[2:4] of 2 layers: none
+    assert released_blend_layers(layers, 1) == [up(0, 0), up(0, 1)]  # the level-0 layers are not stored
+
+
+def test_a_blend_mask_from_layers_of_two_resolutions_repeats_the_coarse_maps_up():
+    """The release would fail to concatenate them (spatial_blend.py 99); here the heads of all layers are
+    pooled after a nearest resize to the finest grid: a hand-made case where each layer marks one cell."""
+    from csd_exp.priors.attention_control import AttentionLayer
+    from csd_exp.priors.attention_fusion import blend_mask
+
+    fine = torch.zeros(1, 2, 16, 3)  # 4x4 grid, 2 heads, word token 1
+    fine[0, :, 0, 1] = 1.0  # top-left cell
+    coarse = torch.zeros(1, 2, 4, 3)  # 2x2 grid
+    coarse[0, :, 3, 1] = 2.0  # bottom-right quarter = the 2x2 bottom-right cells of the fine grid
+    maps = {"a": fine, "b": coarse}
+    layers = {n: AttentionLayer(n, "up", True) for n in maps}
+    mask = blend_mask(maps, layers, [1], (4, 4), 0, 0.3, blend_layers=["a", "b"])
+    # mean over 4 heads: 0.5 top-left, 1.0 bottom-right quarter; the 3x3 max-pool spreads each; / max; > 0.3
+    pooled = torch.zeros(4, 4)
+    pooled[0, 0] = 0.5
+    pooled[2:, 2:] = 1.0
+    pooled = torch.nn.functional.max_pool2d(pooled[None, None], 3, 1, 1)[0, 0]
+    assert torch.equal(mask[0, 0, :, 0], (pooled.flatten() > 0.3).float())
+
+
+def test_official_release_refuses_a_unet_where_the_released_slices_select_no_blend_layer(tmp_path):
+    from csd_exp.priors.attention_control import attention_layers
+    from csd_exp.priors.attention_fusion import released_blend_layers
+
+    unet = _tiny_unet(down=("DownBlock2D", "DownBlock2D"), up=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(
+        ValueError, match=r"selects no layer .* are: mid_block.attentions.0.transformer_blocks.0.attn2 \(level 1\)"
+    ):
+        released_blend_layers(attention_layers(unet), 0)
+    # the tiny pipeline at 256 px: FateZero stores only maps of <= 32² queries (level >= 2 there), and its
+    # cross-attention is at level 1: refused when the task is built, before any step
+    with pytest.raises(
+        ValueError,
+        match=r"selects no layer .*up_blocks.0.attentions.2.transformer_blocks.0.attn2 \(level 1\).*coarsest",
+    ):
+        _built(tmp_path, "task.official_release=true", "task.frame_size=128")
+    _built(
+        tmp_path / "ok", "task.official_release=true", "task.frame_size=128", "task.blend_layers=coarsest"
+    ).attention.remove()

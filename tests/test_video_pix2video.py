@@ -349,7 +349,7 @@ def test_the_release_timesteps_and_clean_level():
     0: timesteps 980 ... 0 for 50 steps, final level alphas_cumprod[0]; the tiny pipeline saves that scheduler."""
     from diffusers import DDIMScheduler
 
-    from csd_exp.tasks.video_pix2video import leading_timesteps
+    from csd_exp.tasks.sampling import leading_timesteps
 
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
@@ -357,8 +357,8 @@ def test_the_release_timesteps_and_clean_level():
     assert scheduler.config.steps_offset == 0
     for steps in (50, 10, 3):
         scheduler.set_timesteps(steps)
-        assert leading_timesteps(1000, steps) == scheduler.timesteps.tolist()
-    assert leading_timesteps(1000, 50) == list(range(980, -1, -20))
+        assert leading_timesteps(1000, steps, steps_offset=0) == scheduler.timesteps.tolist()
+    assert leading_timesteps(1000, 50, steps_offset=0) == list(range(980, -1, -20))
     assert torch.equal(scheduler.final_alpha_cumprod, scheduler.alphas_cumprod[0])
 
 

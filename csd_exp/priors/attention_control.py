@@ -19,8 +19,8 @@ Layers are chosen by place (``down`` / ``mid`` / ``up`` blocks) and resolution *
 the UNet's activations at 1 / 2^l of the latent's side (SD 1.5 at 64² latents: level 0 = 64², 1 = 32², 2 =
 16², 3 = the 8² mid block). FateZero's released configs put temporal attention on every block with at least
 640 channels (``least_sc_channel: 640``), which on Stable Diffusion's (320, 640, 1280, 1280) channels is
-level >= 1; Pix2Video injects features in the decoder's self-attention (its ``COND_LAYER = 7``: the
-up-block layers).
+level >= 1 (``temporal_min_channels`` selects by channels as the release does, on any UNet); Pix2Video
+injects features in the decoder's self-attention (its ``COND_LAYER = 7``: the up-block layers).
 
 **Attention store** (FateZero Sec. 3.2, its ``AttentionStore``). During DDIM inversion, the attention
 probabilities of every layer at level >= 1 (FateZero: query length <= 32², i.e. one level below the
@@ -74,16 +74,37 @@ class AttentionLayer:
     name: str
     place: str
     is_cross: bool
+    #: the width of the layer's queries (the transformer block's channels; FateZero's ``least_sc_channel``
+    #: compares this number)
+    channels: int = 0
+    #: the resolution level the layer runs at (its block's: down block i at level i, the mid block at the
+    #: coarsest, up block j mirrors down block n − 1 − j); None where the UNet's layout does not say
+    level: int | None = None
 
 
 def attention_layers(unet) -> dict[str, AttentionLayer]:
-    """Processor name -> :class:`AttentionLayer` for every attention module of a diffusers UNet."""
+    """Processor name -> :class:`AttentionLayer` for every attention module of a diffusers UNet, in the
+    UNet's registration order (within each place, the order the layers are called in)."""
     layers = {}
+    num_down = len(getattr(unet, "down_blocks", ()))
+    num_up = len(getattr(unet, "up_blocks", ()))
     for name in unet.attn_processors:
         place = next((p for p in UNET_PLACES if name.startswith(f"{p}_block")), None)
         if place is None:
             raise ValueError(f"attention layer {name!r} is in no down / mid / up block of this UNet")
-        layers[name] = AttentionLayer(name=name, place=place, is_cross=".attn2." in name)
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        channels = int(module.to_q.in_features) if hasattr(module, "to_q") else 0
+        parts = name.split(".")
+        level = None
+        if place == "down" and parts[1].isdigit():
+            level = int(parts[1])
+        elif place == "up" and parts[1].isdigit():
+            level = num_up - 1 - int(parts[1])
+        elif place == "mid" and num_down:
+            level = num_down - 1
+        layers[name] = AttentionLayer(
+            name=name, place=place, is_cross=".attn2." in name, channels=channels, level=level
+        )
     return layers
 
 
@@ -144,9 +165,15 @@ class VideoAttention:
         temporal_frames: whose keys / values frame i reads in the temporal layers (see the module docstring).
         temporal_places: which blocks (``down``, ``mid``, ``up``) get cross-frame self-attention.
         temporal_min_level: only layers at this resolution level or coarser (0 = all).
+        temporal_min_channels: only layers whose queries have at least this many channels (FateZero's
+            ``least_sc_channel``; None = no channel rule).
+        clip_groupnorm: GroupNorm statistics over all F frames of a clip in every ResNet block (``norm1``,
+            ``norm2``) and the UNet's output norm (``conv_norm_out``), as FateZero's pseudo-3D UNet
+            computes them on (b, c, f, h, w) tensors; False: per frame (the 2-D UNet).
 
-    Outside :meth:`clip` (no clip size known) every layer is plain attention, so the prior keeps working
-    for other callers. :meth:`remove` restores the processors found at construction.
+    Outside :meth:`clip` (no clip size known) every layer is plain attention and every norm per frame, so
+    the prior keeps working for other callers. :meth:`remove` restores the processors and norms found at
+    construction.
     """
 
     def __init__(
@@ -156,6 +183,8 @@ class VideoAttention:
         temporal_frames: Sequence[str] = ("first", "previous"),
         temporal_places: Sequence[str] = UNET_PLACES,
         temporal_min_level: int = 0,
+        temporal_min_channels: int | None = None,
+        clip_groupnorm: bool = False,
     ):
         bad = [p for p in temporal_places if p not in UNET_PLACES]
         if bad:
@@ -165,6 +194,7 @@ class VideoAttention:
         self.temporal_frames = tuple(temporal_frames)
         self.temporal_places = frozenset(temporal_places)
         self.temporal_min_level = int(temporal_min_level)
+        self.temporal_min_channels = None if temporal_min_channels is None else int(temporal_min_channels)
         self.layers = attention_layers(unet)
         self.num_frames: int | None = None
         self.latent_hw: tuple[int, int] | None = None
@@ -174,9 +204,15 @@ class VideoAttention:
         self._indices: Tensor | None = None
         self._previous = dict(unet.attn_processors)
         unet.set_attn_processor({name: VideoAttnProcessor(self, layer) for name, layer in self.layers.items()})
+        self.clip_norms = clip_group_norms(unet) if clip_groupnorm else []
+        for norm in self.clip_norms:
+            norm.forward = _clip_group_norm_forward(norm, self)
 
     def remove(self) -> None:
         self.unet.set_attn_processor(self._previous)
+        for norm in self.clip_norms:
+            del norm.forward  # the class's forward again
+        self.clip_norms = []
 
     @contextmanager
     def clip(self, num_frames: int, latent_hw: tuple[int, int], hook=None):
@@ -191,11 +227,46 @@ class VideoAttention:
 
     def is_temporal(self, layer: AttentionLayer, level: int) -> bool:
         """Whether ``layer`` at ``level`` is one of the chosen cross-frame self-attention layers."""
-        return not layer.is_cross and layer.place in self.temporal_places and level >= self.temporal_min_level
+        if layer.is_cross or layer.place not in self.temporal_places or level < self.temporal_min_level:
+            return False
+        return self.temporal_min_channels is None or layer.channels >= self.temporal_min_channels
 
     def temporal_layers(self) -> list[str]:
         """The self-attention layers that attended across frames in the last UNet call (logs and tests)."""
         return [name for name, level in self.levels.items() if self.is_temporal(self.layers[name], level)]
+
+
+def clip_group_norms(unet) -> list[torch.nn.GroupNorm]:
+    """The GroupNorms FateZero's pseudo-3D UNet applies to whole clips: ``norm1`` / ``norm2`` of every ResNet
+    block and the output norm ``conv_norm_out`` (the transformers' own GroupNorm runs per frame there too)."""
+    norms = []
+    for module in unet.modules():
+        for attr in ("norm1", "norm2"):
+            norm = getattr(module, attr, None)
+            if isinstance(norm, torch.nn.GroupNorm) and hasattr(module, "conv1"):  # a ResNet block
+                norms.append(norm)
+    if isinstance(getattr(unet, "conv_norm_out", None), torch.nn.GroupNorm):
+        norms.append(unet.conv_norm_out)
+    return norms
+
+
+def clip_group_norm(x: Tensor, num_frames: int, norm: torch.nn.GroupNorm) -> Tensor:
+    """GroupNorm of rows (G·F, C, H, W) with statistics over each group's F frames (as on (G, C, F, H, W))."""
+    if x.shape[0] % num_frames:
+        raise ValueError(f"{x.shape[0]} UNet rows are not groups of the clip's {num_frames} frames")
+    groups = x.shape[0] // num_frames
+    clip = x.reshape(groups, num_frames, *x.shape[1:]).transpose(1, 2)
+    out = F.group_norm(clip, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return out.transpose(1, 2).reshape(x.shape)
+
+
+def _clip_group_norm_forward(norm: torch.nn.GroupNorm, control: VideoAttention):
+    def forward(x: Tensor) -> Tensor:
+        if control.num_frames is None:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        return clip_group_norm(x, control.num_frames, norm)
+
+    return forward
 
 
 class VideoAttnProcessor:

@@ -16,6 +16,12 @@ from torch import Tensor
 
 from csd_exp.priors.attention_control import AttentionLayer, AttentionStore, level_of, level_shape
 
+#: How the refine mapper aligns the padding after the prompts (:func:`refinement_mapping`).
+REFINE_PADDINGS = ("released", "shifted")
+#: FateZero's blend-mask layers (``spatial_blend.py`` 78): these slices of the stored cross-attention layers
+#: of each place, in call order.
+RELEASED_BLEND_SLICES = {"down": slice(2, 4), "up": slice(0, 3)}
+
 
 # -------------------------------------------------------------------------------------- prompts
 def prompt_words(prompt: str) -> list[str]:
@@ -49,10 +55,16 @@ def word_token_positions(tokenizer, prompt: str, words: Sequence[str], what: str
     return sorted(set(found))
 
 
-def refinement_mapping(source_ids: Sequence[int], target_ids: Sequence[int], length: int) -> tuple[Tensor, Tensor]:
+def refinement_mapping(
+    source_ids: Sequence[int], target_ids: Sequence[int], length: int, padding: str = "shifted"
+) -> tuple[Tensor, Tensor]:
     """(M, A): for each of the ``length`` target token positions, the source position whose cross-attention
     map it takes (M) and whether it has one (A = 1 for tokens shared by the prompts, aligned in order;
-    0 for new words). Positions after the prompts (end and padding tokens) map onto each other in order."""
+    0 for new words). Positions after the target's tokens (padding) take ``padding``'s source position:
+    ``shifted``: the source's padding in order (target len_t + k -> source len_s + k, clamped at the end);
+    ``released``: the same position (target p -> source p, FateZero's ``seq_aligner.get_mapper``)."""
+    if padding not in REFINE_PADDINGS:
+        raise ValueError(f"refine padding {padding!r} is not one of {', '.join(REFINE_PADDINGS)}")
     mapper = torch.arange(length)
     alphas = torch.zeros(length)
     matcher = difflib.SequenceMatcher(a=list(source_ids), b=list(target_ids), autojunk=False)
@@ -61,6 +73,8 @@ def refinement_mapping(source_ids: Sequence[int], target_ids: Sequence[int], len
             mapper[block.b + offset] = block.a + offset
             alphas[block.b + offset] = 1.0
     tail_source, tail_target = len(source_ids), len(target_ids)
+    if padding == "released":
+        tail_source = tail_target
     for offset in range(length - tail_target):
         mapper[tail_target + offset] = min(tail_source + offset, length - 1)
         alphas[tail_target + offset] = 1.0
@@ -80,10 +94,14 @@ class FusionSettings:
     equalizer: Tensor | None = None  # (77,) eq_params weights on the target tokens
     blend_positions: Sequence[int] | None = None  # source tokens of the blend words
     blend_th: float = 0.3
+    #: the cross-replaced steps are int(c · (N + 1)) (FateZero's ``get_time_words_attention_alpha``, a table
+    #: of N + 1 rows) instead of int(c · N)
+    cross_count_of_n_plus_1: bool = False
 
     @property
     def cross_steps(self) -> int:
-        return int(self.num_steps * self.cross_replace_steps)
+        rows = self.num_steps + 1 if self.cross_count_of_n_plus_1 else self.num_steps
+        return int(rows * self.cross_replace_steps)
 
     @property
     def self_steps(self) -> int:
@@ -108,6 +126,8 @@ def fusion_settings(
     blend_words: Sequence[str] | None = None,
     blend_th: float = 0.3,
     eq_params: dict | None = None,
+    refine_padding: str = "shifted",
+    cross_count_of_n_plus_1: bool = False,
 ) -> FusionSettings:
     """Token mapping, reweighting and blend-word positions of a (source, target) prompt pair."""
     length = int(tokenizer.model_max_length)
@@ -121,7 +141,7 @@ def fusion_settings(
             )
         mapper, alphas = torch.arange(length), torch.ones(length)
     else:
-        mapper, alphas = refinement_mapping(source_ids, target_ids, length)
+        mapper, alphas = refinement_mapping(source_ids, target_ids, length, refine_padding)
     equalizer = None
     if eq_params:
         words, values = list(eq_params.get("words") or []), list(eq_params.get("values") or [])
@@ -144,7 +164,32 @@ def fusion_settings(
         equalizer=equalizer,
         blend_positions=positions,
         blend_th=float(blend_th),
+        cross_count_of_n_plus_1=bool(cross_count_of_n_plus_1),
     )
+
+
+def released_blend_layers(layers: dict[str, AttentionLayer], store_min_level: int) -> list[str]:
+    """FateZero's blend-mask layers on any UNet: of the cross-attention layers whose maps are stored (level >=
+    ``store_min_level``), in call order, the down layers [2:4] and the up layers [:3] (shorter on a UNet
+    with fewer). A UNet where these select nothing is refused, naming the stored cross-attention layers."""
+    stored = [
+        layer
+        for layer in layers.values()
+        if layer.is_cross and layer.level is not None and layer.level >= store_min_level
+    ]
+    chosen = []
+    for place, part in RELEASED_BLEND_SLICES.items():
+        chosen += [layer.name for layer in stored if layer.place == place][part]
+    if not chosen:
+        cross = [layer for layer in layers.values() if layer.is_cross]
+        found = ", ".join(f"{layer.name.removesuffix('.processor')} (level {layer.level})" for layer in cross)
+        raise ValueError(
+            "task.blend_layers=released (FateZero's down_cross[2:4] + up_cross[:3] of the stored cross-attention "
+            f"layers, level >= {store_min_level} here) selects no layer of this UNet; its cross-attention layers "
+            f"are: {found or 'none'}. Use task.blend_layers=coarsest, a smaller task.frame_size, or "
+            "task.blend_words=null"
+        )
+    return chosen
 
 
 def blend_mask(
@@ -154,9 +199,27 @@ def blend_mask(
     latent_hw: tuple[int, int],
     level: int,
     threshold: float,
+    blend_layers: Sequence[str] | None = None,
 ) -> Tensor:
     """(F, 1, Q, 1) self-attention blending mask at ``level`` from the source cross-attention of the
-    lowest-resolution down / up layers (FateZero's ``SpatialBlender`` with ``prompt_choose='source'``)."""
+    lowest-resolution down / up layers (FateZero's ``SpatialBlender`` with ``prompt_choose='source'``), or of
+    ``blend_layers`` as FateZero takes them: their heads pooled into one mean (maps of several resolutions,
+    where FateZero's ``torch.cat`` would fail, are first repeated up to the finest by nearest resizing)."""
+    if blend_layers is not None:
+        missing = [n for n in blend_layers if n not in store_maps]
+        if missing:
+            raise ValueError(f"the attention store holds no source cross-attention of the blend layers {missing}")
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        shapes = {n: level_shape(latent_hw, level_of(store_maps[n].shape[2], latent_hw)) for n in blend_layers}
+        finest = max(shapes.values(), key=lambda hw: hw[0] * hw[1])
+        per_head = []
+        for n in blend_layers:
+            m = store_maps[n]
+            words = m[..., index.to(m.device)].sum(-1).float()  # (F, heads, Q)
+            words = words.reshape(*words.shape[:2], *shapes[n])
+            per_head.append(F.interpolate(words, size=finest) if shapes[n] != finest else words)
+        words = torch.cat(per_head, dim=1).mean(1, keepdim=True)  # (F, 1, h, w)
+        return _threshold_mask(words, latent_hw, level, threshold)
     cross = {n: m for n, m in store_maps.items() if layers[n].is_cross and layers[n].place != "mid"}
     if not cross:
         raise ValueError("the attention store holds no source cross-attention to make the blending mask from")
@@ -170,6 +233,11 @@ def blend_mask(
         if levels[n] == coarsest
     ]
     words = torch.stack(maps).mean(0)[:, None]  # (F, 1, h, w)
+    return _threshold_mask(words, latent_hw, level, threshold)
+
+
+def _threshold_mask(words: Tensor, latent_hw: tuple[int, int], level: int, threshold: float) -> Tensor:
+    """3x3 max-pool, nearest resize to ``level``, ÷ per-frame max, > threshold: (F, 1, Q, 1)."""
     words = F.max_pool2d(words, 3, stride=1, padding=1)
     words = F.interpolate(words, size=level_shape(latent_hw, level))
     words = words / words.amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(words.dtype).tiny)
@@ -183,8 +251,15 @@ class AttentionFusion:
     before each call. Source maps come from ``store`` at inversion step N − 1 − edit_step.
     """
 
-    def __init__(self, store: AttentionStore, settings: FusionSettings, layers: dict[str, AttentionLayer]):
+    def __init__(
+        self,
+        store: AttentionStore,
+        settings: FusionSettings,
+        layers: dict[str, AttentionLayer],
+        blend_layers: Sequence[str] | None = None,
+    ):
         self.store, self.settings, self.layers = store, settings, layers
+        self.blend_layers = None if blend_layers is None else list(blend_layers)
         self.edit_step = 0
         self.latent_hw: tuple[int, int] | None = None
         self._masks: dict[tuple[int, int], Tensor] = {}
@@ -227,5 +302,6 @@ class AttentionFusion:
                 self.latent_hw,
                 level,
                 self.settings.blend_th,
+                self.blend_layers,
             )
         return self._masks[key]

@@ -17,26 +17,42 @@ the loggers, the snapshots and ``summary.json`` are those of every sampling base
 deterministic (DDIM, η = 0): a run resumed from a checkpoint replays the steps before it (inversion and
 the attention store are not checkpointed) and ends as the uninterrupted run.
 
-Differences from FateZero's code, on purpose: no Tune-A-Video weights (its zero-shot setting), one
-``blend_words`` list (the source words that make the self-attention mask; FateZero's target words only
-feed its latent blending, which its configs leave off), a single ``blend_th`` (FateZero's mask reads only
-its first entry), the timesteps of :func:`csd_exp.tasks.sampling.sampling_timesteps`.
+``official_release=true`` reproduces every deterministic behaviour of FateZero's released code
+(github.com/ChenyangQiQi/FateZero at 9b6cb7b; measured equal on a tiny SD, docs/baselines.md): GroupNorm
+statistics over the whole clip, DDIM "leading" timesteps with steps_offset 1, the clean level
+alphas_cumprod[0], its blend-mask layers, its refine mapper's padding, its cross-replace step count, its
+stored-map size limit and its configs' sparse-causal choice; each has a switch named for what it changes
+(``clip_groupnorm``, ``timestep_spacing``, ``clean_level``, ``blend_layers``, ``refine_padding``,
+``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Its two random draws are not
+reproduced: the VAE posterior *sample* (here: the mode) and the random bias of its zero-initialised temporal
+attention (here: absent, i.e. a zero bias). Differences kept on purpose: no Tune-A-Video weights (its
+zero-shot setting), one ``blend_words`` list (the source words that make the self-attention mask;
+FateZero's target words only feed its latent blending, which its configs leave off), a single ``blend_th``
+(FateZero's mask reads only its first entry).
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from csd_exp.data.sources import ClipSource
 from csd_exp.data.video import default_memory_budget
-from csd_exp.priors.attention_control import TEMPORAL_ATTENTION_FRAMES, UNET_PLACES, AttentionStore, VideoAttention
-from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings
-from csd_exp.priors.ddim_inversion import inversion_step, inversion_timestep, sampling_step
-from csd_exp.tasks.sampling import ReverseSamplingMixin
+from csd_exp.priors.attention_control import (
+    STORE_MIN_LEVEL,
+    TEMPORAL_ATTENTION_FRAMES,
+    UNET_PLACES,
+    AttentionStore,
+    VideoAttention,
+    attention_layers,
+)
+from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings, released_blend_layers
+from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep
+from csd_exp.tasks.fatezero_release import released_store_min_level, resolve_release_switches
+from csd_exp.tasks.sampling import ReverseSamplingMixin, leading_timesteps
 from csd_exp.tasks.video import VideoTask
 
 if TYPE_CHECKING:
@@ -84,12 +100,23 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
         temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
         temporal_attention_min_level: int = 0,
+        temporal_attention_min_channels: int | None = None,
+        clip_groupnorm: bool = False,
+        timestep_spacing: Literal["leading", "linspace"] = "linspace",
+        clean_level: Literal["alphas_cumprod_0", "one"] = "one",
         **kwargs,
     ):
         self.check_prior(prior)  # before the clip is read
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)
         self.latents.requires_grad_(False)
         self.setup_reverse_process(int(num_inference_steps), 0.0, guidance_scale, 1.0)
+        if timestep_spacing == "leading":
+            self.timesteps = leading_timesteps(self.prior.num_train_timesteps, int(num_inference_steps))
+        self.timestep_spacing, self.clean_level = timestep_spacing, clean_level
+        self.clip_groupnorm = bool(clip_groupnorm)
+        self.temporal_min_channels = (
+            None if temporal_attention_min_channels is None else int(temporal_attention_min_channels)
+        )
         frames, places = list(temporal_attention_frames), list(temporal_attention_blocks)
         if not frames or any(f not in TEMPORAL_ATTENTION_FRAMES for f in frames):
             raise ValueError(
@@ -136,6 +163,8 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
                 temporal_frames=self.temporal_frames,
                 temporal_places=self.temporal_places,
                 temporal_min_level=self.temporal_min_level,
+                temporal_min_channels=self.temporal_min_channels,
+                clip_groupnorm=self.clip_groupnorm,
             )
 
     @torch.no_grad()
@@ -169,8 +198,24 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         hook = self.inversion_hook(step)
         eps = self.noise(self.state, t, [self.source_prompt], hook, temporal=self.temporal_inversion)[0]
         self.after_inversion_call(step)
-        self.state = inversion_step(self.prior.alphas_cumprod.float(), self.timesteps, self.state, eps, step)
+        n = self.num_steps
+        level_from = self.alpha_bar(None if step == 0 else self.timesteps[n - step], self.state)
+        self.state = ddim_transfer(self.state, eps, level_from, self.alpha_bar(t, self.state))
         return t
+
+    def alpha_bar(self, t: int | None, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ at timestep ``t``; ``None`` is the clean level: 1, or alphas_cumprod[0] (``clean_level``)."""
+        alphas_cumprod = self.prior.alphas_cumprod.float()
+        if t is None:
+            value = alphas_cumprod[0] if self.clean_level == "alphas_cumprod_0" else torch.ones(())
+        else:
+            value = alphas_cumprod[int(t)]
+        return value.to(dtype=like.dtype, device=like.device)
+
+    def sampling_step(self, x: torch.Tensor, eps: torch.Tensor, step: int) -> torch.Tensor:
+        """Editing step ``step``: DDIM (η = 0) from τ_step to τ_{step+1}, the clean level after the last."""
+        t_to = self.timesteps[step + 1] if step + 1 < self.num_steps else None
+        return ddim_transfer(x, eps, self.alpha_bar(self.timesteps[step], x), self.alpha_bar(t_to, x))
 
     def inversion_hook(self, step: int):
         return None
@@ -231,8 +276,27 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             is kept; None = the source's self-attention everywhere.
         blend_th: threshold of that mask (on the map normalised to max 1).
         eq_params: ``{words: [...], values: [...]}``: multiply the target words' cross-attention.
-        temporal_attention_frames / _blocks / _min_level: the spatio-temporal self-attention.
+        temporal_attention_frames / _blocks / _min_level: the spatio-temporal self-attention. Frames or
+            min_level given (not None) replace the release's choice entirely; both None: the release's
+            (frame i reads the middle frame, layers of >= 640 channels) under ``official_release``, else
+            [first, previous] at level >= 1.
         attention_store_device: where the inversion's maps are kept (None: the UNet's device; ``cpu``).
+        official_release: every deterministic behaviour of FateZero's released code (github.com/ChenyangQiQi/
+            FateZero at 9b6cb7b); each switch below set to None follows it, set explicitly wins:
+        clip_groupnorm: GroupNorm statistics over the whole clip in every ResNet block and the output norm
+            (release) instead of per frame.
+        timestep_spacing: ``leading`` (DDIM leading spacing, steps_offset 1: 901 … 1 for 10 steps; release)
+            or ``linspace`` (999 … 20 for 10).
+        clean_level: ᾱ of the clean latent at both ends, ``alphas_cumprod_0`` (set_alpha_to_one false;
+            release) or ``one``.
+        blend_layers: the blend mask's layers, ``released`` (stored cross-attention layers in call order,
+            down [2:4] + up [:3]) or ``coarsest`` (the coarsest down / up cross-attention layers).
+        refine_padding: the refine mapper's padding alignment, ``released`` (target position p <- source p)
+            or ``shifted`` (the source's padding in order).
+        cross_replace_count: the number of cross-replaced steps, ``n_plus_1`` (int(c · (N + 1)); release) or
+            ``n`` (int(c · N)).
+        stored_maps: which layers' maps are stored and fused, ``max_1024_tokens`` (queries of at most 32²
+            positions; release) or ``level1`` (half the latent's side and coarser).
     """
 
     task_option = "video_fatezero"
@@ -257,11 +321,33 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         blend_words: list[str] | None = None,
         blend_th: Probability = 0.3,
         eq_params: dict | None = None,
-        temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
+        temporal_attention_frames: list[str] | tuple[str, ...] | None = None,
         temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
-        temporal_attention_min_level: NonNegativeInt = 1,
+        temporal_attention_min_level: NonNegativeInt | None = None,
         attention_store_device: str | None = None,
+        official_release: bool = False,
+        clip_groupnorm: bool | None = None,
+        timestep_spacing: Literal["leading", "linspace"] | None = None,
+        clean_level: Literal["alphas_cumprod_0", "one"] | None = None,
+        blend_layers: Literal["released", "coarsest"] | None = None,
+        refine_padding: Literal["released", "shifted"] | None = None,
+        cross_replace_count: Literal["n_plus_1", "n"] | None = None,
+        stored_maps: Literal["max_1024_tokens", "level1"] | None = None,
     ):
+        switches = resolve_release_switches(
+            bool(official_release),
+            temporal_attention_frames=temporal_attention_frames,
+            temporal_attention_min_level=temporal_attention_min_level,
+            clip_groupnorm=clip_groupnorm,
+            timestep_spacing=timestep_spacing,
+            clean_level=clean_level,
+            blend_layers=blend_layers,
+            refine_padding=refine_padding,
+            cross_replace_count=cross_replace_count,
+            stored_maps=stored_maps,
+        )
+        self.official_release = bool(official_release)
+        self.blend_layer_choice, self.stored_maps = switches["blend_layers"], switches["stored_maps"]
         super().__init__(
             prior,
             guidance,
@@ -273,9 +359,13 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             frame_size=frame_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            temporal_attention_frames=temporal_attention_frames,
+            temporal_attention_frames=switches["temporal_attention_frames"],
             temporal_attention_blocks=temporal_attention_blocks,
-            temporal_attention_min_level=temporal_attention_min_level,
+            temporal_attention_min_level=switches["temporal_attention_min_level"],
+            temporal_attention_min_channels=switches["temporal_attention_min_channels"],
+            clip_groupnorm=switches["clip_groupnorm"],
+            timestep_spacing=switches["timestep_spacing"],
+            clean_level=switches["clean_level"],
         )
 
         self.fusion = fusion_settings(
@@ -289,7 +379,16 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             blend_words=blend_words,
             blend_th=blend_th,
             eq_params=eq_params,
+            refine_padding=switches["refine_padding"],
+            cross_count_of_n_plus_1=switches["cross_replace_count"] == "n_plus_1",
         )
+        latent_hw = tuple(self.latents.shape[-2:])
+        self.store_min_level = (
+            released_store_min_level(latent_hw) if self.stored_maps == "max_1024_tokens" else STORE_MIN_LEVEL
+        )
+        self.blend_layers: list[str] | None = None
+        if self.fusion.blend_positions and self.blend_layer_choice == "released":  # refused here, before any step
+            self.blend_layers = released_blend_layers(attention_layers(prior.unet), self.store_min_level)
         if attention_store_device is not None:
             torch.device(attention_store_device)  # a bad name fails here, not after the first step
         self.attention_store_device = attention_store_device
@@ -299,7 +398,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
 
     def inversion_hook(self, step: int) -> AttentionStore:
         if step == 0:
-            self.store, self.fuser = AttentionStore(self.attention_store_device), None
+            self.store, self.fuser = AttentionStore(self.attention_store_device, self.store_min_level), None
             self._store_budget = self._memory_budget()
         keep_cross, keep_self = self.fusion.store_needs(self.num_steps - 1 - step)
         self.store.step, self.store.keep_cross, self.store.keep_self = step, keep_cross, keep_self
@@ -331,7 +430,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
 
     def editing_step(self, step: int) -> None:
         if self.fuser is None:
-            self.fuser = AttentionFusion(self.store, self.fusion, self.attention.layers)
+            self.fuser = AttentionFusion(self.store, self.fusion, self.attention.layers, self.blend_layers)
             self.fuser.latent_hw = tuple(self.state.shape[-2:])
             log.info(
                 "fatezero: inverted %d frames; attention store %.1f MiB on %s",
@@ -342,7 +441,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         self.fuser.edit_step = step
         eps, _ = self.guided_noise(self.state, self.timesteps[step], self.fuser)
         self.store.maps.pop(self.num_steps - 1 - step, None)  # each source step is read once
-        self.state = sampling_step(self.prior.alphas_cumprod.float(), self.timesteps, self.state, eps, step)
+        self.state = self.sampling_step(self.state, eps, step)
 
     def release_inversion(self) -> None:
         self.store, self.fuser = None, None

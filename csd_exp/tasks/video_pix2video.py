@@ -47,7 +47,7 @@ import torch
 
 from csd_exp.data.sources import ClipSource
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep, predicted_clean
-from csd_exp.tasks.sampling import sampling_timesteps
+from csd_exp.tasks.sampling import leading_timesteps, sampling_timesteps
 from csd_exp.tasks.video_fatezero import InvertThenEditVideoTask, require_text_to_image_prior
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,6 @@ PIX2VIDEO_FRAMES = ("first", "previous")
 #: The release's conditioning layers: self-attention layers at call-order index >= COND_LAYER (unet_2d_blocks.py).
 RELEASE_COND_LAYER = 7
 RELEASE_BLOCKS = ("up",)
-
-
-def leading_timesteps(num_train_timesteps: int, num_steps: int, steps_offset: int = 0) -> list[int]:
-    """diffusers' DDIM "leading" spacing: (N − 1 − k)·⌊T / N⌋ + steps_offset, k = 0 … N − 1 (descending)."""
-    ratio = num_train_timesteps // num_steps
-    return [(num_steps - 1 - k) * ratio + steps_offset for k in range(num_steps)]
 
 
 class VideoPix2VideoTask(InvertThenEditVideoTask):
@@ -134,7 +128,11 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         self.timestep_spacing = timestep_spacing
         self.set_alpha_to_one = bool(set_alpha_to_one)
         n, train = int(num_inference_steps), int(prior.num_train_timesteps)
-        self.timesteps = leading_timesteps(train, n) if timestep_spacing == "leading" else sampling_timesteps(train, n)
+        self.timesteps = (
+            leading_timesteps(train, n, steps_offset=0)
+            if timestep_spacing == "leading"
+            else sampling_timesteps(train, n)
+        )
         self.depth_conditioned = self._is_depth_prior(prior)
         for deviation in self.release_deviations():
             log.info("pix2video: not as released: %s", deviation)
