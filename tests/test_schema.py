@@ -38,8 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path("tests").resolve()))
 from framework_support import compose_config
 from csd_exp.schema import ConfigError, validate_composed
-jobs = [[], ["task=video"], ["task=scene3d"], ["task=scene3d", "editor=in2n", "guidance=sampling", "kernel=none",
-        "schedule=none"],
+jobs = [[], ["task=video"], ["task=scene3d"], ["task=scene3d", "method=in2n"],
         ["task=video_fatezero", "model=tiny_sd"], ["task=panorama_sampling"], ["task=generation3d", "guidance=csd",
         "kernel=feature_rbf"], ["task=video_fatezero", "model=exact"], ["kernel=feature_rbf"],
         ["task.window_sampler=balanced"]]
@@ -179,7 +178,7 @@ def opaque(**options):
 
 @pytest.fixture
 def reader_module(tmp_path, monkeypatch):
-    from csd_exp.schema import signatures, source
+    from csd_exp.ast_reader import signatures, source
 
     (tmp_path / "reader_probe.py").write_text(READER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -211,8 +210,8 @@ def test_the_reader_turns_markers_into_types_and_follows_kwargs(reader_module):
 
 
 def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_module):
-    from csd_exp.schema.signatures import class_attribute, is_a
-    from csd_exp.schema.source import find
+    from csd_exp.ast_reader.signatures import class_attribute, is_a
+    from csd_exp.ast_reader.source import find
 
     assert set(read_signature(f"{reader_module}.build").parameters) >= {"path", "mode", "size"}
     assert read_signature(f"{reader_module}.opaque").open  # **options go where the reader cannot follow

@@ -17,11 +17,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from csd_exp.ast_reader.signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
+from csd_exp.ast_reader.source import Definition, module_file
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
-from csd_exp.schema.signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
-from csd_exp.schema.source import Definition, module_file
 from csd_exp.schema.targets import check_target
 
 GUIDANCE = "csd_exp.distill.Guidance"

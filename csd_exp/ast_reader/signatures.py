@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from csd_exp.schema.source import (
+from csd_exp.ast_reader.source import (
     OPAQUE_PACKAGES,
     Definition,
     Module,

@@ -386,4 +386,15 @@ def annotation_of(expr: ast.expr | None, module: Module) -> Any:
         return Any
 
 
-# ------------------------------------------------------------------------------------------ classes
+# ------------------------------------------------------------------------------------------ constants
+def module_constant(module: str, name: str, default: Any = None) -> Any:
+    """The literal value ``module`` binds ``name`` to at its top level (``TINY_BLOCK_OUT_CHANNELS = (32, 64)``),
+    ``default`` if the module or the name cannot be read, or names a class or function."""
+    source = load(module)
+    node = source.defined.get(name) if source is not None else None
+    if node is None or isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return default
+    try:
+        return literal_value(node, source)
+    except (Unresolved, TypeError, ValueError):
+        return default
