@@ -17,7 +17,7 @@ single-method run ``model=`` / ``model.*`` choose the prior as before), else the
 does not fit is refused, as is a method of another modality, in one line naming the methods that fit.
 
 The prior family of a model node is read from the class it builds without importing it (its ``prior_family``,
-else ``supports_image_condition``: csd_exp/prior_families.py on :mod:`csd_exp.ast_reader`), so the compose-time
+else ``supports_image_condition``: csd_exp/prior_families.py on :mod:`csd_exp.ast_signatures`), so the compose-time
 check stays free of torch.
 
 ``trainer.max_steps`` has one documented meaning per method (:data:`STEPS_MEANING`): distillation methods and

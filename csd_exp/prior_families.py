@@ -1,5 +1,5 @@
 """The prior family and the latent factor of a model node, read from the class it builds without importing it
-(:mod:`csd_exp.ast_reader`), so that the compose-time check stays free of torch (csd_exp/methods.py uses both)."""
+(:mod:`csd_exp.ast_signatures`), so that the compose-time check stays free of torch (csd_exp/methods.py uses both)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from csd_exp.ast_reader.signatures import built_class, class_attribute
-from csd_exp.ast_reader.source import module_constant
+from csd_exp.ast_signatures import built_class, class_attribute
+from csd_exp.ast_source import module_constant
 
 INSTRUCTION, TEXT_TO_IMAGE, DEPTH = "instruction", "text_to_image", "depth"
 

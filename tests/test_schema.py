@@ -178,7 +178,8 @@ def opaque(**options):
 
 @pytest.fixture
 def reader_module(tmp_path, monkeypatch):
-    from csd_exp.ast_reader import signatures, source
+    from csd_exp import ast_signatures as signatures
+    from csd_exp import ast_source as source
 
     (tmp_path / "reader_probe.py").write_text(READER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -210,8 +211,8 @@ def test_the_reader_turns_markers_into_types_and_follows_kwargs(reader_module):
 
 
 def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_module):
-    from csd_exp.ast_reader.signatures import class_attribute, is_a
-    from csd_exp.ast_reader.source import find
+    from csd_exp.ast_signatures import class_attribute, is_a
+    from csd_exp.ast_source import find
 
     assert set(read_signature(f"{reader_module}.build").parameters) >= {"path", "mode", "size"}
     assert read_signature(f"{reader_module}.opaque").open  # **options go where the reader cannot follow
@@ -224,7 +225,7 @@ def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_modu
 def test_a_model_node_s_family_and_latent_factor_come_from_the_class_it_builds(tmp_path):
     """Through the package's re-export and a tiny factory's return annotation to the class (DeepFloyd IF is in
     pixel space: its ``latent_scale_factor`` 1 wins over the hub id's default 8 and the tiny VAE's 2)."""
-    from csd_exp.ast_reader.source import module_constant
+    from csd_exp.ast_source import module_constant
     from csd_exp.prior_families import latent_factor, prior_family
 
     def facts(target: str, **node):

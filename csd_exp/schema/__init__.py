@@ -9,7 +9,7 @@ Each constraint is written once, on the constructor that takes the value (``wind
 declared on that class (``uses_guidance = False``, ``on_images = True``, ``passes_renders = True``, an annotated
 ``prior``). Nothing here names a class of the package:
 
-* :mod:`csd_exp.ast_reader.signatures` (below this package, shared with the method axis): a ``_target_``'s
+* :mod:`csd_exp.ast_signatures` (below this package, shared with the method axis): a ``_target_``'s
   constructor read from its source with :mod:`ast` (never imported), its annotations turned into types, and
   the class facts the rules read;
 * :mod:`csd_exp.schema.checks`: a value against an annotation (pydantic, strict) and :class:`ConfigError`;
@@ -30,7 +30,7 @@ This package imports the standard library and pydantic (omegaconf and hydra lazi
 run has imported none of torch, pytorch_lightning and diffusers.
 """
 
-from csd_exp.ast_reader.signatures import read_signature
+from csd_exp.ast_signatures import read_signature
 from csd_exp.schema.checks import ConfigError, check_value
 from csd_exp.schema.fields import (
     MAX_SEED,

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from csd_exp.ast_reader.signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
-from csd_exp.ast_reader.source import Definition, module_file
+from csd_exp.ast_signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
+from csd_exp.ast_source import Definition, module_file
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from csd_exp.ast_reader.signatures import class_attribute, read_signature
+from csd_exp.ast_signatures import class_attribute, read_signature
 from csd_exp.schema.checks import HYDRA_KEYS, check_keys
 
 
