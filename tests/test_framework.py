@@ -365,8 +365,8 @@ def test_six_methods_are_one_sweep_on_the_same_frames(tmp_path):
     families = {s["method"]: (s["prior_family"], s["model_family"], s["prior_setting"]) for s in summaries}
     for method in ("csd_edit", "csd_edit_no_svgd", "sds", "per_frame"):
         assert families[method] == ("instruction", "exact", "model"), method
-    for method in ("fatezero", "pix2video"):
-        assert families[method] == ("text_to_image", "stable_diffusion", "priors.text_to_image"), method
+    assert families["fatezero"] == ("text_to_image", "stable_diffusion", "priors.text_to_image")
+    assert families["pix2video"] == ("depth", "stable_diffusion_depth", "priors.depth")  # SD 2 depth, as released
     assert {s["kernel"] for s in summaries if s["method"] == "csd_edit"} == {"rbf"}
     assert {s["kernel"] for s in summaries if s["method"] == "fatezero"} == {None}
     # The same frames for all: the tiny SD VAE halves the side, so its latent frame_size is 4 for 8 px.
