@@ -16,8 +16,9 @@ single-method run ``model=`` / ``model.*`` choose the prior as before), else the
 ``priors.instruction`` / ``priors.text_to_image`` (conf/config.yaml). A model given on the command line that
 does not fit is refused, as is a method of another modality, in one line naming the methods that fit.
 
-The prior family of a model node is read from its class without importing it (``supports_image_condition``,
-parsed with :mod:`ast`: csd_exp/prior_families.py), so the compose-time check stays free of torch.
+The prior family of a model node is read from the class it builds without importing it (its ``prior_family``,
+else ``supports_image_condition``: csd_exp/prior_families.py on :mod:`csd_exp.ast_signatures`), so the compose-time
+check stays free of torch.
 
 ``trainer.max_steps`` has one documented meaning per method (:data:`STEPS_MEANING`): distillation methods and
 IN2N count updates; the sampling baselines take it as ``task.num_inference_steps`` (denoising steps over the

@@ -265,7 +265,7 @@ class SharedNoiseSampling(ReverseSamplingMixin, VideoTask):
 SAMPLING_YAML = """
 # @package _global_
 defaults:
-  - override /guidance: sampling
+  - override /guidance: null   # no distillation (guidance.guidance_scale / image_guidance_scale only)
   - override /kernel: none
   - override /schedule: none
 task:
@@ -447,7 +447,7 @@ defaults:
   - override /task: scene3d
   - override /editor: desaturate
   - override /model: exact
-  - override /guidance: sampling
+  - override /guidance: null   # no distillation (guidance.guidance_scale / image_guidance_scale only)
   - override /kernel: none
   - override /schedule: none
 data:

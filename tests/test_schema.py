@@ -178,7 +178,8 @@ def opaque(**options):
 
 @pytest.fixture
 def reader_module(tmp_path, monkeypatch):
-    from csd_exp.schema import signatures, source
+    from csd_exp import ast_signatures as signatures
+    from csd_exp import ast_source as source
 
     (tmp_path / "reader_probe.py").write_text(READER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -210,8 +211,8 @@ def test_the_reader_turns_markers_into_types_and_follows_kwargs(reader_module):
 
 
 def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_module):
-    from csd_exp.schema.signatures import class_attribute, is_a
-    from csd_exp.schema.source import find
+    from csd_exp.ast_signatures import class_attribute, is_a
+    from csd_exp.ast_source import find
 
     assert set(read_signature(f"{reader_module}.build").parameters) >= {"path", "mode", "size"}
     assert read_signature(f"{reader_module}.opaque").open  # **options go where the reader cannot follow
@@ -219,3 +220,32 @@ def test_the_reader_follows_a_builder_and_stays_open_where_it_cannot(reader_modu
     assert is_a(f"{reader_module}.build", sampler) and not is_a(f"{reader_module}.Base", sampler)
     assert class_attribute(f"{reader_module}.Sampler", "uses_guidance") is False
     assert class_attribute(f"{reader_module}.Base", "uses_guidance") is True
+
+
+def test_a_model_node_s_family_and_latent_factor_come_from_the_class_it_builds(tmp_path):
+    """Through the package's re-export and a tiny factory's return annotation to the class (DeepFloyd IF is in
+    pixel space: its ``latent_scale_factor`` 1 wins over the hub id's default 8 and the tiny VAE's 2)."""
+    from csd_exp.ast_source import module_constant
+    from csd_exp.prior_families import latent_factor, prior_family
+
+    def facts(target: str, **node):
+        return prior_family({"_target_": target, **node}), latent_factor({"_target_": target, **node})
+
+    assert facts("csd_exp.priors.DeepFloydIFPrior", pretrained_model_name_or_path="DeepFloyd/IF") == (
+        "text_to_image",
+        1,
+    )
+    assert facts("csd_exp.priors.tiny_deepfloyd_if_prior", cache_dir="c") == ("text_to_image", 1)
+    assert facts("csd_exp.priors.tiny_stable_diffusion_depth_prior", cache_dir="c") == ("depth", 2)
+    assert facts("csd_exp.priors.tiny_instruct_pix2pix_prior", cache_dir="c") == ("instruction", 2)
+    assert facts("csd_exp.priors.StableDiffusionPrior", pretrained_model_name_or_path="hub/id") == ("text_to_image", 8)
+    assert facts("csd_exp.priors.ExactScorePrior", downsample=4) == ("instruction", 4)
+    assert facts("my_lab.priors.Unknown") == (None, None) and prior_family(None) is None
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"block_out_channels": [4, 8, 16]}')
+    assert (
+        latent_factor({"_target_": "csd_exp.priors.StableDiffusionPrior", "pretrained_model_name_or_path": tmp_path})
+        == 4
+    )
+    assert module_constant("csd_exp.priors.tiny", "TINY_BLOCK_OUT_CHANNELS") == (32, 64)
+    assert module_constant("csd_exp.priors.tiny", "tiny_stable_diffusion_prior", "none") == "none"  # a function

@@ -9,8 +9,9 @@ Each constraint is written once, on the constructor that takes the value (``wind
 declared on that class (``uses_guidance = False``, ``on_images = True``, ``passes_renders = True``, an annotated
 ``prior``). Nothing here names a class of the package:
 
-* :mod:`csd_exp.schema.signatures`: a ``_target_``'s constructor read from its source with :mod:`ast` (never
-  imported), its annotations turned into types, and the class facts the rules read;
+* :mod:`csd_exp.ast_signatures` (below this package, shared with the method axis): a ``_target_``'s
+  constructor read from its source with :mod:`ast` (never imported), its annotations turned into types, and
+  the class facts the rules read;
 * :mod:`csd_exp.schema.checks`: a value against an annotation (pydantic, strict) and :class:`ConfigError`;
 * :mod:`csd_exp.schema.targets`: :func:`check_target`, a node (and its sub-nodes) against its constructor;
 * :mod:`csd_exp.schema.rules`: what only a combination of groups can get wrong, and the entry points;
@@ -29,6 +30,7 @@ This package imports the standard library and pydantic (omegaconf and hydra lazi
 run has imported none of torch, pytorch_lightning and diffusers.
 """
 
+from csd_exp.ast_signatures import read_signature
 from csd_exp.schema.checks import ConfigError, check_value
 from csd_exp.schema.fields import (
     MAX_SEED,
@@ -48,7 +50,6 @@ from csd_exp.schema.rules import (
     validate_composed,
     validate_config,
 )
-from csd_exp.schema.signatures import read_signature
 from csd_exp.schema.targets import check_target
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A constructor says what a config may set where it takes it: ``window_size: PositiveInt``,
 ``method: Literal["per_window", "downscaled", "multidiffusion"]``, ``seed: Seed``. The compose-time check
-reads those annotations from the source (:mod:`csd_exp.schema.signatures`, no import of the constructor's
+reads those annotations from the source (:mod:`csd_exp.ast_signatures`, no import of the constructor's
 module) and validates the values with pydantic; a constructor imports these names under ``TYPE_CHECKING``
 (its module need not import pydantic) or at run time, as it likes. Any ``Annotated[..., Field(...)]`` or
 ``Literal[...]`` written in place works the same.

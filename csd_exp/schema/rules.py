@@ -17,11 +17,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from csd_exp.ast_signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
+from csd_exp.ast_source import Definition, module_file
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
-from csd_exp.schema.signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
-from csd_exp.schema.source import Definition, module_file
 from csd_exp.schema.targets import check_target
 
 GUIDANCE = "csd_exp.distill.Guidance"
@@ -131,17 +131,23 @@ def _samples(target: Any) -> bool:
     return isinstance(target, str) and class_attribute(target, "uses_guidance", True) is False
 
 
-def _builders_of(required: Definition) -> list[str]:
-    """The options of conf/model whose ``_target_`` builds a ``required``, by name."""
+def _conf_targets(group: str) -> list[tuple[str, str]]:
+    """(option, ``_target_``) of each option of conf/<group> that names one: its first ``_target_``, read as text
+    (a task's node precedes the nodes it holds)."""
     found = module_file("csd_exp.conf")
     if found is None:
         return []
-    groups = []
-    for path in sorted((found[0].parent / "model").glob("*.yaml")):
-        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
-        if target and is_a(target.group(1), required):
-            groups.append(path.stem)
-    return groups
+    options = []
+    for path in sorted((found[0].parent / group).glob("*.yaml")):
+        target = re.search(r"^\s*_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target:
+            options.append((path.stem, target.group(1)))
+    return options
+
+
+def _builders_of(required: Definition) -> list[str]:
+    """The options of conf/model whose ``_target_`` builds a ``required``, by name."""
+    return [option for option, target in _conf_targets("model") if is_a(target, required)]
 
 
 def _check_prior(cfg: Mapping[str, Any], choices: Mapping[str, str], target: str) -> None:
@@ -185,28 +191,16 @@ def _exclusive(cls: Definition | None) -> bool:
 
 def _model_classes() -> list[tuple[str, Definition | None]]:
     """Each option of conf/model with the class its ``_target_`` builds (None where unreadable)."""
-    found = module_file("csd_exp.conf")
-    if found is None:
-        return []
-    options = []
-    for path in sorted((found[0].parent / "model").glob("*.yaml")):
-        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
-        if target:
-            options.append((path.stem, built_class(target.group(1))))
-    return options
+    return [(option, built_class(target)) for option, target in _conf_targets("model")]
 
 
 def _tasks_taking(prior: Definition) -> list[str]:
     """The options of conf/task whose constructor names ``prior`` among its ``prior`` classes."""
-    found = module_file("csd_exp.conf")
-    if found is None:
-        return []
-    tasks = []
-    for path in sorted((found[0].parent / "task").glob("*.yaml")):
-        target = re.search(r"^\s*_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
-        if target and any(c.qualname == prior.qualname for c in parameter_classes(target.group(1), "prior")):
-            tasks.append(path.stem)
-    return tasks
+    return [
+        option
+        for option, target in _conf_targets("task")
+        if any(c.qualname == prior.qualname for c in parameter_classes(target, "prior"))
+    ]
 
 
 def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:

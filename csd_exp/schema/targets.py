@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from csd_exp.ast_signatures import class_attribute, read_signature
 from csd_exp.schema.checks import HYDRA_KEYS, check_keys
-from csd_exp.schema.signatures import class_attribute, read_signature
 
 
 def check_target(prefix: str, node: Any) -> None:

@@ -12,6 +12,11 @@ An annotation becomes a real type only out of literals and the markers' own libr
 ``Literal[...]``, ``X | None`` and aliases of them (``PositiveInt``, ``Literal[BANDWIDTH_RULES]``) are read
 exactly, while a class (``torch.dtype``, ``ScorePrior``) is not: a union drops it (a config holds plain values
 only), and an annotation that is only such a class is not checked.
+
+With :mod:`csd_exp.ast_signatures` (constructors and class facts) this is the package's one reader of source,
+below both its users: the compose-time check (:mod:`csd_exp.schema`) and the method axis
+(:mod:`csd_exp.prior_families`). Both modules import the standard library only (pydantic lazily) and no other
+module of csd_exp.
 """
 
 from __future__ import annotations
@@ -386,4 +391,15 @@ def annotation_of(expr: ast.expr | None, module: Module) -> Any:
         return Any
 
 
-# ------------------------------------------------------------------------------------------ classes
+# ------------------------------------------------------------------------------------------ constants
+def module_constant(module: str, name: str, default: Any = None) -> Any:
+    """The literal value ``module`` binds ``name`` to at its top level (``TINY_BLOCK_OUT_CHANNELS = (32, 64)``),
+    ``default`` if the module or the name cannot be read, or names a class or function."""
+    source = load(module)
+    node = source.defined.get(name) if source is not None else None
+    if node is None or isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return default
+    try:
+        return literal_value(node, source)
+    except (Unresolved, TypeError, ValueError):
+        return default

@@ -1,4 +1,5 @@
-"""A ``_target_``'s constructor and the facts its class declares, read from source (:mod:`.source`), never imported.
+"""A ``_target_``'s constructor and the facts its class declares, read from source (:mod:`csd_exp.ast_source`), never
+imported.
 
 :func:`read_signature` gives the settings a config node may have: the parameters of the ``__init__`` that runs
 (the first in the class's method resolution order, or a dataclass's fields, or a function's), with those it
@@ -15,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from csd_exp.schema.source import (
+from csd_exp.ast_source import (
     OPAQUE_PACKAGES,
     Definition,
     Module,
