@@ -1,6 +1,6 @@
 """``csd-exp-paper``: each figure / table is one experiment whose ``paper`` node lists its methods; the
 command launches ``-m method=<its methods> experiment=<the table>`` (checked as the argv it builds, and end
-to end once the ``method`` config group exists) and reports it, titled by what ran, refusing a folder of
+to end on the CPU priors) and reports it, titled by what ran, refusing a folder of
 another task; ``--report-only`` re-reports a sweep; the report's W&B table in offline mode."""
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from csd_exp.report.paper_inputs import load_inputs, shipped_file
 from csd_exp.report.paper_tables import load_tables, method_options
 
 TABLES = load_tables()
-# The sweeps run each method through the `method` config group; before it exists they would run one
-# method under several labels, so csd-exp-paper refuses to launch and these tests wait for it.
-needs_method_group = pytest.mark.skipif(
-    method_options() is None, reason="the method config group (conf/method/) is not in this checkout yet"
-)
-
 POP_ART = "turn it into a pop-art painting"  # instructions the exact prior knows
 NIGHT = "make it night"
 SMOKE = ["--cpu"]  # the table's paper.cpu overrides: exact / tiny priors at smoke sizes
@@ -98,6 +92,15 @@ def test_each_paper_table_is_one_experiment_whose_paper_node_both_commands_read(
     GlobalHydra.instance().clear()
     with pytest.raises(ImportError):
         import csd_exp.report.paper_entries  # noqa: F401  (the methods' second home is gone)
+
+
+def test_every_tables_method_is_an_option_of_the_method_group():
+    """The sweeps below run each method through the method config group (conf/method/): they never skip."""
+    options = method_options()
+    assert options is not None
+    assert {name: set(table.methods) - set(options) for name, table in TABLES.items()} == {
+        name: set() for name in TABLES
+    }
 
 
 def dry_run(args: list[str], capsys) -> list[str]:
@@ -271,7 +274,6 @@ def fig5_sweep(tmp_path_factory) -> Path:
     return out
 
 
-@needs_method_group
 def test_fig5_has_two_rows_per_method_and_says_what_clip_needs(fig5_sweep):
     rows = read_csv(fig5_sweep / "fig5.csv")
     assert [(row["method"], row["guidance_scale"], row["n"]) for row in rows] == [
@@ -296,7 +298,6 @@ def test_fig5_has_two_rows_per_method_and_says_what_clip_needs(fig5_sweep):
     assert "Not sent to W&B: the runs did not log to W&B." in (fig5_sweep / "report.md").read_text()
 
 
-@needs_method_group
 def test_fig7_8_puts_the_ablations_side_by_side(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["fig7_8", *SMOKE, "seed=0,1", "--out", str(out)], cwd=tmp_path)
@@ -315,7 +316,6 @@ def test_fig7_8_puts_the_ablations_side_by_side(tmp_path):
     assert "![fig7_8](fig7_8_grid.png)" in (out / "fig7_8.md").read_text()
 
 
-@needs_method_group
 def test_table2_on_the_cpu_priors_is_titled_not_comparable(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["table2", *SMOKE, "--out", str(out)], cwd=tmp_path)
@@ -349,7 +349,6 @@ def two_sequences(tmp_path) -> Path:
     return listing
 
 
-@needs_method_group
 def test_table1_runs_the_three_methods_over_the_clips(tmp_path, two_sequences):
     """CSD-Edit and the text-to-image baselines, each on its prior family, over two tiny sequences; the
     table pools the clips of each method."""
@@ -373,7 +372,6 @@ def test_table1_runs_the_three_methods_over_the_clips(tmp_path, two_sequences):
     assert "tiny random-weight models, not comparable" in text and (out / "table1.png").is_file()
 
 
-@needs_method_group
 def test_table3_csd_against_sds(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["table3", *SMOKE, "--out", str(out)], cwd=tmp_path)
