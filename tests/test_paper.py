@@ -103,6 +103,54 @@ def test_every_tables_method_is_an_option_of_the_method_group():
     }
 
 
+def _composed(overrides: list[str]):
+    """The job's config as the compose-time check leaves it (the method's prior family applied, values checked)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from csd_exp.schema.rules import validate_composed
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="csd_exp.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+    GlobalHydra.instance().clear()
+    validate_composed(cfg)
+    return cfg
+
+
+def test_each_method_of_a_table_gets_its_own_settings_and_prior_family_on_gpu_and_with_cpu():
+    """Table 1: FateZero on SD 1.5 and Pix2Video on SD 2 depth (their tiny stand-ins with --cpu), on the frames
+    of CSD-Edit; Table 3: CSD's LPIPS-RBF kernel (weight-free feature_rbf with --cpu, still labelled csd) while
+    SDS keeps its identity kernel and label; Table 2: the paper's CSD-Edit editor schedule, IN2N's own."""
+    table1, table2, table3 = TABLES["table1"], TABLES["table2"], TABLES["table3"]
+    expected = {
+        False: {"csd_edit": "timbrooks/instruct-pix2pix", "fatezero": "v1-5", "pix2video": "stable-diffusion-2-depth"},
+        True: {
+            "csd_edit": "tiny_instruct_pix2pix_prior",
+            "fatezero": "tiny_stable_diffusion_prior",
+            "pix2video": "tiny_stable_diffusion_depth_prior",
+        },
+    }
+    for cpu in (False, True):
+        inputs = set()
+        for method in table1.methods:
+            cfg = _composed([f"method={method}", f"experiment={table1.experiment}", *(table1.cpu if cpu else ())])
+            model = cfg.model.get("pretrained_model_name_or_path") or cfg.model._target_
+            assert cfg.method == method and expected[cpu][method] in str(model), (cpu, method, model)
+            inputs.add((cfg.data.path, cfg.data.max_frames))
+        assert inputs == {(None, 4) if cpu else ("sample:pan", 24)}  # one clip for every method (smoke: bundled)
+        kernels = {}
+        for method in table3.methods:
+            cfg = _composed([f"method={method}", f"experiment={table3.experiment}", *(table3.cpu if cpu else ())])
+            kernels[cfg.method] = cfg.kernel._target_.rsplit(".", 1)[-1]
+        assert kernels == {"csd": "FeatureRBFKernel" if cpu else "LPIPSRBFKernel", "sds": "IdentityKernel"}
+    editors = {m: _composed([f"method={m}", f"experiment={table2.experiment}"]).task.editor for m in table2.methods}
+    assert (editors["csd_edit"].every, editors["csd_edit"].views, editors["csd_edit"].iterations) == (2000, 16, 100)
+    assert (editors["in2n"].every, editors["in2n"].views, editors["in2n"].diffusion_steps) == (10, 1, 20)
+
+
 def dry_run(args: list[str], capsys) -> list[str]:
     assert paper_main([*args, "--dry-run"]) == 0, capsys.readouterr().err
     return shlex.split(capsys.readouterr().out)
