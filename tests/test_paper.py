@@ -1,6 +1,6 @@
 """``csd-exp-paper``: each figure / table is one experiment whose ``paper`` node lists its methods; the
 command launches ``-m method=<its methods> experiment=<the table>`` (checked as the argv it builds, and end
-to end once the ``method`` config group exists) and reports it, titled by what ran, refusing a folder of
+to end on the CPU priors) and reports it, titled by what ran, refusing a folder of
 another task; ``--report-only`` re-reports a sweep; the report's W&B table in offline mode."""
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from csd_exp.report.paper_inputs import load_inputs, shipped_file
 from csd_exp.report.paper_tables import load_tables, method_options
 
 TABLES = load_tables()
-# The sweeps run each method through the `method` config group; before it exists they would run one
-# method under several labels, so csd-exp-paper refuses to launch and these tests wait for it.
-needs_method_group = pytest.mark.skipif(
-    method_options() is None, reason="the method config group (conf/method/) is not in this checkout yet"
-)
-
 POP_ART = "turn it into a pop-art painting"  # instructions the exact prior knows
 NIGHT = "make it night"
 SMOKE = ["--cpu"]  # the table's paper.cpu overrides: exact / tiny priors at smoke sizes
@@ -98,6 +92,63 @@ def test_each_paper_table_is_one_experiment_whose_paper_node_both_commands_read(
     GlobalHydra.instance().clear()
     with pytest.raises(ImportError):
         import csd_exp.report.paper_entries  # noqa: F401  (the methods' second home is gone)
+
+
+def test_every_tables_method_is_an_option_of_the_method_group():
+    """The sweeps below run each method through the method config group (conf/method/): they never skip."""
+    options = method_options()
+    assert options is not None
+    assert {name: set(table.methods) - set(options) for name, table in TABLES.items()} == {
+        name: set() for name in TABLES
+    }
+
+
+def _composed(overrides: list[str]):
+    """The job's config as the compose-time check leaves it (the method's prior family applied, values checked)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from csd_exp.schema.rules import validate_composed
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="csd_exp.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+    GlobalHydra.instance().clear()
+    validate_composed(cfg)
+    return cfg
+
+
+def test_each_method_of_a_table_gets_its_own_settings_and_prior_family_on_gpu_and_with_cpu():
+    """Table 1: FateZero on SD 1.5 and Pix2Video on SD 2 depth (their tiny stand-ins with --cpu), on the frames
+    of CSD-Edit; Table 3: CSD's LPIPS-RBF kernel (weight-free feature_rbf with --cpu, still labelled csd) while
+    SDS keeps its identity kernel and label; Table 2: the paper's CSD-Edit editor schedule, IN2N's own."""
+    table1, table2, table3 = TABLES["table1"], TABLES["table2"], TABLES["table3"]
+    expected = {
+        False: {"csd_edit": "timbrooks/instruct-pix2pix", "fatezero": "v1-5", "pix2video": "stable-diffusion-2-depth"},
+        True: {
+            "csd_edit": "tiny_instruct_pix2pix_prior",
+            "fatezero": "tiny_stable_diffusion_prior",
+            "pix2video": "tiny_stable_diffusion_depth_prior",
+        },
+    }
+    for cpu in (False, True):
+        inputs = set()
+        for method in table1.methods:
+            cfg = _composed([f"method={method}", f"experiment={table1.experiment}", *(table1.cpu if cpu else ())])
+            model = cfg.model.get("pretrained_model_name_or_path") or cfg.model._target_
+            assert cfg.method == method and expected[cpu][method] in str(model), (cpu, method, model)
+            inputs.add((cfg.data.path, cfg.data.max_frames))
+        assert inputs == {(None, 4) if cpu else ("sample:pan", 24)}  # one clip for every method (smoke: bundled)
+        kernels = {}
+        for method in table3.methods:
+            cfg = _composed([f"method={method}", f"experiment={table3.experiment}", *(table3.cpu if cpu else ())])
+            kernels[cfg.method] = cfg.kernel._target_.rsplit(".", 1)[-1]
+        assert kernels == {"csd": "FeatureRBFKernel" if cpu else "LPIPSRBFKernel", "sds": "IdentityKernel"}
+    editors = {m: _composed([f"method={m}", f"experiment={table2.experiment}"]).task.editor for m in table2.methods}
+    assert (editors["csd_edit"].every, editors["csd_edit"].views, editors["csd_edit"].iterations) == (2000, 16, 100)
+    assert (editors["in2n"].every, editors["in2n"].views, editors["in2n"].diffusion_steps) == (10, 1, 20)
 
 
 def dry_run(args: list[str], capsys) -> list[str]:
@@ -271,7 +322,6 @@ def fig5_sweep(tmp_path_factory) -> Path:
     return out
 
 
-@needs_method_group
 def test_fig5_has_two_rows_per_method_and_says_what_clip_needs(fig5_sweep):
     rows = read_csv(fig5_sweep / "fig5.csv")
     assert [(row["method"], row["guidance_scale"], row["n"]) for row in rows] == [
@@ -296,7 +346,6 @@ def test_fig5_has_two_rows_per_method_and_says_what_clip_needs(fig5_sweep):
     assert "Not sent to W&B: the runs did not log to W&B." in (fig5_sweep / "report.md").read_text()
 
 
-@needs_method_group
 def test_fig7_8_puts_the_ablations_side_by_side(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["fig7_8", *SMOKE, "seed=0,1", "--out", str(out)], cwd=tmp_path)
@@ -315,7 +364,6 @@ def test_fig7_8_puts_the_ablations_side_by_side(tmp_path):
     assert "![fig7_8](fig7_8_grid.png)" in (out / "fig7_8.md").read_text()
 
 
-@needs_method_group
 def test_table2_on_the_cpu_priors_is_titled_not_comparable(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["table2", *SMOKE, "--out", str(out)], cwd=tmp_path)
@@ -349,7 +397,6 @@ def two_sequences(tmp_path) -> Path:
     return listing
 
 
-@needs_method_group
 def test_table1_runs_the_three_methods_over_the_clips(tmp_path, two_sequences):
     """CSD-Edit and the text-to-image baselines, each on its prior family, over two tiny sequences; the
     table pools the clips of each method."""
@@ -373,7 +420,6 @@ def test_table1_runs_the_three_methods_over_the_clips(tmp_path, two_sequences):
     assert "tiny random-weight models, not comparable" in text and (out / "table1.png").is_file()
 
 
-@needs_method_group
 def test_table3_csd_against_sds(tmp_path):
     out = tmp_path / "sweep"
     ran = run_paper(["table3", *SMOKE, "--out", str(out)], cwd=tmp_path)

@@ -467,3 +467,33 @@ def test_jobs_without_a_summary_are_counted_as_missing_from_jobs_json(tmp_path):
         "1 of 3 jobs missing in . (no summary.json; from job folders (no jobs.json)): job 2 (method=sds seed=0)."
         in ((sweep / "report.md").read_text())
     )
+
+
+def test_runs_of_a_non_released_baseline_are_marked_in_the_table_the_csv_and_a_note(tmp_path):
+    """summary.json's release_deviations (non-empty = not the baseline as released) gives a column and a note;
+    a sweep whose runs are all as released has neither."""
+    sweep = tmp_path / "sweep"
+    deviation = "task.sampler=linspace_ddim: DDIM on linspace timesteps, not the pipeline's scheduler"
+    for seed in (0, 1):
+        write_run(sweep, f"{seed}_panorama_csd_edit_seed{seed}", seed=seed)
+        folder = write_run(sweep, f"{2 + seed}_panorama_sampling_per_window_seed{seed}", method="per_window", seed=seed)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["release_deviations"] = [deviation] if seed == 0 else []
+        (folder / "summary.json").write_text(json.dumps(summary))
+    assert main([str(sweep), "--no-wandb"]) == 0
+    rows = {row["method"]: row for row in read_csv(sweep / "report.csv")}
+    assert (rows["csd_edit"]["non-released"], rows["csd_edit"]["release_deviations"]) == ("no", "")
+    assert (rows["per_window"]["non-released"], rows["per_window"]["release_deviations"]) == (
+        "yes (1 of 2 runs)",
+        deviation,
+    )
+    text = (sweep / "report.md").read_text()
+    assert "| fidelity/psnr | wall_time_s | non-released |" in text
+    assert "| per_window | 2 |" in text and text.count("| yes (1 of 2 runs) |") == 1
+    assert "Not as released (summary.json `release_deviations`, W&B tag `non-released`)" in text
+    assert f"  - `per_window`: {deviation}" in text
+    # All as released: no column, no note.
+    clean = scale_sweep(tmp_path / "clean")
+    assert main([str(clean), "--no-wandb"]) == 0
+    assert "non-released" not in (clean / "report.md").read_text()
+    assert "non-released" not in read_csv(clean / "report.csv")[0]

@@ -94,6 +94,10 @@ def _input_count(report: Report) -> int:
     return len({tuple(str(run.config.get(key)) for key in keys) for run in report.completed})
 
 
+#: Panels of the bar plot drawn from the runs' own metrics when none of the table's has a value.
+FALLBACK_METRICS = 3
+
+
 def draw(table: Report, entry: Table, comparable: bool = True) -> str | None:
     """The entry's figure into ``table.out_dir``; its file name, or None with the reason in figure_notes."""
     rows = table.rows
@@ -128,6 +132,17 @@ def draw(table: Report, entry: Table, comparable: bool = True) -> str | None:
     absent = {metric: table.absent(metric) for metric in entry.metrics}
     title = "; ".join(filter(None, [None if comparable else NOT_COMPARABLE, table.caution()]))
     if paper_bars(table.out_dir / name, list(entry.metrics), rows, labels, paper, absent, title or None):
+        return name
+    # None of the table's metrics (their weights absent) and no paper number: the metrics the runs have, said so.
+    others = [
+        metric
+        for metric in table.metrics
+        if metric not in entry.metrics and any(row.stat(metric).mean is not None for row in rows)
+    ][:FALLBACK_METRICS]
+    if others and paper_bars(table.out_dir / name, others, rows, labels, {}, {}, title or None):
+        table.figure_notes.append(
+            f"{name} shows {', '.join(others)}: no run has the table's metrics ({', '.join(entry.metrics)})."
+        )
         return name
     table.figure_notes.append("No bar plot: no run has the table's metrics and the paper gives none for these methods.")
     return None

@@ -66,6 +66,13 @@ class Run:
             return None
         return float(value)
 
+    @property
+    def release_deviations(self) -> list[str]:
+        """How the run departs from its baseline's released code (summary.json ``release_deviations``; W&B tag
+        ``non-released``); empty for a run as released, or one that records none (a distillation method)."""
+        found = self.summary.get("release_deviations")
+        return [str(item) for item in found] if isinstance(found, list) else []
+
     def image(self) -> Path | None:
         """The run's output image, or None when the folder has none (a failed run, a copied summary)."""
         for name in IMAGE_NAMES:

@@ -137,7 +137,42 @@ def header(report: Report) -> tuple[list[str], list[str]]:
         if metric in report.paper_metrics():
             names.append("paper")
             align.append("---:")
+    if non_released(report):
+        names.append(NON_RELEASED)
+        align.append("---")
     return names, align
+
+
+NON_RELEASED = "non-released"
+
+
+def non_released(report: Report) -> bool:
+    """Whether a completed run departs from its baseline's release (the column and note exist only then)."""
+    return any(run.release_deviations for run in report.completed)
+
+
+def release_cell(row: Row) -> str:
+    """``yes`` (every run of the row is not as released), ``yes (k of n runs)``, or ``no``."""
+    count = sum(1 for run in row.runs if run.release_deviations)
+    if not count:
+        return "no"
+    return "yes" if count == len(row.runs) else f"yes ({count} of {len(row.runs)} runs)"
+
+
+def release_lines(report: Report) -> list[str]:
+    """The note under the table: each row's deviations from the released baseline, as its runs recorded."""
+    lines = []
+    for row in report.rows:
+        found = dict.fromkeys(item for run in row.runs for item in run.release_deviations)
+        if found:
+            lines.append(f"`{row.label(report.columns, report.with_task)}`: {'; '.join(found)}")
+    if not lines:
+        return []
+    head = (
+        "Not as released (summary.json `release_deviations`, W&B tag `non-released`): these rows ran a baseline's "
+        "non-released behaviour, so they are not that baseline as published:"
+    )
+    return [head, *(f"  - {line}" for line in lines)]
 
 
 def table_lines(report: Report) -> list[str]:
@@ -151,6 +186,8 @@ def table_lines(report: Report) -> list[str]:
             if metric in report.paper_metrics():
                 value = report.paper_value(row, metric)
                 cells.append("–" if value is None else number(value))
+        if non_released(report):
+            cells.append(release_cell(row))
         lines.append("| " + " | ".join(map(_escape, cells)) + " |")
     return lines
 
@@ -197,6 +234,8 @@ def notes(report: Report) -> list[str]:
             found.append(
                 f"{row.label(columns, report.with_task)}: seed(s) {repeated} ran more than once; n counts runs."
             )
+    if release := release_lines(report):
+        found.append("\n".join(release))
     if report.paper:
         labels = {row.method for row in report.rows} | {f"{row.task}/{row.method}" for row in report.rows}
         unmatched = sorted(set(report.paper) - labels)
@@ -255,6 +294,8 @@ def table_records(report: Report) -> tuple[list[str], list[list]]:
         names += [f"{metric}_mean", f"{metric}_std"] + ([f"{metric}_paper"] if metric in paper_metrics else [])
     if report.confounders:
         names += [f"condition:{name}" for name in report.confounders] + ["confounders"]
+    if non_released(report):  # the columns exist only when a run is not as released
+        names += [NON_RELEASED, "release_deviations"]
     names.append("runs")
     records = []
     for row in report.rows:
@@ -276,6 +317,9 @@ def table_records(report: Report) -> tuple[list[str], list[list]]:
         if report.confounders:  # the columns exist only when something is confounded
             values += [";".join(_row_condition(row, name)) for name in report.confounders]
             values.append(", ".join(report.confounders))
+        if non_released(report):
+            deviations = dict.fromkeys(item for run in row.runs for item in run.release_deviations)
+            values += [release_cell(row), ";".join(deviations)]
         values.append(";".join(report.shown_path(run.folder) for run in row.runs))
         records.append(values)
     return names, records
