@@ -127,11 +127,15 @@ def build_task(cfg: DictConfig):
     """Instantiate the prior, the guidance and the task (cheap checks of the input happen here). The prior is
     ``cfg.model``, which a method of another prior family has made ``${priors.<family>}``
     (:func:`csd_exp.methods.apply_method`)."""
+    from csd_exp.tasks.base import RunInputs
+
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
-    # The task's YAML names what it takes from the run (prompt, seed, data, ...); only objects built
-    # here are passed in. _convert_=all: the task receives plain dicts and lists, not DictConfigs.
-    return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, _convert_="all")
+    # Every task takes the run's inputs (prompt, source_caption, seed, trainer.max_steps) as one object built
+    # here; its YAML names the other settings it takes from the run (data, ...). _convert_=all: the task
+    # receives plain dicts and lists, not DictConfigs.
+    inputs = RunInputs.from_config(cfg)
+    return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, inputs=inputs, _convert_="all")
 
 
 def sampling_budget(task) -> dict[str, int]:

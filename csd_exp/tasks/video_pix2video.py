@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior
     from csd_exp.priors.stable_diffusion_depth import StableDiffusionDepthPrior
-    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
+    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt
+    from csd_exp.tasks.base import RunInputs
 
 #: Anchor and previous frame: the causal choices (frames after i would break the batched = sequential equality).
 PIX2VIDEO_FRAMES = ("first", "previous")
@@ -92,14 +93,11 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         prior: StableDiffusionPrior | StableDiffusionDepthPrior,
         guidance: Any = None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ClipSource,
-        source_prompt: str = "",
-        seed: Seed = 0,
-        max_steps: int = -1,
         frame_size: PositiveInt = 64,
         num_inference_steps: PositiveInt = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float,
         latent_update_weight: NonNegativeFloat = 100.0,
         latent_update_steps: NonNegativeInt = 26,
         temporal_attention_frames: list[str] | tuple[str, ...] = PIX2VIDEO_FRAMES,
@@ -116,11 +114,8 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         super().__init__(
             prior,
             guidance,
-            prompt=prompt,
+            inputs=inputs,
             data=data,
-            source_prompt=source_prompt,
-            seed=seed,
-            max_steps=max_steps,
             frame_size=frame_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
