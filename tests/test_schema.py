@@ -75,10 +75,11 @@ def test_the_run_inputs_are_checked_once_at_the_top_and_text_to_3d_takes_no_capt
         cfg[key] = value
         with pytest.raises(ConfigError, match=needle):
             validate_config(cfg)
-    cfg = copy.deepcopy(plain)
-    cfg["task"]["seed"] = 0
-    with pytest.raises(ConfigError, match=r"task\.seed is not a setting of PanoramaTask"):
-        validate_config(cfg)
+    for key in ("seed", "inputs"):  # inputs: the object build_task passes, not a config setting either
+        cfg = copy.deepcopy(plain)
+        cfg["task"][key] = 0
+        with pytest.raises(ConfigError, match=rf"task\.{key} is not a setting of PanoramaTask"):
+            validate_config(cfg)
     validate_composed(compose_config(["task=generation3d"], tmp_path))
     with pytest.raises(ConfigError, match=r"task=(generation3d|Generation3DTask) edits no source, so source_caption="):
         validate_composed(compose_config(["task=generation3d", "source_caption=a ball"], tmp_path))

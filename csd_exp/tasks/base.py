@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,6 @@ def step_generator(seed: int, step: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(hashed_seed(f"{seed}/{step}/{purpose}"))
 
 
-@dataclass(frozen=True)
 class RunInputs:
     """What every task takes from the run, built once by :func:`csd_exp.run.build_task` from the top-level keys
     users type (``prompt``, ``source_caption`` (old name ``source_prompt``), ``seed``, ``trainer.max_steps``),
@@ -68,12 +66,18 @@ class RunInputs:
 
     ``caption`` describes the source (CLIP's directional similarity, the inversion prompt of FateZero and
     Pix2Video); a task with ``takes_caption = False`` (text-to-3D) has no source, and the compose-time check
-    refuses a caption for it. ``max_steps``: the run's optimisation steps (annealed schedules, the step tickets)."""
+    refuses a caption for it. ``max_steps``: the run's optimisation steps (annealed schedules, the step tickets).
 
-    prompt: str
-    caption: str = ""
-    seed: Seed = 0
-    max_steps: int = 200
+    A plain class, not a dataclass: Hydra's ``instantiate`` would turn a dataclass keyword into a config node."""
+
+    __slots__ = ("prompt", "caption", "seed", "max_steps")
+
+    def __init__(self, prompt: str, caption: str = "", seed: Seed = 0, max_steps: int = 200):
+        self.prompt, self.caption, self.seed, self.max_steps = str(prompt), str(caption), int(seed), int(max_steps)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"RunInputs({fields})"
 
     @classmethod
     def from_config(cls, cfg: Any) -> RunInputs:
@@ -98,6 +102,8 @@ class DistillationTask(pl.LightningModule):
     #: the task edits a source that a caption describes (False: text-to-3D; the compose-time check then refuses
     #: a ``source_caption``)
     takes_caption = True
+    #: not a config setting: :func:`csd_exp.run.build_task` passes the run's inputs (``task.inputs`` is refused)
+    python_only_parameters = ("inputs",)
 
     def __init__(
         self,

@@ -74,7 +74,7 @@ def leading_timesteps(num_train_timesteps: int, num_steps: int, steps_offset: in
 class VideoPix2VideoTask(InvertThenEditVideoTask):
     """Pix2Video (module docstring).
 
-    Args (beyond ``task=video``'s prompt, source_prompt, data, frame_size, seed):
+    Args (beyond the run's inputs and ``task=video``'s data, frame_size):
         num_inference_steps, guidance_scale: DDIM steps N and classifier-free guidance ω.
         latent_update_weight: λ of the latent update (0: none).
         latent_update_steps: the update follows the first this many editing steps.
