@@ -260,7 +260,7 @@ class SharedNoiseSampling(ReverseSamplingMixin, VideoTask):
 SAMPLING_YAML = """
 # @package _global_
 defaults:
-  - override /guidance: sampling
+  - override /guidance: null   # no distillation: the two scales only (conf/config.yaml)
   - override /kernel: none
   - override /schedule: none
 task:
@@ -432,7 +432,7 @@ defaults:
   - override /task: scene3d
   - override /editor: desaturate
   - override /model: exact
-  - override /guidance: sampling
+  - override /guidance: null   # no distillation: the two scales only (conf/config.yaml)
   - override /kernel: none
   - override /schedule: none
 data:

@@ -38,8 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path("tests").resolve()))
 from framework_support import compose_config
 from csd_exp.schema import ConfigError, validate_composed
-jobs = [[], ["task=video"], ["task=scene3d"], ["task=scene3d", "editor=in2n", "guidance=sampling", "kernel=none",
-        "schedule=none"],
+jobs = [[], ["task=video"], ["task=scene3d"], ["task=scene3d_in2n"],
         ["task=video_fatezero", "model=tiny_sd"], ["task=panorama_sampling"], ["task=generation3d", "guidance=csd",
         "kernel=feature_rbf"], ["task=video_fatezero", "model=exact"], ["kernel=feature_rbf"],
         ["task.window_sampler=balanced"]]
