@@ -228,7 +228,8 @@ def _tiny_task(**kwargs) -> Scene3DTask:
         editor=editor,
     )
     options.update(kwargs)
-    inputs = RunInputs(max_steps=320, **{k: options.pop(k) for k in ("prompt", "seed", "max_steps") if k in options})
+    run = {"max_steps": 320, **{k: options.pop(k) for k in ("prompt", "seed", "max_steps") if k in options}}
+    inputs = RunInputs(**run)  # Scene3DTask's former max_steps default, 320
     return Scene3DTask(ExactScorePrior(), guidance, inputs=inputs, **options)
 
 
