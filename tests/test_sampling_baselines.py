@@ -309,7 +309,6 @@ def test_a_run_with_the_former_sampler_is_marked_in_summary_and_wandb(run_job):
         [
             "experiment=video_exact_cpu",
             "task=video_sampling",
-            "guidance=sampling",
             "debug=smoke",
             "task.sampler=linspace_ddim",
             "task.num_inference_steps=2",
