@@ -127,8 +127,10 @@ def build_task(cfg: DictConfig):
     """Instantiate the prior, the guidance and the task (cheap checks of the input happen here). The prior is
     ``cfg.model``, which a method of another prior family has made ``${priors.<family>}``
     (:func:`csd_exp.methods.apply_method`)."""
+    from csd_exp.methods import take_old_caption
     from csd_exp.tasks.base import RunInputs
 
+    take_old_caption(cfg)  # idempotent (run() has applied it and said so); for callers that compose themselves
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
     # Every task takes the run's inputs (prompt, source_caption, seed, trainer.max_steps) as one object built

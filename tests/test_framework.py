@@ -456,6 +456,12 @@ def test_the_caption_is_source_caption_and_its_old_name_still_works(run_job, cap
     assert len(notices) == 1 and "\n" not in notices[0]
     generation = compose_config(["experiment=generation3d_exact_cpu"], Path("/tmp/unused"))
     assert "source_prompt" not in generation.task
+    from csd_exp.run import build_task  # a caller that composes itself gets the old name's caption too
+
+    built = build_task(
+        compose_config(["experiment=panorama_exact_cpu", *SMALL_EXACT, "source_prompt=a cat"], Path("/tmp/unused"))
+    )
+    assert built.source_prompt == "a cat"
 
 
 @pytest.mark.parametrize(
