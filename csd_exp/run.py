@@ -129,13 +129,16 @@ def build_task(cfg: DictConfig):
     (:func:`csd_exp.methods.apply_method`; applied here too, idempotently, for Python callers that compose and
     build without the CLI, with the caption's old name taken as the CLI takes it)."""
     from csd_exp.methods import apply_to_composed
+    from csd_exp.tasks.base import RunInputs
 
     apply_to_composed(cfg)
     prior = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
-    # The task's YAML names what it takes from the run (prompt, seed, data, ...); only objects built
-    # here are passed in. _convert_=all: the task receives plain dicts and lists, not DictConfigs.
-    return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, _convert_="all")
+    # Every task takes the run's inputs (prompt, source_caption, seed, trainer.max_steps) as one object built
+    # here; its YAML names the other settings it takes from the run (data, ...). _convert_=all: the task
+    # receives plain dicts and lists, not DictConfigs.
+    inputs = RunInputs.from_config(cfg)
+    return instantiate_clearly(cfg.task, prior=prior, guidance=guidance, inputs=inputs, _convert_="all")
 
 
 def sampling_budget(task) -> dict[str, int]:

@@ -30,9 +30,8 @@ from csd_exp.tasks.results import TaskResult
 
 
 class WholeImageTask(DistillationTask):
-    def __init__(self, prior, guidance, optimizer, *, prompt, image, size, seed=0, source_prompt="", max_steps=2):
-        super().__init__(prior, guidance, optimizer, prompt=prompt, seed=seed, source_prompt=source_prompt,
-                         max_steps=max_steps)
+    def __init__(self, prior, guidance, optimizer, *, inputs, image, size):
+        super().__init__(prior, guidance, optimizer, inputs=inputs)
         self.source = resize_frames(load_image(image), size, size)
         scale = prior.latent_scale_factor
         self.latents = torch.nn.Parameter(torch.zeros(1, prior.latent_channels, size // scale, size // scale))
@@ -67,10 +66,6 @@ TASK_YAML = """
 # @package _global_
 task:
   _target_: whole_image_task.WholeImageTask
-  prompt: ${prompt}
-  source_prompt: ${source_prompt}
-  seed: ${seed}
-  max_steps: ${trainer.max_steps}
   image: sample:rocket
   size: 32
   optimizer:
@@ -270,10 +265,6 @@ defaults:
   - override /schedule: none
 task:
   _target_: shared_noise.SharedNoiseSampling
-  prompt: ${prompt}
-  source_prompt: ${source_prompt}
-  seed: ${seed}
-  max_steps: ${trainer.max_steps}
   data: ${data}
   frame_size: 8
   steps: 3
@@ -328,10 +319,8 @@ from csd_exp.tasks.results import TaskResult
 class CropViewsTask(DistillationTask):
     passes_renders = True
 
-    def __init__(self, prior, guidance, optimizer, *, prompt, image, size: int, views: int, seed=0,
-                 source_prompt="", max_steps=2):
-        super().__init__(prior, guidance, optimizer, prompt=prompt, seed=seed, source_prompt=source_prompt,
-                         max_steps=max_steps)
+    def __init__(self, prior, guidance, optimizer, *, inputs, image, size: int, views: int):
+        super().__init__(prior, guidance, optimizer, inputs=inputs)
         full = resize_frames(load_image(image), size, size * views)
         self.source = torch.stack([full[:, :, i * size:(i + 1) * size] for i in range(views)])
         scale = prior.latent_scale_factor
@@ -370,10 +359,6 @@ VIEW_TASK_YAML = """
 # @package _global_
 task:
   _target_: crop_views.CropViewsTask
-  prompt: ${prompt}
-  source_prompt: ${source_prompt}
-  seed: ${seed}
-  max_steps: ${trainer.max_steps}
   image: sample:rocket
   size: 16
   views: 3

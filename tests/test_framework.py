@@ -443,12 +443,25 @@ def test_the_caption_is_source_caption_and_its_old_name_still_works(run_job, cap
         summary, _ = run_job(["experiment=panorama_exact_cpu", *FAST, *SMALL_EXACT, "source_prompt=a rocket"])
     assert summary["status"] == "completed"
     config = summary["config"]
-    assert config["source_caption"] == "a rocket" and config["task"]["source_prompt"] == "a rocket"
+    # The task takes the caption from the run's inputs (one RunInputs node), not from a copy in its own YAML.
+    from omegaconf import OmegaConf
+
+    from csd_exp.tasks.base import RunInputs
+
+    assert "source_prompt" not in config["task"] and "source_caption" not in config["task"]
+    assert config["source_caption"] == "a rocket"
+    assert RunInputs.from_config(OmegaConf.create(config)).caption == "a rocket"
     assert config["guidance"]["source_prompt"] == ""  # the DDS text is untouched by the caption
     notices = [r.getMessage() for r in caplog.records if "old name of source_caption" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
     generation = compose_config(["experiment=generation3d_exact_cpu"], Path("/tmp/unused"))
     assert "source_prompt" not in generation.task
+    from csd_exp.run import build_task  # a caller that composes itself gets the old name's caption too
+
+    built = build_task(
+        compose_config(["experiment=panorama_exact_cpu", *SMALL_EXACT, "source_prompt=a cat"], Path("/tmp/unused"))
+    )
+    assert built.source_prompt == "a cat"
 
 
 @pytest.mark.parametrize(

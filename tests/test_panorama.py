@@ -8,7 +8,7 @@ import torch
 from csd_exp.data import ImageSource
 from csd_exp.distill import Guidance, Particles
 from csd_exp.priors import ExactScorePrior
-from csd_exp.tasks import PanoramaTask, WindowGrid
+from csd_exp.tasks import PanoramaTask, RunInputs, WindowGrid
 
 
 def test_window_grid_tiles_and_crops():
@@ -46,6 +46,7 @@ def _task(**overrides) -> PanoramaTask:
     )
     kwargs.update(overrides)
     guidance = Guidance("source_branch", kernel="rbf", guidance_scale=1.5, image_guidance_scale=1.5)  # CSD-Edit
+    kwargs["inputs"] = RunInputs(**{k: kwargs.pop(k) for k in ("prompt", "seed", "max_steps") if k in kwargs})
     task = PanoramaTask(ExactScorePrior(), guidance, optimizer=lambda params: torch.optim.SGD(params, lr=1.0), **kwargs)
     task.setup("fit")
     return task

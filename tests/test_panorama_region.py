@@ -14,7 +14,7 @@ from csd_exp.data import ImageSource
 from csd_exp.data.images import save_image
 from csd_exp.distill import Guidance
 from csd_exp.priors import ExactScorePrior
-from csd_exp.tasks import PanoramaRegionTask, PanoramaTask, WindowGrid
+from csd_exp.tasks import PanoramaRegionTask, PanoramaTask, RunInputs, WindowGrid
 from csd_exp.tasks.panorama_region import Region, normalised_weights, region_coverage, window_overlaps
 
 POP_ART, NIGHT, VINTAGE, SUNSET = (
@@ -82,6 +82,7 @@ def _task(cls=PanoramaRegionTask, data=None, **overrides):
         seed=5,
     )
     kwargs.update(overrides)
+    kwargs["inputs"] = RunInputs(**{k: kwargs.pop(k) for k in ("prompt", "seed", "max_steps") if k in kwargs})
     task = cls(ExactScorePrior(), _guidance(), optimizer=lambda params: torch.optim.SGD(params, lr=1.0), **kwargs)
     task.setup("fit")
     return task

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from csd_exp.data import ClipSource, ImageSource
-from csd_exp.tasks.base import step_generator
+from csd_exp.tasks.base import RunInputs, step_generator
 
 EPS_F32 = float(torch.finfo(torch.float32).eps)
 RTOL_F32 = 1e3 * EPS_F32
@@ -149,14 +149,14 @@ def test_multidiffusion_equals_diffusers_panorama_pipeline(tmp_path):
     prior = StableDiffusionPrior(**parts)
     task = PanoramaSamplingTask(
         prior,
-        prompt="a photo of a rocket",
+        inputs=RunInputs(prompt="a photo of a rocket", seed=3),
         data=ImageSource(path="sample:rocket", resize_policy="short_side", short_side=64),
         method="multidiffusion",
         num_inference_steps=2,
         guidance_scale=7.5,
+        image_guidance_scale=1.5,  # a text-to-image prior reads none
         window_size=64,  # the pipeline's windows: 64 latent px at stride 8
         window_stride=8,
-        seed=3,
     )
     task.setup("fit")
     height, width = task.grid.height, task.grid.width
@@ -215,13 +215,12 @@ def test_per_frame_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2p
     steps, seed = 4, 2
     task = VideoSamplingTask(
         InstructPix2PixPrior(str(tiny_ip2p_folder)),
-        prompt=PROMPT,
+        inputs=RunInputs(prompt=PROMPT, seed=seed, max_steps=100),
         data=ClipSource(path="sample:pan", max_frames=2),
         frame_size=8,
         num_inference_steps=steps,
         guidance_scale=7.5,
         image_guidance_scale=1.5,
-        seed=seed,
     )
     task.setup("fit")
     shape = tuple(task.latents.shape)
@@ -248,7 +247,7 @@ def test_per_window_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2
     steps, seed = 4, 4
     task = PanoramaSamplingTask(
         InstructPix2PixPrior(str(tiny_ip2p_folder)),
-        prompt=PROMPT,
+        inputs=RunInputs(prompt=PROMPT, seed=seed),
         data=ImageSource(path="sample:rocket", resize_policy="short_side", short_side=8),
         method="per_window",
         num_inference_steps=steps,
@@ -256,7 +255,6 @@ def test_per_window_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2
         image_guidance_scale=1.5,
         window_size=8,
         window_stride=4,
-        seed=seed,
     )
     task.setup("fit")
     every = range(len(task.grid))
@@ -288,10 +286,12 @@ def test_the_former_sampler_is_a_switch_marked_non_released(tiny_ip2p_folder):
     def task(**kwargs):
         return PanoramaSamplingTask(
             ExactScorePrior(),
-            prompt=PROMPT,
+            inputs=RunInputs(prompt=PROMPT),
             data=ImageSource(path="sample:rocket", short_side=16),
             window_size=16,
             window_stride=8,
+            guidance_scale=1.5,
+            image_guidance_scale=1.5,
             **kwargs,
         )
 

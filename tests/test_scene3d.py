@@ -18,6 +18,7 @@ from csd_exp.data.scene_formats import write_nerfstudio_scene
 from csd_exp.data.sources import SceneSource
 from csd_exp.priors import ExactScorePrior
 from csd_exp.render import VoxelRadianceField
+from csd_exp.tasks.base import RunInputs
 from csd_exp.tasks.scene3d import Scene3DTask
 from csd_exp.tasks.scene3d_editors import CSDEditEditor
 
@@ -227,7 +228,9 @@ def _tiny_task(**kwargs) -> Scene3DTask:
         editor=editor,
     )
     options.update(kwargs)
-    return Scene3DTask(ExactScorePrior(), guidance, **options)
+    run = {"max_steps": 320, **{k: options.pop(k) for k in ("prompt", "seed", "max_steps") if k in options}}
+    inputs = RunInputs(**run)  # Scene3DTask's former max_steps default, 320
+    return Scene3DTask(ExactScorePrior(), guidance, inputs=inputs, **options)
 
 
 def test_edit_rounds_cover_every_view_before_repeating():

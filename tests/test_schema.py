@@ -11,7 +11,7 @@ import sys
 import pytest
 from framework_support import REPO_ROOT, compose_config
 
-from csd_exp.schema import ConfigError, read_signature, validate_config
+from csd_exp.schema import ConfigError, read_signature, validate_composed, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,25 @@ def test_the_compose_time_check_imports_no_torch_lightning_or_diffusers(tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["3", "[]"], result.stdout  # three jobs refused, no heavy package imported
+
+
+def test_the_run_inputs_are_checked_once_at_the_top_and_text_to_3d_takes_no_caption(plain, tmp_path):
+    """prompt, source_caption, seed and trainer.max_steps reach every task as one RunInputs (csd_exp.run.build_task):
+    checked as top-level keys, no longer settings of a task's node; a task that declares takes_caption = False
+    (text-to-3D) refuses a caption at compose time."""
+    for key, value, needle in (("seed", -1, "seed=-1"), ("source_caption", 3, "source_caption=3")):
+        cfg = copy.deepcopy(plain)
+        cfg[key] = value
+        with pytest.raises(ConfigError, match=needle):
+            validate_config(cfg)
+    for key in ("seed", "inputs"):  # inputs: the object build_task passes, not a config setting either
+        cfg = copy.deepcopy(plain)
+        cfg["task"][key] = 0
+        with pytest.raises(ConfigError, match=rf"task\.{key} is not a setting of PanoramaTask"):
+            validate_config(cfg)
+    validate_composed(compose_config(["task=generation3d"], tmp_path))
+    with pytest.raises(ConfigError, match=r"task=(generation3d|Generation3DTask) edits no source, so source_caption="):
+        validate_composed(compose_config(["task=generation3d", "source_caption=a ball"], tmp_path))
 
 
 def test_a_task_without_a_schema_entry_is_left_to_its_constructor(plain):

@@ -28,7 +28,8 @@ FINGERPRINT_SECTIONS = ("model", "guidance", "kernel", "schedule", "task", "data
 FINGERPRINT_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 # Leaf names ignored wherever they appear: run length, caches, and throughput knobs that leave results alone.
 IGNORED_LEAVES = frozenset({"max_steps", "max_epochs", "cache_dir", "local_files_only", "max_rows_per_call"})
-# The task's copies of the run's inputs (``task.prompt: ${prompt}``, ...): already fingerprinted at the top.
+# The task's copies of the run's inputs (``task.data: ${data}``; before RunInputs also ``task.prompt: ${prompt}``, ...,
+# still in older checkpoints' fingerprints): already fingerprinted at the top.
 TASK_INPUTS = frozenset({"prompt", "source_prompt", "seed", "data"})
 CHECKPOINT_KEY = "csd_exp"
 ALLOW_OVERRIDE = "resume.allow_config_change=true"

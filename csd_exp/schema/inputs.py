@@ -184,9 +184,9 @@ def _check_scene(data: Mapping[str, Any]) -> None:
         raise ConfigError(f"data.path={value}: no cameras in the folder (neither {' nor '.join(SCENE_FILES)})")
 
 
-def _check_regions(task: Mapping[str, Any], image_size: tuple[int, int]) -> None:
+def _check_regions(task: Mapping[str, Any], image_size: tuple[int, int], prompt: Any) -> None:
     try:
-        regions = parse_regions(task.get("regions"), str(task.get("prompt") or "the run's prompt"))
+        regions = parse_regions(task.get("regions"), str(prompt or "the run's prompt"))
         for region in regions:
             if region.mask is None:
                 check_box_inside(region, image_size)
@@ -239,7 +239,7 @@ def check_inputs(cfg: Mapping[str, Any]) -> None:
     if target == IMAGE_SOURCE:
         size = _image_size(data)
         if isinstance(task, Mapping) and task.get("_target_") == REGION_TASK:
-            _check_regions(task, size)
+            _check_regions(task, size, cfg.get("prompt"))
     elif target == CLIP_SOURCE:
         _check_clip(data)
     elif target == SCENE_SOURCE:

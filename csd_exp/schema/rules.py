@@ -32,6 +32,7 @@ SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
 RUN_KEYS = {
     "prompt": str,
     "source_prompt": str,
+    "source_caption": str,
     "method": str,
     "optimized_metric": str | None,
     "seed": Seed,
@@ -222,6 +223,11 @@ def _check_task(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         )
     if isinstance(target, str):
         _check_prior(cfg, choices, target)
+        if cfg.get("source_caption") and class_attribute(target, "takes_caption", True) is False:
+            raise ConfigError(
+                f"task={choices.get('task') or _short(target)} edits no source, so source_caption="
+                f"{cfg['source_caption']!r} (old name source_prompt) would do nothing; drop it"
+            )
     if not samples and not distills:
         raise ConfigError(f"this task distils the prior and needs a guidance preset: {GUIDANCE_PRESETS}")
     if samples:
@@ -279,6 +285,7 @@ CHECKED_NODES = (
     "method",
     "optimized_metric",
     "source_prompt",
+    "source_caption",
     "seed",
     "ckpt_path",
     "tags",

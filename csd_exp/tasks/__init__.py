@@ -1,6 +1,6 @@
 """Tasks: one LightningModule per kind of particle (panorama windows, video frames, rendered views)."""
 
-from csd_exp.tasks.base import DistillationTask, StepTickets, step_generator
+from csd_exp.tasks.base import DistillationTask, RunInputs, StepTickets, step_generator
 from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
 from csd_exp.tasks.panorama_region import PanoramaRegionTask
 from csd_exp.tasks.scene3d import Scene3DTask
@@ -10,6 +10,7 @@ __all__ = [
     "DistillationTask",
     "PanoramaRegionTask",
     "PanoramaTask",
+    "RunInputs",
     "Scene3DTask",
     "StepTickets",
     "VideoTask",

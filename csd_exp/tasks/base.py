@@ -59,6 +59,37 @@ def step_generator(seed: int, step: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(hashed_seed(f"{seed}/{step}/{purpose}"))
 
 
+class RunInputs:
+    """What every task takes from the run, built once by :func:`csd_exp.run.build_task` from the top-level keys
+    users type (``prompt``, ``source_caption`` (old name ``source_prompt``), ``seed``, ``trainer.max_steps``),
+    which the compose-time check validates there; a task's YAML does not repeat them.
+
+    ``caption`` describes the source (CLIP's directional similarity, the inversion prompt of FateZero and
+    Pix2Video); a task with ``takes_caption = False`` (text-to-3D) has no source, and the compose-time check
+    refuses a caption for it. ``max_steps``: the run's optimisation steps (annealed schedules, the step tickets).
+
+    A plain class, not a dataclass: Hydra's ``instantiate`` would turn a dataclass keyword into a config node."""
+
+    __slots__ = ("prompt", "caption", "seed", "max_steps")
+
+    def __init__(self, prompt: str, caption: str = "", seed: Seed = 0, max_steps: int = 200):
+        self.prompt, self.caption, self.seed, self.max_steps = str(prompt), str(caption), int(seed), int(max_steps)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"RunInputs({fields})"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunInputs:
+        """The run's inputs from a composed config (its ``source_caption`` already holds an old ``source_prompt``)."""
+        return cls(
+            prompt=str(cfg.prompt),
+            caption=str(cfg.get("source_caption") or ""),
+            seed=int(cfg.seed),
+            max_steps=int(cfg.trainer.max_steps),
+        )
+
+
 class DistillationTask(pl.LightningModule):
     """Base LightningModule for CSD tasks. The frozen prior is kept out of ``state_dict``."""
 
@@ -68,6 +99,11 @@ class DistillationTask(pl.LightningModule):
     #: the task passes renders of its views to the guidance's kernel (``Particles.kernel_inputs``), which a
     #: kernel that compares images (``on_images = True``) needs
     passes_renders = False
+    #: the task edits a source that a caption describes (False: text-to-3D; the compose-time check then refuses
+    #: a ``source_caption``)
+    takes_caption = True
+    #: not a config setting: :func:`csd_exp.run.build_task` passes the run's inputs (``task.inputs`` is refused)
+    python_only_parameters = ("inputs",)
 
     def __init__(
         self,
@@ -76,10 +112,7 @@ class DistillationTask(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         *,
-        prompt: str,
-        seed: Seed = 0,
-        source_prompt: str = "",
-        max_steps: int = 200,
+        inputs: RunInputs,
     ):
         super().__init__()
 
@@ -88,16 +121,16 @@ class DistillationTask(pl.LightningModule):
         self.guidance = guidance
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.prompt = prompt
-        self.source_prompt = source_prompt
-        self.seed = int(seed)
-        self.max_steps = int(max_steps)
+        self.prompt = inputs.prompt
+        self.source_prompt = inputs.caption  # the source caption (not DDS's guidance.source_prompt)
+        self.seed = int(inputs.seed)
+        self.max_steps = int(inputs.max_steps)
         if guidance is not None and self.max_steps > 0:
             guidance.schedule.set_horizon(self.max_steps)  # annealed schedules run over the whole fit
         self._particles_ready = False
         self._first_step_started: float | None = None
         self._first_step_logged = False
-        prior.validate_prompt(prompt)  # an instruction the prior cannot follow fails before any work
+        prior.validate_prompt(inputs.prompt)  # an instruction the prior cannot follow fails before any work
 
     # ----------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:

@@ -46,7 +46,7 @@ from csd_exp.priors.base import ModeOracle
 from csd_exp.priors.exact_generation import ViewConditionedPrior
 from csd_exp.render import RadianceField
 from csd_exp.tasks import generation3d_metrics as metrics
-from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
 from csd_exp.tasks.generation3d_cameras import CameraSampler, LambertianShading, ViewPrompting, prompt_batch
 from csd_exp.tasks.results import TaskResult, mode_fractions
 
@@ -73,6 +73,7 @@ class Generation3DTask(DistillationTask):
     """Generate a radiance field from a text prompt by SDS / CSD over rendered views."""
 
     passes_renders = True  # the kernel receives the rendered views (image kernels compare them)
+    takes_caption = False  # text to 3D: no source for source_caption to describe (refused at compose time)
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class Generation3DTask(DistillationTask):
         optimizer,
         lr_scheduler=None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         field: Callable[..., RadianceField],
         cameras: CameraSampler,
         view_prompts: ViewPrompting,
@@ -97,19 +98,13 @@ class Generation3DTask(DistillationTask):
         turntable_fps: float = 4.0,
         fid_reference_dir: str | None = None,
         fid_inception_weights: str | None = None,
-        seed: int = 0,
-        source_prompt: str = "",
-        max_steps: int = 1000,
     ):
         super().__init__(
             prior,
             guidance,
             optimizer,
             lr_scheduler,
-            prompt=prompt,
-            seed=seed,
-            source_prompt=source_prompt,
-            max_steps=max_steps,
+            inputs=inputs,
         )
         if getattr(prior, "supports_image_condition", False):
             raise ValueError(
@@ -150,12 +145,13 @@ class Generation3DTask(DistillationTask):
         self.field = field(aabb=[list(map(float, corner)) for corner in scene_box])
         if not isinstance(self.field, RadianceField):
             raise ValueError(f"task.field built a {type(self.field).__name__}, not a csd_exp.render.RadianceField")
-        for view_prompt in set(self.view_prompting.prompts(prompt, torch.zeros(4), torch.tensor([0.0, 0, 90, 0]))):
+        azimuths, elevations = torch.zeros(4), torch.tensor([0.0, 0, 90, 0])
+        for view_prompt in set(self.view_prompting.prompts(inputs.prompt, azimuths, elevations)):
             prior.validate_prompt(view_prompt)  # the suffixed prompts too, before any work
         self._final: Generation3DResult | None = None
         log.info(
             "generation3d: %r, %d views per step at %dx%d, %s, view prompts %s",
-            prompt,
+            inputs.prompt,
             self.views_per_step,
             self.image_width,
             self.image_height,

@@ -27,11 +27,11 @@ from csd_exp.data.sources import ImageSource
 from csd_exp.distill.particles import Particles
 from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
-from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
 from csd_exp.tasks.results import TaskResult
 
 if TYPE_CHECKING:
-    from csd_exp.schema.fields import PositiveInt, Seed
+    from csd_exp.schema.fields import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +119,19 @@ class PanoramaTask(DistillationTask):
         optimizer,
         lr_scheduler=None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ImageSource,
         window_size: PositiveInt = 64,
         window_stride: PositiveInt = 16,
         windows_per_step: PositiveInt = 4,
         window_sampler: WindowSampler = "uniform",
-        seed: Seed = 0,
-        source_prompt: str = "",
-        max_steps: int = 200,
     ):
         super().__init__(
             prior,
             guidance,
             optimizer,
             lr_scheduler,
-            prompt=prompt,
-            seed=seed,
-            source_prompt=source_prompt,
-            max_steps=max_steps,
+            inputs=inputs,
         )
 
         self.window_sampler = window_sampler

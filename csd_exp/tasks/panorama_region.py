@@ -36,6 +36,7 @@ from csd_exp.data.resample import resize_frames
 from csd_exp.data.sources import ImageSource
 from csd_exp.priors.base import ModeOracle
 from csd_exp.schema.regions import Region, check_box_inside, parse_regions
+from csd_exp.tasks.base import RunInputs
 from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
 from csd_exp.tasks.results import TaskResult, mode_fractions
 
@@ -127,7 +128,7 @@ class PanoramaRegionTask(PanoramaTask):
         optimizer,
         lr_scheduler=None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ImageSource,
         regions: Sequence[Mapping[str, Any]] | None = None,
         canvas_size: Sequence[int] | None = None,
@@ -135,12 +136,9 @@ class PanoramaRegionTask(PanoramaTask):
         window_stride: int = 16,
         windows_per_step: int = 4,
         window_sampler: str = "uniform",
-        seed: int = 0,
-        source_prompt: str = "",
-        max_steps: int = 200,
     ):
         # The whole layout is checked first: geometry is cheap, and a bad region must fail before the image loads.
-        parsed = parse_regions(regions, prompt)
+        parsed = parse_regions(regions, inputs.prompt)
         for region in parsed:
             prior.validate_prompt(region.prompt)  # an instruction the prior cannot follow: the prior's own error
         scale = int(prior.latent_scale_factor)
@@ -162,15 +160,12 @@ class PanoramaRegionTask(PanoramaTask):
             guidance,
             optimizer,
             lr_scheduler,
-            prompt=prompt,
+            inputs=inputs,
             data=data,
             window_size=window_size,
             window_stride=window_stride,
             windows_per_step=windows_per_step,
             window_sampler=window_sampler,
-            seed=seed,
-            source_prompt=source_prompt,
-            max_steps=max_steps,
         )
         self.regions = parsed
         self.region_weights = weights.float()  # (windows, regions) α; plain CPU tensors: never in a checkpoint

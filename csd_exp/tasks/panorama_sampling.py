@@ -48,8 +48,8 @@ class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
         sampler: SamplerName = "pipeline",
         num_inference_steps: PositiveInt | None = None,
         eta: Probability | None = None,
-        guidance_scale: float = 1.5,
-        image_guidance_scale: float = 1.5,
+        guidance_scale: float,
+        image_guidance_scale: float,
         **kwargs,
     ):
 

@@ -48,14 +48,14 @@ from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import RadianceField, psnr
 from csd_exp.tasks import scene3d_diagnostics as diagnostics
-from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
 from csd_exp.tasks.results import TaskResult
 from csd_exp.tasks.scene3d_data import render_cameras, restore_edits, save_edits, turntable_path
 from csd_exp.tasks.scene3d_editors import DatasetEditor, edit_round_positions
 from csd_exp.tasks.scene3d_view import SceneView
 
 if TYPE_CHECKING:
-    from csd_exp.schema.fields import NonNegativeInt, PositiveFloat, PositiveInt, Seed
+    from csd_exp.schema.fields import NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = ["Scene3DResult", "Scene3DTask", "StepOutput"]
 
@@ -91,7 +91,7 @@ class Scene3DTask(DistillationTask):
         optimizer,
         lr_scheduler=None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: SceneSource,
         editor: DatasetEditor,
         field: Callable[..., RadianceField],
@@ -100,19 +100,13 @@ class Scene3DTask(DistillationTask):
         jitter: bool = True,
         turntable_views: PositiveInt = 24,
         turntable_fps: PositiveFloat = 8.0,
-        seed: Seed = 0,
-        source_prompt: str = "",
-        max_steps: int = 320,
     ):
         super().__init__(
             prior,
             guidance,
             optimizer,
             lr_scheduler,
-            prompt=prompt,
-            seed=seed,
-            source_prompt=source_prompt,
-            max_steps=max_steps,
+            inputs=inputs,
         )
         if not isinstance(editor, DatasetEditor):
             raise ValueError(f"task.editor built a {type(editor).__name__}, not a scene3d_editors.DatasetEditor")

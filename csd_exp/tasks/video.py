@@ -24,12 +24,12 @@ from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, 
 from csd_exp.distill.particles import Particles
 from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
-from csd_exp.tasks.base import DistillationTask, step_generator
+from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
 from csd_exp.tasks.media import side_by_side
 from csd_exp.tasks.results import TaskResult
 
 if TYPE_CHECKING:
-    from csd_exp.schema.fields import PositiveInt, Seed
+    from csd_exp.schema.fields import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,17 @@ class VideoTask(DistillationTask):
         optimizer,
         lr_scheduler=None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ClipSource,
         frame_size: PositiveInt = 64,
         frames_per_step: PositiveInt | None = None,
-        seed: Seed = 0,
-        source_prompt: str = "",
-        max_steps: int = 100,
     ):
         super().__init__(
             prior,
             guidance,
             optimizer,
             lr_scheduler,
-            prompt=prompt,
-            seed=seed,
-            source_prompt=source_prompt,
-            max_steps=max_steps,
+            inputs=inputs,
         )
         side = int(frame_size) * int(prior.latent_scale_factor)  # frame_size is in latent px
         size = (side, side)

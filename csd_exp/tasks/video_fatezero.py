@@ -57,7 +57,8 @@ from csd_exp.tasks.video import VideoTask
 
 if TYPE_CHECKING:
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior
-    from csd_exp.schema.fields import NonNegativeInt, PositiveInt, Probability, Seed
+    from csd_exp.schema.fields import NonNegativeInt, PositiveInt, Probability
+    from csd_exp.tasks.base import RunInputs
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         lr_scheduler=None,
         *,
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float,
         temporal_attention_frames: list[str] | tuple[str, ...] = ("first", "previous"),
         temporal_attention_blocks: list[str] | tuple[str, ...] = UNET_PLACES,
         temporal_attention_min_level: int = 0,
@@ -307,14 +308,11 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         prior: StableDiffusionPrior,
         guidance: Any = None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ClipSource,
-        source_prompt: str = "",
-        seed: Seed = 0,
-        max_steps: int = -1,
         frame_size: PositiveInt = 64,
         num_inference_steps: PositiveInt = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float,
         cross_replace_steps: Probability = 0.8,
         self_replace_steps: Probability = 0.9,
         is_replace_controller: bool = False,
@@ -351,11 +349,8 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         super().__init__(
             prior,
             guidance,
-            prompt=prompt,
+            inputs=inputs,
             data=data,
-            source_prompt=source_prompt,
-            seed=seed,
-            max_steps=max_steps,
             frame_size=frame_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,

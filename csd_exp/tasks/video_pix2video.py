@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior
     from csd_exp.priors.stable_diffusion_depth import StableDiffusionDepthPrior
-    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
+    from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt
+    from csd_exp.tasks.base import RunInputs
 
 #: Anchor and previous frame: the causal choices (frames after i would break the batched = sequential equality).
 PIX2VIDEO_FRAMES = ("first", "previous")
@@ -67,7 +68,7 @@ RELEASE_BLOCKS = ("up",)
 class VideoPix2VideoTask(InvertThenEditVideoTask):
     """Pix2Video (module docstring).
 
-    Args (beyond ``task=video``'s prompt, source_prompt, data, frame_size, seed):
+    Args (beyond the run's inputs and ``task=video``'s data, frame_size):
         num_inference_steps, guidance_scale: DDIM steps N and classifier-free guidance ω.
         latent_update_weight: λ of the latent update (0: none).
         latent_update_steps: the update follows the first this many editing steps.
@@ -86,14 +87,11 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         prior: StableDiffusionPrior | StableDiffusionDepthPrior,
         guidance: Any = None,
         *,
-        prompt: str,
+        inputs: RunInputs,
         data: ClipSource,
-        source_prompt: str = "",
-        seed: Seed = 0,
-        max_steps: int = -1,
         frame_size: PositiveInt = 64,
         num_inference_steps: PositiveInt = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float,
         latent_update_weight: NonNegativeFloat = 100.0,
         latent_update_steps: NonNegativeInt = 26,
         temporal_attention_frames: list[str] | tuple[str, ...] = PIX2VIDEO_FRAMES,
@@ -110,11 +108,8 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         super().__init__(
             prior,
             guidance,
-            prompt=prompt,
+            inputs=inputs,
             data=data,
-            source_prompt=source_prompt,
-            seed=seed,
-            max_steps=max_steps,
             frame_size=frame_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,

@@ -32,8 +32,8 @@ class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
         num_inference_steps: PositiveInt | None = None,
         eta: Probability | None = None,
         strength: UnitFraction = 1.0,
-        guidance_scale: float = 1.5,
-        image_guidance_scale: float = 1.5,
+        guidance_scale: float,
+        image_guidance_scale: float,
         **kwargs,
     ):
         super().__init__(prior, guidance, optimizer, lr_scheduler, **kwargs)

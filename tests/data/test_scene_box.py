@@ -41,7 +41,7 @@ def test_the_3d_task_warns_about_a_scene_box_around_its_cameras(tmp_path, caplog
     from csd_exp.distill import Guidance
     from csd_exp.priors import ExactScorePrior
     from csd_exp.render import VoxelRadianceField
-    from csd_exp.tasks import Scene3DTask
+    from csd_exp.tasks import RunInputs, Scene3DTask
     from csd_exp.tasks.scene3d_editors import CSDEditEditor
 
     scene = make_sample_scene(num_views=6, num_val=1, size=(16, 16), seed=0)
@@ -51,7 +51,7 @@ def test_the_3d_task_warns_about_a_scene_box_around_its_cameras(tmp_path, caplog
         Scene3DTask(
             ExactScorePrior(),
             Guidance("source_branch", "rbf"),
-            prompt="turn it into a pop-art painting",
+            inputs=RunInputs(prompt="turn it into a pop-art painting", max_steps=320),
             data=SceneSource(path=str(folder)),
             field=partial(VoxelRadianceField, resolution=8, num_samples=8),
             optimizer=lambda params: torch.optim.Adam(params),
