@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from csd_exp.prior_families import DEPTH, INSTRUCTION, TEXT_TO_IMAGE, latent_factor, prior_family
+from csd_exp.prior_families import DEPTH, INSTRUCTION, TEXT_TO_IMAGE, latent_factor, model_options_for, prior_family
 
 #: Modalities whose experiments a distillation method runs on, with the experiment's own task.
 DISTILL_MODALITIES = ("panorama", "panorama_region", "video", "scene3d", "generation3d")
@@ -183,6 +183,13 @@ def fitting(modality: str | None, family: str | None = None) -> list[str]:
     ]
 
 
+def _options(cfg: Any, method: Method) -> str:
+    """``model=sd15, model=sd21, model=tiny_sd``: the models the method's task takes, for the message."""
+    task_target = (cfg.get("task") or {}).get("_target_")
+    options = model_options_for(task_target, (method.family, *method.also))
+    return ", ".join(f"model={option}" for option in options) or f"a {method.family} model"
+
+
 def _with_article(family: str) -> str:
     word = family.replace("_", "-")
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
@@ -233,8 +240,9 @@ def apply_method(cfg: Any, requested: str | None, overrides: list[str]) -> str |
         raise MethodError(
             f"method={requested} needs {_with_article(method.family)} prior"
             f"{''.join(f' (or {_with_article(f)} one, its variant)' for f in method.also)}, but {given} is "
-            f"{_with_article(model_family)} one; methods that fit it: {', '.join(fitting(modality, model_family))} "
-            f"(or drop {given.split('=')[0]}: the method takes priors.{method.family})"
+            f"{_with_article(model_family)} one: choose {_options(cfg, method)}, or a method that fits it: "
+            f"{', '.join(fitting(modality, model_family))} (or drop {given.split('=')[0]}: the method takes "
+            f"priors.{method.family})"
         )
     if method.family not in (cfg.get("priors") or {}):
         raise MethodError(f"method={requested} needs priors.{method.family} (conf/config.yaml), which is not set")

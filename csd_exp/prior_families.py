@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from csd_exp.ast_signatures import built_class, class_attribute
-from csd_exp.ast_source import module_constant
+from csd_exp.ast_signatures import built_class, class_attribute, is_a, parameter_classes
+from csd_exp.ast_source import module_constant, module_file
 
 INSTRUCTION, TEXT_TO_IMAGE, DEPTH = "instruction", "text_to_image", "depth"
 
@@ -57,3 +57,27 @@ def latent_factor(model: Mapping[str, Any] | None) -> int | None:
         channels = module_constant("csd_exp.priors.tiny", "TINY_BLOCK_OUT_CHANNELS")
         return 2 ** (len(channels) - 1) if channels else None
     return None
+
+
+def model_options_for(task_target: str | None, families: tuple[str, ...]) -> list[str]:
+    """The options of conf/model a task can run on, by name (``sd15, sd21, tiny_sd``), for a message: those
+    building a class its constructor names as its ``prior`` (FateZero: ``StableDiffusionPrior``), else those of
+    ``families``."""
+    import re
+
+    found = module_file("csd_exp.conf")
+    if found is None:
+        return []
+    required = parameter_classes(task_target, "prior") if task_target else ()
+    options = []
+    for path in sorted((found[0].parent / "model").glob("*.yaml")):
+        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target is None:
+            continue
+        if required:
+            fits = any(is_a(target.group(1), cls) for cls in required)
+        else:
+            fits = prior_family({"_target_": target.group(1)}) in families
+        if fits:
+            options.append(path.stem)
+    return options

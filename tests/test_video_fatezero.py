@@ -98,9 +98,8 @@ def test_a_model_that_is_not_stable_diffusion_text_to_image_is_refused_at_compos
     from csd_exp.schema import ConfigError, validate_composed
 
     cfg = compose_config([f"task={task}", f"model={model}"], tmp_path)
-    with pytest.raises(
-        ConfigError, match=rf"task={task} .* not model={model}: choose model=sd15, model=sd21, model=tiny_sd"
-    ):
+    method = task.removeprefix("video_")
+    with pytest.raises(ConfigError, match=rf"method={method} needs a .* but model={model} is an instruction one"):
         validate_composed(cfg)
 
 
@@ -182,6 +181,7 @@ def _built(tmp_path, *overrides):
     """The task as build_task makes it, on one tiny prior shared by these tests (loading it is the slow part),
     with its attention control installed (as configure_particles would, without encoding the clip)."""
     from csd_exp.run import instantiate_clearly
+    from csd_exp.tasks import RunInputs
 
     cfg = compose_config([*TINY, *PROMPTS, *EDIT, *overrides], tmp_path)
     key = repr(cfg.model)
@@ -189,7 +189,8 @@ def _built(tmp_path, *overrides):
         _PRIORS.clear()
         _PRIORS[key] = instantiate_clearly(cfg.model)
     guidance = instantiate_clearly(cfg.guidance) if "_target_" in cfg.guidance else None
-    task = instantiate_clearly(cfg.task, prior=_PRIORS[key], guidance=guidance, _convert_="all")
+    inputs = RunInputs.from_config(cfg)
+    task = instantiate_clearly(cfg.task, prior=_PRIORS[key], guidance=guidance, inputs=inputs, _convert_="all")
     task.attention = VideoAttention(
         task.prior.unet,
         temporal_frames=task.temporal_frames,
