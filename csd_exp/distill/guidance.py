@@ -91,6 +91,8 @@ class GuidanceOutput:
     diagnostics: dict[str, float]
     #: with an image kernel: (w/N) R of ``kernel_inputs``' shape, detached (the loss's second term); else None
     image_gradients: Tensor | None = None
+    #: the UNet rows this step would cost a learned prior (all ranks' particles; :meth:`Guidance.unet_rows`)
+    unet_rows: int | None = None
 
 
 def _is_mean_identity(kernel: Kernel) -> bool:
@@ -246,7 +248,23 @@ class Guidance:
             shard.group,
             self.step_kernel(step if schedule_step is None else schedule_step),
         )
-        return self._output(particles, gradients, image_gradients, t, diagnostics)
+        out = self._output(particles, gradients, image_gradients, t, diagnostics)
+        out.unet_rows = self.unet_rows(shard.total, particles.condition is not None, prompt)
+        return out
+
+    def unet_rows(self, num_particles: int, image_conditioned: bool, prompt: str | Sequence[str] = "") -> int:
+        """The UNet rows one step over ``num_particles`` particles costs a learned prior (the exact priors run
+        no UNet; this is the cost their step stands for). Per particle and prompt: InstructPix2Pix's 3-way
+        guidance takes 3 target rows and CSD-Edit's source branch 2 more (5, ``benchmarks/bench_priors.py``);
+        a text-only prior takes 2 (conditional, unconditional) and the source branch 1 more (2 with
+        ``source_prompt``). Several prompts (region editing) count every prompt's target rows on every
+        particle, an upper bound of what :meth:`_mixture_residuals` runs."""
+        prompts = 1 if isinstance(prompt, str) else max(len(prompt), 1)
+        target = 3 if image_conditioned else 2
+        source = 0
+        if self.baseline.uses_source:
+            source = 2 if image_conditioned or self.source_prompt else 1
+        return int(num_particles) * (prompts * target + source)
 
     # ------------------------------------------------------------------ the named steps of __call__
     def _check_inputs(self, prior, particles: Particles, shard: Shard | None) -> Shard:
@@ -383,12 +401,16 @@ class Guidance:
         )
 
     def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None) -> Tensor:
-        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale``, in that order."""
+        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → the schedule's ``step_scale`` (only
+        where it is not 1), in that order."""
         gradients = torch.nan_to_num(gradients, nan=0.0, posinf=0.0, neginf=0.0)
         if self.grad_clip is not None:
             gradients = gradients.clamp(-self.grad_clip, self.grad_clip)
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
+        step_scale = getattr(self.schedule, "step_scale", 1.0)
+        if step_scale != 1.0:
+            gradients = gradients * step_scale
         return gradients
 
     # ------------------------------------------------------------------ conditioning and prompt mixtures

@@ -178,6 +178,7 @@ class TimestepScheduleSchema:
     min_fraction: Annotated[float, Range(min=0, max=1, open_min=True, open_max=True)]
     max_fraction: Annotated[float, Range(min=0, max=1, open_min=True, open_max=True)]
     annealing: Literal[ANNEALING_RULES]
+    step_scale: PositiveFloat = 1.0
 
 
 @dataclass
