@@ -248,7 +248,8 @@ class Guidance:
             shard.group,
             self.step_kernel(step if schedule_step is None else schedule_step),
         )
-        out = self._output(particles, gradients, image_gradients, t, diagnostics)
+        step_factor = self.schedule.step_factor(step if schedule_step is None else schedule_step)
+        out = self._output(particles, gradients, image_gradients, t, diagnostics, step_factor)
         out.unet_rows = self.unet_rows(shard.total, particles.condition is not None, prompt)
         return out
 
@@ -384,13 +385,20 @@ class Guidance:
         return gradients, None, diagnostics
 
     def _output(
-        self, particles: Particles, gradients: Tensor, image_gradients: Tensor | None, t: int, diagnostics: dict
+        self,
+        particles: Particles,
+        gradients: Tensor,
+        image_gradients: Tensor | None,
+        t: int,
+        diagnostics: dict,
+        step_factor: float = 1.0,
     ) -> GuidanceOutput:
         """The guarded gradients and the surrogate loss whose gradient they are (plus the images' term)."""
-        gradients = self._guard(gradients, particles.gradient_scale).to(particles.latents.dtype)
+        gradients = self._guard(gradients, particles.gradient_scale, step_factor).to(particles.latents.dtype)
         loss = surrogate_loss(particles.latents, gradients)
         if image_gradients is not None:
-            image_gradients = self._guard(image_gradients, particles.gradient_scale).to(particles.kernel_inputs.dtype)
+            image_gradients = self._guard(image_gradients, particles.gradient_scale, step_factor)
+            image_gradients = image_gradients.to(particles.kernel_inputs.dtype)
             loss = loss + surrogate_loss(particles.kernel_inputs, image_gradients)
         return GuidanceOutput(
             loss=loss,
@@ -400,17 +408,16 @@ class Guidance:
             image_gradients=image_gradients,
         )
 
-    def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None) -> Tensor:
-        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → the schedule's ``step_scale`` (only
-        where it is not 1), in that order."""
+    def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None, step_factor: float = 1.0) -> Tensor:
+        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → the schedule's step factor
+        (:meth:`TimestepSchedule.step_factor`, only where it is not 1), in that order."""
         gradients = torch.nan_to_num(gradients, nan=0.0, posinf=0.0, neginf=0.0)
         if self.grad_clip is not None:
             gradients = gradients.clamp(-self.grad_clip, self.grad_clip)
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
-        step_scale = getattr(self.schedule, "step_scale", 1.0)
-        if step_scale != 1.0:
-            gradients = gradients * step_scale
+        if step_factor != 1.0:
+            gradients = gradients * step_factor
         return gradients
 
     # ------------------------------------------------------------------ conditioning and prompt mixtures

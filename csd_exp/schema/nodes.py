@@ -179,6 +179,7 @@ class TimestepScheduleSchema:
     max_fraction: Annotated[float, Range(min=0, max=1, open_min=True, open_max=True)]
     annealing: Literal[ANNEALING_RULES]
     step_scale: PositiveFloat = 1.0
+    step_scale_from: Annotated[float, Range(min=0, max=1, open_max=True)] = 0.0
 
 
 @dataclass

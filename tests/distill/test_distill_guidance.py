@@ -227,3 +227,23 @@ def test_unet_rows_count_what_a_learned_prior_would_run():
     assert guidance(FakePrior(), Particles(latents), prompt="p", step=STEP, seed=SEED).unet_rows == 2 * n
     assert guidance.unet_rows(n, image_conditioned=False, prompt=["a", "b"]) == 4 * n
     assert preset("csd_edit", source_prompt="a photo").unet_rows(n, image_conditioned=False) == 4 * n
+
+
+def test_the_step_scale_starts_after_step_scale_from_of_the_horizon():
+    latents, source, image_cond = inputs()
+    particles = Particles(latents, source_latents=source, condition=image_cond)
+
+    def step(schedule, at):
+        guidance = preset("csd_edit", guidance_scale=7.5, schedule=schedule)
+        return guidance(FakePrior(), particles, prompt="make it red", step=at, seed=SEED).gradients
+
+    late = TimestepSchedule(step_scale=2.0, step_scale_from=0.5, max_steps=2 * STEP + 2)  # from step STEP + 1
+    assert (late.step_factor(STEP), late.step_factor(STEP + 1)) == (1.0, 2.0)
+    assert torch.equal(step(late, STEP), step(TimestepSchedule(), STEP))  # before: the official step
+    assert torch.equal(step(late, STEP + 1), 2.0 * step(TimestepSchedule(), STEP + 1))
+    with pytest.raises(ValueError, match="needs a horizon"):
+        TimestepSchedule(step_scale=2.0, step_scale_from=0.5).step_factor(0)
+    assert TimestepSchedule(step_scale=1.0, step_scale_from=0.5).step_factor(0) == 1.0  # no horizon needed
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="step_scale_from"):
+            TimestepSchedule(step_scale_from=bad)
