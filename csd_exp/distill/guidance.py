@@ -91,6 +91,8 @@ class GuidanceOutput:
     diagnostics: dict[str, float]
     #: with an image kernel: (w/N) R of ``kernel_inputs``' shape, detached (the loss's second term); else None
     image_gradients: Tensor | None = None
+    #: the UNet rows this step would cost a learned prior (all ranks' particles; :meth:`Guidance.unet_rows`)
+    unet_rows: int | None = None
 
 
 def _is_mean_identity(kernel: Kernel) -> bool:
@@ -245,7 +247,24 @@ class Guidance:
             shard.group,
             self.step_kernel(step if schedule_step is None else schedule_step),
         )
-        return self._output(particles, gradients, image_gradients, t, diagnostics)
+        step_factor = self.schedule.step_factor(step if schedule_step is None else schedule_step)
+        out = self._output(particles, gradients, image_gradients, t, diagnostics, step_factor)
+        out.unet_rows = self.unet_rows(shard.total, particles.condition is not None, prompt)
+        return out
+
+    def unet_rows(self, num_particles: int, image_conditioned: bool, prompt: str | Sequence[str] = "") -> int:
+        """The UNet rows one step over ``num_particles`` particles costs a learned prior (the exact priors run
+        no UNet; this is the cost their step stands for). Per particle and prompt: InstructPix2Pix's 3-way
+        guidance takes 3 target rows and CSD-Edit's source branch 2 more (5, ``benchmarks/bench_priors.py``);
+        a text-only prior takes 2 (conditional, unconditional) and the source branch 1 more (2 with
+        ``source_prompt``). Several prompts (region editing) count every prompt's target rows on every
+        particle, an upper bound of what :meth:`_mixture_residuals` runs."""
+        prompts = 1 if isinstance(prompt, str) else max(len(prompt), 1)
+        target = 3 if image_conditioned else 2
+        source = 0
+        if self.baseline.uses_source:
+            source = 2 if image_conditioned or self.source_prompt else 1
+        return int(num_particles) * (prompts * target + source)
 
     # ------------------------------------------------------------------ the named steps of __call__
     def _check_inputs(self, prior, particles: Particles, shard: Shard | None) -> Shard:
@@ -365,13 +384,20 @@ class Guidance:
         return gradients, None, diagnostics
 
     def _output(
-        self, particles: Particles, gradients: Tensor, image_gradients: Tensor | None, t: int, diagnostics: dict
+        self,
+        particles: Particles,
+        gradients: Tensor,
+        image_gradients: Tensor | None,
+        t: int,
+        diagnostics: dict,
+        step_factor: float = 1.0,
     ) -> GuidanceOutput:
         """The guarded gradients and the surrogate loss whose gradient they are (plus the images' term)."""
-        gradients = self._guard(gradients, particles.gradient_scale).to(particles.latents.dtype)
+        gradients = self._guard(gradients, particles.gradient_scale, step_factor).to(particles.latents.dtype)
         loss = surrogate_loss(particles.latents, gradients)
         if image_gradients is not None:
-            image_gradients = self._guard(image_gradients, particles.gradient_scale).to(particles.kernel_inputs.dtype)
+            image_gradients = self._guard(image_gradients, particles.gradient_scale, step_factor)
+            image_gradients = image_gradients.to(particles.kernel_inputs.dtype)
             loss = loss + surrogate_loss(particles.kernel_inputs, image_gradients)
         return GuidanceOutput(
             loss=loss,
@@ -381,13 +407,16 @@ class Guidance:
             image_gradients=image_gradients,
         )
 
-    def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None) -> Tensor:
-        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale``, in that order."""
+    def _guard(self, gradients: Tensor, gradient_scale: Tensor | float | None, step_factor: float = 1.0) -> Tensor:
+        """``nan_to_num`` → clamp (``grad_clip``) → ``gradient_scale`` → the schedule's step factor
+        (:meth:`TimestepSchedule.step_factor`, only where it is not 1), in that order."""
         gradients = torch.nan_to_num(gradients, nan=0.0, posinf=0.0, neginf=0.0)
         if self.grad_clip is not None:
             gradients = gradients.clamp(-self.grad_clip, self.grad_clip)
         if gradient_scale is not None:
             gradients = gradients * gradient_scale
+        if step_factor != 1.0:
+            gradients = gradients * step_factor
         return gradients
 
     # ------------------------------------------------------------------ conditioning and prompt mixtures

@@ -130,6 +130,7 @@ class DistillationTask(pl.LightningModule):
         self._particles_ready = False
         self._first_step_started: float | None = None
         self._first_step_logged = False
+        self.unet_rows_done = 0  # cumulative UNet rows of the updates so far (GuidanceOutput.unet_rows)
         prior.validate_prompt(inputs.prompt)  # an instruction the prior cannot follow fails before any work
 
     # ----------------------------------------------------------------- set-up
@@ -245,6 +246,10 @@ class DistillationTask(pl.LightningModule):
         out = self.distillation_step(step)
         self._check_finite(out, step)
         diagnostics = {f"train/{name}": float(value) for name, value in out.diagnostics.items()}
+        rows = getattr(out, "unet_rows", None)
+        if rows is not None:  # the x axis of time-to-quality curves (docs/coupling.md, schedules)
+            self.unet_rows_done += int(rows)
+            diagnostics["train/unet_rows"] = float(self.unet_rows_done)
         shown = {name: diagnostics.pop(name) for name in ("train/t", "train/grad_norm") if name in diagnostics}
         self.log_dict(diagnostics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
         self.log_dict(shown, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
@@ -273,6 +278,12 @@ class DistillationTask(pl.LightningModule):
                 "in float32 or bfloat16 (model.torch_dtype), lower the guidance scales or the learning rate, or "
                 "set guidance.grad_clip."
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["unet_rows_done"] = self.unet_rows_done
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.unet_rows_done = int(checkpoint.get("unet_rows_done", 0))
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self._first_step_started is None:
@@ -307,6 +318,11 @@ class DistillationTask(pl.LightningModule):
     def mode_responsibilities(self) -> torch.Tensor | None:
         """(N, K) responsibilities of the prior's modes for the current particles, if the prior knows them."""
         return None
+
+    def ideal_edit_inputs(self) -> dict[str, torch.Tensor]:
+        """``{"particles": (N, 3, H, W) in [0, 1], "ideal_edits": (K, N, 3, H, W)}`` for the ideal-edit metrics
+        (``csd_exp.metrics.ideal``; exact priors only), or {} where the prior knows no clean edit."""
+        return {}
 
     def _validation_metrics(self) -> dict:
         from csd_exp.metrics import ModeAgreement, SourcePSNR, SourceSSIM
@@ -343,6 +359,13 @@ class DistillationTask(pl.LightningModule):
             agreement.reset()
             agreement.update(responsibilities)
             values["consistency/mode_agreement"] = float(agreement.compute())
+            ideal = self.ideal_edit_inputs()
+            if ideal:  # the y axis of time-to-quality curves, from this run's own series
+                from csd_exp.metrics.ideal import ideal_edit_metrics
+
+                values.update(ideal_edit_metrics(ideal["particles"], ideal["ideal_edits"], responsibilities))
+        if self.unet_rows_done:
+            values["unet_rows"] = float(self.unet_rows_done)
         finite = {f"val/{name}": value for name, value in values.items() if math.isfinite(value)}
         if finite:
             self.log_dict(finite, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=True, batch_size=1)

@@ -123,6 +123,10 @@ class VideoTask(DistillationTask):
         with torch.no_grad():
             return self.prior.mode_responsibilities(self.latents.detach(), self.image_condition, self.prompt).cpu()
 
+    def ideal_edit_inputs(self) -> dict[str, torch.Tensor]:
+        ideal = clean_edits_of(self.prior, self.image_condition, self.prompt)
+        return {} if ideal is None else {"ideal_edits": ideal, "particles": self.edited_frames()}
+
     def final_result(self) -> TaskResult:
         edited, source = self.edited_frames(), self.source_frames
         return TaskResult(

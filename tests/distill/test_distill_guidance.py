@@ -198,3 +198,52 @@ def test_negative_and_source_prompts_reach_the_prior():
 def test_a_source_prompt_without_a_source_branch_is_refused():
     with pytest.raises(ValueError, match="source_prompt conditions the source branch"):
         preset("csd", source_prompt="a photo")
+
+
+def test_the_schedules_step_scale_multiplies_the_step_and_one_is_the_official_step_bit_for_bit():
+    latents, source, image_cond = inputs()
+    _, official = run("csd_edit", latents, source, image_cond)
+    _, one = run("csd_edit", latents, source, image_cond, schedule=TimestepSchedule(step_scale=1.0))
+    _, fast = run("csd_edit", latents, source, image_cond, schedule=TimestepSchedule(step_scale=2.0))
+    assert torch.equal(one.gradients, official.gradients) and torch.equal(one.loss, official.loss)
+    assert fast.t == official.t  # same t and ε: only the step changes
+    assert torch.equal(fast.gradients, 2.0 * official.gradients)  # a power of two: exact in float
+    latents.grad = None
+    fast.loss.backward()
+    assert torch.equal(latents.grad, fast.gradients)
+    assert repr(TimestepSchedule()) == repr(TimestepSchedule(step_scale=1.0))
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="step_scale"):
+            TimestepSchedule(step_scale=bad)
+
+
+def test_unet_rows_count_what_a_learned_prior_would_run():
+    latents, source, image_cond = inputs()
+    n = SHAPE[0]
+    # InstructPix2Pix: 3 target rows per particle, CSD-Edit's source branch 2 more (benchmarks/bench_priors.py)
+    assert run("csd_edit", latents, source, image_cond)[1].unet_rows == 5 * n
+    assert run("csd", latents, source, image_cond)[1].unet_rows == 3 * n
+    guidance = preset("sds", guidance_scale=7.5)
+    assert guidance(FakePrior(), Particles(latents), prompt="p", step=STEP, seed=SEED).unet_rows == 2 * n
+    assert guidance.unet_rows(n, image_conditioned=False, prompt=["a", "b"]) == 4 * n
+    assert preset("csd_edit", source_prompt="a photo").unet_rows(n, image_conditioned=False) == 4 * n
+
+
+def test_the_step_scale_starts_after_step_scale_from_of_the_horizon():
+    latents, source, image_cond = inputs()
+    particles = Particles(latents, source_latents=source, condition=image_cond)
+
+    def step(schedule, at):
+        guidance = preset("csd_edit", guidance_scale=7.5, schedule=schedule)
+        return guidance(FakePrior(), particles, prompt="make it red", step=at, seed=SEED).gradients
+
+    late = TimestepSchedule(step_scale=2.0, step_scale_from=0.5, max_steps=2 * STEP + 2)  # from step STEP + 1
+    assert (late.step_factor(STEP), late.step_factor(STEP + 1)) == (1.0, 2.0)
+    assert torch.equal(step(late, STEP), step(TimestepSchedule(), STEP))  # before: the official step
+    assert torch.equal(step(late, STEP + 1), 2.0 * step(TimestepSchedule(), STEP + 1))
+    with pytest.raises(ValueError, match="needs a horizon"):
+        TimestepSchedule(step_scale=2.0, step_scale_from=0.5).step_factor(0)
+    assert TimestepSchedule(step_scale=1.0, step_scale_from=0.5).step_factor(0) == 1.0  # no horizon needed
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="step_scale_from"):
+            TimestepSchedule(step_scale_from=bad)
