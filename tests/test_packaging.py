@@ -174,7 +174,15 @@ def test_the_wheel_runs_outside_the_checkout(wheel_venv, tmp_path):
     assert scored.returncode == 0, scored.stderr[-2000:]
     table = _outside(venv, [str(bin_dir / "python"), "-m", "csd_exp.report", str(tmp_path)], tmp_path)
     assert table.returncode == 0 and "| panorama | csd_edit | 1 |" in table.stdout, table.stderr[-2000:]
-    paper = [str(bin_dir / "python"), "-m", "csd_exp.report.paper", "fig7_8", "--report-only", str(tmp_path)]
+    # fig7_8 is a panorama table: a folder with runs of another task (the video run) is refused (issue 22).
+    paper = [
+        str(bin_dir / "python"),
+        "-m",
+        "csd_exp.report.paper",
+        "fig7_8",
+        "--report-only",
+        str(tmp_path / "panorama"),
+    ]
     reported = _outside(venv, [*paper, "--out", str(tmp_path / "fig7_8")], tmp_path)
     assert reported.returncode == 0 and (tmp_path / "fig7_8" / "fig7_8.md").is_file(), reported.stderr[-2000:]
 
