@@ -149,7 +149,7 @@ def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeyp
 
 def test_optimized_metric_accepts_every_name_a_run_writes():
     from csd_exp.metrics.keys import ALL_METRIC_KEYS
-    from csd_exp.tasks import generation3d
+    from csd_exp.tasks.generation3d import generation as generation3d
 
     task_keys = [generation3d.VIEW_AGREEMENT, generation3d.REFERENCE_PSNR, generation3d.FID_RGB]
     task_keys.append(generation3d.CLIP_DEPTH_TEXT_SIMILARITY)

@@ -232,7 +232,7 @@ from pydantic import Field
 
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import ReverseSamplingMixin
-from csd_exp.tasks.video import VideoTask
+from csd_exp.tasks.video.frames import VideoTask
 
 
 class SharedNoiseSampling(ReverseSamplingMixin, VideoTask):
@@ -400,7 +400,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from csd_exp.tasks.scene3d_editors import DatasetEditor
+from csd_exp.tasks.scene3d.editors import DatasetEditor
 
 
 class DesaturateEditor(DatasetEditor):

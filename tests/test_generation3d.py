@@ -68,7 +68,7 @@ def test_with_one_view_per_step_csd_is_sds(tmp_path):
 
 def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
     from csd_exp.run import build_task
-    from csd_exp.tasks.generation3d_cameras import ViewPrompting, prompt_batch
+    from csd_exp.tasks.generation3d.cameras import ViewPrompting, prompt_batch
 
     task = build_task(compose_config(SMOKE, tmp_path))
     first, again, later = task.step_cameras(3), task.step_cameras(3), task.step_cameras(4)
@@ -87,7 +87,7 @@ def test_cameras_and_view_prompts_come_from_the_seed_and_step(tmp_path):
 
 
 def test_view_agreement_reads_the_janus_split():
-    from csd_exp.tasks.generation3d_metrics import view_agreement
+    from csd_exp.tasks.generation3d.metrics import view_agreement
 
     one_object = torch.tensor([[0.9, 0.1, 0.0]] * 4)
     split = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.2, 0.8]])

@@ -15,7 +15,7 @@ from csd_exp.data.images import save_image
 from csd_exp.distill import Guidance
 from csd_exp.priors import ExactScorePrior
 from csd_exp.tasks import PanoramaRegionTask, PanoramaTask, RunInputs, WindowGrid
-from csd_exp.tasks.panorama_region import Region, normalised_weights, region_coverage, window_overlaps
+from csd_exp.tasks.panorama.region import Region, normalised_weights, region_coverage, window_overlaps
 
 POP_ART, NIGHT, VINTAGE, SUNSET = (
     "turn it into a pop-art painting",

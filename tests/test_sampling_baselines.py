@@ -143,7 +143,7 @@ def test_multidiffusion_equals_diffusers_panorama_pipeline(tmp_path):
     from diffusers import StableDiffusionPanoramaPipeline
 
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior
-    from csd_exp.tasks.panorama_sampling import PanoramaSamplingTask
+    from csd_exp.tasks.panorama.sampling_baselines import PanoramaSamplingTask
 
     parts = _tiny_sd_with_8x_vae(tmp_path)
     prior = StableDiffusionPrior(**parts)
@@ -210,7 +210,7 @@ def _run_ip2p_pipeline(pipe, monkeypatch, image, noise, draws, steps, prompts):
 
 def test_per_frame_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2p_folder, monkeypatch):
     from csd_exp.priors.instruct_pix2pix import InstructPix2PixPrior
-    from csd_exp.tasks.video_sampling import VideoSamplingTask
+    from csd_exp.tasks.video.per_frame import VideoSamplingTask
 
     steps, seed = 4, 2
     task = VideoSamplingTask(
@@ -242,7 +242,7 @@ def test_per_frame_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2p
 
 def test_per_window_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2p_folder, monkeypatch):
     from csd_exp.priors.instruct_pix2pix import InstructPix2PixPrior
-    from csd_exp.tasks.panorama_sampling import PanoramaSamplingTask
+    from csd_exp.tasks.panorama.sampling_baselines import PanoramaSamplingTask
 
     steps, seed = 4, 4
     task = PanoramaSamplingTask(
@@ -280,7 +280,7 @@ def test_per_window_sampling_equals_diffusers_instruct_pix2pix_pipeline(tiny_ip2
 
 def test_the_former_sampler_is_a_switch_marked_non_released(tiny_ip2p_folder):
     from csd_exp.priors.exact import ExactScorePrior
-    from csd_exp.tasks.panorama_sampling import PanoramaSamplingTask
+    from csd_exp.tasks.panorama.sampling_baselines import PanoramaSamplingTask
     from csd_exp.tasks.sampling import LinspaceDDIM
 
     def task(**kwargs):
@@ -350,7 +350,7 @@ def test_in2n_update_equals_the_release_edit_image(tiny_ip2p_folder):
     from diffusers import DDIMScheduler
 
     from csd_exp.priors.instruct_pix2pix import InstructPix2PixPrior
-    from csd_exp.tasks.scene3d_editors import in2n_draws, in2n_release_edit
+    from csd_exp.tasks.scene3d.editors import in2n_draws, in2n_release_edit
 
     prior = InstructPix2PixPrior(str(tiny_ip2p_folder))
     pipe = _ip2p_pipeline(tiny_ip2p_folder)

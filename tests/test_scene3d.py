@@ -1,4 +1,4 @@
-"""The 3D editing task (csd_exp/tasks/scene3d.py) end to end through the CLI config, on tiny scenes."""
+"""The 3D editing task (csd_exp/tasks/scene3d/editing.py) end to end through the CLI config, on tiny scenes."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from csd_exp.data.sources import SceneSource
 from csd_exp.priors import ExactScorePrior
 from csd_exp.render import VoxelRadianceField
 from csd_exp.tasks.base import RunInputs
-from csd_exp.tasks.scene3d import Scene3DTask
-from csd_exp.tasks.scene3d_editors import CSDEditEditor
+from csd_exp.tasks.scene3d.editing import Scene3DTask
+from csd_exp.tasks.scene3d.editors import CSDEditEditor
 
 # 16x16 views, 10 views (8 train + 2 held out), a 16^3 grid: one run takes a few seconds on one thread.
 TINY = [
@@ -257,7 +257,7 @@ def test_short_runs_clamp_pretraining_and_unknown_keys_fail():
     # The editor's choices are its signature's annotation, refused when the config is checked (issue 21: the
     # constructor no longer repeats the check).
     with pytest.raises(ValueError, match="task.editor.init"):
-        check_target("task.editor", {"_target_": "csd_exp.tasks.scene3d_editors.CSDEditEditor", "init": "photo"})
+        check_target("task.editor", {"_target_": "csd_exp.tasks.scene3d.editors.CSDEditEditor", "init": "photo"})
 
 
 def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(monkeypatch):
@@ -289,8 +289,8 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
 def test_an_editor_written_outside_the_package_sees_a_scene_view_not_the_task():
     """The editor contract (docs/scene3d.md "A new editor"): a DatasetEditor subclass gets a SceneView in
     ``attach`` and ``edit_round`` and edits through it; here one that writes back the original photos."""
-    from csd_exp.tasks.scene3d_editors import DatasetEditor
-    from csd_exp.tasks.scene3d_view import SceneView
+    from csd_exp.tasks.scene3d.editors import DatasetEditor
+    from csd_exp.tasks.scene3d.view import SceneView
 
     class PhotoEditor(DatasetEditor):
         def attach(self, scene):

@@ -10,7 +10,7 @@ import torch
 from framework_support import compose_config
 
 from csd_exp.tasks.results import final_metrics
-from csd_exp.tasks.scene3d import Scene3DTask
+from csd_exp.tasks.scene3d.editing import Scene3DTask
 
 # 16x16 views (8 train + 2 held out), a 16^3 grid; pre-training steps 0-1, edit rounds of 2 views at 2 and 4.
 TINY = [

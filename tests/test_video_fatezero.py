@@ -80,7 +80,7 @@ def test_a_resumed_run_replays_the_steps_before_it_and_ends_identical(tmp_path):
 
 
 def test_the_attention_store_stops_early_when_it_would_outgrow_memory(tmp_path, monkeypatch):
-    import csd_exp.tasks.video_fatezero as fatezero
+    import csd_exp.tasks.video.fatezero as fatezero
 
     monkeypatch.setattr(fatezero, "default_memory_budget", lambda: 10_000)
     task = _task(tmp_path, "task.num_inference_steps=4", "task.attention_store_device=cpu")
@@ -111,7 +111,7 @@ def test_the_cli_names_the_model_groups_that_work(tmp_path):
 
 def test_python_callers_get_the_same_error_from_the_task(tmp_path):
     from csd_exp.priors import ExactScorePrior
-    from csd_exp.tasks.video_fatezero import require_text_to_image_prior
+    from csd_exp.tasks.video.fatezero import require_text_to_image_prior
 
     with pytest.raises(ValueError, match="model=sd15, model=sd21, model=tiny_sd"):
         require_text_to_image_prior(ExactScorePrior(), "video_fatezero")

@@ -59,7 +59,7 @@ def test_the_cli_runs_two_steps_on_the_bundled_clip_and_on_a_frame_folder(tmp_pa
 
 def test_the_latent_update_is_the_gradient_of_the_official_loss():
     """Official: loss = lambda * mse(x0_prev, x0) per frame, x_{t-1} -= d loss / d x0 (x0_prev fixed)."""
-    from csd_exp.tasks.video_pix2video import latent_update
+    from csd_exp.tasks.video.pix2video import latent_update
 
     clean = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     expected = torch.zeros_like(clean)
@@ -416,7 +416,7 @@ def test_a_model_family_the_task_cannot_use_is_refused_in_one_line(overrides, me
 
 
 def test_python_callers_of_fatezero_get_the_family_error_for_the_depth_prior(release_run):
-    from csd_exp.tasks.video_fatezero import require_text_to_image_prior
+    from csd_exp.tasks.video.fatezero import require_text_to_image_prior
 
     with pytest.raises(ValueError, match="not StableDiffusionDepthPrior: choose model=sd15, model=sd21, model=tiny_sd"):
         require_text_to_image_prior(release_run["task"].prior, "video_fatezero")

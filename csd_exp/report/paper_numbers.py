@@ -51,7 +51,7 @@ TABLE2 = PaperNumbers(
     },
 )
 
-# The text-to-3D metric names are task=generation3d's (csd_exp/tasks/generation3d_metrics.py): CLIP
+# The text-to-3D metric names are task=generation3d's (csd_exp/tasks/generation3d/metrics.py): CLIP
 # image-text similarity of the colour renders and of the textureless depth renders, FID of the colour
 # renders against a reference folder.
 TABLE3 = PaperNumbers(

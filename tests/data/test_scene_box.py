@@ -42,7 +42,7 @@ def test_the_3d_task_warns_about_a_scene_box_around_its_cameras(tmp_path, caplog
     from csd_exp.priors import ExactScorePrior
     from csd_exp.render import VoxelRadianceField
     from csd_exp.tasks import RunInputs, Scene3DTask
-    from csd_exp.tasks.scene3d_editors import CSDEditEditor
+    from csd_exp.tasks.scene3d.editors import CSDEditEditor
 
     scene = make_sample_scene(num_views=6, num_val=1, size=(16, 16), seed=0)
     folder = tmp_path / "scene"

@@ -14,7 +14,7 @@ import torch
 
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
-from csd_exp.tasks.video import VideoTask
+from csd_exp.tasks.video.frames import VideoTask
 
 if TYPE_CHECKING:
     from csd_exp.schema.fields import PositiveInt, Probability, UnitFraction

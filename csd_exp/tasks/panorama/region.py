@@ -37,7 +37,7 @@ from csd_exp.data.sources import ImageSource
 from csd_exp.priors.base import ModeOracle
 from csd_exp.schema.regions import Region, check_box_inside, parse_regions
 from csd_exp.tasks.base import RunInputs
-from csd_exp.tasks.panorama import PanoramaTask, WindowGrid
+from csd_exp.tasks.panorama.windows import PanoramaTask, WindowGrid
 from csd_exp.tasks.results import TaskResult, mode_fractions
 
 log = logging.getLogger(__name__)

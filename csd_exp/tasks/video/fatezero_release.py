@@ -1,5 +1,5 @@
 """FateZero as released (github.com/ChenyangQiQi/FateZero at 9b6cb7b): the behaviours ``task.official_release``
-picks for ``task=video_fatezero`` (:mod:`csd_exp.tasks.video_fatezero`), and the switch of each. The release's
+picks for ``task=video_fatezero`` (:mod:`csd_exp.tasks.video.fatezero`), and the switch of each. The release's
 files and lines are listed in docs/baselines.md."""
 
 from __future__ import annotations

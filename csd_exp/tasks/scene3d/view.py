@@ -1,5 +1,5 @@
 """What the 3D task's editors (:mod:`.scene3d_editors`) and diagnostics (:mod:`.scene3d_diagnostics`) see of
-it: a :class:`SceneView`, built by :meth:`csd_exp.tasks.scene3d.Scene3DTask.scene_view` and handed to them, so
+it: a :class:`SceneView`, built by :meth:`csd_exp.tasks.scene3d.editing.Scene3DTask.scene_view` and handed to them, so
 neither module imports the task (no import circle) and a new editor written outside the package depends on
 these members only. The names are the task's own, so an editor that used only these members of the task
 reads the view unchanged."""
@@ -21,7 +21,7 @@ __all__ = ["SceneView"]
 @dataclass(frozen=True)
 class SceneView:
     """The task's prior, guidance and run inputs, its training image set and the few operations an editor or
-    a final metric needs; values are those at :meth:`~csd_exp.tasks.scene3d.Scene3DTask.scene_view` time."""
+    a final metric needs; values are those at :meth:`~csd_exp.tasks.scene3d.editing.Scene3DTask.scene_view` time."""
 
     prior: Any
     guidance: Any | None  # the distillation method (None for editors that do not use one, e.g. IN2N)

@@ -51,9 +51,9 @@ from csd_exp.priors.attention_control import (
 )
 from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings, released_blend_layers
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep
-from csd_exp.tasks.fatezero_release import released_store_min_level, resolve_release_switches
 from csd_exp.tasks.sampling import ReverseSamplingMixin, leading_timesteps
-from csd_exp.tasks.video import VideoTask
+from csd_exp.tasks.video.fatezero_release import released_store_min_level, resolve_release_switches
+from csd_exp.tasks.video.frames import VideoTask
 
 if TYPE_CHECKING:
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior

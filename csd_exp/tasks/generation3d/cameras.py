@@ -1,4 +1,4 @@
-"""Cameras, view-dependent prompts and shading of the text-to-3D task (:mod:`csd_exp.tasks.generation3d`).
+"""Cameras, view-dependent prompts and shading of the text-to-3D task (:mod:`csd_exp.tasks.generation3d.generation`).
 
 * :class:`CameraSampler` (``task.cameras``): B random cameras per step looking at the scene centre, azimuth,
   elevation, distance and field of view uniform in their ranges, drawn from a generator seeded by

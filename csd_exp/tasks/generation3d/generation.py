@@ -3,7 +3,7 @@
 theta is a radiance field (``task.field``, any :class:`~csd_exp.render.RadianceField` named by ``_target_``;
 the CPU voxel grid by default, called with ``aabb = task.scene_box``). Each step:
 
-1. draws B = ``views_per_step`` random cameras (:class:`~csd_exp.tasks.generation3d_cameras.CameraSampler`,
+1. draws B = ``views_per_step`` random cameras (:class:`~csd_exp.tasks.generation3d.cameras.CameraSampler`,
    from a generator seeded by (seed, step): resume-exact and identical on every DDP rank, each rank keeping
    its contiguous shard of the views);
 2. renders them (jittered ray samples when ``jitter``), over black, optionally shades them
@@ -25,7 +25,7 @@ are refused, and the evaluator scores the turntable renders with ``source=None``
 
 Final outputs (paper's protocol): a turntable of ``turntable_views`` views (12: every 30° of azimuth) at
 ``turntable_elevation`` (30°) from the front, as colour and depth videos (mp4 + gif) and grids; metrics in
-:mod:`csd_exp.tasks.generation3d_metrics` (view agreement, reference PSNR, CLIP of colour and depth, FID).
+:mod:`csd_exp.tasks.generation3d.metrics` (view agreement, reference PSNR, CLIP of colour and depth, FID).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from csd_exp.distill.particles import Particles
 from csd_exp.priors.base import ModeOracle
 from csd_exp.priors.exact_generation import ViewConditionedPrior
 from csd_exp.render import RadianceField
-from csd_exp.tasks import generation3d_metrics as metrics
 from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
-from csd_exp.tasks.generation3d_cameras import CameraSampler, LambertianShading, ViewPrompting, prompt_batch
+from csd_exp.tasks.generation3d import metrics
+from csd_exp.tasks.generation3d.cameras import CameraSampler, LambertianShading, ViewPrompting, prompt_batch
 from csd_exp.tasks.results import TaskResult, mode_fractions
 
 __all__ = ["Generation3DResult", "Generation3DTask"]

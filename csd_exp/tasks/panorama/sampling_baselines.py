@@ -24,7 +24,7 @@ import torch
 
 from csd_exp.data.resample import resize_frames
 from csd_exp.tasks.base import step_generator
-from csd_exp.tasks.panorama import PanoramaTask
+from csd_exp.tasks.panorama.windows import PanoramaTask
 from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 
 if TYPE_CHECKING:

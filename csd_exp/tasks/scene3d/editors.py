@@ -2,7 +2,7 @@
 into): strategy objects chosen by ``task.editor._target_`` (config group ``editor=csd_edit | in2n``).
 
 Every ``every`` steps from ``task.pretrain_steps`` an edit round takes the next ``views`` training views
-(:meth:`csd_exp.tasks.scene3d.Scene3DTask.edit_round_views`) and an editor replaces them by edited images:
+(:meth:`csd_exp.tasks.scene3d.editing.Scene3DTask.edit_round_views`) and an editor replaces them by edited images:
 
 * :class:`CSDEditEditor` (the paper): the renders of the round's views are the particles of CSD-Edit
   (Eq. 9), edited JOINTLY by ``iterations`` SGD steps of the task's guidance on their latents, with the
@@ -17,7 +17,7 @@ Every ``every`` steps from ``task.pretrain_steps`` an edit round takes the next 
   the former update (:func:`in2n_edit`).
 
 A new editor is one subclass of :class:`DatasetEditor` and one YAML naming it. An editor sees the task through
-a :class:`~csd_exp.tasks.scene3d_view.SceneView` (prior, guidance, prompt, seed, the training image set and the
+a :class:`~csd_exp.tasks.scene3d.view.SceneView` (prior, guidance, prompt, seed, the training image set and the
 renders it edits), never the task itself.
 """
 
@@ -31,7 +31,7 @@ import torch
 from csd_exp.distill.particles import Particles
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import LeadingDDIM, guided_sample
-from csd_exp.tasks.scene3d_view import SceneView
+from csd_exp.tasks.scene3d.view import SceneView
 
 if TYPE_CHECKING:
     from csd_exp.schema.fields import PositiveFloat, PositiveInt, Probability, UnitFraction

@@ -48,7 +48,7 @@ import torch
 from csd_exp.data.sources import ClipSource
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep, predicted_clean
 from csd_exp.tasks.sampling import leading_timesteps, sampling_timesteps
-from csd_exp.tasks.video_fatezero import InvertThenEditVideoTask, require_text_to_image_prior
+from csd_exp.tasks.video.fatezero import InvertThenEditVideoTask, require_text_to_image_prior
 
 log = logging.getLogger(__name__)
 

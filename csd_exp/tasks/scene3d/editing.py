@@ -13,17 +13,17 @@ theta is a radiance field (:mod:`csd_exp.render`, the CPU-capable voxel grid by 
    by edited versions (no gradient to theta) before that step's photometric loss, which is always taken
    on the CURRENT, partly edited image set: the field fuses the edits in 3D.
 
-The editor (``task.editor``: :mod:`csd_exp.tasks.scene3d_editors`, ``editor=csd_edit | in2n``) edits a
+The editor (``task.editor``: :mod:`csd_exp.tasks.scene3d.editors`, ``editor=csd_edit | in2n``) edits a
 round's views jointly (CSD-Edit: the renders are the particles) or one at a time (Instruct-NeRF2NeRF);
-:func:`~csd_exp.tasks.scene3d_editors.edit_round_positions` picks them. Everything random comes from
+:func:`~csd_exp.tasks.scene3d.editors.edit_round_positions` picks them. Everything random comes from
 :func:`~csd_exp.tasks.base.step_generator` (seed, step, purpose), and the edits are checkpointed
-(:func:`~csd_exp.tasks.scene3d_data.save_edits`), so a resumed run continues as the uninterrupted one.
+(:func:`~csd_exp.tasks.scene3d.data.save_edits`), so a resumed run continues as the uninterrupted one.
 
 The user's scene folder is only read (:class:`csd_exp.data.sources.SceneSource` checks it in ``__init__``); edits
 live in an :class:`~csd_exp.data.editable.EditableImageSet` (a private copy, originals kept) and every
 file goes into the run folder. Final metrics: the evaluator's on source = original training photos,
 edited = final renders of the training views (``sequence=True``), plus the task's own
-(:mod:`csd_exp.tasks.scene3d_diagnostics`) and the counts ``edit/num_view_edits``,
+(:mod:`csd_exp.tasks.scene3d.diagnostics`) and the counts ``edit/num_view_edits``,
 ``edit/distinct_views_edited``. Distributed runs: every rank edits and trains identically (DDP averages
 identical gradients): correct, without a speed-up.
 """
@@ -47,12 +47,12 @@ from csd_exp.data.video_write import frame_grid, save_frame_grid, write_video
 from csd_exp.metrics.ideal import clean_edits_of
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import RadianceField, psnr
-from csd_exp.tasks import scene3d_diagnostics as diagnostics
 from csd_exp.tasks.base import DistillationTask, RunInputs, step_generator
 from csd_exp.tasks.results import TaskResult
-from csd_exp.tasks.scene3d_data import render_cameras, restore_edits, save_edits, turntable_path
-from csd_exp.tasks.scene3d_editors import DatasetEditor, edit_round_positions
-from csd_exp.tasks.scene3d_view import SceneView
+from csd_exp.tasks.scene3d import diagnostics
+from csd_exp.tasks.scene3d.data import render_cameras, restore_edits, save_edits, turntable_path
+from csd_exp.tasks.scene3d.editors import DatasetEditor, edit_round_positions
+from csd_exp.tasks.scene3d.view import SceneView
 
 if TYPE_CHECKING:
     from csd_exp.schema.fields import NonNegativeInt, PositiveFloat, PositiveInt
@@ -296,7 +296,7 @@ class Scene3DTask(DistillationTask):
     @torch.no_grad()
     def mode_responsibilities(self, renders: torch.Tensor | None = None) -> torch.Tensor | None:
         """Exact prior: responsibilities of the training-view renders (``renders``, or rendered now), each
-        conditioned on its own photo (:mod:`csd_exp.tasks.scene3d_diagnostics` says why)."""
+        conditioned on its own photo (:mod:`csd_exp.tasks.scene3d.diagnostics` says why)."""
         if not isinstance(self.prior, ModeOracle):
             return None
         renders = self.train_renders() if renders is None else renders

@@ -31,7 +31,7 @@ from csd_exp.data.cameras import Cameras
 from csd_exp.metrics import ModeAgreement
 from csd_exp.priors.base import ModeOracle
 from csd_exp.render import reprojection_error
-from csd_exp.tasks.scene3d_view import SceneView
+from csd_exp.tasks.scene3d.view import SceneView
 
 
 def view_responsibilities(prior, prompt: str, images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
