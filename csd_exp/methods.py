@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from csd_exp.guidance_names import IDENTITY_KERNEL, baseline_of
+from csd_exp.guidance_names import short_name as _short
 from csd_exp.prior_families import DEPTH, INSTRUCTION, TEXT_TO_IMAGE, latent_factor, model_options_for, prior_family
 
 #: Modalities whose experiments a distillation method runs on, with the experiment's own task.
@@ -40,10 +42,8 @@ DISTILL_MODALITIES = ("panorama", "panorama_region", "video", "scene3d", "genera
 UPDATES = "updates"
 DENOISING = "denoising steps over the whole t range"
 INVERT_EDIT = "inversion steps and editing steps each"
-IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"
 #: Beyond the paper (issue 26): consensus while particles choose their mode, then released (docs/coupling.md).
 RELEASED_COUPLING = "csd_exp.distill.ReleasedCoupling"
-SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,6 @@ class MethodError(ValueError):
 
 
 # ------------------------------------------------------------------ labels
-def _short(target: Any) -> str:
-    return str(target).rsplit(".", 1)[-1]
-
-
-def baseline_of(guidance: Mapping[str, Any]) -> str:
-    baseline = guidance.get("baseline")
-    if isinstance(baseline, Mapping):
-        target = baseline.get("_target_")
-        return "source_branch" if target == SOURCE_BRANCH else _short(target)
-    return str(baseline)
-
-
 def kernel_family(kernel: Mapping[str, Any] | None) -> str | None:
     """``identity`` (SDS's normaliser 1), ``identity_mean`` (1/N, no repulsion), ``released_coupling`` (a
     coupling schedule: consensus, then released) or ``coupling`` (any other)."""

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from csd_exp.infra.dotted import flatten
+
 log = logging.getLogger(__name__)
 
 # Top-level config entries that define what a run computes.
@@ -35,16 +37,6 @@ CHECKPOINT_KEY = "csd_exp"
 ALLOW_OVERRIDE = "resume.allow_config_change=true"
 MAX_LISTED = 10
 _ABSENT = "<absent>"
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to ``{"a.b.c": leaf}``; lists stay whole leaves (their order matters)."""
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def _matters(key: str) -> bool:
@@ -70,7 +62,7 @@ def run_fingerprint(resolved_config: dict) -> dict:
     Values are JSON-like (str, numbers, bools, None, lists), so checkpoints stay loadable with
     ``torch.load(weights_only=True)``.
     """
-    keys = {key: value for key, value in _flatten(resolved_config).items() if _matters(key)}
+    keys = {key: value for key, value in flatten(resolved_config).items() if _matters(key)}
     keys = json.loads(json.dumps(keys, sort_keys=True, default=str))  # plain types only, stable order
     return {"keys": keys, "hash": _hash(keys)}
 

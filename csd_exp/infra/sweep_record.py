@@ -24,6 +24,7 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+from csd_exp.infra.dotted import flatten
 from csd_exp.infra.run_folder import SUMMARY_NAME, folder_in_use, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -147,15 +148,6 @@ def override_differences(before: Sequence[str], after: Sequence[str]) -> list[st
     return lines
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def config_differences(before: Any, after: Any) -> list[str]:
     """Keys of the composed configs (the ``hydra`` node left out, interpolations unresolved) that differ."""
     from omegaconf import OmegaConf
@@ -163,7 +155,7 @@ def config_differences(before: Any, after: Any) -> list[str]:
     def flat(config: Any) -> dict[str, Any]:
         container = OmegaConf.to_container(config, resolve=False)
         container.pop("hydra", None)
-        return _flatten(container)
+        return flatten(container)
 
     old, new = flat(before), flat(after)
     return [

@@ -19,14 +19,14 @@ from typing import Any
 
 from csd_exp.ast_signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
 from csd_exp.ast_source import Definition, module_file
+from csd_exp.guidance_names import IDENTITY_KERNEL, baseline_of
+from csd_exp.guidance_names import short_name as _short
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
 from csd_exp.schema.targets import check_target
 
 GUIDANCE = "csd_exp.distill.Guidance"
-IDENTITY_KERNEL = "csd_exp.distill.IdentityKernel"
-SOURCE_BRANCH = "csd_exp.distill.baselines.SourceBranch"
 
 #: The run's own top-level keys (no constructor takes them as such), and the nodes of infrastructure.
 RUN_KEYS = {
@@ -52,26 +52,13 @@ CHECKPOINT_FILE_KEYS = {"every_n_train_steps": PositiveInt | None, "keep_last": 
 GUIDANCE_PRESETS = "guidance=csd_edit | csd | sds | csd_edit_no_svgd | csd_edit_random_noise"
 
 
-def _short(target: Any) -> str:
-    return str(target).rsplit(".", 1)[-1]
-
-
-def _baseline(guidance: Mapping[str, Any]) -> str:
-    """The guidance's baseline as messages name it: its short name, or its class for a ``_target_`` node."""
-    baseline = guidance.get("baseline")
-    if isinstance(baseline, Mapping):
-        target = baseline.get("_target_")
-        return "source_branch" if target == SOURCE_BRANCH else _short(target)
-    return str(baseline)
-
-
 def guidance_label(guidance: Mapping[str, Any], choices: Mapping[str, str]) -> str:
     """How messages name the guidance: its preset (``guidance=...``, Hydra's choice, as run names do) or,
     without Hydra's record of the choices, its two axes."""
     if choices.get("guidance"):
         return str(choices["guidance"])
     kernel = guidance.get("kernel") or {}
-    return f"{_baseline(guidance)} baseline with {_short(kernel.get('_target_', 'no kernel'))}"
+    return f"{baseline_of(guidance)} baseline with {_short(kernel.get('_target_', 'no kernel'))}"
 
 
 def _check_steps(trainer: Mapping[str, Any]) -> None:
@@ -119,11 +106,11 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             "views (task=generation3d)"
         )
     no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
-    if guidance.get("official_scaling") and not (_baseline(guidance) == "source_branch" and no_svgd):
+    if guidance.get("official_scaling") and not (baseline_of(guidance) == "source_branch" and no_svgd):
         raise ConfigError(
             "guidance.official_scaling=true is the official panorama path without SVGD and needs the "
             "source_branch baseline with kernel=identity_mean (guidance=csd_edit_no_svgd), not "
-            f"guidance={label} (baseline {_baseline(guidance)}, kernel {_short(kernel_target)})"
+            f"guidance={label} (baseline {baseline_of(guidance)}, kernel {_short(kernel_target)})"
         )
 
 
