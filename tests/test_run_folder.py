@@ -291,3 +291,17 @@ def test_a_sweep_job_resumed_with_only_ckpt_path_continues_in_its_folder_and_the
 
 def _hydra_overrides(folder: Path) -> str:
     return (folder / ".hydra" / "overrides.yaml").read_text() if (folder / ".hydra").is_dir() else ""
+
+
+def test_a_resume_in_place_of_a_method_on_another_familys_prior_is_not_refused(tmp_path):
+    """method=csd on an exact-prior experiment takes priors.text_to_image (tiny SD) and rescales the pixel sizes;
+    the folder guard fingerprints the config as the run did (after the method's prior), so resuming is not
+    refused as a 'changed config' (it was: model and window sizes differed before the method was applied)."""
+    folder = tmp_path / "run"
+    first = run_cli([*SMALL, "method=csd", f"hydra.run.dir={folder}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((folder / "summary.json").read_text())["prior_setting"] == "priors.text_to_image"
+    resumed = run_cli([f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=3"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["method"]) == ("completed", 3, "csd")

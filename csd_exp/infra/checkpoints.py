@@ -25,7 +25,9 @@ from csd_exp.infra.dotted import flatten
 log = logging.getLogger(__name__)
 
 # Top-level config entries that define what a run computes.
-FINGERPRINT_SECTIONS = ("model", "guidance", "kernel", "schedule", "task", "data", "prompt", "source_prompt", "seed")
+FINGERPRINT_SECTIONS = (
+    "model", "guidance", "kernel", "schedule", "task", "data", "prompt", "source_caption", "source_prompt", "seed",
+)  # fmt: skip
 # Trainer keys that change the optimisation itself; devices, strategy, max_steps etc. may differ on resume.
 FINGERPRINT_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 # Leaf names ignored wherever they appear: run length, caches, and throughput knobs that leave results alone.

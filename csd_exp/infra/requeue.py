@@ -206,8 +206,11 @@ def resume_requeued_run(cfg, output_dir: str | Path, fingerprint: dict) -> Path 
     where = f"SLURM job {_job_name()}, allocation {allocation}" if allocation > 1 else "re-launched sweep"
     checkpoint = own_checkpoint(output_dir)
     if checkpoint is None:
-        stale = sorted(Path(output_dir).glob("checkpoints/*.ckpt"))
-        if stale:  # none loads: keep them apart, so the new run's last.ckpt never mixes with them
+        # the files own_checkpoint looked at, none of which loads: kept apart, so the new run's last.ckpt never mixes
+        # with them (other *.ckpt files, a user's own names, are not this run's series and stay where they are)
+        folder = Path(output_dir) / "checkpoints"
+        stale = sorted(p for p in (folder / "last.ckpt", *folder.glob("step*.ckpt")) if p.is_file())
+        if stale:
             aside = Path(output_dir) / "checkpoints" / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
             aside.mkdir(parents=True, exist_ok=True)
             for path in stale:

@@ -315,8 +315,14 @@ def _check_resume_in_place(config: Any) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from csd_exp.infra.checkpoints import check_resume_checkpoint, run_fingerprint
+    from csd_exp.methods import MethodError, apply_to_composed
 
     task = copy.deepcopy(config)
+    try:  # the prior the method takes and its pixel sizes, as the run fingerprinted them (run.run applies it first)
+        with read_write(task), open_dict(task):
+            apply_to_composed(task)
+    except (MethodError, OmegaConfBaseException):
+        return  # left to the run, which checks again
     with read_write(task), open_dict(task):
         del task["hydra"]
     try:
