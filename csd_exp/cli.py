@@ -147,6 +147,23 @@ def _short_composition_errors(argv: list[str]) -> Iterator[None]:
         hydra_utils.run_and_report = report
 
 
+def _find_our_hydra_plugins() -> None:
+    """Hydra finds plugins by walking the ``hydra_plugins`` namespace's folders. An editable install maps our
+    ``hydra_plugins.csd_exp_launcher`` (the default ``grid`` sweeper, ``local_parallel``) from the checkout, a
+    folder that namespace does not list unless the checkout is the working directory: add it before Hydra looks
+    (a wheel installs it into site-packages, where it is found anyway)."""
+    import importlib.util
+
+    import hydra_plugins
+
+    spec = importlib.util.find_spec("hydra_plugins.csd_exp_launcher")  # located, not imported (Hydra imports it)
+    if spec is None or not spec.origin:
+        return
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+    if folder not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(folder)
+
+
 def entry() -> None:
     """``csd-exp [overrides]`` runs a job; ``csd-exp eval ...`` scores existing outputs (= csd-exp-eval)."""
     if len(sys.argv) > 1 and sys.argv[1] == "eval":
@@ -154,6 +171,7 @@ def entry() -> None:
 
         raise SystemExit(evaluate(sys.argv[2:]))
     sys.argv = _with_config_dir(sys.argv)
+    _find_our_hydra_plugins()
     from omegaconf import OmegaConf
 
     from csd_exp.infra.interrupts import Interrupted, exit_status, install

@@ -206,7 +206,8 @@ def test_keep_last_is_checked_when_the_config_is_composed(tmp_path):
     from csd_exp.schema import ConfigError, validate_composed
 
     cfg = compose_config(["experiment=panorama_exact_cpu", "callbacks.checkpoint.keep_last=0"], tmp_path)
-    with pytest.raises(ConfigError, match="callbacks.checkpoint.keep_last=0 is not allowed: expected int >= 1"):
+    message = "callbacks.checkpoint.keep_last=0 is not allowed: input should be greater than or equal to 1"
+    with pytest.raises(ConfigError, match=message):
         validate_composed(cfg)
     validate_composed(
         compose_config(["experiment=panorama_exact_cpu", "callbacks.checkpoint.keep_last=null"], tmp_path)
