@@ -213,6 +213,17 @@ def test_a_resume_command_continues_in_the_checkpoints_run_folder_under_its_over
     assert f"resuming job {folder.name} of the sweep {folder.parent} in its own folder" in capsys.readouterr().err
 
 
+def test_a_resume_keeps_a_stored_choice_of_another_package_of_the_same_group(tmp_path):
+    """``model@priors.text_to_image=...`` is another setting than ``model=...``: giving one keeps the other."""
+    stored = ["experiment=video_exact_cpu", "method=fatezero", "model@priors.text_to_image=tiny_sd"]
+    folder = _job_folder(tmp_path, stored)
+    ckpt = f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
+    resumed = run_folder.resume_in_own_folder(["csd-exp", ckpt, "model=exact"])
+    assert resumed[1:4] == stored and resumed[-1] == "model=exact"
+    again = run_folder.resume_in_own_folder(["csd-exp", ckpt, "model@priors.text_to_image=sd15"])
+    assert "model@priors.text_to_image=tiny_sd" not in again and again[-1] == "model@priors.text_to_image=sd15"
+
+
 def test_a_checkpoint_outside_a_run_folder_resumes_in_a_new_folder_with_a_note(tmp_path, capsys):
     copied = tmp_path / "checkpoints" / "last.ckpt"  # a copied file: no .hydra/ beside its folder
     copied.parent.mkdir()

@@ -438,8 +438,9 @@ def _override_positions(argv: list[str]) -> list[int]:
 
 
 def _key(override: str) -> str:
-    """``+key=value`` / ``~key`` / ``key@pkg=value`` -> ``key`` (what two overrides of the same setting share)."""
-    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
+    """``+key=value`` / ``~key`` -> ``key``, ``key@pkg=value`` -> ``key@pkg`` (what two overrides of the same setting
+    share: ``model@priors.text_to_image`` chooses another defaults entry than ``model``)."""
+    return override.split("=", 1)[0].lstrip("+~").strip()
 
 
 def _value(override: str) -> str:
