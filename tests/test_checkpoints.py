@@ -144,6 +144,26 @@ def test_extending_a_run_resumes(sds_checkpoint, sds_fingerprint):
     assert torch.load(sds_checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4
 
 
+def test_a_resume_reads_the_checkpoint_once_before_lightning_does(sds_checkpoint, sds_fingerprint, monkeypatch):
+    """The resume checks, the W&B identity and a requeue's step read one load of the file; a new version of it
+    (written again) is read again."""
+    from csd_exp.infra import checkpoints
+    from csd_exp.infra.requeue import _global_step
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
+    checkpoints._record.cache_clear()
+    assert check_resume_checkpoint(sds_checkpoint, sds_fingerprint) == []
+    assert checkpoints.stored_wandb_identity(sds_checkpoint) == {}
+    assert _global_step(sds_checkpoint) == real_load(sds_checkpoint, weights_only=True)["global_step"]
+    assert len(loads) == 1
+    rewritten = real_load(sds_checkpoint, weights_only=True)
+    rewritten["global_step"] += 1
+    torch.save(rewritten, sds_checkpoint)
+    assert _global_step(sds_checkpoint) == rewritten["global_step"] and len(loads) == 2
+
+
 def test_many_differences_are_cut_short(tmp_path):
     old = run_fingerprint({"task": {f"k{i:02d}": i for i in range(25)}})
     new = run_fingerprint({"task": {f"k{i:02d}": -i for i in range(25)}})

@@ -10,6 +10,7 @@ current run's before anything heavy is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -159,6 +160,22 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def checkpoint_record(path: str | Path) -> dict[str, Any]:
+    """What csd-exp reads of a checkpoint before Lightning loads it: ``global_step`` and csd-exp's entry
+    (fingerprint, W&B identity). Loaded once per file version (path, size, modification time): the checks of a
+    resume, its W&B identity and a requeue's choice of checkpoint read it in one process, and the whole
+    checkpoint (a 3D scene's weights) need not be read again for each; errors as :func:`load_checkpoint`."""
+    path = Path(path).resolve()
+    status = path.stat()
+    return _record(str(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _record(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    checkpoint = load_checkpoint(Path(path))
+    return {"global_step": checkpoint.get("global_step"), CHECKPOINT_KEY: checkpoint.get(CHECKPOINT_KEY) or {}}
+
+
 def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_config_change: bool = False) -> list[str]:
     """Check ``ckpt_path`` before a resume: it exists, loads safely, and was trained with this config.
 
@@ -174,7 +191,7 @@ def check_resume_checkpoint(path: str | Path | None, fingerprint: dict, allow_co
         raise FileNotFoundError(f"ckpt_path={path} is a folder; point it at a file in it, e.g. {path / 'last.ckpt'}")
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist; point it at a run's checkpoints/last.ckpt")
-    stored = (load_checkpoint(path).get(CHECKPOINT_KEY) or {}).get("fingerprint")
+    stored = checkpoint_record(path)[CHECKPOINT_KEY].get("fingerprint")
     if not stored:
         log.warning(
             "ckpt_path=%s has no config fingerprint (written before csd-exp stored one): cannot check "
@@ -215,7 +232,7 @@ def stored_wandb_identity(path: str | Path | None) -> dict[str, Any]:
     ``job_type`` and ``tags`` ({} without a checkpoint or a W&B run; empty values are left out)."""
     if not path or not Path(path).is_file():
         return {}
-    entry = load_checkpoint(Path(path)).get(CHECKPOINT_KEY) or {}
+    entry = checkpoint_record(path)[CHECKPOINT_KEY]
     if not entry.get("wandb_run_id"):
         return {}
     stored = entry.get("wandb_identity") or {}

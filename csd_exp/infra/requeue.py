@@ -143,11 +143,11 @@ def _job_name() -> str:
 
 def _global_step(path: Path) -> int | None:
     """The checkpoint's step, or None when it does not load (truncated, empty, not a checkpoint)."""
-    from csd_exp.infra.checkpoints import load_checkpoint
+    from csd_exp.infra.checkpoints import checkpoint_record
 
     try:
-        return int(load_checkpoint(path)["global_step"])
-    except (OSError, ValueError, KeyError):  # an unreadable file is simply not a candidate; the caller says so
+        return int(checkpoint_record(path)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: not a candidate; the caller says so
         return None
 
 
