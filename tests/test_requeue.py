@@ -47,6 +47,18 @@ class SigtermAfterValidation(pl.Callback):
             trainer._signal_connector.received_sigterm = True
 
 
+class SigtermInStep(pl.Callback):
+    """A SIGTERM (or a Ctrl-C during fit, which csd-exp turns into one) noticed inside step ``step``: Lightning
+    stops at that step's end."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if trainer.global_step == self.step:
+            trainer._signal_connector.received_sigterm = True
+
+
 @pytest.fixture
 def submitit_handler():
     """A stand-in for submitit's SIGUSR2 handler (it requeues and exits); records what the run's folder held then."""
@@ -172,3 +184,24 @@ def test_a_run_stopped_by_sigterm_resumes_with_every_step_logged_once(tmp_path, 
     # keep_last (3) holds across the stop: the periodic checkpoint of the stopping step is pruned like the others.
     kept = sorted(p.name for p in (folder / "checkpoints").iterdir())
     assert kept == ["last.ckpt", "step00004.ckpt", "step00005.ckpt", "step00006.ckpt"], kept
+
+
+def test_a_run_stopped_after_a_step_writes_its_checkpoint_once(tmp_path, monkeypatch):
+    """Stopped at a step's end (SIGTERM, or Ctrl-C during fit), the step is saved there and that file becomes
+    last.ckpt; the on-exception save does not write the same step again."""
+    from csd_exp.infra.checkpoint_files import AtomicCheckpointIO
+
+    written = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def save(self, checkpoint, path, storage_options=None):
+        written.append(os.path.basename(path))
+        real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    stopped = [*SMALL, "+callbacks.sigterm._target_=test_requeue.SigtermInStep", "+callbacks.sigterm.step=2"]
+    stopped += ["callbacks.checkpoint.every_n_train_steps=100"]
+    with pytest.raises(SystemExit):
+        run(compose_config(stopped, tmp_path))
+    assert written == [requeue.REQUEUE_CHECKPOINT], written
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -47,6 +47,8 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0 or isinstance(exception, FloatingPointError):
             return
+        if any(getattr(callback, "saved_at_step_end", False) for callback in trainer.callbacks):
+            return  # the stopping step's end was saved already (CheckpointOnRequeueSignal makes it last.ckpt)
         if trainer.world_size > 1 and not getattr(trainer.strategy, "_interrupted", lambda: False)():
             # The other ranks are blocked in this step's all-gather and cannot join a checkpoint barrier.
             log.error(

@@ -196,11 +196,12 @@ def resume_requeued_run(cfg, output_dir: str | Path, fingerprint: dict) -> Path 
     from omegaconf import OmegaConf, open_dict
 
     from csd_exp.infra.checkpoints import check_resume_checkpoint
+    from csd_exp.infra.run_folder import within
 
     allocation = allocation_number()
     if allocation == 1 and not in_resumed_sweep():
         given = cfg.get("ckpt_path")
-        if given and Path(output_dir).resolve() in Path(str(given)).resolve().parents:
+        if given and within(given, output_dir):
             return Path(str(given))  # a resume in place (checked by the run: check_resume_checkpoint)
         return None
     where = f"SLURM job {_job_name()}, allocation {allocation}" if allocation > 1 else "re-launched sweep"
@@ -282,7 +283,7 @@ class CheckpointOnRequeueSignal(pl.Callback):
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
-        self._saved = False
+        self.saved_at_step_end = False
         self._step_numbers_checked = False
 
     @staticmethod
@@ -309,7 +310,7 @@ class CheckpointOnRequeueSignal(pl.Callback):
             raise RequeueRequested(f"SLURM job {_job_name()} stopped before training to be requeued")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._saved:
+        if self.saved_at_step_end:
             return
         requeue = _Signal.handler is not None and _Signal.pending is not None
         if not self._agreed(trainer, requeue or trainer.received_sigterm):
@@ -318,7 +319,7 @@ class CheckpointOnRequeueSignal(pl.Callback):
         # stops, after this step's logging, resumes with the logged step numbers one ahead), under a name of its
         # own, renamed to last.ckpt as the run stops (on_exception). Also for a SIGTERM (preemption) in the step.
         trainer.save_checkpoint(self.dirpath / REQUEUE_CHECKPOINT)
-        self._saved = True
+        self.saved_at_step_end = True
         if requeue:
             _Signal.stopping = True
             # Lightning's graceful stop (as for SIGTERM): it raises once this step is logged and validated.
@@ -326,7 +327,7 @@ class CheckpointOnRequeueSignal(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         saved = self.dirpath / REQUEUE_CHECKPOINT
-        if not self._saved or not trainer.is_global_zero or not saved.is_file():
+        if not self.saved_at_step_end or not trainer.is_global_zero or not saved.is_file():
             return
         os.replace(saved, self.dirpath / "last.ckpt")  # same folder: a rename, whole or not at all
         log.warning(

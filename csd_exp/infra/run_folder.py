@@ -250,8 +250,10 @@ def process_rank() -> int:
     return 0
 
 
-def _within(path: Path, folder: Path) -> bool:
-    return folder.resolve() in (path.resolve(), *path.resolve().parents)
+def within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (links resolved): a checkpoint of the run in that folder."""
+    folder, path = Path(folder).resolve(), Path(str(path)).resolve()
+    return folder in (path, *path.parents)
 
 
 def finished_run(folder: str | Path) -> str | None:
@@ -276,7 +278,7 @@ def check_new_run_folder(folder: str | Path, ckpt_path: str | None) -> None:
     checkpoint of that folder (``ckpt_path=<folder>/checkpoints/...``): the one way to continue a run there."""
     folder = Path(folder)
     found = finished_run(folder)
-    if found is None or (ckpt_path and _within(Path(str(ckpt_path)), folder)):
+    if found is None or (ckpt_path and within(ckpt_path, folder)):
         return
     raise ValueError(
         f"{folder} holds a finished run ({found}): a new run needs a folder of its own (leave hydra.run.dir "
