@@ -164,6 +164,22 @@ def test_a_resume_reads_the_checkpoint_once_before_lightning_does(sds_checkpoint
     assert _global_step(sds_checkpoint) == rewritten["global_step"] and len(loads) == 2
 
 
+def test_a_class_named_by_another_of_its_import_paths_is_the_same_config():
+    """A checkpoint written when a task lived at its module path resumes under the re-exported name (and the
+    reverse); a path to another class, or one that no longer imports, is still a difference."""
+    from csd_exp.infra.checkpoints import fingerprint_differences
+
+    def fingerprint(target):
+        return run_fingerprint({"task": {"_target_": target, "window_size": 64}})
+
+    moved = fingerprint("csd_exp.tasks.panorama.windows.PanoramaTask")
+    assert fingerprint_differences(moved, fingerprint("csd_exp.tasks.PanoramaTask")) == []
+    assert fingerprint_differences(fingerprint("csd_exp.tasks.VideoTask"), moved) == [
+        'task._target_: "csd_exp.tasks.VideoTask" -> "csd_exp.tasks.panorama.windows.PanoramaTask"'
+    ]
+    assert len(fingerprint_differences(fingerprint("csd_exp.tasks.panorama_old.PanoramaTask"), moved)) == 1
+
+
 def test_many_differences_are_cut_short(tmp_path):
     old = run_fingerprint({"task": {f"k{i:02d}": i for i in range(25)}})
     new = run_fingerprint({"task": {f"k{i:02d}": -i for i in range(25)}})
