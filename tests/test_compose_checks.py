@@ -18,6 +18,8 @@ from csd_exp.schema.composition import explain_composition_error, missing_extra
 
 SMALL = ["experiment=panorama_exact_cpu", "trainer.max_steps=1"]
 REGIONS = ["experiment=panorama_region_exact_cpu", "trainer.max_steps=1"]
+#: Our data sources, recognised by what their classes declare they read (``reads``), not by these names.
+IMAGE, CLIP, SCENE = "csd_exp.data.ImageSource", "csd_exp.data.ClipSource", "csd_exp.data.SceneSource"
 
 # Runs ``csd-exp`` in this interpreter, then reports on stdout whether torch was imported. ``HIDE`` (a
 # comma-separated list of module prefixes) makes importlib.util.find_spec report those modules absent,
@@ -127,11 +129,11 @@ def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeyp
     scene = tmp_path / "scene"
     scene.mkdir()
     cases = [
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(frames)}}, "holds no .png"),
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": "sample:spin"}}, "sample:pan or sample:zoom"),
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(tmp_path / "a.avi")}}, "no such video"),
-        ({"data": {"_target_": compose_inputs.SCENE_SOURCE, "path": str(scene)}}, "no cameras"),
-        ({"data": {"_target_": compose_inputs.IMAGE_SOURCE, "path": "sample:moon"}}, "sample:rocket or"),
+        ({"data": {"_target_": CLIP, "path": str(frames)}}, "holds no .png"),
+        ({"data": {"_target_": CLIP, "path": "sample:spin"}}, "sample:pan or sample:zoom"),
+        ({"data": {"_target_": CLIP, "path": str(tmp_path / "a.avi")}}, "no such video"),
+        ({"data": {"_target_": SCENE, "path": str(scene)}}, "no cameras"),
+        ({"data": {"_target_": IMAGE, "path": "sample:moon"}}, "sample:rocket or"),
         ({"task": {"fid_reference_dir": str(tmp_path / "refs")}}, "no such folder"),
     ]
     for cfg, needle in cases:
@@ -139,8 +141,8 @@ def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeyp
             compose_inputs.check_inputs(cfg)
     (frames / "f1.png").write_bytes(b"")
     (scene / "transforms.json").write_text("{}")
-    compose_inputs.check_inputs({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(frames)}})
-    compose_inputs.check_inputs({"data": {"_target_": compose_inputs.SCENE_SOURCE, "path": str(scene)}})
+    compose_inputs.check_inputs({"data": {"_target_": CLIP, "path": str(frames)}})
+    compose_inputs.check_inputs({"data": {"_target_": SCENE, "path": str(scene)}})
     # fid/rgb with the folder given but torch-fidelity absent: the extra that installs it.
     monkeypatch.setattr(compose_inputs, "missing", lambda module: module == compose_inputs.FID_MODULE)
     with pytest.raises(ConfigError, match=r"pip install 'csd-exp\[fid\]'"):
