@@ -122,6 +122,38 @@ def test_a_bad_input_is_refused_at_compose_time_without_torch(case, tmp_path):
     assert summary["status"] == "failed" and needle in summary["error"] and summary["steps"] == 0
 
 
+STRIPES_TASK = """
+import torch  # never imported by the check: it reads this file
+
+
+class StripesTask:
+    def __init__(self, prior, guidance, optimizer, *, inputs, data, regions=None, **settings):
+        self.regions = regions
+"""
+STRIPES_YAML = """
+# @package _global_
+task:
+  _target_: stripes_task.StripesTask
+  data: ${data}
+  optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 1.0}
+data:
+  _target_: csd_exp.data.ImageSource
+"""
+
+
+def test_the_regions_of_a_task_written_outside_the_package_are_checked_before_torch(tmp_path, monkeypatch):
+    """Any task whose constructor takes ``regions`` has them checked against the image, as PanoramaRegionTask."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "stripes_task.py").write_text(STRIPES_TASK)
+    (tmp_path / "conf" / "task").mkdir(parents=True)
+    (tmp_path / "conf" / "task" / "stripes.yaml").write_text(STRIPES_YAML)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "code"))
+    args = [f"--config-dir={tmp_path / 'conf'}", *SMALL, "task=stripes", "+task.regions=[{box: [0, 0.6, 1, 0.5]}]"]
+    code, lines, torch_imported = _probe([*args, f"paths.output_dir={tmp_path / 'run'}"], tmp_path)
+    assert code == 1 and lines[0].startswith("csd-exp: task.regions[0].box [0.0, 0.6, 1.0, 0.5]"), lines
+    assert "outside the 200x640 px" in lines[0] and not torch_imported
+
+
 def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeypatch):
     frames = tmp_path / "frames"
     frames.mkdir()
