@@ -6,7 +6,8 @@ imported.
 passes ``**kwargs`` to (``super().__init__`` or a class or function it calls). :func:`class_attribute` reads a
 literal a class sets in its body (``uses_guidance = False``), :func:`is_a` whether a target builds a given class
 (itself, a subclass, or a function annotated to return one), and :func:`parameter_classes` the classes a parameter
-is annotated with (``prior: StableDiffusionPrior``): the facts the cross-group rules ask of a class.
+is annotated with (``prior: StableDiffusionPrior``) and :func:`required_parameters` those its constructor takes
+without a default: the facts the cross-group rules ask of a class.
 """
 
 from __future__ import annotations
@@ -211,6 +212,38 @@ def parameter_classes(target: str, parameter: str) -> tuple[Definition, ...]:
                 members.append(symbol)
             return tuple(members)
     return ()
+
+
+def required_parameters(target: str) -> frozenset[str] | None:
+    """The parameters of ``target``'s constructor that have no default (a config node must set them): those of
+    the ``__init__`` (or function) that runs, or a dataclass's fields without a default; not what it forwards
+    ``**kwargs`` to. None if unreadable."""
+    signature = read_signature(target)
+    if signature is None:
+        return None
+    node = signature.constructor.node if signature.constructor is not None else None
+    if isinstance(node, ast.FunctionDef):
+        arguments = node.args
+        positional = [*arguments.posonlyargs, *arguments.args]
+        without_default = positional[: len(positional) - len(arguments.defaults)]
+        if signature.owner.is_class:
+            without_default = without_default[1:]  # self
+        kwonly = [a for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults) if default is None]
+        return frozenset(a.arg for a in [*without_default, *kwonly])
+    if signature.owner.is_class and node is None:  # a dataclass's fields (or object's constructor: none)
+        required = set()
+        for cls in mro(signature.owner)[0]:
+            if _decorated_dataclass(cls.node):
+                for statement in cls.node.body:
+                    if (
+                        isinstance(statement, ast.AnnAssign)
+                        and isinstance(statement.target, ast.Name)
+                        and statement.value is None
+                        and "ClassVar" not in ast.unparse(statement.annotation)
+                    ):
+                        required.add(statement.target.id)
+        return frozenset(required)
+    return None
 
 
 # --------------------------------------------------------------------------------------- signatures

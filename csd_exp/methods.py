@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from csd_exp.guidance_names import IDENTITY_KERNEL, baseline_of
+from csd_exp.guidance_names import KERNEL_FAMILIES, baseline_of, kernel_family
 from csd_exp.guidance_names import short_name as _short
 from csd_exp.prior_families import DEPTH, INSTRUCTION, TEXT_TO_IMAGE, latent_factor, model_options_for, prior_family
 
@@ -42,8 +42,6 @@ DISTILL_MODALITIES = ("panorama", "panorama_region", "video", "scene3d", "genera
 UPDATES = "updates"
 DENOISING = "denoising steps over the whole t range"
 INVERT_EDIT = "inversion steps and editing steps each"
-#: Beyond the paper (issue 26): consensus while particles choose their mode, then released (docs/coupling.md).
-RELEASED_COUPLING = "csd_exp.distill.ReleasedCoupling"
 
 
 @dataclass(frozen=True)
@@ -82,18 +80,6 @@ class MethodError(ValueError):
 
 
 # ------------------------------------------------------------------ labels
-def kernel_family(kernel: Mapping[str, Any] | None) -> str | None:
-    """``identity`` (SDS's normaliser 1), ``identity_mean`` (1/N, no repulsion), ``released_coupling`` (a
-    coupling schedule: consensus, then released) or ``coupling`` (any other)."""
-    if not kernel or "_target_" not in kernel:
-        return None
-    if kernel["_target_"] == RELEASED_COUPLING:
-        return "released_coupling"
-    if kernel["_target_"] == IDENTITY_KERNEL:
-        return "identity_mean" if kernel.get("normalize_by_count") else "identity"
-    return "coupling"
-
-
 def kernel_name(kernel: Mapping[str, Any] | None) -> str | None:
     """The kernel as recorded beside the label (summary ``kernel``, W&B tag ``kernel:<name>``)."""
     if not kernel or "_target_" not in kernel:
@@ -108,6 +94,8 @@ def kernel_name(kernel: Mapping[str, Any] | None) -> str | None:
 
 def distill_label(baseline: str, kernel: str | None, family: str | None) -> str:
     """The label of a distillation's maths (module docstring)."""
+    if kernel is not None and kernel not in ("identity_mean", *KERNEL_FAMILIES):
+        return f"{baseline}_{kernel}"  # a kernel class from outside the package that declares a family of its own
     if baseline == "source_branch":
         labels = {"released_coupling": "csd_edit_coupled", "identity_mean": "csd_edit_no_svgd", "identity": "dds"}
         return labels.get(kernel, "csd_edit")

@@ -18,6 +18,8 @@ from csd_exp.schema.composition import explain_composition_error, missing_extra
 
 SMALL = ["experiment=panorama_exact_cpu", "trainer.max_steps=1"]
 REGIONS = ["experiment=panorama_region_exact_cpu", "trainer.max_steps=1"]
+#: Our data sources, recognised by what their classes declare they read (``reads``), not by these names.
+IMAGE, CLIP, SCENE = "csd_exp.data.ImageSource", "csd_exp.data.ClipSource", "csd_exp.data.SceneSource"
 
 # Runs ``csd-exp`` in this interpreter, then reports on stdout whether torch was imported. ``HIDE`` (a
 # comma-separated list of module prefixes) makes importlib.util.find_spec report those modules absent,
@@ -120,6 +122,38 @@ def test_a_bad_input_is_refused_at_compose_time_without_torch(case, tmp_path):
     assert summary["status"] == "failed" and needle in summary["error"] and summary["steps"] == 0
 
 
+STRIPES_TASK = """
+import torch  # never imported by the check: it reads this file
+
+
+class StripesTask:
+    def __init__(self, prior, guidance, optimizer, *, inputs, data, regions=None, **settings):
+        self.regions = regions
+"""
+STRIPES_YAML = """
+# @package _global_
+task:
+  _target_: stripes_task.StripesTask
+  data: ${data}
+  optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 1.0}
+data:
+  _target_: csd_exp.data.ImageSource
+"""
+
+
+def test_the_regions_of_a_task_written_outside_the_package_are_checked_before_torch(tmp_path, monkeypatch):
+    """Any task whose constructor takes ``regions`` has them checked against the image, as PanoramaRegionTask."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "stripes_task.py").write_text(STRIPES_TASK)
+    (tmp_path / "conf" / "task").mkdir(parents=True)
+    (tmp_path / "conf" / "task" / "stripes.yaml").write_text(STRIPES_YAML)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "code"))
+    args = [f"--config-dir={tmp_path / 'conf'}", *SMALL, "task=stripes", "+task.regions=[{box: [0, 0.6, 1, 0.5]}]"]
+    code, lines, torch_imported = _probe([*args, f"paths.output_dir={tmp_path / 'run'}"], tmp_path)
+    assert code == 1 and lines[0].startswith("csd-exp: task.regions[0].box [0.0, 0.6, 1.0, 0.5]"), lines
+    assert "outside the 200x640 px" in lines[0] and not torch_imported
+
+
 def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeypatch):
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -127,11 +161,11 @@ def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeyp
     scene = tmp_path / "scene"
     scene.mkdir()
     cases = [
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(frames)}}, "holds no .png"),
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": "sample:spin"}}, "sample:pan or sample:zoom"),
-        ({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(tmp_path / "a.avi")}}, "no such video"),
-        ({"data": {"_target_": compose_inputs.SCENE_SOURCE, "path": str(scene)}}, "no cameras"),
-        ({"data": {"_target_": compose_inputs.IMAGE_SOURCE, "path": "sample:moon"}}, "sample:rocket or"),
+        ({"data": {"_target_": CLIP, "path": str(frames)}}, "holds no .png"),
+        ({"data": {"_target_": CLIP, "path": "sample:spin"}}, "sample:pan or sample:zoom"),
+        ({"data": {"_target_": CLIP, "path": str(tmp_path / "a.avi")}}, "no such video"),
+        ({"data": {"_target_": SCENE, "path": str(scene)}}, "no cameras"),
+        ({"data": {"_target_": IMAGE, "path": "sample:moon"}}, "sample:rocket or"),
         ({"task": {"fid_reference_dir": str(tmp_path / "refs")}}, "no such folder"),
     ]
     for cfg, needle in cases:
@@ -139,8 +173,8 @@ def test_clip_scene_and_fid_inputs_are_checked_from_the_config(tmp_path, monkeyp
             compose_inputs.check_inputs(cfg)
     (frames / "f1.png").write_bytes(b"")
     (scene / "transforms.json").write_text("{}")
-    compose_inputs.check_inputs({"data": {"_target_": compose_inputs.CLIP_SOURCE, "path": str(frames)}})
-    compose_inputs.check_inputs({"data": {"_target_": compose_inputs.SCENE_SOURCE, "path": str(scene)}})
+    compose_inputs.check_inputs({"data": {"_target_": CLIP, "path": str(frames)}})
+    compose_inputs.check_inputs({"data": {"_target_": SCENE, "path": str(scene)}})
     # fid/rgb with the folder given but torch-fidelity absent: the extra that installs it.
     monkeypatch.setattr(compose_inputs, "missing", lambda module: module == compose_inputs.FID_MODULE)
     with pytest.raises(ConfigError, match=r"pip install 'csd-exp\[fid\]'"):

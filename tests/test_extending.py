@@ -12,10 +12,12 @@ classes by name: it reads their signatures and what they declare from their sour
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import textwrap
 
+import pytest
 from framework_support import run_cli
 
 TASK_MODULE = '''
@@ -470,3 +472,179 @@ def test_a_new_3d_editor_is_one_class_and_one_yaml(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert summary["config"]["task"]["editor"]["_target_"] == "desaturate_editor.DesaturateEditor"
+
+
+# ----------------------------------------------- what a class declares, not its name (issue 21)
+# The method labels and the compose-time rules recognise a kernel, a baseline, a guidance, a data source and a
+# region task by what the class declares (read from its source, never imported), so these classes, written
+# outside the package, are labelled and checked exactly as ours are.
+PARTS_MODULE = '''
+"""A user's guidance parts and inputs: none subclasses ours, each declares what the checks need."""
+from typing import ClassVar
+
+import torch
+
+from csd_exp.distill import Baseline, KernelOutput
+
+
+class MirrorBranch(Baseline):
+    name = "source_branch"  # Δ against a source branch noised with the same t and ε: CSD-Edit's residual
+    uses_source = True
+
+    def predict(self, prior, noisy_latents, noise, t, cond, source_latents):
+        source = prior.add_noise(source_latents, noise, t)
+        prediction = prior.predict_noise(noisy_latents, t, cond, source_noisy_latents=source)
+        return prediction.target.float(), prediction.source.float()
+
+
+class LonelyKernel:
+    on_images = False
+    kernel_family = "identity"  # K = I, R = 0
+
+    def __init__(self, normalize_by_count: bool = False):
+        self.normalize_by_count = normalize_by_count
+
+    def __call__(self, x):
+        count = x.shape[0]
+        return KernelOutput(torch.eye(count), torch.zeros_like(x), torch.tensor(float("inf")), float(count), True)
+
+
+class KernelGuidance:
+    def __init__(self, kernel, baseline: str = "random_noise", guidance_scale: float = 7.5):
+        self.kernel, self.baseline, self.guidance_scale = kernel, baseline, guidance_scale
+
+
+class OptionalKernelGuidance:
+    def __init__(self, kernel=None, baseline: str = "random_noise"):
+        self.kernel, self.baseline = kernel, baseline
+
+
+class PhotoSource:
+    reads: ClassVar[str] = "image"  # data.path: an image file (or a bundled sample:<name>)
+
+    def __init__(self, path: str | None = None, max_image_pixels: int | None = None):
+        self.path = path
+
+
+class StripesTask:
+    def __init__(self, prior, guidance, optimizer, *, inputs, data, regions=None):
+        self.regions = regions
+'''
+
+
+@pytest.fixture
+def parts(tmp_path, monkeypatch):
+    """``user_parts``, importable from a folder on sys.path (as a user's PYTHONPATH puts it); the reader's caches
+    cleared so it finds the module, and the module never imported."""
+    import sys
+
+    from csd_exp import ast_signatures as signatures
+    from csd_exp import ast_source as source
+
+    caches = (source.module_file, source.load, source.find, signatures.read_signature)
+    (tmp_path / "user_parts.py").write_text(textwrap.dedent(PARTS_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for cache in caches:
+        cache.cache_clear()
+    yield "user_parts"
+    assert "user_parts" not in sys.modules, "the checks must read the classes' source, never import it"
+    for cache in caches:
+        cache.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def plain_config(tmp_path_factory):
+    """The default composed config (panorama, csd_edit on the exact prior) as plain containers."""
+    from framework_support import compose_config
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_config([], tmp_path_factory.mktemp("run")), resolve=True)
+
+
+def _with_parts(plain_config, baseline, kernel, official_scaling=False):
+    cfg = copy.deepcopy(plain_config)
+    cfg["kernel"] = cfg["guidance"]["kernel"] = kernel
+    cfg["guidance"].update(baseline=baseline, official_scaling=official_scaling)
+    return cfg
+
+
+def _judged(cfg) -> tuple[str, str, str | None]:
+    """(the method label, whether official_scaling is allowed, the kernel recorded beside the label)."""
+    from csd_exp.methods import derive_label, kernel_name
+    from csd_exp.schema import ConfigError, validate_config
+
+    official = copy.deepcopy(cfg)
+    official["guidance"]["official_scaling"] = True
+    try:
+        validate_config(official)
+        allowed = "allowed"
+    except ConfigError as error:
+        assert "guidance.official_scaling=true" in str(error)
+        allowed = "refused"
+    validate_config(cfg)
+    return derive_label(cfg), allowed, kernel_name(cfg["kernel"])
+
+
+@pytest.mark.parametrize("baseline", ["source_branch", "random_noise"])
+@pytest.mark.parametrize("normalize_by_count", [False, True])
+def test_a_kernel_and_a_baseline_from_outside_are_labelled_and_checked_as_ours(
+    parts, plain_config, baseline, normalize_by_count
+):
+    ours = {"source_branch": {"_target_": "csd_exp.distill.baselines.SourceBranch"}, "random_noise": "random_noise"}
+    theirs = {"source_branch": {"_target_": f"{parts}.MirrorBranch"}, "random_noise": "random_noise"}
+    our_kernel = {"_target_": "csd_exp.distill.IdentityKernel", "normalize_by_count": normalize_by_count}
+    their_kernel = {"_target_": f"{parts}.LonelyKernel", "normalize_by_count": normalize_by_count}
+    expected = {
+        ("source_branch", False): ("dds", "refused", "identity"),
+        ("source_branch", True): ("csd_edit_no_svgd", "allowed", "identity_mean"),
+        ("random_noise", False): ("sds", "refused", "identity"),
+        ("random_noise", True): ("sds", "refused", "identity_mean"),
+    }[baseline, normalize_by_count]
+    assert _judged(_with_parts(plain_config, ours[baseline], our_kernel)) == expected
+    assert _judged(_with_parts(plain_config, theirs[baseline], their_kernel)) == expected
+    assert _judged(_with_parts(plain_config, theirs[baseline], our_kernel)) == expected
+    assert _judged(_with_parts(plain_config, ours[baseline], their_kernel)) == expected
+
+
+def test_a_guidance_that_takes_a_kernel_needs_one_whatever_its_class(parts, plain_config):
+    """The "a kernel is always chosen" rule reads the guidance's constructor (``kernel`` without a default)."""
+    from csd_exp.schema import ConfigError, validate_config
+
+    for target in ("csd_exp.distill.Guidance", f"{parts}.KernelGuidance"):
+        cfg = copy.deepcopy(plain_config)
+        cfg["guidance"] = {"_target_": target, "baseline": "random_noise", "guidance_scale": 7.5}
+        with pytest.raises(ConfigError, match="couples its particles through a kernel but none is chosen"):
+            validate_config(cfg)
+    cfg = copy.deepcopy(plain_config)
+    cfg["guidance"] = {"_target_": f"{parts}.OptionalKernelGuidance", "baseline": "random_noise"}
+    validate_config(cfg)  # kernel=None is the class's own default: no kernel needed
+
+
+def test_a_region_task_and_an_image_source_from_outside_get_their_inputs_checked(parts, tmp_path):
+    """``task.regions`` is checked for any task whose constructor takes ``regions``, ``data.path`` for any
+    source whose class declares ``reads = "image"``, before torch."""
+    from csd_exp.schema import ConfigError
+    from csd_exp.schema.inputs import check_inputs
+
+    outside = {"regions": [{"box": [0, 0.6, 1, 0.5]}]}  # leaves the 200x640 px sample on the right
+    for task in ("csd_exp.tasks.PanoramaRegionTask", f"{parts}.StripesTask"):
+        for source in ("csd_exp.data.ImageSource", f"{parts}.PhotoSource"):
+            cfg = {"data": {"_target_": source, "path": "sample:rocket"}, "task": {"_target_": task, **outside}}
+            with pytest.raises(ConfigError, match=r"task\.regions\[0\]\.box .* outside the 200x640 px"):
+                check_inputs(cfg)
+            cfg["task"]["regions"] = [{"box": [0, 0, 1, 0.5]}]
+            check_inputs(cfg)
+    for source in ("csd_exp.data.ImageSource", f"{parts}.PhotoSource"):
+        with pytest.raises(ConfigError, match="no such image file"):
+            check_inputs({"data": {"_target_": source, "path": str(tmp_path / "nope.png")}})
+    check_inputs({"data": {"_target_": f"{parts}.StripesTask", "path": str(tmp_path / "nope.png")}})  # reads nothing
+
+
+def test_our_classes_declare_the_facts_the_labels_read():
+    """The short names the presets use (``make_baseline``) are the names the classes declare to the labels."""
+    from csd_exp.distill import IdentityKernel, RBFKernel, ReleasedCoupling
+    from csd_exp.distill.baselines import BASELINES
+
+    assert {name: cls.name for name, cls in BASELINES.items()} == {name: name for name in BASELINES}
+    assert IdentityKernel.kernel_family == "identity" and ReleasedCoupling.kernel_family == "released_coupling"
+    assert not hasattr(RBFKernel, "kernel_family")  # the default: a kernel that couples

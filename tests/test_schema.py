@@ -268,3 +268,24 @@ def test_a_model_node_s_family_and_latent_factor_come_from_the_class_it_builds(t
     )
     assert module_constant("csd_exp.priors.tiny", "TINY_BLOCK_OUT_CHANNELS") == (32, 64)
     assert module_constant("csd_exp.priors.tiny", "tiny_stable_diffusion_prior", "none") == "none"  # a function
+
+
+def test_the_reader_names_the_parameters_a_constructor_requires(reader_module):
+    """What a config node must set (the rule "a guidance that takes a kernel needs one" reads it)."""
+    from csd_exp.ast_signatures import required_parameters
+
+    assert required_parameters(f"{reader_module}.Sampler") == {"prior", "mode"}  # its own, not the forwarded
+    assert required_parameters(f"{reader_module}.Base") == {"prior"}
+    assert required_parameters(f"{reader_module}.build") == {"path"}
+    assert required_parameters(f"{reader_module}.Missing") is None
+    assert required_parameters("csd_exp.distill.Guidance") >= {"baseline", "kernel"}
+    assert required_parameters("csd_exp.tasks.PanoramaRegionTask") == {
+        "prior",
+        "guidance",
+        "optimizer",
+        "inputs",
+        "data",
+    }
+    # a dataclass: its fields without a default (its ClassVar ``reads`` is no field)
+    assert required_parameters("csd_exp.data.sources.LoadedClip") == {"frames", "original_size", "fps", "flow"}
+    assert required_parameters("csd_exp.data.ImageSource") == frozenset()

@@ -10,7 +10,7 @@ tasks never look at the path to decide what to read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import torch
 
@@ -46,6 +46,9 @@ class ImageSource:
         alpha_background: ``white``, ``black`` or ``#rrggbb``: an image with transparent pixels is composited
             on it; None drops the alpha channel (the colours beneath are edited as they are) with a warning.
     """
+
+    #: what ``data.path`` names, checked at compose time (csd_exp.schema.inputs): an image file or ``sample:<name>``
+    reads: ClassVar[str] = "image"
 
     path: str | None = None
     resize_policy: Literal["auto", "official", "short_side"] = "auto"
@@ -91,6 +94,9 @@ class ClipSource:
         max_frames: at most this many frames (None = all; the synthetic clips default to 12).
     """
 
+    #: what ``data.path`` names, checked at compose time: a video file, a folder of frames or ``sample:<name>``
+    reads: ClassVar[str] = "clip"
+
     path: str | None = None
     start: NonNegativeInt = 0
     stride: PositiveInt = 1
@@ -124,6 +130,9 @@ class SceneSource:
             the files' size (the sample scene: 32).
         num_val: held-out views of the sample scene (default one in five); file scenes use their own split.
     """
+
+    #: what ``data.path`` names, checked at compose time: a scene folder or transforms json, or ``sample``
+    reads: ClassVar[str] = "scene"
 
     path: str | None = None
     downscale: PositiveInt = 1

@@ -28,6 +28,11 @@ class Baseline:
     ``uses_source``: the baseline reads the particles' ``source_latents`` and conditions a source branch, so
     ``guidance.source_prompt`` applies to it (the guidance refuses a source prompt otherwise) and tasks
     without a source (text-to-3D) refuse it.
+
+    ``name``: the short name the method labels and the compose-time check read from the source
+    (csd_exp/guidance_names.py): a class declaring ``name = "source_branch"`` is labelled and checked as CSD-Edit's
+    source branch (``csd_edit``, ``dds``, ``official_scaling``), one declaring none by its class name. A subclass
+    inherits it: one whose residual differs from its base's declares its own.
     """
 
     uses_source: bool = False
@@ -55,6 +60,8 @@ class Baseline:
 class RandomNoise(Baseline):
     """Δ_i = ε̂(x_t^i; y) − ε^i: the ε that noised the particles is the baseline (SDS Eq. 5, CSD Eq. 8)."""
 
+    name = "random_noise"
+
     def predict(self, prior, noisy_latents, noise, t, cond, source_latents):
         prediction = prior.predict_noise(noisy_latents, t, cond)
         return prediction.target.float(), noise.float()
@@ -64,6 +71,7 @@ class SourceBranch(Baseline):
     """Δ_i = ε̂^{ω_y,ω_s}(x_t^i; x̃, y) − ε̂^{ω_s}(x̃_t^i; x̃): the prediction of the source x̃ noised with the
     same t and ε (CSD-Edit, Eq. 9); with ``guidance.source_prompt`` the source branch is DDS-style."""
 
+    name = "source_branch"
     uses_source = True
 
     def predict(self, prior, noisy_latents, noise, t, cond, source_latents):

@@ -67,6 +67,7 @@ class ReleasedCoupling:
         self.release_fraction = float(release_fraction)
 
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
+    kernel_family = "released_coupling"  # the method labels: csd_edit_coupled (csd_exp/guidance_names.py)
 
     def __repr__(self) -> str:
         return f"ReleasedCoupling(early={self.early!r}, late={self.late!r}, release_fraction={self.release_fraction})"

@@ -200,6 +200,7 @@ class IdentityKernel:
     """
 
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
+    kernel_family = "identity"  # the method labels: sds / dds, or identity_mean with normalize_by_count (no SVGD)
 
     def __init__(self, normalize_by_count: bool = False) -> None:
         self.normalize_by_count = bool(normalize_by_count)

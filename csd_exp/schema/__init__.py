@@ -6,8 +6,9 @@ second, not a model load, and a sweep with one bad value starts no job.
 
 Each constraint is written once, on the constructor that takes the value (``window_size: PositiveInt``,
 ``method: Literal[...]``, markers of :mod:`csd_exp.schema.fields`), and each cross-group rule a class needs is
-declared on that class (``uses_guidance = False``, ``on_images = True``, ``passes_renders = True``, an annotated
-``prior``). Nothing here names a class of the package:
+declared on that class (``uses_guidance = False``, ``on_images = True``, ``passes_renders = True``, a data
+source's ``reads``, a baseline's ``name``, a kernel's ``kernel_family``, an annotated ``prior``, a ``regions``
+parameter, a ``kernel`` parameter without a default). Nothing here names a class of the package:
 
 * :mod:`csd_exp.ast_signatures` (below this package, shared with the method axis): a ``_target_``'s
   constructor read from its source with :mod:`ast` (never imported), its annotations turned into types, and

@@ -5,6 +5,12 @@ These checks read file headers and folder listings only (Pillow for image sizes)
 file costs a second, not a model load, and a sweep with one bad job starts none. What needs a model (an
 instruction the prior does not know) or the image's pixels stays with the task.
 
+What ``data.path`` must be follows from what the data source's class declares it reads (``reads: ClassVar[str]``:
+``"image"``, ``"clip"`` or ``"scene"``, as :class:`csd_exp.data.ImageSource`, ``ClipSource`` and ``SceneSource``
+do); ``task.regions`` is checked against the image for a task whose constructor takes ``regions``
+(:class:`csd_exp.tasks.PanoramaRegionTask`). Both are read from the source, never imported, so a class written
+outside the package that declares the same is checked the same.
+
 The names here mirror the readers' (``csd_exp.data``: image and video suffixes, bundled samples) and the
 metric keys (``csd_exp.metrics.keys`` and the tasks' own); tests/test_compose_checks.py checks they agree.
 """
@@ -18,13 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from csd_exp.ast_signatures import class_attribute, read_signature
 from csd_exp.schema.checks import ConfigError
 from csd_exp.schema.regions import check_box_inside, parse_regions
-
-IMAGE_SOURCE = "csd_exp.data.ImageSource"
-CLIP_SOURCE = "csd_exp.data.ClipSource"
-SCENE_SOURCE = "csd_exp.data.SceneSource"
-REGION_TASK = "csd_exp.tasks.PanoramaRegionTask"
 
 #: csd_exp.data.images.IMAGE_SUFFIXES
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -227,6 +229,21 @@ def check_optimized_metric(name: Any) -> None:
     raise ConfigError(f"optimized_metric={name} is not a metric csd-exp writes to summary.json; {hint}")
 
 
+def reads(data: Any) -> str | None:
+    """What the data source reads (``image``, ``clip``, ``scene``): its class's ``reads``; None if it declares
+    nothing or its source cannot be read."""
+    target = data.get("_target_") if isinstance(data, Mapping) else None
+    declared = class_attribute(target, "reads") if isinstance(target, str) else None
+    return declared if isinstance(declared, str) else None
+
+
+def takes_regions(task: Any) -> bool:
+    """The task's constructor takes ``regions`` (``task.regions`` entries, :mod:`csd_exp.schema.regions`)."""
+    target = task.get("_target_") if isinstance(task, Mapping) else None
+    signature = read_signature(target) if isinstance(target, str) else None
+    return signature is not None and "regions" in signature.parameters
+
+
 def check_inputs(cfg: Mapping[str, Any]) -> None:
     """Everything the run would read, and ``optimized_metric``; raise :class:`ConfigError` naming the key."""
     check_optimized_metric(cfg.get("optimized_metric"))
@@ -235,14 +252,14 @@ def check_inputs(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"ckpt_path={ckpt} is a folder; give the checkpoint file (e.g. .../checkpoints/last.ckpt)")
     data = cfg.get("data")
     task = cfg.get("task")
-    target = data.get("_target_") if isinstance(data, Mapping) else None
-    if target == IMAGE_SOURCE:
+    source = reads(data)
+    if source == "image":
         size = _image_size(data)
-        if isinstance(task, Mapping) and task.get("_target_") == REGION_TASK:
+        if takes_regions(task):
             _check_regions(task, size, cfg.get("prompt"))
-    elif target == CLIP_SOURCE:
+    elif source == "clip":
         _check_clip(data)
-    elif target == SCENE_SOURCE:
+    elif source == "scene":
         _check_scene(data)
     if isinstance(task, Mapping):
         _check_task_files(task)

@@ -7,6 +7,9 @@ that fixes it. The rules read what each class declares about itself, never a lis
 * a task or editor whose class sets ``uses_guidance = False`` samples (``ReverseSamplingMixin``, the IN2N
   editor) and takes no distillation guidance, kernel or schedule;
 * a kernel that sets ``on_images = True`` needs a task that sets ``passes_renders = True``;
+* a guidance whose constructor takes ``kernel`` without a default (``csd_exp.distill.Guidance``) needs a kernel;
+  ``official_scaling`` needs the baseline whose class declares ``name = "source_branch"`` and a kernel whose class
+  declares ``kernel_family = "identity"`` with ``normalize_by_count`` (csd_exp/guidance_names.py);
 * a task whose constructor annotates ``prior`` with a class (``prior: StableDiffusionPrior``) needs a model
   that builds one (the model groups offered are those of ``conf/model`` whose ``_target_`` does).
 """
@@ -17,16 +20,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from csd_exp.ast_signatures import built_class, class_attribute, is_a, parameter_classes, read_signature
+from csd_exp.ast_signatures import (
+    built_class,
+    class_attribute,
+    is_a,
+    parameter_classes,
+    read_signature,
+    required_parameters,
+)
 from csd_exp.ast_source import Definition, module_file
-from csd_exp.guidance_names import IDENTITY_KERNEL, baseline_of
+from csd_exp.guidance_names import baseline_of, kernel_family
 from csd_exp.guidance_names import short_name as _short
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
 from csd_exp.schema.targets import check_target
-
-GUIDANCE = "csd_exp.distill.Guidance"
 
 #: The run's own top-level keys (no constructor takes them as such), and the nodes of infrastructure.
 RUN_KEYS = {
@@ -81,9 +89,12 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         return  # sampling baselines: _check_task has checked the groups
     label = guidance_label(guidance, choices)
     kernel = guidance.get("kernel") or {}
-    # Guidance has no default kernel on purpose (SDS and CSD differ only there), and kernel=none composes
-    # to an empty node that instantiate would pass on as a dict.
-    if not kernel and (guidance["_target_"] == GUIDANCE or "kernel" in guidance):
+    # Guidance has no default kernel on purpose (SDS and CSD differ only there): a guidance class whose constructor
+    # takes ``kernel`` without a default needs one; and kernel=none composes to an empty node that instantiate
+    # would pass on as a dict.
+    target = guidance["_target_"]
+    required = required_parameters(target) if isinstance(target, str) else None
+    if not kernel and ("kernel" in guidance or "kernel" in (required or ())):
         raise ConfigError(
             f"guidance={label} couples its particles through a kernel but none is chosen; "
             "add kernel=rbf (or kernel=identity for SDS, kernel=identity_mean for the no-SVGD ablation)"
@@ -105,7 +116,7 @@ def _check_guidance(cfg: Mapping[str, Any], choices: Mapping[str, str]) -> None:
             "particles on the noisy latents): choose kernel=rbf (or kernel=consensus), or a task that renders "
             "views (task=generation3d)"
         )
-    no_svgd = kernel_target == IDENTITY_KERNEL and kernel.get("normalize_by_count") is True
+    no_svgd = kernel_family(kernel) == "identity_mean"
     if guidance.get("official_scaling") and not (baseline_of(guidance) == "source_branch" and no_svgd):
         raise ConfigError(
             "guidance.official_scaling=true is the official panorama path without SVGD and needs the "
