@@ -333,7 +333,7 @@ def unet_rows_per_step(resolved: Mapping[str, Any], family: str | None) -> int |
     return rows * int(particles) if particles else None
 
 
-def _hydra_node(cfg: Any, key: str) -> Any:
+def hydra_node(cfg: Any, key: str) -> Any:
     """``hydra.<key>`` of ``cfg``'s own hydra node (a sweep check's job), else of the running job; None outside."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
@@ -345,7 +345,7 @@ def _hydra_node(cfg: Any, key: str) -> Any:
 
 def requested_method(cfg: Any) -> str | None:
     """The ``method=`` choice; without one, a sampling baseline's own label (``task=video_fatezero``)."""
-    choices = _hydra_node(cfg, "runtime.choices") or {}
+    choices = hydra_node(cfg, "runtime.choices") or {}
     chosen = choices.get("method") if hasattr(choices, "get") else None
     if chosen:
         return str(chosen)
@@ -357,7 +357,7 @@ def requested_method(cfg: Any) -> str | None:
 
 def apply_to_composed(cfg: Any) -> str | None:
     """:func:`apply_method` with the job's own method choice and command-line overrides (Hydra's record)."""
-    overrides = [str(item) for item in (_hydra_node(cfg, "overrides.task") or [])]
+    overrides = [str(item) for item in (hydra_node(cfg, "overrides.task") or [])]
     take_old_caption(cfg)
     return apply_method(cfg, requested_method(cfg), overrides)
 
