@@ -114,7 +114,9 @@ def test_two_csd_steps_on_renders_reach_the_parameters(if_prior):
     theta = torch.zeros(3, 3, 16, 16).requires_grad_(True)
     base = seeded_images(3, size=16, seed=5)
     optimizer = torch.optim.SGD([theta], lr=1.0)
-    guidance = Guidance("random_noise", FeatureRBFKernel(image_size=None), guidance_scale=20.0)
+    guidance = Guidance(
+        "random_noise", FeatureRBFKernel(image_size=None), guidance_scale=20.0, image_guidance_scale=1.5
+    )
     for step in range(2):
         renders = (base + theta).clamp(0, 1)
         latents = if_prior.encode(renders, differentiable=True)
