@@ -27,10 +27,11 @@ directly is an error that says so.
 
 from __future__ import annotations
 
-import math
+from typing import Annotated
 
 from torch import Tensor
 
+from csd_exp.distill.arguments import checked
 from csd_exp.distill.kernels import Kernel, KernelOutput
 
 
@@ -44,7 +45,10 @@ class ReleasedCoupling:
         release_fraction: in [0, 1], the fraction of the run's steps that use ``early``.
     """
 
-    def __init__(self, early: Kernel, late: Kernel, release_fraction: float = 0.05) -> None:
+    @checked
+    def __init__(
+        self, early: Kernel, late: Kernel, release_fraction: Annotated[float, {"ge": 0, "le": 1}] = 0.05
+    ) -> None:
         for name, kernel in (("early", early), ("late", late)):
             if not callable(kernel) or isinstance(kernel, str):
                 raise ValueError(
@@ -56,12 +60,6 @@ class ReleasedCoupling:
                 )
             if hasattr(kernel, "at_step"):
                 raise ValueError(f"{name}={kernel!r} is itself a schedule; nest kernels, not schedules")
-        if isinstance(release_fraction, bool) or not isinstance(release_fraction, (int, float)):
-            raise ValueError(f"release_fraction must be a number in [0, 1], got {release_fraction!r}")
-        if not (math.isfinite(release_fraction) and 0.0 <= release_fraction <= 1.0):
-            raise ValueError(
-                f"release_fraction must lie in [0, 1] (a fraction of the run's steps), got {release_fraction!r}"
-            )
         self.early = early
         self.late = late
         self.release_fraction = float(release_fraction)

@@ -25,7 +25,13 @@ SEED = 3
 
 
 def guidance(kernel) -> Guidance:
-    return Guidance("source_branch", kernel, schedule=TimestepSchedule(max_steps=STEPS))
+    return Guidance(
+        "source_branch",
+        kernel,
+        schedule=TimestepSchedule(max_steps=STEPS),
+        guidance_scale=1.5,
+        image_guidance_scale=1.5,
+    )
 
 
 def particles(count: int = 5, seed: int = 0) -> dict:
@@ -82,7 +88,7 @@ def test_one_particle_is_sds_in_both_phases():
 
 
 def test_bad_arguments_are_refused_early():
-    with pytest.raises(ValueError, match=r"release_fraction must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"release_fraction=1.5 is not allowed"):
         ReleasedCoupling(ConsensusKernel(), no_svgd(), release_fraction=1.5)
     with pytest.raises(ValueError, match="early must be a kernel object"):
         ReleasedCoupling("consensus", no_svgd())
