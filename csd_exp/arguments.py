@@ -19,9 +19,9 @@ A parameter annotated with a class a config cannot hold (``torch.dtype``, ``Tens
 in a union) is not checked here. The annotations are read, and their pydantic ``TypeAdapter`` s built, once per
 function at its first call, so a call costs a few microseconds per argument passed.
 
-This module imports the standard library only (pydantic and the source reader at the first check);
-``csd_exp.distill``, which imports nothing but torch and the standard library at module level, reaches it through
-:mod:`csd_exp.distill.arguments`, one import inside the first check.
+This module imports the standard library only (pydantic and the source reader at the first check;
+``tests/test_import_graph.py`` keeps it so), which lets ``csd_exp.distill`` (torch and the standard library only)
+use this one :func:`checked` through :mod:`csd_exp.distill.arguments`, a re-export.
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def checked(function: F) -> F:
     """Decorate a constructor (or any function) so that each argument a caller passes is validated against the
     parameter's annotation, as the compose-time check validates a config (:func:`argument_checker`, built at the
     first call). On a dataclass (written above ``@dataclass``) it checks the generated ``__init__`` against the
-    fields' annotations (the class's own fields; a ``ClassVar`` is no field). ``csd_exp.distill`` uses
-    :func:`csd_exp.distill.arguments.checked`, the same with a lazy import."""
+    fields' annotations (the class's own fields; a ``ClassVar`` is no field). ``csd_exp.distill`` imports it
+    as :func:`csd_exp.distill.arguments.checked`."""
     if isinstance(function, type):
         function.__init__ = checked(function.__init__)  # type: ignore[misc]
         return function
