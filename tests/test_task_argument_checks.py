@@ -134,3 +134,18 @@ def test_the_compose_check_refuses_what_the_task_constructors_refused_by_hand_be
         assert messages[key] is not None and expected in messages[key], (key, messages[key])
     assert messages["task.canvas_size=[64,192]"] is None
     assert report["torch"] is False
+
+
+def test_the_clip_reader_and_the_clip_check_their_arguments_from_their_annotations(tmp_path):
+    import torch
+
+    from csd_exp.data.video import VideoClip, read_video
+
+    for parameter, bad in (("start", -1), ("stride", 0), ("max_frames", 0), ("min_frames", 0), ("fps", 0.0)):
+        with pytest.raises(ValueError, match=rf"^read_video: {parameter}=.* is not allowed"):
+            read_video(tmp_path / "missing.mp4", **{parameter: bad})  # refused before the file is looked for
+    with pytest.raises(FileNotFoundError):
+        read_video(tmp_path / "missing.mp4", start=0, stride=2, max_frames=None, fps=24)
+    with pytest.raises(ValueError, match=r"^VideoClip: fps=0 is not allowed"):
+        VideoClip(torch.zeros(2, 3, 4, 4), 0, "test")
+    assert VideoClip(torch.zeros(2, 3, 4, 4), 12.5, "test").frame_names == ["frame_00000", "frame_00001"]
