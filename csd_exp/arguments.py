@@ -19,9 +19,9 @@ A parameter annotated with a class a config cannot hold (``torch.dtype``, ``Tens
 in a union) is not checked here. The annotations are read, and their pydantic ``TypeAdapter`` s built, once per
 function at its first call, so a call costs a few microseconds per argument passed.
 
-This module imports the standard library only (pydantic and the source reader at the first check);
-``csd_exp.distill``, which imports nothing but torch and the standard library at module level, reaches it through
-:mod:`csd_exp.distill.arguments`, one import inside the first check.
+This module imports the standard library only (pydantic and the source reader at the first check;
+``tests/test_import_graph.py`` keeps it so), which lets ``csd_exp.distill`` (torch and the standard library only)
+use this one :func:`checked` through :mod:`csd_exp.distill.arguments`, a re-export.
 """
 
 from __future__ import annotations
@@ -122,13 +122,22 @@ def _read_annotations(function: Callable) -> dict[str, Any]:
     if definition is None or "<locals>" in function.__qualname__:
         return {}
     node, module = definition.node, definition.module
-    for name in rest:
-        node = next(
+    for index, name in enumerate(rest):
+        inner = next(
             (s for s in getattr(node, "body", ()) if isinstance(s, (ast.FunctionDef, ast.ClassDef)) and s.name == name),
             None,
         )
-        if node is None:
+        if inner is None and not (name == "__init__" and index == len(rest) - 1 and isinstance(node, ast.ClassDef)):
             return {}
+        node = inner or node
+    if isinstance(node, ast.ClassDef) and rest == ["__init__"]:  # no __init__ written: a dataclass's fields
+        found = {
+            s.target.id: _checkable(s.annotation, module)
+            for s in node.body
+            if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            if "ClassVar" not in ast.unparse(s.annotation)
+        }
+        return {name: annotation for name, annotation in found.items() if annotation is not Any}
     if not isinstance(node, ast.FunctionDef):
         return {}
     arguments = node.args
@@ -178,7 +187,12 @@ def argument_checker(function: Callable) -> Callable[[tuple, dict], None]:
 def checked(function: F) -> F:
     """Decorate a constructor (or any function) so that each argument a caller passes is validated against the
     parameter's annotation, as the compose-time check validates a config (:func:`argument_checker`, built at the
-    first call). ``csd_exp.distill`` uses :func:`csd_exp.distill.arguments.checked`, the same with a lazy import."""
+    first call). On a dataclass (written above ``@dataclass``) it checks the generated ``__init__`` against the
+    fields' annotations (the class's own fields; a ``ClassVar`` is no field). ``csd_exp.distill`` imports it
+    as :func:`csd_exp.distill.arguments.checked`."""
+    if isinstance(function, type):
+        function.__init__ = checked(function.__init__)  # type: ignore[misc]
+        return function
     check: Callable[[tuple, dict], None] | None = None
 
     @functools.wraps(function)
