@@ -149,6 +149,7 @@ RELEASE_SWITCHES = {
     "attention_product": ("explicit", "fused"),
     "time_embedding_rows": ("per_clip", "per_row"),
     "decode_arithmetic": ("times_inverse_scale", "divide_by_scale"),
+    "latent_layout": ("contiguous", "as_encoded"),
 }
 #: 4 latent px per side are too few for the store's levels to differ; 32 (64 px frames) makes level 0 hold
 #: 32² = 1024 queries, the most FateZero stores. 10 steps as experiment=video_fatezero_tiny_cpu; blend words on.
@@ -175,6 +176,7 @@ def _mechanisms(task) -> dict:
         "explicit_attention": (control.explicit_max_queries, task.released_attention),
         "per_clip_time_embedding": bool(control.time_projections),
         "decode_arithmetic": task.decode_arithmetic,
+        "latent_layout": task.latent_layout,
     }
     control.remove()
     return found
@@ -245,6 +247,7 @@ def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_
         "attention_product": "explicit_attention",
         "time_embedding_rows": "per_clip_time_embedding",
         "decode_arithmetic": "decode_arithmetic",
+        "latent_layout": "latent_layout",
     }
     for switch, (_, our_value) in RELEASE_SWITCHES.items():
         one = _mechanisms(_built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}"))
@@ -669,8 +672,8 @@ def test_the_vaes_attention_is_diffusers_0_11s_order_inside_the_context():
 
 def test_the_released_decode_and_contiguous_source_latents(tmp_path):
     """decode_arithmetic=times_inverse_scale: frames = D(z · (1/s)) / 2 + 0.5 (the release's decode_latents);
-    divide_by_scale: the prior's (D(z / s) + 1) / 2. And the official task's source latents are contiguous
-    (the release's layout) whatever the frames' layout."""
+    divide_by_scale: the prior's (D(z / s) + 1) / 2. And latent_layout=contiguous: the source latents are
+    contiguous (the release's layout) whatever the frames' layout; as_encoded keeps the frames' layout."""
     from csd_exp.priors.attention_release import released_vae_attention
 
     task = _built(tmp_path / "a", "task.official_release=true")
@@ -689,3 +692,6 @@ def test_the_released_decode_and_contiguous_source_latents(tmp_path):
     frames = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(1)).permute(0, 3, 1, 2)  # H, W, C
     source, _ = task.encode_sources(frames)
     assert source.is_contiguous() and not frames.is_contiguous()
+    as_encoded = _built(tmp_path / "c", "task.official_release=true", "task.latent_layout=as_encoded")
+    as_encoded.attention.remove()
+    assert not as_encoded.encode_sources(frames)[0].is_contiguous()  # what the switch changes

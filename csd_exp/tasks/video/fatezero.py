@@ -25,8 +25,9 @@ stored-map size limit and its configs' sparse-causal choice; each has a switch n
 (``clip_groupnorm``, ``timestep_spacing``, ``clean_level``, ``blend_layers``, ``refine_padding``,
 ``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Two more switches make our
 float32 arithmetic follow the release's order of operations where the two compute the same values differently
-(``attention_product``: the explicit attention product; ``time_embedding_rows``: the timestep MLPs once per
-clip), so that its frames are equal to float32 rounding. Its two random draws are not
+(``attention_product``: the explicit attention products; ``time_embedding_rows``: the timestep MLPs once per
+clip; ``decode_arithmetic``: z · (1/s) and x / 2 + 0.5; ``latent_layout``: contiguous latents), so that its
+frames are equal to float32 rounding. Its two random draws are not
 reproduced: the VAE posterior *sample* (here: the mode) and the random bias of its zero-initialised temporal
 attention (here: absent, i.e. a zero bias). Differences kept on purpose: no Tune-A-Video weights (its
 zero-shot setting), one ``blend_words`` list (the source words that make the self-attention mask;
@@ -323,6 +324,9 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             fused). Same attention, other float32 rounding.
         decode_arithmetic: ``times_inverse_scale``: frames = D(z · (1 / s)) / 2 + 0.5 in chunks of 16 frames
             (release) or ``divide_by_scale``: (D(z / s) + 1) / 2 (the prior's decode).
+        latent_layout: ``contiguous``: frames and latents in contiguous (F, C, H, W) memory, as the release
+            hands them to its VAE and UNet (release), or ``as_encoded``: the layout the frames came in
+            (channels-last from H, W, C images); a convolution rounds differently on the two.
         time_embedding_rows: ``per_clip``: the timestep MLP and the ResNet blocks' timestep projections on one
             row per clip, repeated over its frames (the release's pseudo-3D UNet), or ``per_row``. Same
             values, other float32 rounding.
@@ -362,6 +366,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         attention_product: Literal["explicit", "fused"] | None = None,
         time_embedding_rows: Literal["per_clip", "per_row"] | None = None,
         decode_arithmetic: Literal["times_inverse_scale", "divide_by_scale"] | None = None,
+        latent_layout: Literal["contiguous", "as_encoded"] | None = None,
     ):
         switches = resolve_release_switches(
             bool(official_release),
@@ -377,10 +382,12 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             attention_product=attention_product,
             time_embedding_rows=time_embedding_rows,
             decode_arithmetic=decode_arithmetic,
+            latent_layout=latent_layout,
         )
         self.official_release = bool(official_release)
         self.released_attention = switches["attention_product"] == "explicit"
         self.decode_arithmetic = switches["decode_arithmetic"]
+        self.latent_layout = switches["latent_layout"]
         self._released_embeddings: dict[str, torch.Tensor] = {}
         self.blend_layer_choice, self.stored_maps = switches["blend_layers"], switches["stored_maps"]
         super().__init__(
@@ -434,15 +441,17 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
 
     # ------------------------------------------------- the release's arithmetic outside the UNet
     def encode_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The source latents; with ``attention_product=explicit`` also in the release's memory layout: its
-        frames reach the VAE as a contiguous (F, 3, H, W) batch (``data/dataset.py`` 118, then a rearrange
-        that copies) and every latent after is contiguous, where ours may be channels-last (frames read
-        H, W, C), and a convolution rounds differently on the two layouts."""
-        if not self.released_attention:
-            return super().encode_sources(images)
-        with released_vae_attention(self.prior.vae):
-            latents, condition = super().encode_sources(images.contiguous())
-        return latents.contiguous(), condition
+        """The source latents, with the VAE's attention as ``attention_product`` says; ``latent_layout=
+        contiguous``: in the release's memory layout. Its frames reach the VAE as a contiguous (F, 3, H, W)
+        batch (``data/dataset.py`` 118-119, then ``rearrange`` to (b f), a copy) and every latent after is
+        contiguous, where ours may be channels-last (frames read as H, W, C): a convolution rounds
+        differently on the two layouts."""
+        if self.latent_layout == "contiguous":
+            images = images.contiguous()
+        context = released_vae_attention(self.prior.vae) if self.released_attention else nullcontext()
+        with context:
+            latents, condition = super().encode_sources(images)
+        return (latents.contiguous() if self.latent_layout == "contiguous" else latents), condition
 
     def prompt_embeddings(self, prompt: str) -> torch.Tensor:
         """The prior's embeddings, or (``attention_product=explicit``) the text encoder's output with the

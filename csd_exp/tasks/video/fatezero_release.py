@@ -44,6 +44,7 @@ RELEASE_SWITCHES = {
     "attention_product": ("explicit", "fused"),
     "time_embedding_rows": ("per_clip", "per_row"),
     "decode_arithmetic": ("times_inverse_scale", "divide_by_scale"),
+    "latent_layout": ("contiguous", "as_encoded"),
 }
 
 
