@@ -236,6 +236,10 @@ def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_
     assert (ours["explicit_attention"], released["explicit_attention"]) == ((0, False), (1024, True))
     assert (ours["per_clip_time_embedding"], released["per_clip_time_embedding"]) == (False, True)
     assert ours.keys() == released.keys() and all(ours[k] != released[k] for k in ours)
+    assert released_task.release_deviations() == []  # summary.json / W&B: as released
+    ours_task = _built(tmp_path / "ours_notes")
+    ours_task.attention.remove()
+    assert len(ours_task.release_deviations()) == len(RELEASE_SWITCHES) + 1  # every switch and the temporal layers
     mechanism_of = {
         "clip_groupnorm": "clip_groupnorm",
         "timestep_spacing": "timesteps",
@@ -250,9 +254,12 @@ def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_
         "latent_layout": "latent_layout",
     }
     for switch, (_, our_value) in RELEASE_SWITCHES.items():
-        one = _mechanisms(_built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}"))
+        one_task = _built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}")
+        notes = one_task.release_deviations()
+        one = _mechanisms(one_task)
         assert {k for k in released if one[k] != released[k]} == {mechanism_of[switch]}, switch
         assert one[mechanism_of[switch]] == ours[mechanism_of[switch]], switch
+        assert [note.split("=")[0] for note in notes] == [f"task.{switch}"]  # marked, and only that
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,10 @@ from csd_exp.priors.attention_release import released_text_attention, released_v
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep
 from csd_exp.tasks.sampling import ReverseSamplingMixin, leading_timesteps
 from csd_exp.tasks.video.fatezero_release import (
+    RELEASE_SWITCHES,
     RELEASED_EXPLICIT_MAX_QUERIES,
+    RELEASED_TEMPORAL_FRAMES,
+    RELEASED_TEMPORAL_MIN_CHANNELS,
     released_store_min_level,
     resolve_release_switches,
 )
@@ -385,6 +388,7 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             latent_layout=latent_layout,
         )
         self.official_release = bool(official_release)
+        self.release_switches = {name: switches[name] for name in RELEASE_SWITCHES}
         self.released_attention = switches["attention_product"] == "explicit"
         self.decode_arithmetic = switches["decode_arithmetic"]
         self.latent_layout = switches["latent_layout"]
@@ -438,6 +442,22 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         self.store: AttentionStore | None = None
         self.fuser: AttentionFusion | None = None
         self._store_budget: int | None = None
+
+    def release_deviations(self) -> list[str]:
+        """Each switch not at the release's value, and a temporal-attention choice other than the released
+        configs' (summary.json ``release_deviations``, W&B tag ``non-released``; docs/baselines.md)."""
+        notes = [
+            f"task.{name}={value} (released: {RELEASE_SWITCHES[name][0]})"
+            for name, value in self.release_switches.items()
+            if value != RELEASE_SWITCHES[name][0]
+        ]
+        released_temporal = (RELEASED_TEMPORAL_FRAMES, 0, RELEASED_TEMPORAL_MIN_CHANNELS)
+        if (tuple(self.temporal_frames), self.temporal_min_level, self.temporal_min_channels) != released_temporal:
+            notes.append(
+                f"task.temporal_attention_frames={list(self.temporal_frames)} temporal_attention_min_level="
+                f"{self.temporal_min_level} (released configs: the middle frame in layers of >= 640 channels)"
+            )
+        return notes
 
     # ------------------------------------------------- the release's arithmetic outside the UNet
     def encode_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
