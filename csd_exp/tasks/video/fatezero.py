@@ -23,7 +23,7 @@ statistics over the whole clip, DDIM "leading" timesteps with steps_offset 1, th
 alphas_cumprod[0], its blend-mask layers, its refine mapper's padding, its cross-replace step count, its
 stored-map size limit and its configs' sparse-causal choice; each has a switch named for what it changes
 (``clip_groupnorm``, ``timestep_spacing``, ``clean_level``, ``blend_layers``, ``refine_padding``,
-``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Two more switches make our
+``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Four more switches make our
 float32 arithmetic follow the release's order of operations where the two compute the same values differently
 (``attention_product``: the explicit attention products; ``time_embedding_rows``: the timestep MLPs once per
 clip; ``decode_arithmetic``: z · (1/s) and x / 2 + 0.5; ``latent_layout``: contiguous latents), so that its
@@ -493,8 +493,8 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         """The decoded frames; ``decode_arithmetic=times_inverse_scale`` decodes as the release does
         (``pipelines/stable_diffusion.py`` 297-311), with the VAE's attention as ``attention_product`` says."""
         prior = self.prior
-        plain = prior.vae_tile_stride is not None or prior.consistency_decoder is not None
-        if self.decode_arithmetic != "times_inverse_scale" or plain:
+        tiled_or_consistency = prior.vae_tile_stride is not None or prior.consistency_decoder is not None
+        if self.decode_arithmetic != "times_inverse_scale" or tiled_or_consistency:  # the prior's decode
             if not self.released_attention:
                 return super().edited_frames()
             with released_vae_attention(prior.vae):
