@@ -131,14 +131,22 @@ def csd_gradient(
     if process_group is not None:
         (residuals, noisy_latents), offset = gather_particles([residuals, noisy_latents], process_group)
 
-    output = kernel(noisy_latents)
+    # A coupling that reads the residuals (MajorityCoupling) gets them after the gather: the same on every rank.
+    couple = getattr(kernel, "couple", None)
+    output = kernel(noisy_latents) if couple is None else couple(noisy_latents, residuals)
     dtype = torch.promote_types(torch.promote_types(residuals.dtype, torch.float32), output.matrix.dtype)
     residuals = residuals.to(dtype)
     if output.is_identity:
         combined = mixed = residuals
     else:
         count = residuals.shape[0]
-        mixed = (output.matrix.to(dtype) @ residuals.reshape(count, -1)).reshape(residuals.shape)
+        # A kernel that couples only a projection P of the particles (LowPassCoupling) mixes PΔ and leaves
+        # (I − P)Δ, each particle's own part, as it is: Δ + (K PΔ − PΔ).
+        projection = getattr(output, "projection", None)
+        coupled = residuals if projection is None else projection(residuals)
+        mixed = (output.matrix.to(dtype) @ coupled.reshape(count, -1)).reshape(residuals.shape)
+        if projection is not None:
+            mixed = residuals + (mixed - coupled)
         combined = mixed + output.repulsion.to(dtype)
     gradients = (weight / output.normalizer) * combined
     local = gradients[offset : offset + local_count]

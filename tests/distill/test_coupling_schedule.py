@@ -14,6 +14,7 @@ from csd_exp.distill import (
     ConsensusKernel,
     Guidance,
     IdentityKernel,
+    LowPassCoupling,
     RBFKernel,
     ReleasedCoupling,
     TimestepSchedule,
@@ -95,35 +96,99 @@ def test_bad_arguments_are_refused_early():
         schedule.at_step(0, None)
 
 
+# ----------------------------------------------------------------------------- coupling only the coarse part
+def coarse(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """P x written out independently: the mean of every grid cell, by average pooling and nearest upsampling."""
+    pooled = torch.nn.functional.avg_pool2d(x, (x.shape[2] // grid, x.shape[3] // grid))
+    return torch.nn.functional.interpolate(pooled, size=x.shape[2:], mode="nearest")
+
+
+def random_pair(count: int = 5, size: int = 8):
+    generator = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(count, 3, size, size, generator=generator) for _ in range(2))
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_low_pass_coupling_mixes_only_the_coarse_part(grid):
+    residuals, noisy = random_pair()
+    weight, count = 1.0 - 0.35, residuals.shape[0]
+    gradients = csd_gradient(residuals, noisy, LowPassCoupling(ConsensusKernel(3.0), grid=grid), 0.35)
+    # the detail, (I - P) g, is the no-SVGD step's: each particle keeps its own
+    detail = gradients - coarse(gradients, grid)
+    expected_detail = (weight / count) * (residuals - coarse(residuals, grid))
+    scale = float(residuals.abs().max()) * weight / count
+    torch.testing.assert_close(detail, expected_detail, rtol=0, atol=1e-5 * scale)
+    # the coarse part, P g, is the consensus kernel evaluated on, and mixing, the coarse parts alone
+    kernel = ConsensusKernel(3.0)(coarse(noisy, grid))
+    mixed = (kernel.matrix @ coarse(residuals, grid).reshape(count, -1)).reshape(residuals.shape)
+    expected_coarse = (weight / count) * (mixed + kernel.repulsion)
+    torch.testing.assert_close(coarse(gradients, grid), expected_coarse, rtol=0, atol=1e-5 * scale)
+    # and it is coupled: the coarse part differs from the uncoupled one by more than rounding
+    assert float((expected_coarse - (weight / count) * coarse(residuals, grid)).abs().max()) > 1e-2 * scale
+
+
+def test_low_pass_coupling_on_the_finest_grid_is_the_wrapped_kernel():
+    residuals, noisy = random_pair(size=4)
+    full = csd_gradient(residuals, noisy, ConsensusKernel(3.0), 0.35)
+    finest = csd_gradient(residuals, noisy, LowPassCoupling(ConsensusKernel(3.0), grid=4), 0.35)
+    torch.testing.assert_close(finest, full, rtol=0, atol=1e-6 * float(full.abs().max()))
+
+
+def test_low_pass_release_ends_and_one_particle():
+    early = LowPassCoupling(ConsensusKernel(3.0))
+    released = ReleasedCoupling(early, no_svgd(), release_fraction=0.0)
+    coupled = ReleasedCoupling(early, no_svgd(), release_fraction=1.0)
+    for step in (0, STEPS - 1):
+        assert torch.equal(run(released, step)[0], run(no_svgd(), step)[0])
+        assert torch.equal(run(coupled, step)[0], run(early, step)[0])
+    with pytest.warns(UserWarning, match="single particle"):
+        assert torch.equal(run(early, 0, count=1)[0], run(IdentityKernel(), 0, count=1)[0])
+
+
+def test_low_pass_coupling_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="grid must be an integer >= 1"):
+        LowPassCoupling(ConsensusKernel(), grid=0)
+    with pytest.raises(ValueError, match="wraps a plain latent kernel"):
+        LowPassCoupling(ReleasedCoupling(ConsensusKernel(), no_svgd()))
+    residuals, noisy = random_pair(size=6)
+    with pytest.raises(ValueError, match="must divide the latents' height and width"):
+        csd_gradient(residuals, noisy, LowPassCoupling(ConsensusKernel(), grid=4), 0.35)
+
+
 # ------------------------------------------------------------------------------ across ranks (gloo)
 SHARDS = (3, 2)
 
 
-def _shard_gradients(start: int, stop: int, step: int, process_group=None):
+EARLY = {"consensus": lambda: ConsensusKernel(3.0), "low_pass": lambda: LowPassCoupling(ConsensusKernel(3.0), grid=2)}
+
+
+def _shard_gradients(start: int, stop: int, step: int, process_group=None, early: str = "consensus"):
     generator = torch.Generator().manual_seed(0)
     residuals, noisy = (torch.randn(sum(SHARDS), 3, 8, 8, generator=generator) for _ in range(2))
-    kernel = ReleasedCoupling(ConsensusKernel(3.0), no_svgd(), release_fraction=0.5).at_step(step, STEPS)
+    kernel = ReleasedCoupling(EARLY[early](), no_svgd(), release_fraction=0.5).at_step(step, STEPS)
     return csd_gradient(residuals[start:stop], noisy[start:stop], kernel, 0.35, process_group=process_group)
 
 
-def _rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _rank_worker(rank: int, world_size: int, init_file: str, out_dir: str, early: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         start = sum(SHARDS[:rank])
-        rows = [_shard_gradients(start, start + SHARDS[rank], step, dist.group.WORLD) for step in (0, STEPS - 1)]
+        rows = [_shard_gradients(start, start + SHARDS[rank], step, dist.group.WORLD, early) for step in (0, STEPS - 1)]
         torch.save(rows, f"{out_dir}/rank{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_equal_one_process(tmp_path):
+@pytest.mark.parametrize("early", sorted(EARLY))
+def test_two_gloo_ranks_equal_one_process(early, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same BLAS partitioning as the workers: bit-identical results
     try:
-        mp.spawn(_rank_worker, args=(len(SHARDS), str(tmp_path / "store"), str(tmp_path)), nprocs=len(SHARDS))
-        reference = [_shard_gradients(0, sum(SHARDS), step) for step in (0, STEPS - 1)]
+        args = (len(SHARDS), str(tmp_path / "store"), str(tmp_path), early)
+        mp.spawn(_rank_worker, args=args, nprocs=len(SHARDS))
+        reference = [_shard_gradients(0, sum(SHARDS), step, early=early) for step in (0, STEPS - 1)]
     finally:
         torch.set_num_threads(threads)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(len(SHARDS))]
