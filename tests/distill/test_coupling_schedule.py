@@ -15,6 +15,7 @@ from csd_exp.distill import (
     Guidance,
     IdentityKernel,
     LowPassCoupling,
+    MajorityCoupling,
     RBFKernel,
     ReleasedCoupling,
     TimestepSchedule,
@@ -155,11 +156,75 @@ def test_low_pass_coupling_refuses_bad_arguments():
         csd_gradient(residuals, noisy, LowPassCoupling(ConsensusKernel(), grid=4), 0.35)
 
 
+# ------------------------------------------------------------------- turning only the particles that disagree
+def split_residuals(signs, size: int = 8):
+    """Residuals whose coarse (channel-mean) parts point along +v or −v as ``signs`` says, plus zero-mean detail."""
+    generator = torch.Generator().manual_seed(2)
+    detail = torch.randn(len(signs), 3, size, size, generator=generator)
+    detail = detail - detail.mean(dim=(2, 3), keepdim=True)
+    direction = torch.tensor([1.0, -0.5, 0.25]).reshape(1, 3, 1, 1)
+    scale = torch.tensor(signs, dtype=torch.float32) * (1.0 + 0.1 * torch.arange(len(signs)))
+    noisy = torch.randn(len(signs), 3, size, size, generator=generator)
+    return detail + scale.reshape(-1, 1, 1, 1) * direction, noisy
+
+
+def test_majority_coupling_is_no_coupling_once_the_particles_agree():
+    residuals, noisy = split_residuals([1, 1, 1, 1, 1])
+    coupled, coupled_diagnostics = csd_gradient(residuals, noisy, MajorityCoupling(), 0.35, return_diagnostics=True)
+    plain, plain_diagnostics = csd_gradient(residuals, noisy, no_svgd(), 0.35, return_diagnostics=True)
+    assert torch.equal(coupled, plain)
+    assert coupled_diagnostics == plain_diagnostics
+
+
+@pytest.mark.parametrize("replace", ["whole", "coarse"])
+def test_majority_coupling_turns_only_the_minority(replace):
+    signs = [1, -1, 1, -1, 1]  # majority {0, 2, 4}; 1 and 3 point the other way
+    residuals, noisy = split_residuals(signs)
+    weight, count = 1.0 - 0.35, len(signs)
+    coupling = MajorityCoupling(replace=replace)
+    assert coupling.majority(residuals).tolist() == [True, False, True, False, True]
+    gradients = csd_gradient(residuals, noisy, coupling, 0.35)
+    plain = csd_gradient(residuals, noisy, no_svgd(), 0.35)
+    for row in (0, 2, 4):  # the majority keeps its own step, bit for bit
+        assert torch.equal(gradients[row], plain[row])
+    scale = float(residuals.abs().max()) * weight / count
+    for row in (1, 3):
+        members = [0, 2, 4, row]
+        if replace == "whole":
+            expected = (weight / count) * residuals[members].mean(dim=0)
+        else:  # its own detail, the mean coarse part of the majority and itself
+            own = residuals[row : row + 1]
+            expected = (weight / count) * (own - coarse(own, 1) + coarse(residuals[members], 1).mean(dim=0))[0]
+        torch.testing.assert_close(gradients[row], expected, rtol=0, atol=1e-5 * scale)
+        # the coarse part now points with the majority (it pointed against it)
+        assert float((coarse(gradients[row : row + 1], 1) * coarse(plain[0:1], 1)).sum()) > 0
+
+
+def test_majority_ties_take_the_lowest_index_and_one_particle_is_sds():
+    residuals, _ = split_residuals([-1, 1, -1, 1])
+    assert MajorityCoupling().majority(residuals).tolist() == [True, False, True, False]
+    with pytest.warns(UserWarning, match="single particle"):
+        assert torch.equal(run(MajorityCoupling(), 0, count=1)[0], run(IdentityKernel(), 0, count=1)[0])
+
+
+def test_majority_coupling_refuses_bad_arguments():
+    with pytest.raises(ValueError, match=r"agreement must be a cosine in \(-1, 1\)"):
+        MajorityCoupling(agreement=1.0)
+    with pytest.raises(ValueError, match="replace must be one of"):
+        MajorityCoupling(replace="detail")
+    with pytest.raises(TypeError, match="reads the residuals"):
+        MajorityCoupling()(torch.zeros(2, 3, 4, 4))
+
+
 # ------------------------------------------------------------------------------ across ranks (gloo)
 SHARDS = (3, 2)
 
 
-EARLY = {"consensus": lambda: ConsensusKernel(3.0), "low_pass": lambda: LowPassCoupling(ConsensusKernel(3.0), grid=2)}
+EARLY = {
+    "consensus": lambda: ConsensusKernel(3.0),
+    "low_pass": lambda: LowPassCoupling(ConsensusKernel(3.0), grid=2),
+    "majority": lambda: MajorityCoupling(agreement=0.0, grid=2),
+}
 
 
 def _shard_gradients(start: int, stop: int, step: int, process_group=None, early: str = "consensus"):
