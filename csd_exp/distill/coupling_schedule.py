@@ -23,6 +23,15 @@ The schedule needs the step, which a bare kernel call ``kernel(x)`` does not car
 asks :meth:`ReleasedCoupling.at_step` for the step's kernel (any kernel with an ``at_step(step, horizon)`` method
 is scheduled this way), so the phase depends only on the global step and survives a resume. Calling the schedule
 directly is an error that says so.
+
+Two early kernels that cost less than consensus (docs/coupling.md §7):
+
+* :class:`MajorityCoupling` (``kernel=majority_release``, the kernel of ``method=csd_edit_coupled``) reads the
+  step's residuals, leaves the particles whose coarse residual points with the majority's alone, gives the others
+  the majority's mean residual, and is K = I (no coupling, bit for bit) at every step where all coarse residuals
+  agree: it releases on a measured condition, not only at the fixed fraction, which is then a cap.
+* :class:`LowPassCoupling` (``kernel=lowpass_release``) evaluates a kernel on, and mixes, only the coarse part of
+  the particles (each channel's mean over a grid), leaving each particle's detail its own.
 """
 
 from __future__ import annotations

@@ -275,9 +275,15 @@ def test_coupled_experiments_select_the_released_coupling(experiment, path, step
     validate_composed(cfg)
     assert cfg.data.path == path and cfg.trainer.max_steps == steps and cfg.prompt == "turn it into a pop-art painting"
     kernel = instantiate(cfg.guidance.kernel)
-    assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.05
-    assert isinstance(kernel.early, ConsensusKernel) and kernel.early.target_coupling == 8.0
+    assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.1
+    assert isinstance(kernel.early, MajorityCoupling) and kernel.early.agreement == 0.9 and kernel.early.grid == 1
+    assert kernel.early.replace == "whole"
     assert isinstance(kernel.late, IdentityKernel) and kernel.late.normalize_by_count
+    # the earlier released consensus and the low-pass variant stay presets
+    for preset, early in (("consensus_release", ConsensusKernel), ("lowpass_release", LowPassCoupling)):
+        other = compose_config([f"experiment={experiment}", f"kernel={preset}"], tmp_path)
+        validate_composed(other)
+        assert isinstance(instantiate(other.guidance.kernel).early, early)
     # the paired rows: the same experiment with the paper's kernel and with the no-SVGD ablation
     paired = compose_config([f"experiment={experiment}", "guidance=csd_edit_no_svgd", "kernel=identity_mean"], tmp_path)
     validate_composed(paired)
