@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from csd_exp.distill.kernels import IdentityKernel, Kernel, KernelOutput, check_particles
+from csd_exp.distill.kernels import IdentityKernel, Kernel, KernelOutput, check_particles, squared_distances
 
 
 class ReleasedCoupling:
@@ -188,6 +188,7 @@ class LowPassCoupling:
 
 
 MAJORITY_REPLACE = ("whole", "coarse")
+MAJORITY_DONORS = ("mean", "nearest")
 
 
 class MajorityCoupling:
@@ -205,12 +206,11 @@ class MajorityCoupling:
        ``kernel=identity_mean`` bit for bit. Any prior can compute this; it needs no mode oracle.
     3. Otherwise the majority M is the set {j : c_lj ≥ ``agreement``} of the particle l with the most such
        neighbours (ties: the lowest index). A particle in M keeps its residual (K_ii = 1). A particle i outside
-       M gets the mean coarse residual of M ∪ {i} in place of its own coarse part and keeps its detail:
-
-           g_i = (w(t)/N) (Δ_i − PΔ_i + (1/|M ∪ {i}|) Σ_{j ∈ M ∪ {i}} PΔ_j),
-
-       the combiner's Δ + (K PΔ − PΔ) with K_ij = 1/|M ∪ {i}| on row i. No repulsion; normaliser N (the step of
-       the no-SVGD ablation); ``gamma`` is reported as +inf when K = I and 0 otherwise (it is not an RBF).
+       M takes a donor residual D_i: the mean over M ∪ {i} (``donor="mean"``, K_ij = 1/|M ∪ {i}| on row i) or
+       that of the particle of M nearest to it in x_t (``donor="nearest"``, K_ij = 1 there; ties: the lowest
+       index). ``replace="whole"``: g_i = (w(t)/N) D_i; ``replace="coarse"``: only the coarse part is taken,
+       g_i = (w(t)/N) (Δ_i − PΔ_i + P D_i), the combiner's Δ + (K PΔ − PΔ).
+       No repulsion; normaliser N (the step of the no-SVGD ablation); ``gamma`` is reported as 0 (not an RBF).
 
     Deterministic, and under DDP the combiner gathers every rank's residuals first, so every rank takes the same
     decision. N = 1: K = [[1]] (SDS with normaliser 1). Use it as the early kernel of :class:`ReleasedCoupling`
@@ -219,14 +219,20 @@ class MajorityCoupling:
     Args:
         agreement: the cosine in (−1, 1) above which two coarse residuals point the same way.
         grid: cells per side of the coarse partition; must divide the latents' height and width.
+        replace: ``"whole"`` (the donor's residual) or ``"coarse"`` (only its coarse part; the particle keeps
+            its detail).
+        donor: ``"mean"`` (of the majority and the particle) or ``"nearest"`` (the nearest majority particle).
     """
 
     on_images = False  # reads the residuals and the (unused) noisy latents, not images
 
-    def __init__(self, agreement: float = 0.9, grid: int = 1, replace: str = "whole") -> None:
+    def __init__(self, agreement: float = 0.9, grid: int = 1, replace: str = "whole", donor: str = "nearest") -> None:
         if replace not in MAJORITY_REPLACE:
             raise ValueError(f"replace must be one of {MAJORITY_REPLACE}, got {replace!r}")
+        if donor not in MAJORITY_DONORS:
+            raise ValueError(f"donor must be one of {MAJORITY_DONORS}, got {donor!r}")
         self.replace = replace
+        self.donor = donor
         if isinstance(agreement, bool) or not isinstance(agreement, (int, float)):
             raise ValueError(f"agreement must be a cosine in (-1, 1), got {agreement!r}")
         if not (math.isfinite(agreement) and -1.0 < agreement < 1.0):
@@ -235,7 +241,10 @@ class MajorityCoupling:
         self.grid = _check_grid(grid)
 
     def __repr__(self) -> str:
-        return f"MajorityCoupling(agreement={self.agreement}, grid={self.grid}, replace={self.replace!r})"
+        return (
+            f"MajorityCoupling(agreement={self.agreement}, grid={self.grid}, replace={self.replace!r}, "
+            f"donor={self.donor!r})"
+        )
 
     def project(self, x: Tensor) -> Tensor:
         return coarse_part(x, self.grid, type(self).__name__)
@@ -266,7 +275,15 @@ class MajorityCoupling:
         if majority is None:
             return IdentityKernel(normalize_by_count=True)(residuals)
         matrix = torch.eye(count, dtype=torch.float64, device=residuals.device)
+        if self.donor == "nearest":
+            flat = noisy_latents.detach().reshape(count, -1).to(torch.float64)
+            distances = squared_distances(flat - flat.mean(dim=0, keepdim=True))
+            distances[:, ~majority] = math.inf
         for row in torch.nonzero(~majority).flatten().tolist():
+            if self.donor == "nearest":  # the majority particle nearest in x_t (ties: the lowest index)
+                matrix[row, row] = 0.0
+                matrix[row, int(distances[row].argmin())] = 1.0
+                continue
             members = majority.clone()
             members[row] = True
             matrix[row] = members.to(torch.float64) / float(members.sum())

@@ -181,7 +181,7 @@ def test_majority_coupling_turns_only_the_minority(replace):
     signs = [1, -1, 1, -1, 1]  # majority {0, 2, 4}; 1 and 3 point the other way
     residuals, noisy = split_residuals(signs)
     weight, count = 1.0 - 0.35, len(signs)
-    coupling = MajorityCoupling(replace=replace)
+    coupling = MajorityCoupling(replace=replace, donor="mean")
     assert coupling.majority(residuals).tolist() == [True, False, True, False, True]
     gradients = csd_gradient(residuals, noisy, coupling, 0.35)
     plain = csd_gradient(residuals, noisy, no_svgd(), 0.35)
@@ -200,6 +200,19 @@ def test_majority_coupling_turns_only_the_minority(replace):
         assert float((coarse(gradients[row : row + 1], 1) * coarse(plain[0:1], 1)).sum()) > 0
 
 
+def test_majority_coupling_can_take_the_nearest_majority_particle():
+    signs = [1, -1, 1, -1, 1, 1]
+    residuals, noisy = split_residuals(signs)
+    gradients = csd_gradient(residuals, noisy, MajorityCoupling(), 0.35)  # donor="nearest" by default
+    plain = csd_gradient(residuals, noisy, no_svgd(), 0.35)
+    majority = [0, 2, 4, 5]
+    distances = torch.cdist(noisy.reshape(6, -1).double(), noisy[majority].reshape(4, -1).double())
+    for row in range(6):
+        donor = row if row in majority else majority[int(distances[row].argmin())]
+        assert torch.equal(gradients[row], plain[donor])  # a copy of one residual: exact
+    assert {majority[int(distances[row].argmin())] for row in (1, 3)} != {0}  # not simply the first member
+
+
 def test_majority_ties_take_the_lowest_index_and_one_particle_is_sds():
     residuals, _ = split_residuals([-1, 1, -1, 1])
     assert MajorityCoupling().majority(residuals).tolist() == [True, False, True, False]
@@ -212,6 +225,8 @@ def test_majority_coupling_refuses_bad_arguments():
         MajorityCoupling(agreement=1.0)
     with pytest.raises(ValueError, match="replace must be one of"):
         MajorityCoupling(replace="detail")
+    with pytest.raises(ValueError, match="donor must be one of"):
+        MajorityCoupling(donor="first")
     with pytest.raises(TypeError, match="reads the residuals"):
         MajorityCoupling()(torch.zeros(2, 3, 4, 4))
 
@@ -223,7 +238,8 @@ SHARDS = (3, 2)
 EARLY = {
     "consensus": lambda: ConsensusKernel(3.0),
     "low_pass": lambda: LowPassCoupling(ConsensusKernel(3.0), grid=2),
-    "majority": lambda: MajorityCoupling(agreement=0.0, grid=2),
+    "majority_mean": lambda: MajorityCoupling(agreement=0.0, grid=2, donor="mean"),
+    "majority_nearest": lambda: MajorityCoupling(agreement=0.0, grid=2),
 }
 
 
@@ -277,7 +293,7 @@ def test_coupled_experiments_select_the_released_coupling(experiment, path, step
     kernel = instantiate(cfg.guidance.kernel)
     assert isinstance(kernel, ReleasedCoupling) and kernel.release_fraction == 0.1
     assert isinstance(kernel.early, MajorityCoupling) and kernel.early.agreement == 0.9 and kernel.early.grid == 1
-    assert kernel.early.replace == "whole"
+    assert kernel.early.replace == "whole" and kernel.early.donor == "nearest"
     assert isinstance(kernel.late, IdentityKernel) and kernel.late.normalize_by_count
     # the earlier released consensus and the low-pass variant stay presets
     for preset, early in (("consensus_release", ConsensusKernel), ("lowpass_release", LowPassCoupling)):
