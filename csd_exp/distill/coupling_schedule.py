@@ -183,7 +183,7 @@ class LowPassCoupling:
             gamma=output.gamma,
             normalizer=output.normalizer,
             is_identity=output.is_identity,
-            projection=self.project if self.replace == "coarse" else None,
+            projection=self.project,
         )
 
 
