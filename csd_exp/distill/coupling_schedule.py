@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -189,6 +190,8 @@ class LowPassCoupling:
 
 MAJORITY_REPLACE = ("whole", "coarse")
 MAJORITY_DONORS = ("mean", "nearest")
+MajorityReplace = Literal["whole", "coarse"]
+MajorityDonor = Literal["mean", "nearest"]
 
 
 class MajorityCoupling:
@@ -226,7 +229,13 @@ class MajorityCoupling:
 
     on_images = False  # reads the residuals and the (unused) noisy latents, not images
 
-    def __init__(self, agreement: float = 0.9, grid: int = 1, replace: str = "whole", donor: str = "nearest") -> None:
+    def __init__(
+        self,
+        agreement: float = 0.9,
+        grid: int = 1,
+        replace: MajorityReplace = "whole",
+        donor: MajorityDonor = "nearest",
+    ) -> None:
         if replace not in MAJORITY_REPLACE:
             raise ValueError(f"replace must be one of {MAJORITY_REPLACE}, got {replace!r}")
         if donor not in MAJORITY_DONORS:
