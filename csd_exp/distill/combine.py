@@ -80,7 +80,13 @@ def kernel_diagnostics(
         "residual_norm": _mean_row_norm(residuals),
         "gamma": float(output.gamma),
         "kernel_offdiag_mean": float(others.sum() / (count * (count - 1))) if count > 1 else 0.0,
-        "kernel_self_weight_ratio": float((others / self_weights).mean()),
+        # a row with no weight on itself (MajorityCoupling's turned particle) counts as N − 1, the bound of S for
+        # row-normalised kernels, instead of dividing by zero; every other kernel here has K_ii > 0
+        "kernel_self_weight_ratio": float(
+            torch.where(
+                self_weights > 0, others / self_weights.clamp_min(torch.finfo(matrix.dtype).tiny), count - 1
+            ).mean()
+        ),
         "repulsion_ratio": repulsion_norm / mixed_norm if mixed_norm > 0 else 0.0,
     }
 

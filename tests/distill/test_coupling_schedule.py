@@ -210,6 +210,9 @@ def test_majority_coupling_can_take_the_nearest_majority_particle():
     for row in range(6):
         donor = row if row in majority else majority[int(distances[row].argmin())]
         assert torch.equal(gradients[row], plain[donor])  # a copy of one residual: exact
+    # a turned row has no weight on itself: the logged S counts it as N - 1 (finite), the others as 0
+    _, diagnostics = csd_gradient(residuals, noisy, MajorityCoupling(), 0.35, return_diagnostics=True)
+    assert diagnostics["kernel_self_weight_ratio"] == pytest.approx(2 * (6 - 1) / 6)
     assert {majority[int(distances[row].argmin())] for row in (1, 3)} != {0}  # not simply the first member
 
 
@@ -238,7 +241,6 @@ SHARDS = (3, 2)
 EARLY = {
     "consensus": lambda: ConsensusKernel(3.0),
     "low_pass": lambda: LowPassCoupling(ConsensusKernel(3.0), grid=2),
-    "majority_mean": lambda: MajorityCoupling(agreement=0.0, grid=2, donor="mean"),
     "majority_nearest": lambda: MajorityCoupling(agreement=0.0, grid=2),
 }
 
