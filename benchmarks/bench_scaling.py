@@ -113,8 +113,22 @@ def exact_prior_table(device: torch.device, repeats: int, particles: tuple[int, 
     print("|---:|---:|---:|---:|")
     for count in particles:
         sds, csd = paired_seconds(
-            step_function(Guidance("random_noise", "identity"), prior, EXACT_SHAPE, count, device, image_cond=True),
-            step_function(Guidance("random_noise", "rbf"), prior, EXACT_SHAPE, count, device, image_cond=True),
+            step_function(
+                Guidance("random_noise", "identity", guidance_scale=1.5, image_guidance_scale=1.5),
+                prior,
+                EXACT_SHAPE,
+                count,
+                device,
+                image_cond=True,
+            ),
+            step_function(
+                Guidance("random_noise", "rbf", guidance_scale=1.5, image_guidance_scale=1.5),
+                prior,
+                EXACT_SHAPE,
+                count,
+                device,
+                image_cond=True,
+            ),
             repeats,
         )
         print(f"| {count} | {sds * 1e3:.1f} | {csd * 1e3:.1f} | {csd / sds:.2f} |")
@@ -156,8 +170,22 @@ def row_model_table(
     for count in particles:
         prior = StubPrior(shape, count, device)
         extra["sds", count], extra["csd", count] = paired_seconds(
-            step_function(Guidance("random_noise", "identity"), prior, shape, count, device, image_cond=False),
-            step_function(Guidance("random_noise", "rbf"), prior, shape, count, device, image_cond=False),
+            step_function(
+                Guidance("random_noise", "identity", guidance_scale=1.5, image_guidance_scale=1.5),
+                prior,
+                shape,
+                count,
+                device,
+                image_cond=False,
+            ),
+            step_function(
+                Guidance("random_noise", "rbf", guidance_scale=1.5, image_guidance_scale=1.5),
+                prior,
+                shape,
+                count,
+                device,
+                image_cond=False,
+            ),
             repeats,
         )
     row = None if skip_unet else unet_row_seconds(device, max(1, repeats // 2), dtype, shape, tiny=tiny)

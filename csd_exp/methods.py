@@ -48,9 +48,6 @@ INVERT_EDIT = "inversion steps and editing steps each"
 class Method:
     modalities: tuple[str, ...]
     family: str | None  # the prior family it needs; None: the prior chosen (any family)
-    baseline: str  # source_branch | random_noise | the sampling baseline's class of maths
-    kernel: str | None  # coupling | identity_mean | identity; None: no distillation kernel
-    task: str  # the task option it runs (distillation: the experiment's own)
     steps_meaning: str
     distills: bool = True
     also: tuple[str, ...] = ()  # other families it runs on when ``model`` is of one (a variant, recorded as such)
@@ -58,20 +55,20 @@ class Method:
 
 _EDIT = tuple(m for m in DISTILL_MODALITIES if m != "generation3d")  # a source image to branch from
 METHODS: dict[str, Method] = {
-    "csd_edit": Method(_EDIT, INSTRUCTION, "source_branch", "coupling", "(experiment's)", UPDATES),
-    "csd_edit_no_svgd": Method(_EDIT, INSTRUCTION, "source_branch", "identity_mean", "(experiment's)", UPDATES),
-    "dds": Method(_EDIT, None, "source_branch", "identity", "(experiment's)", UPDATES),
-    "csd_edit_coupled": Method(_EDIT, INSTRUCTION, "source_branch", "released_coupling", "(experiment's)", UPDATES),
-    "csd_edit_random_noise": Method(_EDIT, INSTRUCTION, "random_noise", "coupling", "(experiment's)", UPDATES),
-    "csd": Method(DISTILL_MODALITIES, TEXT_TO_IMAGE, "random_noise", "coupling", "(experiment's)", UPDATES),
-    "sds": Method(DISTILL_MODALITIES, None, "random_noise", "identity", "(experiment's)", UPDATES),
-    "per_frame": Method(("video",), INSTRUCTION, "sampling", None, "video_sampling", DENOISING, False),
-    "multidiffusion": Method(("panorama",), INSTRUCTION, "sampling", None, "panorama_sampling", DENOISING, False),
-    "per_window": Method(("panorama",), INSTRUCTION, "sampling", None, "panorama_sampling", DENOISING, False),
-    "downscaled": Method(("panorama",), INSTRUCTION, "sampling", None, "panorama_sampling", DENOISING, False),
-    "fatezero": Method(("video",), TEXT_TO_IMAGE, "inversion", None, "video_fatezero", INVERT_EDIT, False),
-    "pix2video": Method(("video",), DEPTH, "inversion", None, "video_pix2video", INVERT_EDIT, False, (TEXT_TO_IMAGE,)),
-    "in2n": Method(("scene3d",), INSTRUCTION, "dataset_update", None, "scene3d_in2n", UPDATES, False),
+    "csd_edit": Method(_EDIT, INSTRUCTION, UPDATES),
+    "csd_edit_no_svgd": Method(_EDIT, INSTRUCTION, UPDATES),
+    "dds": Method(_EDIT, None, UPDATES),
+    "csd_edit_coupled": Method(_EDIT, INSTRUCTION, UPDATES),
+    "csd_edit_random_noise": Method(_EDIT, INSTRUCTION, UPDATES),
+    "csd": Method(DISTILL_MODALITIES, TEXT_TO_IMAGE, UPDATES),
+    "sds": Method(DISTILL_MODALITIES, None, UPDATES),
+    "per_frame": Method(("video",), INSTRUCTION, DENOISING, False),
+    "multidiffusion": Method(("panorama",), INSTRUCTION, DENOISING, False),
+    "per_window": Method(("panorama",), INSTRUCTION, DENOISING, False),
+    "downscaled": Method(("panorama",), INSTRUCTION, DENOISING, False),
+    "fatezero": Method(("video",), TEXT_TO_IMAGE, INVERT_EDIT, False),
+    "pix2video": Method(("video",), DEPTH, INVERT_EDIT, False, (TEXT_TO_IMAGE,)),
+    "in2n": Method(("scene3d",), INSTRUCTION, UPDATES, False),
 }
 
 
@@ -333,7 +330,7 @@ def unet_rows_per_step(resolved: Mapping[str, Any], family: str | None) -> int |
     return rows * int(particles) if particles else None
 
 
-def _hydra_node(cfg: Any, key: str) -> Any:
+def hydra_node(cfg: Any, key: str) -> Any:
     """``hydra.<key>`` of ``cfg``'s own hydra node (a sweep check's job), else of the running job; None outside."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
@@ -345,7 +342,7 @@ def _hydra_node(cfg: Any, key: str) -> Any:
 
 def requested_method(cfg: Any) -> str | None:
     """The ``method=`` choice; without one, a sampling baseline's own label (``task=video_fatezero``)."""
-    choices = _hydra_node(cfg, "runtime.choices") or {}
+    choices = hydra_node(cfg, "runtime.choices") or {}
     chosen = choices.get("method") if hasattr(choices, "get") else None
     if chosen:
         return str(chosen)
@@ -357,7 +354,7 @@ def requested_method(cfg: Any) -> str | None:
 
 def apply_to_composed(cfg: Any) -> str | None:
     """:func:`apply_method` with the job's own method choice and command-line overrides (Hydra's record)."""
-    overrides = [str(item) for item in (_hydra_node(cfg, "overrides.task") or [])]
+    overrides = [str(item) for item in (hydra_node(cfg, "overrides.task") or [])]
     take_old_caption(cfg)
     return apply_method(cfg, requested_method(cfg), overrides)
 

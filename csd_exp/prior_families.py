@@ -59,25 +59,29 @@ def latent_factor(model: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def model_options_for(task_target: str | None, families: tuple[str, ...]) -> list[str]:
-    """The options of conf/model a task can run on, by name (``sd15, sd21, tiny_sd``), for a message: those
-    building a class its constructor names as its ``prior`` (FateZero: ``StableDiffusionPrior``), else those of
-    ``families``."""
+def conf_options(group: str) -> list[tuple[str, str]]:
+    """(option, ``_target_``) of each option of conf/<group> that names one: its first ``_target_``, read as text
+    (a task's node precedes the nodes it holds), without composing or importing anything."""
     import re
 
     found = module_file("csd_exp.conf")
     if found is None:
         return []
-    required = parameter_classes(task_target, "prior") if task_target else ()
     options = []
-    for path in sorted((found[0].parent / "model").glob("*.yaml")):
-        target = re.search(r"^_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
-        if target is None:
-            continue
-        if required:
-            fits = any(is_a(target.group(1), cls) for cls in required)
-        else:
-            fits = prior_family({"_target_": target.group(1)}) in families
-        if fits:
-            options.append(path.stem)
+    for path in sorted((found[0].parent / group).glob("*.yaml")):
+        target = re.search(r"^\s*_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
+        if target:
+            options.append((path.stem, target.group(1)))
     return options
+
+
+def model_options_for(task_target: str | None, families: tuple[str, ...]) -> list[str]:
+    """The options of conf/model a task can run on, by name (``sd15, sd21, tiny_sd``), for a message: those
+    building a class its constructor names as its ``prior`` (FateZero: ``StableDiffusionPrior``), else those of
+    ``families``."""
+    required = parameter_classes(task_target, "prior") if task_target else ()
+    return [
+        option
+        for option, target in conf_options("model")
+        if (any(is_a(target, cls) for cls in required) if required else prior_family({"_target_": target}) in families)
+    ]

@@ -132,3 +132,23 @@ def test_module_cycles_are_found_through_lazy_and_type_checking_imports(tmp_path
     (package / "lazy_back.py").write_text("from pkg.lazy import f\n")
     cycles = _cycles(module_graph(package))
     assert sorted(sorted(set(cycle)) for cycle in cycles) == [["pkg.editor", "pkg.task"], ["pkg.lazy", "pkg.lazy_back"]]
+
+
+def test_the_argument_checker_imports_the_standard_library_only_at_module_level():
+    """``csd_exp.arguments`` (``@checked``) is imported by the data sources, the tasks, the compose-time check and,
+    through ``csd_exp.distill.arguments``, by the torch-only distillation core: at module level it may import the
+    standard library only; inside its functions only the source reader and pydantic."""
+    import sys
+
+    path = ROOT / "arguments.py"
+    tree = ast.parse(path.read_text())
+    lazy_allowed = {"csd_exp.ast_source", "csd_exp.ast_signatures", "pydantic"}
+    top_level, lazy = set(), set()
+    for statement in tree.body:
+        for node in ast.walk(statement):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                inside = isinstance(statement, (ast.FunctionDef, ast.ClassDef))
+                (lazy if inside else top_level).update(names)
+    assert {n for n in top_level if n.split(".")[0] not in sys.stdlib_module_names and n != "__future__"} == set()
+    assert lazy and {n for n in lazy if n not in lazy_allowed and n.split(".")[0] != "pydantic"} == set()

@@ -219,7 +219,9 @@ def _tiny_task(**kwargs) -> Scene3DTask:
     settings = dict(every=40, views=8, iterations=40, lr=0.5, lr_decay=0.9, lr_decay_every=20, init="render")
     settings.update(kwargs.pop("editor", {}))
     editor = kwargs.pop("editor_object", None) or CSDEditEditor(**settings)
-    guidance = kwargs.pop("guidance", None) or Guidance("source_branch", "rbf")  # CSD-Edit
+    guidance = kwargs.pop("guidance", None) or Guidance(
+        "source_branch", "rbf", guidance_scale=1.5, image_guidance_scale=1.5
+    )  # CSD-Edit
     options = dict(
         prompt="turn it into a pop-art painting",
         data=SceneSource(image_size=16, max_views=10),
@@ -266,7 +268,13 @@ def test_annealed_schedules_run_over_the_edit_iterations_not_the_trainer_steps(m
     past the horizon from the first round, i.e. at the schedule's end point)."""
     from csd_exp.distill import Guidance, TimestepSchedule
 
-    guidance = Guidance("source_branch", "rbf", schedule=TimestepSchedule(annealing="linear"))
+    guidance = Guidance(
+        "source_branch",
+        "rbf",
+        schedule=TimestepSchedule(annealing="linear"),
+        guidance_scale=1.5,
+        image_guidance_scale=1.5,
+    )
     task = _tiny_task(guidance=guidance, max_steps=520, pretrain_steps=200)
     assert task.num_edit_rounds == 8 and guidance.schedule.max_steps == 8 * 40
     positions = []

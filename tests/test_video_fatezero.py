@@ -146,6 +146,10 @@ RELEASE_SWITCHES = {
     "refine_padding": ("released", "shifted"),
     "cross_replace_count": ("n_plus_1", "n"),
     "stored_maps": ("max_1024_tokens", "level1"),
+    "attention_product": ("explicit", "fused"),
+    "time_embedding_rows": ("per_clip", "per_row"),
+    "decode_arithmetic": ("times_inverse_scale", "divide_by_scale"),
+    "latent_layout": ("contiguous", "as_encoded"),
 }
 #: 4 latent px per side are too few for the store's levels to differ; 32 (64 px frames) makes level 0 hold
 #: 32² = 1024 queries, the most FateZero stores. 10 steps as experiment=video_fatezero_tiny_cpu; blend words on.
@@ -169,6 +173,10 @@ def _mechanisms(task) -> dict:
         "cross_steps": task.fusion.cross_steps,
         "store_min_level": task.store_min_level,
         "temporal": (control.temporal_frames, control.temporal_min_level, control.temporal_min_channels),
+        "explicit_attention": (control.explicit_max_queries, task.released_attention),
+        "per_clip_time_embedding": bool(control.time_projections),
+        "decode_arithmetic": task.decode_arithmetic,
+        "latent_layout": task.latent_layout,
     }
     control.remove()
     return found
@@ -197,6 +205,8 @@ def _built(tmp_path, *overrides):
         temporal_min_level=task.temporal_min_level,
         temporal_min_channels=task.temporal_min_channels,
         clip_groupnorm=task.clip_groupnorm,
+        explicit_max_queries=task.explicit_attention_max_queries,
+        per_clip_time_embedding=task.per_clip_time_embedding,
     )
     return task
 
@@ -223,7 +233,13 @@ def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_
     # "a photo of a city street" (8 ids) -> "a watercolor photo of a city street" (9 ids): the first padding
     # position, 9, takes source 9 (released) or source 8 (shifted: the source's first padding)
     assert (ours["refine_padding"][9], released["refine_padding"][9]) == (8, 9)
+    assert (ours["explicit_attention"], released["explicit_attention"]) == ((0, False), (1024, True))
+    assert (ours["per_clip_time_embedding"], released["per_clip_time_embedding"]) == (False, True)
     assert ours.keys() == released.keys() and all(ours[k] != released[k] for k in ours)
+    assert released_task.release_deviations() == []  # summary.json / W&B: as released
+    ours_task = _built(tmp_path / "ours_notes")
+    ours_task.attention.remove()
+    assert len(ours_task.release_deviations()) == len(RELEASE_SWITCHES) + 1  # every switch and the temporal layers
     mechanism_of = {
         "clip_groupnorm": "clip_groupnorm",
         "timestep_spacing": "timesteps",
@@ -232,11 +248,18 @@ def test_official_release_changes_exactly_the_listed_mechanisms_and_each_switch_
         "refine_padding": "refine_padding",
         "cross_replace_count": "cross_steps",
         "stored_maps": "store_min_level",
+        "attention_product": "explicit_attention",
+        "time_embedding_rows": "per_clip_time_embedding",
+        "decode_arithmetic": "decode_arithmetic",
+        "latent_layout": "latent_layout",
     }
     for switch, (_, our_value) in RELEASE_SWITCHES.items():
-        one = _mechanisms(_built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}"))
+        one_task = _built(tmp_path / switch, "task.official_release=true", f"task.{switch}={our_value}")
+        notes = one_task.release_deviations()
+        one = _mechanisms(one_task)
         assert {k for k in released if one[k] != released[k]} == {mechanism_of[switch]}, switch
         assert one[mechanism_of[switch]] == ours[mechanism_of[switch]], switch
+        assert [note.split("=")[0] for note in notes] == [f"task.{switch}"]  # marked, and only that
 
 
 @pytest.mark.parametrize(
@@ -456,3 +479,226 @@ def test_official_release_refuses_a_unet_where_the_released_slices_select_no_ble
     _built(
         tmp_path / "ok", "task.official_release=true", "task.frame_size=128", "task.blend_layers=coarsest"
     ).attention.remove()
+
+
+# ------------------------------------------- the release's float32 order of operations (issue 23, acceptance)
+# official_release makes our float32 arithmetic follow the release's order where the two compute the same
+# values differently (measured against the release: frames equal to 1.3e-6, docs/baselines.md). Each check:
+# our path against the release's order written out here by hand, on tiny float32 tensors. The same ops on
+# the same shapes round the same, so equality is exact (torch.equal), not a tolerance.
+
+
+def _float32_unet():
+    return _tiny_unet(down=("DownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "UpBlock2D")).float()
+
+
+def _release_attention(attn, query, key, value):
+    """diffusers 0.11's / FateZero's ``_attention`` (``prompt_attention/attention_register.py`` 24-53): heads
+    into the batch, baddbmm(q, kᵀ, α = scale), softmax, bmm, heads back, the output projection."""
+
+    def to_batch(x):  # reshape_heads_to_batch_dim
+        b, t, c = x.shape
+        return x.reshape(b, t, attn.heads, c // attn.heads).permute(0, 2, 1, 3).reshape(b * attn.heads, t, -1)
+
+    q, k, v = to_batch(query), to_batch(key), to_batch(value)
+    empty = torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype)
+    probs = torch.baddbmm(empty, q, k.transpose(-1, -2), beta=0, alpha=attn.scale).softmax(dim=-1)
+    out = torch.bmm(probs, v)
+    b = out.shape[0] // attn.heads
+    out = out.reshape(b, attn.heads, out.shape[1], out.shape[2]).permute(0, 2, 1, 3)
+    return attn.to_out[0](out.reshape(b, out.shape[1], -1))
+
+
+def test_the_explicit_attention_product_is_the_releases_order_of_operations(monkeypatch):
+    """A sparse-causal self-attention layer (frame i reads the middle frame, FateZero's ``SparseCausalAttention``
+    with ['mid']) and a cross-attention layer, 2 clips of 3 frames at 4x4 positions: with
+    ``explicit_max_queries`` bit-equal to the release's order; without it, the fused kernel is what runs."""
+    import csd_exp.priors.attention_control as control_module
+
+    unet = _float32_unet()
+    block = unet.down_blocks[1].attentions[0].transformer_blocks[0]
+    gen = torch.Generator().manual_seed(0)
+    frames, clips, tokens = 3, 2, 16  # level 1 of an 8x8 latent
+    hidden = torch.randn(clips * frames, tokens, 64, generator=gen)
+    text = torch.randn(clips * frames, 77, 32, generator=gen)
+    calls = []
+    fused = control_module.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        control_module.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    control = VideoAttention(unet, temporal_frames=["middle"], explicit_max_queries=tokens)
+    with torch.no_grad(), control.clip(frames, (8, 8)):
+        self_out, cross_out = block.attn1(hidden), block.attn2(hidden, encoder_hidden_states=text)
+    assert calls == []
+    attn1, attn2 = block.attn1, block.attn2
+    with torch.no_grad():
+        key, value = attn1.to_k(hidden), attn1.to_v(hidden)
+        middle = [(frames - 1) // 2] * frames  # the release: key[:, frame_index] of (b, f, d, c), concatenated
+        key = key.reshape(clips, frames, tokens, -1)[:, middle].reshape(clips * frames, tokens, -1)
+        value = value.reshape(clips, frames, tokens, -1)[:, middle].reshape(clips * frames, tokens, -1)
+        assert torch.equal(self_out, _release_attention(attn1, attn1.to_q(hidden), key, value))
+        assert torch.equal(cross_out, _release_attention(attn2, attn2.to_q(hidden), attn2.to_k(text), attn2.to_v(text)))
+    control.remove()
+    control = VideoAttention(unet, temporal_frames=["middle"])  # ours: the fused kernel where no map is kept
+    with torch.no_grad(), control.clip(frames, (8, 8)):
+        block.attn1(hidden)
+    assert calls == [1]
+    control.remove()
+
+
+def test_the_time_embedding_runs_once_per_clip_as_in_the_releases_pseudo_3d_unet():
+    """The release's UNet sees (b, c, f, h, w): its timestep MLP and every ResNet's time projection get one row
+    per clip, repeated over the frames (``models/resnet.py`` 369-377). Ours with ``per_clip_time_embedding``:
+    the same rows into the same modules; outside a clip, and without the switch, every row."""
+    unet = _float32_unet()
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(4, 4, 8, 8, generator=gen)
+    embeds = torch.randn(4, 77, 32, generator=gen)
+    seen = {}
+
+    def record(name):
+        return lambda module, args, output: seen.__setitem__(name, (args[0].shape[0], output))
+
+    projection = unet.down_blocks[0].resnets[0].time_emb_proj
+    handles = [
+        unet.time_embedding.register_forward_hook(record("mlp")),
+        projection.register_forward_hook(record("proj")),
+    ]
+    control = VideoAttention(unet, temporal_frames=["self"], per_clip_time_embedding=True)
+    assert unet.time_embedding in control.time_projections and projection in control.time_projections
+    with torch.no_grad():
+        with control.clip(2, (8, 8)):  # two clips of two frames
+            unet(rows, 10, encoder_hidden_states=embeds)
+        assert seen["mlp"][0] == 4 and seen["proj"][0] == 4  # the hooks see the rows going in (all 4)
+        t_emb = unet.time_proj(torch.tensor([10, 10]))  # the release: one row per clip
+        emb = type(unet.time_embedding).forward(unet.time_embedding, t_emb)
+        assert torch.equal(seen["mlp"][1], emb.repeat_interleave(2, 0))
+        proj = torch.nn.functional.linear(torch.nn.functional.silu(emb), projection.weight, projection.bias)
+        assert torch.equal(seen["proj"][1], proj.repeat_interleave(2, 0))
+        calls = []
+        inner = unet.time_embedding.linear_1.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+        with control.clip(2, (8, 8)):
+            unet(rows, 10, encoder_hidden_states=embeds)
+        unet(rows, 10, encoder_hidden_states=embeds)  # outside a clip: per row
+        assert calls == [2, 4]
+        inner.remove()
+    control.remove()
+    for handle in handles:
+        handle.remove()
+    assert "forward" not in vars(unet.time_embedding) and "forward" not in vars(projection)
+
+
+def test_clip_groupnorm_is_the_releases_groupnorm_on_the_5d_clip_bit_for_bit():
+    """The release normalises the (b, c, f, h, w) view of the rows (``rearrange("(b f) c h w -> b c f h w")``,
+    then ``GroupNorm``); ours equals that exactly, not only to float64 (the test above)."""
+    from csd_exp.priors.attention_control import clip_group_norm
+
+    g, f, c, h, w = 2, 3, 8, 5, 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(g * f, c, h, w, generator=gen) * 3 + 1
+    norm = torch.nn.GroupNorm(4, c, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=gen))
+        norm.bias.copy_(torch.randn(c, generator=gen))
+        clip5d = x.reshape(g, f, c, h, w).permute(0, 2, 1, 3, 4)
+        released = norm(clip5d).permute(0, 2, 1, 3, 4).reshape(g * f, c, h, w)
+        assert torch.equal(clip_group_norm(x, f, norm), released)
+
+
+def test_the_text_encoders_attention_is_transformers_4_25s_order_inside_the_context():
+    """CLIP text attention as transformers 4.25 computes it (the release's pin): q scaled before bmm(q, kᵀ),
+    the causal mask of finfo.min added, softmax, bmm; the whole tiny encoder against that order by hand,
+    and the library's own attention back after the context."""
+    from csd_exp.priors.attention_release import released_text_attention
+    from csd_exp.priors.tiny import tiny_text_encoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = tiny_text_encoder(100).eval()
+    ids = torch.randint(0, 98, (2, 77), generator=torch.Generator().manual_seed(1))
+
+    def attention_4_25(attn, h):
+        b, t, c = h.shape
+        heads, d = attn.num_heads, c // attn.num_heads
+
+        def shape(x):
+            return x.view(b, t, heads, d).transpose(1, 2).contiguous().view(b * heads, t, d)
+
+        q, k, v = shape(attn.q_proj(h) * attn.scale), shape(attn.k_proj(h)), shape(attn.v_proj(h))
+        mask = torch.empty(b, t, t).fill_(torch.tensor(torch.finfo(torch.float32).min)).triu_(1).unsqueeze(1)
+        weights = (torch.bmm(q, k.transpose(1, 2)).view(b, heads, t, t) + mask).view(b * heads, t, t)
+        out = torch.bmm(torch.nn.functional.softmax(weights, dim=-1), v)
+        return attn.out_proj(out.view(b, heads, t, d).transpose(1, 2).reshape(b, t, c))
+
+    model = getattr(encoder, "text_model", encoder)  # transformers 5: the layers sit on the model itself
+    with torch.no_grad():
+        h = model.embeddings(input_ids=ids)
+        for layer in model.encoder.layers:
+            h = h + attention_4_25(layer.self_attn, layer.layer_norm1(h))
+            h = h + layer.mlp(layer.layer_norm2(h))
+        by_hand = model.final_layer_norm(h)
+        library = encoder(ids)[0]
+        with released_text_attention(encoder):
+            released = encoder(ids)[0]
+        assert torch.equal(released, by_hand)
+        assert torch.allclose(library, by_hand, atol=1e-5, rtol=0)  # the same attention, rounded otherwise:
+        assert not torch.equal(library, by_hand)  # (the test would pass without the context if they agreed)
+        assert not any("forward" in vars(m) for m in encoder.modules())
+        assert torch.equal(encoder(ids)[0], library)
+
+
+def test_the_vaes_attention_is_diffusers_0_11s_order_inside_the_context():
+    """The VAE's mid-block attention as diffusers 0.11's ``AttentionBlock`` (group norm, q / k / v,
+    baddbmm(q, kᵀ, α = 1/√d), softmax, bmm, projection, + residual); the processors found come back after."""
+    from diffusers import AutoencoderKL
+
+    from csd_exp.priors.attention_release import released_vae_attention
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+        ).eval()
+    attn = vae.encoder.mid_block.attentions[0]
+    before = {name: type(p) for name, p in vae.attn_processors.items()}
+    x = torch.randn(2, 64, 6, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        library = attn(x)
+        with released_vae_attention(vae):
+            released = attn(x)
+        b, c, h, w = x.shape
+        tokens = attn.group_norm(x).view(b, c, h * w).transpose(1, 2)
+        by_hand = _release_attention(attn, attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens))
+        by_hand = by_hand.transpose(-1, -2).reshape(b, c, h, w) + x
+        assert torch.equal(released, by_hand) and not torch.equal(library, by_hand)
+    assert {name: type(p) for name, p in vae.attn_processors.items()} == before
+
+
+def test_the_released_decode_and_contiguous_source_latents(tmp_path):
+    """decode_arithmetic=times_inverse_scale: frames = D(z · (1/s)) / 2 + 0.5 (the release's decode_latents);
+    divide_by_scale: the prior's (D(z / s) + 1) / 2. And latent_layout=contiguous: the source latents are
+    contiguous (the release's layout) whatever the frames' layout; as_encoded keeps the frames' layout."""
+    from csd_exp.priors.attention_release import released_vae_attention
+
+    task = _built(tmp_path / "a", "task.official_release=true")
+    task.attention.remove()
+    prior, vae = task.prior, task.prior.vae
+    latents = torch.randn(task.latents.shape, generator=torch.Generator().manual_seed(0))
+    task.latents.data.copy_(latents)
+    with torch.no_grad(), released_vae_attention(vae):
+        released = (vae.decode(latents * (1.0 / prior.vae_scaling_factor)).sample / 2 + 0.5).clamp(0, 1)
+        ours = prior.decode(latents)
+    assert torch.equal(task.edited_frames(), released) and not torch.equal(released, ours)
+    divided = _built(tmp_path / "b", "task.official_release=true", "task.decode_arithmetic=divide_by_scale")
+    divided.attention.remove()
+    divided.latents.data.copy_(latents)
+    assert torch.equal(divided.edited_frames(), ours)
+    frames = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(1)).permute(0, 3, 1, 2)  # H, W, C
+    source, _ = task.encode_sources(frames)
+    assert source.is_contiguous() and not frames.is_contiguous()
+    as_encoded = _built(tmp_path / "c", "task.official_release=true", "task.latent_layout=as_encoded")
+    as_encoded.attention.remove()
+    assert not as_encoded.encode_sources(frames)[0].is_contiguous()  # what the switch changes

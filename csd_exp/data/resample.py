@@ -118,8 +118,6 @@ def canvas_size(height: int, width: int, *, policy: str, short_side: int, scale:
     ``policy``: ``short_side`` (resize so the short side is exactly ``short_side``) or ``official`` (the
     official code: upscale only up to ``short_side``, never shrink, floor to the tiling unit).
     """
-    if stride < 1:  # the tiling unit below; a Python caller reaches here without the config check
-        raise ValueError(f"task.window_stride={stride}: the windows' stride must be at least 1 latent px")
     unit = scale * stride
     if policy == "short_side":
         return fit_to_multiple(height, width, short_side * scale, unit)

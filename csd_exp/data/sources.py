@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.images import image_file_size, load_image, parse_background, set_max_image_pixels
 from csd_exp.data.resample import resize_frames
 from csd_exp.data.sample_clip import sample_clip
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 PILLOW_MAX_IMAGE_PIXELS = 178956970
 
 
+@checked
 @dataclass
 class ImageSource:
     """A still image to edit (panorama / high-resolution editing).
@@ -82,6 +84,7 @@ class LoadedClip:
     flow: torch.Tensor | None  # (F-1, 2, H, W) exact motion at the frame size (synthetic clips), else None
 
 
+@checked
 @dataclass
 class ClipSource:
     """A clip to edit (video editing): a video file, a folder of frames, or a bundled synthetic clip.
@@ -115,6 +118,7 @@ class ClipSource:
         return LoadedClip(resize_frames(clip.frames, *frame_size), clip.size, clip.fps, None)
 
 
+@checked
 @dataclass
 class SceneSource:
     """A multi-view scene to edit (3D editing). Every check of the user's scene happens in :meth:`load`,

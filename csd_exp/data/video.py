@@ -12,11 +12,16 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.images import read_image_size, read_rgb
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import NonNegativeInt, PositiveFloat, PositiveInt
 
 #: Container formats decoded with PyAV (through imageio's ``pyav`` plugin).
 _AV_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv")
@@ -31,6 +36,7 @@ _READ_BYTES_PER_VALUE = 1 + 4
 DEFAULT_FPS = 10.0
 
 
+@checked
 @dataclass
 class VideoClip:
     """A clip held in memory.
@@ -46,7 +52,7 @@ class VideoClip:
     """
 
     frames: torch.Tensor
-    fps: float
+    fps: PositiveFloat
     source: str
     frame_names: list[str] = field(default_factory=list)
 
@@ -59,8 +65,6 @@ class VideoClip:
             self.frame_names = [_frame_name(i) for i in range(self.num_frames)]
         if len(self.frame_names) != self.num_frames:
             raise ValueError(f"VideoClip has {self.num_frames} frames but {len(self.frame_names)} frame names")
-        if not self.fps > 0:
-            raise ValueError(f"VideoClip.fps must be positive, got {self.fps}")
 
     @property
     def num_frames(self) -> int:
@@ -132,14 +136,15 @@ def check_fits_in_memory(
 # ---------------------------------------------------------------------------------------------------
 
 
+@checked
 def read_video(
     path: str | os.PathLike,
     *,
-    start: int = 0,
-    stride: int = 1,
-    max_frames: int | None = None,
-    min_frames: int = 1,
-    fps: float | None = None,
+    start: NonNegativeInt = 0,
+    stride: PositiveInt = 1,
+    max_frames: PositiveInt | None = None,
+    min_frames: PositiveInt = 1,
+    fps: PositiveFloat | None = None,
     memory_budget_bytes: int | None = None,
 ) -> VideoClip:
     """Read a video file or a folder of frames into a :class:`VideoClip`.
@@ -164,7 +169,6 @@ def read_video(
             sizes, ``start`` beyond the clip, too few frames, or a clip that does not fit in memory.
     """
     path = Path(path)
-    _check_selection_args(start, stride, max_frames, min_frames)
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
     budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
@@ -183,17 +187,6 @@ def read_video(
             f"max_frames={max_frames}, but at least {min_frames} are required"
         )
     return clip
-
-
-def _check_selection_args(start: int, stride: int, max_frames: int | None, min_frames: int) -> None:
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    if min_frames < 1:
-        raise ValueError(f"min_frames must be >= 1, got {min_frames}")
 
 
 def _selected_indices(num_available: int, start: int, stride: int, max_frames: int | None) -> range:

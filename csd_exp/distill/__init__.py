@@ -11,7 +11,7 @@ from csd_exp.distill.combine import (
     sds_gradient,
     surrogate_loss,
 )
-from csd_exp.distill.coupling_schedule import ReleasedCoupling
+from csd_exp.distill.coupling_schedule import LowPassCoupling, MajorityCoupling, ReleasedCoupling
 from csd_exp.distill.distributed import gather_particles
 from csd_exp.distill.guidance import Guidance, GuidanceOutput
 from csd_exp.distill.kernels import (
@@ -41,6 +41,8 @@ __all__ = [
     "Kernel",
     "KernelOutput",
     "LPIPSRBFKernel",
+    "LowPassCoupling",
+    "MajorityCoupling",
     "Particles",
     "RBFKernel",
     "RandomNoise",

@@ -80,7 +80,13 @@ def kernel_diagnostics(
         "residual_norm": _mean_row_norm(residuals),
         "gamma": float(output.gamma),
         "kernel_offdiag_mean": float(others.sum() / (count * (count - 1))) if count > 1 else 0.0,
-        "kernel_self_weight_ratio": float((others / self_weights).mean()),
+        # a row with no weight on itself (MajorityCoupling's turned particle) counts as N − 1, the bound of S for
+        # row-normalised kernels, instead of dividing by zero; every other kernel here has K_ii > 0
+        "kernel_self_weight_ratio": float(
+            torch.where(
+                self_weights > 0, others / self_weights.clamp_min(torch.finfo(matrix.dtype).tiny), count - 1
+            ).mean()
+        ),
         "repulsion_ratio": repulsion_norm / mixed_norm if mixed_norm > 0 else 0.0,
     }
 
@@ -131,14 +137,22 @@ def csd_gradient(
     if process_group is not None:
         (residuals, noisy_latents), offset = gather_particles([residuals, noisy_latents], process_group)
 
-    output = kernel(noisy_latents)
+    # A coupling that reads the residuals (MajorityCoupling) gets them after the gather: the same on every rank.
+    couple = getattr(kernel, "couple", None)
+    output = kernel(noisy_latents) if couple is None else couple(noisy_latents, residuals)
     dtype = torch.promote_types(torch.promote_types(residuals.dtype, torch.float32), output.matrix.dtype)
     residuals = residuals.to(dtype)
     if output.is_identity:
         combined = mixed = residuals
     else:
         count = residuals.shape[0]
-        mixed = (output.matrix.to(dtype) @ residuals.reshape(count, -1)).reshape(residuals.shape)
+        # A kernel that couples only a projection P of the particles (LowPassCoupling) mixes PΔ and leaves
+        # (I − P)Δ, each particle's own part, as it is: Δ + (K PΔ − PΔ).
+        projection = getattr(output, "projection", None)
+        coupled = residuals if projection is None else projection(residuals)
+        mixed = (output.matrix.to(dtype) @ coupled.reshape(count, -1)).reshape(residuals.shape)
+        if projection is not None:
+            mixed = residuals + (mixed - coupled)
         combined = mixed + output.repulsion.to(dtype)
     gradients = (weight / output.normalizer) * combined
     local = gradients[offset : offset + local_count]

@@ -76,6 +76,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csd_exp.distill.arguments import checked
 from csd_exp.distill.baselines import Baseline, BaselineName, SourceBranch, make_baseline
 from csd_exp.distill.combine import csd_gradient, csd_gradient_with_image_kernel, distillation_weight, surrogate_loss
 from csd_exp.distill.kernels import IdentityKernel, Kernel, PositiveFloat, check_particles, make_kernel
@@ -150,7 +151,8 @@ class Guidance:
         kernel: the coupling, a kernel object or a name of :func:`make_kernel` (``"rbf"``: the official median
             rule; ``"identity"``: SDS; ``"identity_normalized"``: the without-SVGD ablation).
         schedule: a :class:`TimestepSchedule` (default: the official [0.02, 0.5], constant).
-        guidance_scale: ω_y (text / instruction); image_guidance_scale: ω_s (InstructPix2Pix image).
+        guidance_scale: ω_y (text / instruction); image_guidance_scale: ω_s (InstructPix2Pix image; a
+            text-only prior ignores it). No defaults: a run reads both from ``guidance.*`` of conf/config.yaml.
         grad_clip: if set, gradients are clamped to [−grad_clip, grad_clip] (after ``nan_to_num``).
         official_scaling: g_i = Δ_i, no w(t), no 1/N (official panorama code without SVGD); only with
             the source-branch baseline and ``IdentityKernel(normalize_by_count=True)``.
@@ -162,13 +164,15 @@ class Guidance:
             which only captions the source for CLIP.
     """
 
+    @checked
     def __init__(
         self,
         baseline: BaselineName | Baseline,
         kernel: str | Kernel,
         schedule: TimestepSchedule | None = None,
-        guidance_scale: float = 1.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         grad_clip: PositiveFloat | None = None,
         official_scaling: bool = False,
         negative_prompt: str = "",

@@ -31,6 +31,8 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from csd_exp.distill.arguments import checked
+
 BANDWIDTH_RULES = ("median", "median_log_n", "fixed")
 #: ``kernel.bandwidth``: the median heuristic h = med² (SVGD's), med² / log N, or h = 1 / ``gamma``.
 BandwidthRule = Literal[BANDWIDTH_RULES]
@@ -119,17 +121,20 @@ def bandwidth_gamma(distances: Tensor, bandwidth: str, gamma: float | None, band
     return numerator / median / bandwidth_multiplier
 
 
-def check_bandwidth(bandwidth: str, gamma: float | None, bandwidth_multiplier: float) -> None:
-    """Raise ``ValueError`` unless (``bandwidth``, ``gamma``, ``bandwidth_multiplier``) is a valid rule."""
-    if bandwidth not in BANDWIDTH_RULES:
-        raise ValueError(f"bandwidth must be one of {BANDWIDTH_RULES}, got {bandwidth!r}")
-    if bandwidth == "fixed":
-        if gamma is None or not math.isfinite(gamma) or gamma <= 0:
-            raise ValueError(f"bandwidth='fixed' needs a finite gamma > 0, got gamma={gamma!r}")
-    elif gamma is not None:
+def check_bandwidth(bandwidth: str, gamma: float | None) -> None:
+    """Raise ``ValueError`` unless ``gamma`` is given with, and only with, ``bandwidth="fixed"`` (each value's own
+    constraint is its annotation's, checked by :func:`~csd_exp.arguments.checked`)."""
+    if bandwidth == "fixed" and gamma is None:
+        raise ValueError("bandwidth='fixed' needs gamma (a finite number > 0): k = exp(-gamma d^2)")
+    if bandwidth != "fixed" and gamma is not None:
         raise ValueError(f"gamma={gamma!r} is only used with bandwidth='fixed' (got bandwidth={bandwidth!r})")
-    if not math.isfinite(bandwidth_multiplier) or bandwidth_multiplier <= 0:
-        raise ValueError(f"bandwidth_multiplier must be finite and > 0, got {bandwidth_multiplier!r}")
+
+
+def check_compute_dtype(compute_dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` unless ``compute_dtype`` is one of :data:`COMPUTE_DTYPES` (a dtype is a Python
+    caller's object, which no config sets, so it has no annotation marker)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype}")
 
 
 class RBFKernel:
@@ -153,6 +158,7 @@ class RBFKernel:
 
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
 
+    @checked
     def __init__(
         self,
         bandwidth: BandwidthRule = "median",
@@ -160,9 +166,8 @@ class RBFKernel:
         bandwidth_multiplier: PositiveFloat = 1.0,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
-        check_bandwidth(bandwidth, gamma, bandwidth_multiplier)
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype}")
+        check_bandwidth(bandwidth, gamma)
+        check_compute_dtype(compute_dtype)
         self.bandwidth = bandwidth
         self.gamma = gamma
         self.bandwidth_multiplier = float(bandwidth_multiplier)
@@ -202,6 +207,7 @@ class IdentityKernel:
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
     kernel_family = "identity"  # the method labels: sds / dds, or identity_mean with normalize_by_count (no SVGD)
 
+    @checked
     def __init__(self, normalize_by_count: bool = False) -> None:
         self.normalize_by_count = bool(normalize_by_count)
 
@@ -296,17 +302,9 @@ class ConsensusKernel:
 
     on_images = False  # compares the noisy latents (image kernels: csd_exp.distill.view_kernels)
 
+    @checked
     def __init__(self, target_coupling: PositiveFloat = 8.0, compute_dtype: torch.dtype = torch.float32) -> None:
-
-        if isinstance(target_coupling, bool) or not isinstance(target_coupling, (int, float)):
-            raise ValueError(f"target_coupling must be a number > 0, got {target_coupling!r}")
-        if not math.isfinite(target_coupling) or target_coupling <= 0:
-            raise ValueError(
-                f"target_coupling must be finite and > 0 (the others' weight relative to a particle's own), "
-                f"got {target_coupling!r}"
-            )
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype}")
+        check_compute_dtype(compute_dtype)
         self.target_coupling = float(target_coupling)
         self.compute_dtype = compute_dtype
         self._clamp_warned: set[int] = set()

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 import torch
 from torch import Tensor
 
+from csd_exp.distill.arguments import checked
+
 ANNEALING_RULES = ("constant", "linear", "sqrt")
 AnnealingRule = Literal[ANNEALING_RULES]
 #: A fraction in (0, 1), as the keywords of pydantic's ``Field`` (read by the compose-time check; torch only here).
@@ -51,31 +53,19 @@ class TimestepSchedule:
     bit for bit (no multiplication).
     """
 
+    @checked
     def __init__(
         self,
         min_fraction: OpenFraction = 0.02,
         max_fraction: OpenFraction = 0.5,
         annealing: AnnealingRule = "constant",
-        max_steps: int | None = None,
-        num_train_timesteps: int = 1000,
+        max_steps: Annotated[int, {"ge": 1}] | None = None,
+        num_train_timesteps: Annotated[int, {"ge": 2}] = 1000,
         step_scale: Annotated[float, {"gt": 0}] = 1.0,
         step_scale_from: Annotated[float, {"ge": 0, "lt": 1}] = 0.0,
     ) -> None:
-        if not (isinstance(step_scale, int | float) and math.isfinite(step_scale) and step_scale > 0):
-            raise ValueError(f"step_scale must be a finite number > 0 (1 = the official step), got {step_scale!r}")
-        if not (isinstance(step_scale_from, int | float) and 0.0 <= step_scale_from < 1.0):
-            raise ValueError(f"step_scale_from must lie in [0, 1) (a fraction of the steps), got {step_scale_from!r}")
-        for name, value in (("min_fraction", min_fraction), ("max_fraction", max_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1) (a fraction of the training steps), got {value!r}")
         if min_fraction > max_fraction:
             raise ValueError(f"min_fraction ({min_fraction}) must not exceed max_fraction ({max_fraction})")
-        if annealing not in ANNEALING_RULES:
-            raise ValueError(f"annealing must be one of {ANNEALING_RULES}, got {annealing!r}")
-        if max_steps is not None and int(max_steps) <= 0:
-            raise ValueError(f"max_steps must be > 0, got max_steps={max_steps!r}")
-        if int(num_train_timesteps) < 2:
-            raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps!r}")
         self.min_fraction = float(min_fraction)
         self.max_fraction = float(max_fraction)
         self.annealing = annealing

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Annotated
 import torch
 from torch import Tensor
 
+from csd_exp.distill.arguments import checked
 from csd_exp.distill.kernels import KernelOutput, bandwidth_gamma, check_bandwidth, check_particles
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
 
 #: the paper's render size for the LPIPS kernel (App. B.2)
 PAPER_KERNEL_IMAGE_SIZE = 64
+#: ``kernel.channels``: the widths of the random conv layers, at least one, each ≥ 1 (pydantic ``Field`` keywords)
+ConvChannels = Annotated[Sequence[Annotated[int, {"ge": 1}]], {"min_length": 1}]
+#: ``kernel.seed``: the seed of the conv weights, in numpy's and Lightning's seed range
+ConvSeed = Annotated[int, {"ge": 0, "le": 2**32 - 1}]
 
 
 def check_kernel_images(images: Tensor, name: str = "kernel_inputs") -> None:
@@ -87,6 +92,7 @@ class ImageRBFKernel:
 
     on_images = True
 
+    @checked
     def __init__(
         self,
         image_size: Annotated[int, {"ge": 1}] | None = PAPER_KERNEL_IMAGE_SIZE,
@@ -94,11 +100,7 @@ class ImageRBFKernel:
         gamma: PositiveFloat | None = None,
         bandwidth_multiplier: PositiveFloat = 1.0,
     ) -> None:
-        check_bandwidth(bandwidth, gamma, bandwidth_multiplier)
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
-            raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+        check_bandwidth(bandwidth, gamma)
         self.image_size = image_size
         self.bandwidth = bandwidth
         self.gamma = gamma
@@ -237,11 +239,10 @@ class RandomConvFeatures(torch.nn.Module):
     buffers: they never enter a checkpoint and follow ``.to(device, dtype)``.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32), seed: int = 0) -> None:
+    @checked
+    def __init__(self, channels: ConvChannels = (16, 32), seed: ConvSeed = 0) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
-        if not channels or any(c < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty list of positive integers, got {list(channels)!r}")
         generator = torch.Generator().manual_seed(int(seed))
         fan_in = 3
         for index, width in enumerate(channels):
@@ -276,10 +277,11 @@ class FeatureRBFKernel(ImageRBFKernel):
         image_size, bandwidth, gamma, bandwidth_multiplier: see :class:`ImageRBFKernel`.
     """
 
+    @checked
     def __init__(
         self,
-        channels: Sequence[Annotated[int, {"ge": 1}]] = (16, 32),
-        seed: Annotated[int, {"ge": 0, "le": 2**32 - 1}] = 0,
+        channels: ConvChannels = (16, 32),
+        seed: ConvSeed = 0,
         image_size: Annotated[int, {"ge": 1}] | None = PAPER_KERNEL_IMAGE_SIZE,
         bandwidth: BandwidthRule = "median_log_n",
         gamma: PositiveFloat | None = None,

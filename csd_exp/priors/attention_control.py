@@ -170,10 +170,19 @@ class VideoAttention:
         clip_groupnorm: GroupNorm statistics over all F frames of a clip in every ResNet block (``norm1``,
             ``norm2``) and the UNet's output norm (``conv_norm_out``), as FateZero's pseudo-3D UNet
             computes them on (b, c, f, h, w) tensors; False: per frame (the 2-D UNet).
+        explicit_max_queries: layers with at most this many queries compute attention as the explicit
+            product, baddbmm(q, kᵀ, α = scale) → softmax → bmm (diffusers 0.11's ``CrossAttention`` and
+            FateZero's controlled attention; every map a hook sees is computed so anyway); the others through
+            ``scaled_dot_product_attention`` (a fused kernel: the same attention, other float rounding).
+            0: only the hooked layers (our default).
+        per_clip_time_embedding: the timestep MLP (``time_embedding``) and every ResNet block's timestep
+            projection (``time_emb_proj``) evaluated once per clip and repeated over its F frames, as
+            FateZero's pseudo-3D UNet does (one row per clip of its (b, c, f, h, w) input); False: once per
+            row. The same values, other float rounding (a matrix product of 1 row vs F rows).
 
     Outside :meth:`clip` (no clip size known) every layer is plain attention and every norm per frame, so
-    the prior keeps working for other callers. :meth:`remove` restores the processors and norms found at
-    construction.
+    the prior keeps working for other callers. :meth:`remove` restores the processors, norms and
+    projections found at construction.
     """
 
     def __init__(
@@ -185,6 +194,8 @@ class VideoAttention:
         temporal_min_level: int = 0,
         temporal_min_channels: int | None = None,
         clip_groupnorm: bool = False,
+        explicit_max_queries: int = 0,
+        per_clip_time_embedding: bool = False,
     ):
         bad = [p for p in temporal_places if p not in UNET_PLACES]
         if bad:
@@ -195,6 +206,7 @@ class VideoAttention:
         self.temporal_places = frozenset(temporal_places)
         self.temporal_min_level = int(temporal_min_level)
         self.temporal_min_channels = None if temporal_min_channels is None else int(temporal_min_channels)
+        self.explicit_max_queries = int(explicit_max_queries)
         self.layers = attention_layers(unet)
         self.num_frames: int | None = None
         self.latent_hw: tuple[int, int] | None = None
@@ -207,12 +219,15 @@ class VideoAttention:
         self.clip_norms = clip_group_norms(unet) if clip_groupnorm else []
         for norm in self.clip_norms:
             norm.forward = _clip_group_norm_forward(norm, self)
+        self.time_projections = time_projections(unet) if per_clip_time_embedding else []
+        for module in self.time_projections:
+            module.forward = _per_clip_forward(module, self)
 
     def remove(self) -> None:
         self.unet.set_attn_processor(self._previous)
-        for norm in self.clip_norms:
-            del norm.forward  # the class's forward again
-        self.clip_norms = []
+        for module in (*self.clip_norms, *self.time_projections):
+            del module.forward  # the class's forward again
+        self.clip_norms, self.time_projections = [], []
 
     @contextmanager
     def clip(self, num_frames: int, latent_hw: tuple[int, int], hook=None):
@@ -260,6 +275,34 @@ def clip_group_norm(x: Tensor, num_frames: int, norm: torch.nn.GroupNorm) -> Ten
     return out.transpose(1, 2).reshape(x.shape)
 
 
+def time_projections(unet) -> list[torch.nn.Module]:
+    """The modules FateZero's pseudo-3D UNet runs on one row per clip: the timestep MLP ``time_embedding`` and
+    every ResNet block's ``time_emb_proj`` (their input is the same for all frames of a clip)."""
+    modules = [unet.time_embedding] if isinstance(getattr(unet, "time_embedding", None), torch.nn.Module) else []
+    for module in unet.modules():
+        projection = getattr(module, "time_emb_proj", None)
+        if isinstance(projection, torch.nn.Module) and hasattr(module, "conv1"):  # a ResNet block
+            modules.append(projection)
+    return modules
+
+
+def _per_clip_forward(module: torch.nn.Module, control: VideoAttention):
+    """``module``'s forward on the first row of each clip, repeated over the clip's frames, where the rows of
+    every clip are equal (one timestep per UNet call); otherwise (or outside :meth:`VideoAttention.clip`)
+    on every row."""
+    forward_of_class = type(module).forward
+
+    def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        frames = control.num_frames
+        if frames is not None and frames > 1 and x.shape[0] % frames == 0:
+            firsts = x[::frames]
+            if torch.equal(firsts.repeat_interleave(frames, 0), x):
+                return forward_of_class(module, firsts, *args, **kwargs).repeat_interleave(frames, 0)
+        return forward_of_class(module, x, *args, **kwargs)
+
+    return forward
+
+
 def _clip_group_norm_forward(norm: torch.nn.GroupNorm, control: VideoAttention):
     def forward(x: Tensor) -> Tensor:
         if control.num_frames is None:
@@ -271,7 +314,8 @@ def _clip_group_norm_forward(norm: torch.nn.GroupNorm, control: VideoAttention):
 
 class VideoAttnProcessor:
     """The attention of one layer, as diffusers' ``AttnProcessor`` computes it, plus cross-frame keys and
-    the hook. Maps the hook does not want go through ``scaled_dot_product_attention`` (no (Q, K) matrix)."""
+    the hook. Maps the hook does not want go through ``scaled_dot_product_attention`` (no (Q, K) matrix),
+    except in layers of at most ``explicit_max_queries`` queries."""
 
     def __init__(self, control: VideoAttention, layer: AttentionLayer):
         self.control = control
@@ -311,12 +355,16 @@ class VideoAttnProcessor:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
 
         hook = control.hook
-        if hook is not None and level is not None and hook.wants(self.layer, level):
+        hooked = hook is not None and level is not None and hook.wants(self.layer, level)
+        if hooked or tokens <= control.explicit_max_queries:
+            # the explicit product, as diffusers 0.11 / FateZero order it: baddbmm(q, kᵀ, α = scale), softmax, bmm
             q, k, v = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
             probs = attn.get_attention_scores(q, k, mask)  # (batch · heads, Q, K)
-            probs = probs.view(batch, attn.heads, *probs.shape[1:])
-            probs = hook(self.layer, level, probs).to(v.dtype)
-            out = attn.batch_to_head_dim(torch.bmm(probs.reshape(batch * attn.heads, *probs.shape[2:]), v))
+            if hooked:
+                probs = probs.view(batch, attn.heads, *probs.shape[1:])
+                probs = hook(self.layer, level, probs).to(v.dtype)
+                probs = probs.reshape(batch * attn.heads, *probs.shape[2:])
+            out = attn.batch_to_head_dim(torch.bmm(probs, v))
         else:
             head_dim = query.shape[-1] // attn.heads
             q, k, v = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))

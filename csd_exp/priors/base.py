@@ -71,7 +71,7 @@ class Conditioning:
     prompt: str  # the instruction (IP2P / exact) or the text prompt (SD)
     image_cond: Tensor | None  # (N, C, h, w) image-conditioning latents (IP2P, exact); None for SD
     guidance_scale: float  # ω_y
-    image_guidance_scale: float = 1.5  # ω_s (ignored by SD)
+    image_guidance_scale: float  # ω_s (ignored by SD)
     negative_prompt: str = ""
     source_prompt: str = ""  # the source branch's prompt (DDS); "" = the unconditional branch
 
@@ -166,8 +166,9 @@ class ScorePrior(torch.nn.Module):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from csd_exp.arguments import checked
+
 from .base import Conditioning, NoisePrediction, ScorePrior, resolve_dtype
 from .diffusers_common import _dtype_keyword, _from_folder_or_hub, _frozen, move_to_device
 from .stable_diffusion import text_guided_noise
@@ -91,6 +93,7 @@ class DeepFloydIFPrior(ScorePrior):
     latent_channels = IF_CHANNELS
     latent_scale_factor = 1
 
+    @checked
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
@@ -105,8 +108,6 @@ class DeepFloydIFPrior(ScorePrior):
         scheduler=None,
     ) -> None:
         super().__init__()
-        if max_rows_per_call is not None and int(max_rows_per_call) < 1:
-            raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
         self.auto_dtype = str(torch_dtype) == "auto"
         self.model_dtype = resolve_dtype(torch_dtype)
         given = dict(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
@@ -210,8 +211,9 @@ class DeepFloydIFPrior(ScorePrior):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 20.0,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -220,7 +222,12 @@ class DeepFloydIFPrior(ScorePrior):
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
         return super().make_conditioning(
-            prompt, None, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            None,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     # -- UNet --------------------------------------------------------------------------------------

@@ -20,19 +20,19 @@ import functools
 import inspect
 import logging
 import os
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
+from csd_exp.arguments import checked
+
 from .base import ScorePrior, alpha_bar_at, resolve_dtype
-from .vae_tiles import check_tile_stride, tiled
+from .vae_tiles import tiled
 
 if TYPE_CHECKING:
-    from pydantic import Field
-
     from csd_exp.priors.base import TorchDtypeName
-    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.priors.vae_tiles import TileStride
     from csd_exp.schema.fields import PositiveInt
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,8 @@ def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def check_decoder(decoder: str, decoder_path: str | None) -> None:
-    """``decoder`` is ``vae`` or ``consistency``; ``decoder_path`` is needed by, and only by, ``consistency``."""
-    if decoder not in DECODERS:
-        raise ValueError(f"model.decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    """``decoder_path`` is needed by, and only by, ``decoder="consistency"`` (the values themselves are checked
+    by their annotations)."""
     if decoder == "consistency" and not decoder_path:
         raise ValueError(
             "model.decoder=consistency needs model.decoder_path: a local folder or hub id of a diffusers "
@@ -184,6 +183,7 @@ class DiffusersPrior(ScorePrior):
 
     pipeline_class_name: str
 
+    @checked
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
@@ -191,7 +191,7 @@ class DiffusersPrior(ScorePrior):
         torch_dtype: TorchDtypeName | torch.dtype = "float32",
         max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        vae_tile_stride: TileStride | None = None,
         decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
@@ -202,7 +202,7 @@ class DiffusersPrior(ScorePrior):
     ) -> None:
         super().__init__()
         # Option errors first: they must not wait for (or hide behind) a slow checkpoint load.
-        self.vae_tile_stride = check_tile_stride(vae_tile_stride)
+        self.vae_tile_stride = vae_tile_stride
         check_decoder(decoder, decoder_path)
         self.decoder = decoder
         components = load_components(
@@ -222,8 +222,6 @@ class DiffusersPrior(ScorePrior):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported UNet prediction_type {prediction_type!r} (epsilon or v_prediction)")
         self.prediction_type = prediction_type
-        if max_rows_per_call is not None and int(max_rows_per_call) < 1:
-            raise ValueError(f"max_rows_per_call must be a positive integer or None; got {max_rows_per_call}")
         self.max_rows_per_call = None if max_rows_per_call is None else int(max_rows_per_call)
         self.auto_dtype = str(torch_dtype) == "auto"  # float32 until to_device picks the device's dtype
         self.model_dtype = resolve_dtype(torch_dtype)

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from csd_exp.arguments import checked
+
 from .base import (
     SD_BETA_END,
     SD_BETA_START,
@@ -130,6 +132,7 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
     supports_image_condition = True
     default_resize_policy = "short_side"  # CPU-sized runs: the canvas is data.short_side tall, not at least it
 
+    @checked
     def __init__(
         self,
         downsample: PositiveInt = 1,
@@ -144,11 +147,6 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
         instructions: Mapping[str, InstructionFamily] | None = None,
     ) -> None:
         super().__init__()
-        if int(downsample) != downsample or downsample < 1:
-            raise ValueError(f"downsample must be a positive integer; got {downsample}")
-        for label, value in (("edit_std", edit_std), ("image_std", image_std), ("uncond_std", uncond_std)):
-            if value <= 0:
-                raise ValueError(f"{label} must be positive; got {value}")
         self.downsample = int(downsample)
         self.edit_std, self.image_std = float(edit_std), float(image_std)
         self.uncond_std, self.uncond_mean = float(uncond_std), float(uncond_mean)
@@ -198,8 +196,9 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -216,7 +215,12 @@ class ExactScorePrior(PooledPixelLatents, ScorePrior):
         if image_cond.shape[1] != self.latent_channels:
             raise ValueError(f"image_cond must have {self.latent_channels} channels; got {image_cond.shape[1]}")
         return super().make_conditioning(
-            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            image_cond,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     # -- closed-form denoising ---------------------------------------------------------------------

@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from csd_exp.arguments import checked
 
 from .base import (
     SD_BETA_END,
@@ -61,6 +63,12 @@ from .base import (
 )
 from .exact import PIXEL_CHANNELS, ExactScorePrior, PooledPixelLatents
 from .reference_objects import REFERENCE_SETS, ReferenceSet, find_reference_set
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.priors.base import TorchDtypeName
+    from csd_exp.schema.fields import NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
 
 
 @dataclass
@@ -112,30 +120,22 @@ class ExactGenerationPrior(PooledPixelLatents, ScorePrior):
     supports_image_condition = False
     default_resize_policy = "short_side"
 
+    @checked
     def __init__(
         self,
-        downsample: int = 1,
-        object_std: float = 0.05,
-        uncond_std: float = 1.0,
+        downsample: PositiveInt = 1,
+        object_std: PositiveFloat = 0.05,
+        uncond_std: PositiveFloat = 1.0,
         uncond_mean: float = 0.0,
-        supersample: int = 2,
-        view_bias: float = 50.0,
-        torch_dtype: str | torch.dtype = "float32",
-        num_train_timesteps: int = SD_NUM_TRAIN_TIMESTEPS,
-        beta_start: float = SD_BETA_START,
-        beta_end: float = SD_BETA_END,
+        supersample: PositiveInt = 2,
+        view_bias: NonNegativeFloat = 50.0,
+        torch_dtype: TorchDtypeName | torch.dtype = "float32",
+        num_train_timesteps: Annotated[int, Field(ge=2)] = SD_NUM_TRAIN_TIMESTEPS,
+        beta_start: UnitFraction = SD_BETA_START,
+        beta_end: UnitFraction = SD_BETA_END,
         reference_sets: dict[str, ReferenceSet] | None = None,
     ) -> None:
         super().__init__()
-        if int(downsample) != downsample or downsample < 1:
-            raise ValueError(f"downsample must be a positive integer; got {downsample}")
-        if int(supersample) != supersample or supersample < 1:
-            raise ValueError(f"supersample must be a positive integer; got {supersample}")
-        for label, value in (("object_std", object_std), ("uncond_std", uncond_std)):
-            if value <= 0:
-                raise ValueError(f"{label} must be positive; got {value}")
-        if view_bias < 0:
-            raise ValueError(f"view_bias must be >= 0; got {view_bias}")
         self.downsample, self.supersample = int(downsample), int(supersample)
         self.view_bias = float(view_bias)
         self.object_std = float(object_std)
@@ -200,8 +200,9 @@ class ExactGenerationPrior(PooledPixelLatents, ScorePrior):
         self,
         prompt: str,
         image_cond: ViewReferences | None = None,
-        guidance_scale: float = 1.0,
-        image_guidance_scale: float = 1.0,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -212,7 +213,12 @@ class ExactGenerationPrior(PooledPixelLatents, ScorePrior):
             raise ValueError("ExactGenerationPrior has no source branch: leave guidance.source_prompt empty")
         self._check_view_condition(image_cond, prompt)
         return super().make_conditioning(
-            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            image_cond,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     # -- closed-form denoising ---------------------------------------------------------------------

@@ -42,20 +42,20 @@ return the **same one draw** (cached, keyed on the image values), drawn with a f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from csd_exp.arguments import checked
 
 from .base import Conditioning, NoisePrediction, expand_image_condition, instruct_pix2pix_guidance
 from .diffusers_common import DiffusersPrior, posterior_picker
 
 if TYPE_CHECKING:
-    from pydantic import Field
-
     from csd_exp.priors.base import TorchDtypeName
     from csd_exp.priors.diffusers_common import DecoderName
-    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.priors.vae_tiles import TileStride
     from csd_exp.schema.fields import PositiveInt, Seed
 
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
@@ -83,6 +83,7 @@ class InstructPix2PixPrior(DiffusersPrior):
     pipeline_class_name = IP2P_PIPELINE
     supports_image_condition = True
 
+    @checked
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
@@ -93,7 +94,7 @@ class InstructPix2PixPrior(DiffusersPrior):
         official_source_latents: bool = False,
         condition_seed: Seed = 0,
         local_files_only: bool | None = None,
-        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        vae_tile_stride: TileStride | None = None,
         decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
@@ -183,8 +184,9 @@ class InstructPix2PixPrior(DiffusersPrior):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -196,7 +198,12 @@ class InstructPix2PixPrior(DiffusersPrior):
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
         return super().make_conditioning(
-            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            image_cond,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     # -- guided noise ------------------------------------------------------------------------------

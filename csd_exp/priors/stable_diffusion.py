@@ -12,20 +12,20 @@ All rows go through the UNet as one batch or in chunks of ``max_rows_per_call``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from csd_exp.arguments import checked
 
 from .base import Conditioning, NoisePrediction
 from .diffusers_common import DiffusersPrior
 
 if TYPE_CHECKING:
-    from pydantic import Field
-
     from csd_exp.priors.base import TorchDtypeName
     from csd_exp.priors.diffusers_common import DecoderName
-    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.priors.vae_tiles import TileStride
     from csd_exp.schema.fields import PositiveInt
 
 SD_PIPELINE = "StableDiffusionPipeline"
@@ -47,6 +47,7 @@ class StableDiffusionPrior(DiffusersPrior):
     pipeline_class_name = SD_PIPELINE
     supports_image_condition = False
 
+    @checked
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
@@ -54,7 +55,7 @@ class StableDiffusionPrior(DiffusersPrior):
         torch_dtype: TorchDtypeName | torch.dtype = "float32",
         max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        vae_tile_stride: TileStride | None = None,
         decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet=None,
@@ -91,8 +92,9 @@ class StableDiffusionPrior(DiffusersPrior):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -104,7 +106,12 @@ class StableDiffusionPrior(DiffusersPrior):
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
         return super().make_conditioning(
-            prompt, None, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            None,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     @staticmethod

@@ -18,11 +18,13 @@ runs it under autocast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from csd_exp.arguments import checked
 
 from .base import Conditioning, NoisePrediction, expand_image_condition, resolve_dtype
 from .diffusers_common import (
@@ -34,14 +36,11 @@ from .diffusers_common import (
     move_to_device,
 )
 from .stable_diffusion import text_guided_noise
-from .vae_tiles import check_tile_stride
 
 if TYPE_CHECKING:
-    from pydantic import Field
-
     from csd_exp.priors.base import TorchDtypeName
     from csd_exp.priors.diffusers_common import DecoderName
-    from csd_exp.priors.vae_tiles import TILE_LATENT
+    from csd_exp.priors.vae_tiles import TileStride
     from csd_exp.schema.fields import PositiveInt
 
 DEPTH_PIPELINE = "StableDiffusionDepth2ImgPipeline"
@@ -92,6 +91,7 @@ class StableDiffusionDepthPrior(DiffusersPrior):
     #: Its own family for the method axis (csd_exp/prior_families.py): a depth map is not an instruction's image.
     prior_family: ClassVar[str] = "depth"
 
+    @checked
     def __init__(
         self,
         pretrained_model_name_or_path: str | None = None,
@@ -99,7 +99,7 @@ class StableDiffusionDepthPrior(DiffusersPrior):
         torch_dtype: TorchDtypeName | torch.dtype = "float32",
         max_rows_per_call: PositiveInt | None = None,
         local_files_only: bool | None = None,
-        vae_tile_stride: Annotated[int, Field(ge=1, le=TILE_LATENT)] | None = None,
+        vae_tile_stride: TileStride | None = None,
         decoder: DecoderName = "vae",
         decoder_path: str | None = None,
         unet: Any = None,
@@ -110,8 +110,7 @@ class StableDiffusionDepthPrior(DiffusersPrior):
         depth_estimator: Any = None,
         feature_extractor: Any = None,
     ) -> None:
-        check_tile_stride(vae_tile_stride)  # option errors before a slow load
-        check_decoder(decoder, decoder_path)
+        check_decoder(decoder, decoder_path)  # option errors before a slow load (@checked: the values)
         if pretrained_model_name_or_path is not None:
             given = (unet, vae, text_encoder, tokenizer, scheduler, depth_estimator, feature_extractor)
             if any(part is not None for part in given):
@@ -179,8 +178,9 @@ class StableDiffusionDepthPrior(DiffusersPrior):
         self,
         prompt: str,
         image_cond: Tensor | None = None,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        *,
+        guidance_scale: float,
+        image_guidance_scale: float,
         negative_prompt: str = "",
         source_prompt: str = "",
     ) -> Conditioning:
@@ -192,7 +192,12 @@ class StableDiffusionDepthPrior(DiffusersPrior):
         for text in {prompt, negative_prompt, source_prompt}:
             self.prompt_embeddings(text)
         return super().make_conditioning(
-            prompt, image_cond, guidance_scale, image_guidance_scale, negative_prompt, source_prompt
+            prompt,
+            image_cond,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            negative_prompt=negative_prompt,
+            source_prompt=source_prompt,
         )
 
     def with_depth(self, latents: Tensor, depth: Tensor) -> Tensor:

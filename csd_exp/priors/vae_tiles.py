@@ -22,25 +22,28 @@ tile positions are exactly the official ones.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
 #: tile side in latent px: the official 64 (512 image px for Stable Diffusion's 8x VAE)
 TILE_LATENT = 64
-
-
-def check_tile_stride(stride) -> int | None:
-    """``None`` (whole-image VAE) or an integer stride in [1, TILE_LATENT] latent px; anything else is an error."""
-    if stride is None:
-        return None
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= TILE_LATENT:
-        raise ValueError(
-            f"model.vae_tile_stride must be null (whole-image VAE) or an integer in [1, {TILE_LATENT}] latent px "
-            f"(tiles are {TILE_LATENT} latent px; a larger stride would leave gaps; the official code uses 16); "
-            f"got {stride!r}"
-        )
-    return stride
+#: ``model.vae_tile_stride`` (with ``| None``, the whole-image VAE): pydantic ``Field`` keywords, read by the
+#: compose-time check from source and by ``@checked`` for Python callers
+TileStride = Annotated[
+    int,
+    {
+        "ge": 1,
+        "le": TILE_LATENT,
+        # plain concatenation (no f-string): the compose-time check reads this marker from source
+        "description": "null (whole-image VAE) or an integer in [1, "
+        + str(TILE_LATENT)
+        + "] latent px (tiles are "
+        + str(TILE_LATENT)
+        + " latent px; a larger stride would leave gaps; the official code uses 16)",
+    },
+]
 
 
 def tile_starts(side: int, stride: int, tile: int = TILE_LATENT) -> list[int]:

@@ -4,10 +4,10 @@ names the key, the value and what is allowed."""
 
 from __future__ import annotations
 
-import functools
-import typing
 from collections.abc import Mapping
 from typing import Any
+
+from csd_exp.arguments import annotation_problem
 
 #: Hydra's own keys: they steer instantiation and are never constructor parameters.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_")
@@ -17,42 +17,12 @@ class ConfigError(ValueError):
     """A composed config with a bad value; the message names the key, the value and what is allowed."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _adapter(annotation: Any):
-    from pydantic import ConfigDict, TypeAdapter
-
-    return TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
-
-
-def _sentence(message: str) -> str:
-    return message[:1].lower() + message[1:]
-
-
-def _descriptions(annotation: Any) -> list[str]:
-    """The ``Field(description=...)`` texts inside an annotation: how a pattern is explained to the user."""
-    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
-    for argument in typing.get_args(annotation):
-        found += _descriptions(argument)
-    return found
-
-
 def check_value(key: str, value: Any, annotation: Any) -> None:
-    """Raise :class:`ConfigError` if ``value`` does not fit ``annotation``."""
-    from pydantic import ValidationError
-
-    if annotation is Any:
-        return
-    try:
-        adapter = _adapter(annotation)
-    except TypeError:  # an unhashable annotation (a marker without __hash__): not cached
-        adapter = _adapter.__wrapped__(annotation)
-    try:
-        adapter.validate_python(value)
-    except ValidationError as error:
-        described = _descriptions(annotation)
-        reasons = [f"expected {' or '.join(described)}"] if described else []
-        reasons = reasons or list(dict.fromkeys(_sentence(e["msg"]) for e in error.errors()))
-        raise ConfigError(f"{key}={value!r} is not allowed: {' or '.join(reasons)}") from None
+    """Raise :class:`ConfigError` if ``value`` does not fit ``annotation``: the check of
+    :func:`csd_exp.arguments.annotation_problem`, which a constructor's ``@checked`` arguments get too."""
+    problem = annotation_problem(value, annotation)
+    if problem is not None:
+        raise ConfigError(f"{key}={value!r} is not allowed: {problem}")
 
 
 def is_node(value: Any) -> bool:

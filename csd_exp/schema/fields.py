@@ -5,7 +5,12 @@ A constructor says what a config may set where it takes it: ``window_size: Posit
 reads those annotations from the source (:mod:`csd_exp.ast_signatures`, no import of the constructor's
 module) and validates the values with pydantic; a constructor imports these names under ``TYPE_CHECKING``
 (its module need not import pydantic) or at run time, as it likes. Any ``Annotated[..., Field(...)]`` or
-``Literal[...]`` written in place works the same.
+``Literal[...]`` written in place works the same, and so does ``Annotated[float, {"gt": 0}]`` (the keywords of
+``Field`` in a dict, for a module that imports no pydantic: ``csd_exp.distill``).
+
+The marker is the one copy of the constraint: a constructor decorated with ``@checked``
+(:mod:`csd_exp.arguments`; in ``csd_exp.distill``, :mod:`csd_exp.distill.arguments`) refuses a Python caller's
+bad argument from the same annotation, read by the same reader, so the constructor writes no check of its own.
 """
 
 from __future__ import annotations

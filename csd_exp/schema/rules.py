@@ -16,7 +16,6 @@ that fixes it. The rules read what each class declares about itself, never a lis
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,9 +27,10 @@ from csd_exp.ast_signatures import (
     read_signature,
     required_parameters,
 )
-from csd_exp.ast_source import Definition, module_file
+from csd_exp.ast_source import Definition
 from csd_exp.guidance_names import baseline_of, kernel_family
 from csd_exp.guidance_names import short_name as _short
+from csd_exp.prior_families import conf_options
 from csd_exp.schema.checks import ConfigError, check_keys, check_value
 from csd_exp.schema.fields import PositiveInt, Seed
 from csd_exp.schema.inputs import check_inputs
@@ -130,23 +130,9 @@ def _samples(target: Any) -> bool:
     return isinstance(target, str) and class_attribute(target, "uses_guidance", True) is False
 
 
-def _conf_targets(group: str) -> list[tuple[str, str]]:
-    """(option, ``_target_``) of each option of conf/<group> that names one: its first ``_target_``, read as text
-    (a task's node precedes the nodes it holds)."""
-    found = module_file("csd_exp.conf")
-    if found is None:
-        return []
-    options = []
-    for path in sorted((found[0].parent / group).glob("*.yaml")):
-        target = re.search(r"^\s*_target_:\s*([\w.]+)", path.read_text(errors="replace"), re.M)
-        if target:
-            options.append((path.stem, target.group(1)))
-    return options
-
-
 def _builders_of(required: Definition) -> list[str]:
     """The options of conf/model whose ``_target_`` builds a ``required``, by name."""
-    return [option for option, target in _conf_targets("model") if is_a(target, required)]
+    return [option for option, target in conf_options("model") if is_a(target, required)]
 
 
 def _check_prior(cfg: Mapping[str, Any], choices: Mapping[str, str], target: str) -> None:
@@ -190,14 +176,14 @@ def _exclusive(cls: Definition | None) -> bool:
 
 def _model_classes() -> list[tuple[str, Definition | None]]:
     """Each option of conf/model with the class its ``_target_`` builds (None where unreadable)."""
-    return [(option, built_class(target)) for option, target in _conf_targets("model")]
+    return [(option, built_class(target)) for option, target in conf_options("model")]
 
 
 def _tasks_taking(prior: Definition) -> list[str]:
     """The options of conf/task whose constructor names ``prior`` among its ``prior`` classes."""
     return [
         option
-        for option, target in _conf_targets("task")
+        for option, target in conf_options("task")
         if any(c.qualname == prior.qualname for c in parameter_classes(target, "prior"))
     ]
 
@@ -307,15 +293,11 @@ def hydra_choices(cfg: Any) -> dict[str, str]:
 
     The sweep check must pass its own: while it runs, the global Hydra config is the multirun's, not the job's.
     """
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    if "hydra" in cfg:
-        node = OmegaConf.select(cfg, "hydra.runtime.choices")
-    elif HydraConfig.initialized():
-        node = HydraConfig.get().runtime.choices
-    else:
-        return {}
+    from csd_exp.methods import hydra_node
+
+    node = hydra_node(cfg, "runtime.choices")
     plain = OmegaConf.to_container(node) if OmegaConf.is_config(node) else dict(node or {})
     return {group: option for group, option in plain.items() if isinstance(option, str)}
 

@@ -29,9 +29,14 @@ The baselines' reverse processes (:func:`reverse_process`, ``task.sampler``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from csd_exp.arguments import checked
+
+if TYPE_CHECKING:
+    from csd_exp.schema.fields import PositiveInt, UnitFraction
 
 #: ``task.sampler`` values: the followed pipeline's scheduler, or the former linspace DDIM sampler.
 SamplerName = Literal["pipeline", "linspace_ddim"]
@@ -201,11 +206,10 @@ class EulerAncestral(ReverseProcess):
     adds σ_up times a fresh draw (σ_up² = σ_next² (σ² − σ_next²) / σ², σ_down² = σ_next² − σ_up²).
     """
 
-    def __init__(self, alphas_cumprod: torch.Tensor, num_steps: int, strength: float = 1.0):
+    @checked
+    def __init__(self, alphas_cumprod: torch.Tensor, num_steps: PositiveInt, strength: UnitFraction = 1.0):
         import numpy as np
 
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         total = len(alphas_cumprod)
         grid = np.linspace(0, total - 1, num_steps, dtype=np.float32)[::-1].copy()
         all_sigmas = np.array(((1 - alphas_cumprod.float()) / alphas_cumprod.float()) ** 0.5)

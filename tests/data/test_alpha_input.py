@@ -63,7 +63,7 @@ def test_a_bad_background_is_refused_at_compose_time_and_by_the_source(tmp_path,
     cfg = compose_config(["experiment=panorama_exact_cpu", f"data.alpha_background='{value}'"], tmp_path)
     with pytest.raises(ConfigError, match=r"data.alpha_background=.* white, black or '#rrggbb'"):
         validate_composed(cfg)
-    with pytest.raises(ValueError, match="data.alpha_background"):
+    with pytest.raises(ValueError, match="alpha_background=.* white, black or"):
         ImageSource(path="sample:rocket", alpha_background=value)
 
 

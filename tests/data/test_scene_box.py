@@ -50,7 +50,7 @@ def test_the_3d_task_warns_about_a_scene_box_around_its_cameras(tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="csd_exp.data.scene"):
         Scene3DTask(
             ExactScorePrior(),
-            Guidance("source_branch", "rbf"),
+            Guidance("source_branch", "rbf", guidance_scale=1.5, image_guidance_scale=1.5),
             inputs=RunInputs(prompt="turn it into a pop-art painting", max_steps=320),
             data=SceneSource(path=str(folder)),
             field=partial(VoxelRadianceField, resolution=8, num_samples=8),

@@ -39,7 +39,7 @@ def distill_shard(particles: dict[str, torch.Tensor], start: int, stop: int, pro
     )
     latents = particles["latents"][start:stop].clone().requires_grad_(True)
     output = Guidance(
-        "source_branch", "rbf"
+        "source_branch", "rbf", guidance_scale=1.5, image_guidance_scale=1.5
     )(  # CSD-Edit (Eq. 9)
         FakePrior(),
         Particles(

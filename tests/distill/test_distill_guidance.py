@@ -27,9 +27,13 @@ PRESETS = {
 }
 
 
+#: the scales of conf/config.yaml (the exact prior's), which a run always passes
+SCALES = dict(guidance_scale=1.5, image_guidance_scale=1.5)
+
+
 def preset(name, **kwargs):
     baseline, kernel = PRESETS[name]
-    return Guidance(baseline, kernel(), **kwargs)
+    return Guidance(baseline, kernel(), **(SCALES | kwargs))
 
 
 def inputs():
@@ -146,11 +150,13 @@ def test_the_kernel_alone_decides_the_coupling():
     prior = FakePrior()
     step = dict(prompt="make it red", step=STEP, seed=SEED)
     particles = Particles(latents, source_latents=source, condition=image_cond)
-    by_name = Guidance("random_noise", "identity", guidance_scale=7.5)(prior, particles, **step)
-    assert torch.equal(by_name.gradients, sds.gradients)
-    mean = Guidance("random_noise", IdentityKernel(normalize_by_count=True), guidance_scale=7.5)(
+    by_name = Guidance("random_noise", "identity", guidance_scale=7.5, image_guidance_scale=1.5)(
         prior, particles, **step
     )
+    assert torch.equal(by_name.gradients, sds.gradients)
+    mean = Guidance(
+        "random_noise", IdentityKernel(normalize_by_count=True), guidance_scale=7.5, image_guidance_scale=1.5
+    )(prior, particles, **step)
     torch.testing.assert_close(mean.gradients, sds.gradients / SHAPE[0], rtol=1e-6, atol=0)
     _, csd = run("csd", latents, source, image_cond)
     assert not torch.allclose(csd.gradients, sds.gradients / SHAPE[0])  # RBF: the particles interact
@@ -158,14 +164,16 @@ def test_the_kernel_alone_decides_the_coupling():
 
 def test_bad_configuration_and_calls():
     with pytest.raises(ValueError, match="baseline must be one of"):
-        Guidance("vsd", "rbf")
+        Guidance("vsd", "rbf", **SCALES)
     with pytest.raises(ValueError, match="unknown kernel"):
-        Guidance("random_noise", "gaussian")
+        Guidance("random_noise", "gaussian", **SCALES)
     for baseline, kernel in [("random_noise", IdentityKernel(normalize_by_count=True)), ("source_branch", RBFKernel())]:
         with pytest.raises(ValueError, match="official_scaling reproduces the official panorama path"):
-            Guidance(baseline, kernel, official_scaling=True)
+            Guidance(baseline, kernel, official_scaling=True, **SCALES)
     with pytest.raises(ValueError, match="official_scaling"):
-        Guidance("source_branch", IdentityKernel(), official_scaling=True)  # SDS's normaliser 1, not the ablation's
+        Guidance(
+            "source_branch", IdentityKernel(), official_scaling=True, **SCALES
+        )  # SDS's normaliser 1, not the ablation's
     assert preset("csd_edit_no_svgd", official_scaling=True).official_scaling
     latents, source, image_cond = inputs()
     with pytest.raises(ValueError, match=r"needs source_latents.*\(4, 4, 8, 8\)"):

@@ -210,7 +210,7 @@ def test_missing_lpips_weights_name_the_offline_kernel():
 
 # ---------------------------------------------------------------------------------------------- guidance
 def run_guidance(kernel, latents, kernel_inputs, **kwargs):
-    return Guidance("random_noise", kernel, guidance_scale=7.5)(
+    return Guidance("random_noise", kernel, guidance_scale=7.5, image_guidance_scale=1.5)(
         FakePrior(),
         Particles(latents, kernel_inputs=kernel_inputs),
         prompt="a hamburger",

@@ -22,6 +22,8 @@ class PriorContract:
     """Checks of the ScorePrior protocol (csd_exp/priors/base.py); subclasses provide ``prior``."""
 
     image_size = 16
+    #: ω_y, ω_s of the guided predictions (a run passes conf/config.yaml's; a prior's class may override)
+    scales = dict(guidance_scale=7.5, image_guidance_scale=1.5)
 
     def _images(self, n: int = 2, seed: int = 0) -> torch.Tensor:
         return seeded_images(n, size=self.image_size, seed=seed)
@@ -64,7 +66,7 @@ class PriorContract:
         images = self._images()
         latents = prior.encode(images)
         noisy = prior.add_noise(latents, seeded_normal(*latents.shape, seed=3), T)
-        cond = prior.make_conditioning(PROMPT, image_cond=self._condition(prior, images))
+        cond = prior.make_conditioning(PROMPT, image_cond=self._condition(prior, images), **self.scales)
         first = prior.predict_noise(noisy, T, cond, source_noisy_latents=noisy)
         again = prior.predict_noise(noisy, T, cond, source_noisy_latents=noisy)
         for prediction in (first.target, first.source):
@@ -78,8 +80,8 @@ class PriorContract:
         images = self._images(3)
         latents = prior64.encode(images)
         noisy = prior64.add_noise(latents, seeded_normal(*latents.shape, seed=4), T)
-        cond_all = prior64.make_conditioning(PROMPT, image_cond=self._condition(prior64, images))
-        cond_one = prior64.make_conditioning(PROMPT, image_cond=self._condition(prior64, images[1:2]))
+        cond_all = prior64.make_conditioning(PROMPT, image_cond=self._condition(prior64, images), **self.scales)
+        cond_one = prior64.make_conditioning(PROMPT, image_cond=self._condition(prior64, images[1:2]), **self.scales)
         whole = prior64.predict_noise(noisy, T, cond_all).target
         alone = prior64.predict_noise(noisy[1:2], T, cond_one).target
         # Same formula on both sides: only each branch's cast to float32 may differ (one ulp), times the

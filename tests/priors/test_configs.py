@@ -49,7 +49,9 @@ def test_exact_and_tiny_configs_instantiate_offline(tiny_cache):
     assert isinstance(exact, ExactScorePrior)
     tiny = instantiate(load("tiny_ip2p", tiny_cache))
     assert isinstance(tiny, InstructPix2PixPrior) and isinstance(tiny, ScorePrior)
-    cond = tiny.make_conditioning("make it night", torch.zeros(1, 4, 4, 4))
+    cond = tiny.make_conditioning(
+        "make it night", torch.zeros(1, 4, 4, 4), guidance_scale=7.5, image_guidance_scale=1.5
+    )
     assert tiny.predict_noise(torch.zeros(1, 4, 4, 4), 10, cond).target.shape == (1, 4, 4, 4)
     assert isinstance(instantiate(load("tiny_sd", tiny_cache)), StableDiffusionPrior)
 

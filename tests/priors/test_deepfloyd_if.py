@@ -61,7 +61,9 @@ def test_guided_noise_is_the_first_three_unet_channels_with_two_way_guidance(if_
     states of the lower-cased prompt padded to 77 tokens with its attention mask, computed here by hand."""
     prior, omega = if_prior64, 20.0
     noisy = prior.add_noise(prior.encode(seeded_images(2, size=16, seed=2)), seeded_normal(2, 3, 16, 16, seed=3), T)
-    prediction = prior.predict_noise(noisy, T, prior.make_conditioning(PROMPT, guidance_scale=omega)).target
+    prediction = prior.predict_noise(
+        noisy, T, prior.make_conditioning(PROMPT, guidance_scale=omega, image_guidance_scale=1.5)
+    ).target
 
     def states(text):
         tokens = prior.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -84,12 +86,12 @@ def test_guided_noise_is_the_first_three_unet_channels_with_two_way_guidance(if_
 def test_chunked_rows_equal_one_call(tiny_cache, if_prior64):
     chunked = tiny_deepfloyd_if_prior(tiny_cache, torch_dtype="float64", max_rows_per_call=3)
     noisy = seeded_normal(2, 3, 16, 16, seed=4)
-    cond = if_prior64.make_conditioning(PROMPT, guidance_scale=7.5, source_prompt="a photo")
+    cond = if_prior64.make_conditioning(PROMPT, guidance_scale=7.5, image_guidance_scale=1.5, source_prompt="a photo")
     whole = if_prior64.predict_noise(noisy, T, cond, source_noisy_latents=noisy)
     parts = chunked.predict_noise(
         noisy,
         T,
-        chunked.make_conditioning(PROMPT, guidance_scale=7.5, source_prompt="a photo"),
+        chunked.make_conditioning(PROMPT, guidance_scale=7.5, image_guidance_scale=1.5, source_prompt="a photo"),
         source_noisy_latents=noisy,
     )
     assert chunked.unet_calls == 3 and chunked.unet_rows_evaluated == 8  # 4 branches x 2 particles, 3 per call
@@ -106,7 +108,9 @@ def test_a_stage_two_unet_and_image_conditions_are_refused(if_prior):
     with pytest.raises(ValueError, match="stage II"):
         DeepFloydIFPrior(unet=stage_two, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"])
     with pytest.raises(ValueError, match="no image_cond"):
-        if_prior.make_conditioning(PROMPT, image_cond=torch.zeros(1, 3, 16, 16))
+        if_prior.make_conditioning(
+            PROMPT, image_cond=torch.zeros(1, 3, 16, 16), guidance_scale=20.0, image_guidance_scale=1.5
+        )
 
 
 def test_two_csd_steps_on_renders_reach_the_parameters(if_prior):
@@ -114,7 +118,9 @@ def test_two_csd_steps_on_renders_reach_the_parameters(if_prior):
     theta = torch.zeros(3, 3, 16, 16).requires_grad_(True)
     base = seeded_images(3, size=16, seed=5)
     optimizer = torch.optim.SGD([theta], lr=1.0)
-    guidance = Guidance("random_noise", FeatureRBFKernel(image_size=None), guidance_scale=20.0)
+    guidance = Guidance(
+        "random_noise", FeatureRBFKernel(image_size=None), guidance_scale=20.0, image_guidance_scale=1.5
+    )
     for step in range(2):
         renders = (base + theta).clamp(0, 1)
         latents = if_prior.encode(renders, differentiable=True)

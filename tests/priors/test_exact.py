@@ -131,7 +131,9 @@ def test_registry_matching_and_unknown_instruction_lists_the_known_ones():
     assert prior.instruction("  Make it NIGHT!! ").name == "make it night"
     assert prior.instruction("Turn into Andy Warhol style painting").name == POP_ART
     with pytest.raises(ValueError) as error:
-        prior.make_conditioning("make it a cubist painting", torch.zeros(1, 3, 4, 4))
+        prior.make_conditioning(
+            "make it a cubist painting", torch.zeros(1, 3, 4, 4), guidance_scale=7.5, image_guidance_scale=1.5
+        )
     for name in INSTRUCTIONS:
         assert repr(name) in str(error.value)
     with pytest.raises(ValueError, match="make it night"):
@@ -169,10 +171,12 @@ def test_bad_conditioning_is_an_error():
     prior = ExactScorePrior()
     image_cond = torch.zeros(2, 3, 4, 4)
     with pytest.raises(ValueError, match="negative prompt"):
-        prior.make_conditioning(POP_ART, image_cond, negative_prompt="blurry")
+        prior.make_conditioning(
+            POP_ART, image_cond, guidance_scale=7.5, image_guidance_scale=1.5, negative_prompt="blurry"
+        )
     with pytest.raises(ValueError, match="image_cond"):
-        prior.make_conditioning(POP_ART)
-    cond = prior.make_conditioning(POP_ART, image_cond)
+        prior.make_conditioning(POP_ART, guidance_scale=7.5, image_guidance_scale=1.5)
+    cond = prior.make_conditioning(POP_ART, image_cond, guidance_scale=7.5, image_guidance_scale=1.5)
     with pytest.raises(ValueError, match="latent shape"):
         prior.predict_noise(torch.zeros(2, 3, 8, 8), 10, cond)
     with pytest.raises(ValueError, match="timestep"):

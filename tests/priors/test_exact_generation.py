@@ -39,7 +39,9 @@ def test_predict_noise_equals_the_closed_form(t, omega):
     alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
     # Noisy particles near reference 1 of each view, so the responsibilities are neither flat nor one-hot.
     x_t = alpha * means[:, 1] + sigma * torch.randn(count, *shape, generator=generator, dtype=torch.float64)
-    cond = prior.make_conditioning(PROMPT, image_cond=ViewReferences(means, log_weights), guidance_scale=omega)
+    cond = prior.make_conditioning(
+        PROMPT, image_cond=ViewReferences(means, log_weights), guidance_scale=omega, image_guidance_scale=1.0
+    )
     got = prior.predict_noise(x_t.float(), t, cond).target.double()
 
     flat = x_t.float().double().flatten(1)  # the prior sees the float32 particles

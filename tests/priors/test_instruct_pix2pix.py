@@ -82,7 +82,9 @@ def test_two_row_source_branch_equals_official_three_rows_with_empty_prompt(ip2p
 
 
 def test_one_csd_edit_step_costs_five_rows_per_particle(ip2p_prior, batch):
-    cond = ip2p_prior.make_conditioning("make it autumn", batch["image_cond"])
+    cond = ip2p_prior.make_conditioning(
+        "make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+    )
     rows, calls = ip2p_prior.unet_rows_evaluated, ip2p_prior.unet_calls
     ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     assert ip2p_prior.unet_rows_evaluated - rows == 5 * N
@@ -90,7 +92,9 @@ def test_one_csd_edit_step_costs_five_rows_per_particle(ip2p_prior, batch):
 
 
 def test_source_prompt_keeps_the_general_three_row_source_branch(ip2p_prior64, batch):
-    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"], source_prompt="a photo")
+    cond = ip2p_prior64.make_conditioning(
+        "make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5, source_prompt="a photo"
+    )
     rows = ip2p_prior64.unet_rows_evaluated
     prediction = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     assert ip2p_prior64.unet_rows_evaluated - rows == 6 * N
@@ -100,7 +104,9 @@ def test_source_prompt_keeps_the_general_three_row_source_branch(ip2p_prior64, b
 
 def test_chunked_equals_unchunked(ip2p_prior64, batch, tiny_cache):
     chunked = tiny_instruct_pix2pix_prior(tiny_cache, max_rows_per_call=4, torch_dtype="float64")
-    cond = ip2p_prior64.make_conditioning("make it autumn", batch["image_cond"])
+    cond = ip2p_prior64.make_conditioning(
+        "make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+    )
     whole = ip2p_prior64.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     calls = chunked.unet_calls
     parts = chunked.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
@@ -118,7 +124,9 @@ def test_text_embeddings_are_cached_per_prompt(ip2p_prior, batch):
     calls = []
     handle = ip2p_prior.text_encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
-        cond = ip2p_prior.make_conditioning("a prompt seen for the first time", batch["image_cond"])
+        cond = ip2p_prior.make_conditioning(
+            "a prompt seen for the first time", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+        )
         ip2p_prior.predict_noise(batch["noisy"], T, cond)
         ip2p_prior.predict_noise(batch["noisy"], T, cond)
     finally:
@@ -177,7 +185,7 @@ def test_unreachable_hub_id_names_the_offline_fix(monkeypatch):
 
 
 def test_missing_image_condition_is_an_error(ip2p_prior, batch):
-    cond = ip2p_prior.make_conditioning("make it autumn")
+    cond = ip2p_prior.make_conditioning("make it autumn", guidance_scale=7.5, image_guidance_scale=1.5)
     with pytest.raises(ValueError, match="image_cond"):
         ip2p_prior.predict_noise(batch["noisy"], T, cond)
 
@@ -185,7 +193,7 @@ def test_missing_image_condition_is_an_error(ip2p_prior, batch):
 def test_low_precision_prior_takes_float32_inputs_and_returns_float32(tiny_cache, ip2p_prior, batch):
     half = tiny_instruct_pix2pix_prior(tiny_cache, torch_dtype="bfloat16")
     assert half.unet.dtype == torch.bfloat16
-    cond = half.make_conditioning("make it autumn", batch["image_cond"])
+    cond = half.make_conditioning("make it autumn", batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5)
     prediction = half.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     reference = ip2p_prior.predict_noise(batch["noisy"], T, cond, source_noisy_latents=batch["noisy_source"])
     assert prediction.target.dtype == torch.float32 and prediction.source.dtype == torch.float32

@@ -153,9 +153,19 @@ def three_branches(prior, noisy, image_cond, text_prompt, negative_prompt):
 
 
 def test_empty_negative_prompt_is_the_default_and_a_nonempty_one_changes_the_prediction(ip2p_prior, noisy_batch):
-    default = ip2p_prior.make_conditioning("make it autumn", noisy_batch["image_cond"])
-    empty = ip2p_prior.make_conditioning("make it autumn", noisy_batch["image_cond"], negative_prompt="")
-    negative = ip2p_prior.make_conditioning("make it autumn", noisy_batch["image_cond"], negative_prompt="blurry")
+    default = ip2p_prior.make_conditioning(
+        "make it autumn", noisy_batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5
+    )
+    empty = ip2p_prior.make_conditioning(
+        "make it autumn", noisy_batch["image_cond"], guidance_scale=7.5, image_guidance_scale=1.5, negative_prompt=""
+    )
+    negative = ip2p_prior.make_conditioning(
+        "make it autumn",
+        noisy_batch["image_cond"],
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        negative_prompt="blurry",
+    )
     args = (noisy_batch["noisy"], T)
     kwargs = dict(source_noisy_latents=noisy_batch["noisy_source"])
     base = ip2p_prior.predict_noise(*args, default, **kwargs)
@@ -169,7 +179,9 @@ def test_empty_negative_prompt_is_the_default_and_a_nonempty_one_changes_the_pre
 
 def test_negative_prompt_conditions_the_image_and_unconditional_rows_of_target_and_source(ip2p_prior64, noisy_batch):
     image_cond = noisy_batch["image_cond"]
-    cond = ip2p_prior64.make_conditioning("make it autumn", image_cond, negative_prompt="blurry")
+    cond = ip2p_prior64.make_conditioning(
+        "make it autumn", image_cond, guidance_scale=7.5, image_guidance_scale=1.5, negative_prompt="blurry"
+    )
     prediction = ip2p_prior64.predict_noise(
         noisy_batch["noisy"], T, cond, source_noisy_latents=noisy_batch["noisy_source"]
     )
@@ -183,7 +195,12 @@ def test_negative_prompt_conditions_the_image_and_unconditional_rows_of_target_a
 def test_source_prompt_equal_to_the_negative_prompt_takes_the_two_row_source_branch(ip2p_prior64, noisy_batch):
     image_cond = noisy_batch["image_cond"]
     cond = ip2p_prior64.make_conditioning(
-        "make it autumn", image_cond, negative_prompt="blurry", source_prompt="blurry"
+        "make it autumn",
+        image_cond,
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        negative_prompt="blurry",
+        source_prompt="blurry",
     )
     rows = ip2p_prior64.unet_rows_evaluated
     prediction = ip2p_prior64.predict_noise(

@@ -60,6 +60,8 @@ class TestInstructPix2PixConsistencyDecoderTiledPrior(PriorContract):
 class TestDeepFloydIFPrior(PriorContract):
     """IF stage I on the tiny pipeline (T5 encoder, 3-in / 6-out UNet): pixel space, so latents are the images."""
 
+    scales = dict(guidance_scale=20.0, image_guidance_scale=1.5)  # the paper's Table 3 ω for IF
+
     @pytest.fixture(scope="class")
     def prior(self, tiny_cache):
         from csd_exp.priors import tiny_deepfloyd_if_prior

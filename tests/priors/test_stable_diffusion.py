@@ -27,7 +27,11 @@ def two_way_tolerance(negative, positive, omega):
 def test_two_way_guidance_with_negative_prompt_and_dds_source(sd_prior64):
     noisy, noisy_source = seeded_normal(3, 4, 8, 8, seed=0), seeded_normal(3, 4, 8, 8, seed=1)
     cond = sd_prior64.make_conditioning(
-        "a watercolor of a fox", guidance_scale=5.0, negative_prompt="blurry", source_prompt="a photo of a fox"
+        "a watercolor of a fox",
+        guidance_scale=5.0,
+        image_guidance_scale=1.5,
+        negative_prompt="blurry",
+        source_prompt="a photo of a fox",
     )
     rows = sd_prior64.unet_rows_evaluated
     prediction = sd_prior64.predict_noise(noisy, T, cond, source_noisy_latents=noisy_source)
@@ -53,7 +57,7 @@ def test_two_way_guidance_with_negative_prompt_and_dds_source(sd_prior64):
 
 def test_source_prompt_equal_to_negative_needs_one_row(sd_prior64):
     noisy = seeded_normal(2, 4, 8, 8, seed=2)
-    cond = sd_prior64.make_conditioning("a fox")
+    cond = sd_prior64.make_conditioning("a fox", guidance_scale=7.5, image_guidance_scale=1.5)
     rows = sd_prior64.unet_rows_evaluated
     prediction = sd_prior64.predict_noise(noisy, T, cond, source_noisy_latents=noisy)
     assert sd_prior64.unet_rows_evaluated - rows == 3 * 2
@@ -64,7 +68,7 @@ def test_source_prompt_equal_to_negative_needs_one_row(sd_prior64):
 def test_chunked_equals_unchunked(sd_prior64, tiny_cache):
     chunked = tiny_stable_diffusion_prior(tiny_cache, max_rows_per_call=3, torch_dtype="float64")
     noisy = seeded_normal(4, 4, 8, 8, seed=3)
-    cond = sd_prior64.make_conditioning("a fox", negative_prompt="ugly")
+    cond = sd_prior64.make_conditioning("a fox", guidance_scale=7.5, image_guidance_scale=1.5, negative_prompt="ugly")
     whole = sd_prior64.predict_noise(noisy, T, cond).target
     negative, positive = unet_eps(sd_prior64, noisy, "ugly"), unet_eps(sd_prior64, noisy, "a fox")
     atol = branch_rounding_tolerance((negative, positive), (1.0 - cond.guidance_scale, cond.guidance_scale))
@@ -73,7 +77,9 @@ def test_chunked_equals_unchunked(sd_prior64, tiny_cache):
 
 def test_text_to_image_prior_rejects_image_conditions_and_ip2p_unets(sd_prior, tiny_cache):
     with pytest.raises(ValueError, match="no image_cond"):
-        sd_prior.make_conditioning("a fox", image_cond=torch.zeros(1, 4, 8, 8))
+        sd_prior.make_conditioning(
+            "a fox", image_cond=torch.zeros(1, 4, 8, 8), guidance_scale=7.5, image_guidance_scale=1.5
+        )
     with pytest.raises(ValueError, match="InstructPix2PixPrior"):
         StableDiffusionPrior(**tiny_components(tiny_cache / "tokenizer", in_channels=2 * LATENT_CHANNELS))
 
@@ -92,7 +98,7 @@ def test_v_prediction_unet_output_is_converted_to_eps(tiny_cache):
     )
     prior = StableDiffusionPrior(**parts, scheduler=scheduler, torch_dtype="float64")  # batching-proof, as above
     noisy = seeded_normal(2, 4, 8, 8, seed=4)
-    cond = prior.make_conditioning("a fox")
+    cond = prior.make_conditioning("a fox", guidance_scale=7.5, image_guidance_scale=1.5)
     v_text, v_negative = unet_eps(prior, noisy, "a fox"), unet_eps(prior, noisy, "")
     alpha_bar = prior.alphas_cumprod[T]
     to_eps = lambda v: alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * noisy

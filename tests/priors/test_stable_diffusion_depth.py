@@ -42,7 +42,7 @@ def test_the_unet_reads_the_latent_and_the_depth_map(depth_prior):
     depth = depth_prior.encode_image_condition(images)
     latents = depth_prior.encode(images)
     noisy = depth_prior.add_noise(latents, seeded_normal(*latents.shape, seed=7), 500)
-    cond = depth_prior.make_conditioning("a red car", image_cond=depth, guidance_scale=5.0)
+    cond = depth_prior.make_conditioning("a red car", image_cond=depth, guidance_scale=5.0, image_guidance_scale=1.5)
     guided = depth_prior.predict_noise(noisy, 500, cond).target
 
     unet, t = depth_prior.unet, torch.tensor(500)
@@ -51,7 +51,9 @@ def test_the_unet_reads_the_latent_and_the_depth_map(depth_prior):
     empty = unet(rows, t, encoder_hidden_states=depth_prior.prompt_embeddings("").expand(2, -1, -1)).sample
     expected = empty + 5.0 * (text - empty)
     torch.testing.assert_close(guided, expected, atol=64 * FLOAT32_EPS * float(expected.abs().max()), rtol=0)
-    flipped = depth_prior.make_conditioning("a red car", image_cond=-depth, guidance_scale=5.0)
+    flipped = depth_prior.make_conditioning(
+        "a red car", image_cond=-depth, guidance_scale=5.0, image_guidance_scale=1.5
+    )
     assert float((depth_prior.predict_noise(noisy, 500, flipped).target - guided).abs().max()) > 1e-3
 
 
@@ -59,7 +61,7 @@ def test_a_missing_depth_map_or_a_text_to_image_unet_is_refused(depth_prior, sd_
     from csd_exp.priors import StableDiffusionDepthPrior
 
     with pytest.raises(ValueError, match="conditioned on a depth map: pass image_cond"):
-        depth_prior.make_conditioning("a red car")
+        depth_prior.make_conditioning("a red car", guidance_scale=7.5, image_guidance_scale=1.5)
     parts = dict(unet=sd_prior.unet, vae=sd_prior.vae, text_encoder=sd_prior.text_encoder, tokenizer=sd_prior.tokenizer)
     parts.update(depth_estimator=depth_prior.depth_estimator, feature_extractor=depth_prior.feature_extractor)
     with pytest.raises(ValueError, match="5 input channels .* this one has 4 .* model=sd15 / sd21 / tiny_sd"):

@@ -24,7 +24,7 @@ def _prediction(prior, seed=0):
     image_cond = prior.encode_image_condition(images)
     latents = prior.encode(images)
     noisy = prior.add_noise(latents, seeded_normal(*latents.shape, seed=seed + 1), 300)
-    cond = prior.make_conditioning("make it night", image_cond)
+    cond = prior.make_conditioning("make it night", image_cond, guidance_scale=7.5, image_guidance_scale=1.5)
     return prior.predict_noise(noisy, 300, cond, source_noisy_latents=noisy)
 
 
@@ -63,7 +63,9 @@ def test_sd_round_trips_through_disk(sd_prior, tiny_cache):
     for name in ("unet", "vae", "text_encoder"):
         _assert_same_weights(getattr(sd_prior, name), getattr(in_memory, name))
     latents = seeded_normal(2, LATENT_CHANNELS, 8, 8, seed=3)
-    cond = sd_prior.make_conditioning("a photo of a cat", negative_prompt="blurry")
+    cond = sd_prior.make_conditioning(
+        "a photo of a cat", guidance_scale=7.5, image_guidance_scale=1.5, negative_prompt="blurry"
+    )
     torch.testing.assert_close(
         sd_prior.predict_noise(latents, 500, cond).target,
         in_memory.predict_noise(latents, 500, cond).target,

@@ -162,7 +162,7 @@ def test_differentiable_tiled_encode_reaches_the_images(tiled_prior):
 
 @pytest.mark.parametrize("stride", [0, -16, TILE_LATENT + 1, 16.0, True, "16"])
 def test_bad_tile_strides_name_the_fix(tiny_cache, stride):
-    with pytest.raises(ValueError, match=r"model\.vae_tile_stride must be null .* integer in \[1, 64\]"):
+    with pytest.raises(ValueError, match=r"vae_tile_stride=.* is not allowed: expected null .* integer in \[1, 64\]"):
         tiny_instruct_pix2pix_prior(tiny_cache, vae_tile_stride=stride)
 
 
@@ -223,7 +223,7 @@ def test_tiny_config_instantiates_with_the_new_keys(tiny_cache, consistency_path
     "kwargs, error, match",
     [
         (dict(decoder="consistency"), ValueError, r"model\.decoder=consistency needs model\.decoder_path"),
-        (dict(decoder="gan"), ValueError, r"model\.decoder must be one of vae, consistency"),
+        (dict(decoder="gan"), ValueError, r"decoder='gan' is not allowed: input should be 'vae' or 'consistency'"),
         (dict(decoder_path="/some/folder"), ValueError, r"only read with model\.decoder=consistency"),
         (
             dict(decoder="consistency", decoder_path="csd-exp-tests/no-such-decoder"),

@@ -26,11 +26,12 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
+from csd_exp.arguments import checked
 from csd_exp.data.images import image_file_size, load_image
 from csd_exp.data.resample import resize_frames
 from csd_exp.data.sources import ImageSource
@@ -39,6 +40,12 @@ from csd_exp.schema.regions import Region, check_box_inside, parse_regions
 from csd_exp.tasks.base import RunInputs
 from csd_exp.tasks.panorama.windows import PanoramaTask, WindowGrid
 from csd_exp.tasks.results import TaskResult, mode_fractions
+
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from csd_exp.schema.fields import PositiveInt
+    from csd_exp.tasks.panorama.windows import WindowSampler
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +128,7 @@ class PanoramaRegionTask(PanoramaTask):
     latent scale × ``window_stride``.
     """
 
+    @checked
     def __init__(
         self,
         prior: Any,
@@ -131,11 +139,14 @@ class PanoramaRegionTask(PanoramaTask):
         inputs: RunInputs,
         data: ImageSource,
         regions: Sequence[Mapping[str, Any]] | None = None,
-        canvas_size: Sequence[int] | None = None,
-        window_size: int = 64,
-        window_stride: int = 16,
-        windows_per_step: int = 4,
-        window_sampler: str = "uniform",
+        canvas_size: (
+            Annotated[Sequence[PositiveInt], Field(min_length=2, max_length=2, description="[height, width] in px")]
+            | None
+        ) = None,
+        window_size: PositiveInt = 64,
+        window_stride: PositiveInt = 16,
+        windows_per_step: PositiveInt = 4,
+        window_sampler: WindowSampler = "uniform",
     ):
         # The whole layout is checked first: geometry is cheap, and a bad region must fail before the image loads.
         parsed = parse_regions(regions, inputs.prompt)
@@ -259,11 +270,8 @@ class PanoramaRegionTask(PanoramaTask):
 def _check_canvas_size(canvas_size: Sequence[int] | None, scale: int, stride: int) -> tuple[int, int] | None:
     if canvas_size is None:
         return None
-    unit = scale * stride
-    valid = isinstance(canvas_size, Sequence) and len(canvas_size) == 2
-    if not valid or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in canvas_size):
-        raise ValueError(f"task.canvas_size must be [height, width] in px or null, got {canvas_size!r}")
-    if unit > 0 and (canvas_size[0] % unit or canvas_size[1] % unit):  # a bad stride: PanoramaTask's own error
+    unit = scale * stride  # [height, width] of positive ints, the stride positive: their annotations
+    if canvas_size[0] % unit or canvas_size[1] % unit:
         raise ValueError(
             f"task.canvas_size={list(canvas_size)} does not tile: both sides must be multiples of {unit} px "
             f"(latent scale {scale} x task.window_stride {stride})"

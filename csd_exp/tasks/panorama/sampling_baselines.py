@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.resample import resize_frames
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.panorama.windows import PanoramaTask
@@ -37,6 +38,7 @@ SamplingMethod = Literal["per_window", "downscaled", "multidiffusion"]
 class PanoramaSamplingTask(ReverseSamplingMixin, PanoramaTask):
     """Runs a sampling baseline through the same CLI, logging and metrics as the distillation tasks."""
 
+    @checked
     def __init__(
         self,
         prior: Any,

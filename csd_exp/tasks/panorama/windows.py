@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.images import save_image
 from csd_exp.data.resample import canvas_size, resize_frames
 from csd_exp.data.sources import ImageSource
@@ -39,18 +40,17 @@ log = logging.getLogger(__name__)
 WindowSampler = Literal["uniform", "coverage_balanced"]
 
 
+@checked
 @dataclass(frozen=True)
 class WindowGrid:
     """All windows of a (height, width) latent canvas, in latent pixels."""
 
     height: int
     width: int
-    size: int
-    stride: int
+    size: PositiveInt
+    stride: PositiveInt
 
     def __post_init__(self):
-        if self.size <= 0 or self.stride <= 0:
-            raise ValueError(f"window size and stride must be positive, got size={self.size}, stride={self.stride}")
         if self.height < self.size or self.width < self.size:
             raise ValueError(
                 f"the image is smaller than one window: canvas {self.height}x{self.width} latent px, window "
@@ -112,6 +112,7 @@ class WindowGrid:
 class PanoramaTask(DistillationTask):
     """CSD / CSD-Edit (or SDS and the ablations, by guidance config) over the windows of a panorama."""
 
+    @checked
     def __init__(
         self,
         prior: Any,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.editable import EditableImageSet
 from csd_exp.data.images import save_image
 from csd_exp.data.scene import warn_cameras_inside_box
@@ -84,6 +85,7 @@ class Scene3DTask(DistillationTask):
     # Every rank renders and edits the same views, so the losses are equal and need no world-size scaling.
     loss_is_sharded = False
 
+    @checked
     def __init__(
         self,
         prior: Any,
@@ -110,9 +112,6 @@ class Scene3DTask(DistillationTask):
         )
         if not isinstance(editor, DatasetEditor):
             raise ValueError(f"task.editor built a {type(editor).__name__}, not a scene3d_editors.DatasetEditor")
-        for key, value in (("views_per_step", views_per_step), ("turntable_views", turntable_views)):
-            if int(value) < 1:
-                raise ValueError(f"task.{key} must be >= 1, got {value}")
 
         self.scene = data.load(int(prior.latent_scale_factor))
         warn_cameras_inside_box(self.scene)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.distill.particles import Particles
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import LeadingDDIM, guided_sample
@@ -164,6 +165,7 @@ class DatasetEditor:
     #: whether the task's guidance (a distillation method) drives this editor
     uses_guidance = False
 
+    @checked
     def __init__(self, every: PositiveInt, views: PositiveInt):
         self.every, self.views = int(every), int(views)
 
@@ -193,6 +195,7 @@ class CSDEditEditor(DatasetEditor):
 
     uses_guidance = True
 
+    @checked
     def __init__(
         self,
         every: PositiveInt,
@@ -253,6 +256,7 @@ class IN2NEditor(DatasetEditor):
     """Instruct-NeRF2NeRF's per-view edit (:func:`in2n_release_edit`, or :func:`in2n_edit` with
     ``schedule=linspace_ddim``); its scales are the guidance group's."""
 
+    @checked
     def __init__(
         self,
         every: PositiveInt,
@@ -267,7 +271,7 @@ class IN2NEditor(DatasetEditor):
     ):
         super().__init__(every, views)
         self.schedule = schedule
-        if not 0.0 < float(noise_lower) <= float(noise_upper) <= 1.0:
+        if noise_lower > noise_upper:  # each in (0, 1]: their annotations
             raise ValueError(
                 f"need 0 < task.editor.noise_lower <= task.editor.noise_upper <= 1, got {noise_lower}, {noise_upper}"
             )

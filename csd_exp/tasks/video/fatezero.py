@@ -23,7 +23,11 @@ statistics over the whole clip, DDIM "leading" timesteps with steps_offset 1, th
 alphas_cumprod[0], its blend-mask layers, its refine mapper's padding, its cross-replace step count, its
 stored-map size limit and its configs' sparse-causal choice; each has a switch named for what it changes
 (``clip_groupnorm``, ``timestep_spacing``, ``clean_level``, ``blend_layers``, ``refine_padding``,
-``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Its two random draws are not
+``cross_replace_count``, ``stored_maps``; null follows ``official_release``). Four more switches make our
+float32 arithmetic follow the release's order of operations where the two compute the same values differently
+(``attention_product``: the explicit attention products; ``time_embedding_rows``: the timestep MLPs once per
+clip; ``decode_arithmetic``: z · (1/s) and x / 2 + 0.5; ``latent_layout``: contiguous latents), so that its
+frames are equal to float32 rounding. Its two random draws are not
 reproduced: the VAE posterior *sample* (here: the mode) and the random bias of its zero-initialised temporal
 attention (here: absent, i.e. a zero bias). Differences kept on purpose: no Tune-A-Video weights (its
 zero-shot setting), one ``blend_words`` list (the source words that make the self-attention mask;
@@ -50,9 +54,17 @@ from csd_exp.priors.attention_control import (
     attention_layers,
 )
 from csd_exp.priors.attention_fusion import AttentionFusion, fusion_settings, released_blend_layers
+from csd_exp.priors.attention_release import released_text_attention, released_vae_attention
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep
 from csd_exp.tasks.sampling import ReverseSamplingMixin, leading_timesteps
-from csd_exp.tasks.video.fatezero_release import released_store_min_level, resolve_release_switches
+from csd_exp.tasks.video.fatezero_release import (
+    RELEASE_SWITCHES,
+    RELEASED_EXPLICIT_MAX_QUERIES,
+    RELEASED_TEMPORAL_FRAMES,
+    RELEASED_TEMPORAL_MIN_CHANNELS,
+    released_store_min_level,
+    resolve_release_switches,
+)
 from csd_exp.tasks.video.frames import VideoTask
 
 if TYPE_CHECKING:
@@ -105,6 +117,8 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         clip_groupnorm: bool = False,
         timestep_spacing: Literal["leading", "linspace"] = "linspace",
         clean_level: Literal["alphas_cumprod_0", "one"] = "one",
+        explicit_attention_max_queries: int = 0,
+        per_clip_time_embedding: bool = False,
         **kwargs,
     ):
         self.check_prior(prior)  # before the clip is read
@@ -115,6 +129,8 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
             self.timesteps = leading_timesteps(self.prior.num_train_timesteps, int(num_inference_steps))
         self.timestep_spacing, self.clean_level = timestep_spacing, clean_level
         self.clip_groupnorm = bool(clip_groupnorm)
+        self.explicit_attention_max_queries = int(explicit_attention_max_queries)
+        self.per_clip_time_embedding = bool(per_clip_time_embedding)
         self.temporal_min_channels = (
             None if temporal_attention_min_channels is None else int(temporal_attention_min_channels)
         )
@@ -166,6 +182,8 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
                 temporal_min_level=self.temporal_min_level,
                 temporal_min_channels=self.temporal_min_channels,
                 clip_groupnorm=self.clip_groupnorm,
+                explicit_max_queries=self.explicit_attention_max_queries,
+                per_clip_time_embedding=self.per_clip_time_embedding,
             )
 
     @torch.no_grad()
@@ -238,7 +256,7 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
         allows, never splitting a prompt's frames (they attend to each other); ``hook`` sees the call that
         holds the last prompt's rows, which are that call's last F rows."""
         prior, frames = self.prior, x.shape[0]
-        embeds = torch.cat([prior.prompt_embeddings(p).expand(frames, -1, -1) for p in prompts])
+        embeds = torch.cat([self.prompt_embeddings(p).expand(frames, -1, -1) for p in prompts])
         embeds = embeds.to(device=prior.device, dtype=prior.dtype)
         rows = torch.cat([x] * len(prompts))
         per_call = len(prompts) if prior.max_rows_per_call is None else max(prior.max_rows_per_call // frames, 1)
@@ -251,6 +269,10 @@ class InvertThenEditVideoTask(ReverseSamplingMixin, VideoTask):
             with context:
                 outputs.append(prior.unet_rows(rows[part], t, embeds[part]))
         return list(torch.cat(outputs).to(x.device).chunk(len(prompts)))
+
+    def prompt_embeddings(self, prompt: str) -> torch.Tensor:
+        """(1, L, D) text-encoder states of ``prompt`` (the prior's, cached there)."""
+        return self.prior.prompt_embeddings(prompt)
 
     def guided_noise(self, x: torch.Tensor, t: int, hook=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(guided ε, ε of the target prompt): ε(∅) + ω (ε(y) − ε(∅)), the target's rows last."""
@@ -298,6 +320,19 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             ``n`` (int(c · N)).
         stored_maps: which layers' maps are stored and fused, ``max_1024_tokens`` (queries of at most 32²
             positions; release) or ``level1`` (half the latent's side and coarser).
+        attention_product: ``explicit``: attention in the release's order of operations (release): in
+            every UNet layer of at most 32² queries baddbmm(q, kᵀ, α = scale) → softmax → bmm, the same in
+            the VAE, and the text encoder's q · scale before the product (transformers 4.25); or ``fused``:
+            the installed libraries' kernels (``scaled_dot_product_attention`` wherever no map is stored or
+            fused). Same attention, other float32 rounding.
+        decode_arithmetic: ``times_inverse_scale``: frames = D(z · (1 / s)) / 2 + 0.5 in chunks of 16 frames
+            (release) or ``divide_by_scale``: (D(z / s) + 1) / 2 (the prior's decode).
+        latent_layout: ``contiguous``: frames and latents in contiguous (F, C, H, W) memory, as the release
+            hands them to its VAE and UNet (release), or ``as_encoded``: the layout the frames came in
+            (channels-last from H, W, C images); a convolution rounds differently on the two.
+        time_embedding_rows: ``per_clip``: the timestep MLP and the ResNet blocks' timestep projections on one
+            row per clip, repeated over its frames (the release's pseudo-3D UNet), or ``per_row``. Same
+            values, other float32 rounding.
     """
 
     task_option = "video_fatezero"
@@ -331,6 +366,10 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         refine_padding: Literal["released", "shifted"] | None = None,
         cross_replace_count: Literal["n_plus_1", "n"] | None = None,
         stored_maps: Literal["max_1024_tokens", "level1"] | None = None,
+        attention_product: Literal["explicit", "fused"] | None = None,
+        time_embedding_rows: Literal["per_clip", "per_row"] | None = None,
+        decode_arithmetic: Literal["times_inverse_scale", "divide_by_scale"] | None = None,
+        latent_layout: Literal["contiguous", "as_encoded"] | None = None,
     ):
         switches = resolve_release_switches(
             bool(official_release),
@@ -343,8 +382,17 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             refine_padding=refine_padding,
             cross_replace_count=cross_replace_count,
             stored_maps=stored_maps,
+            attention_product=attention_product,
+            time_embedding_rows=time_embedding_rows,
+            decode_arithmetic=decode_arithmetic,
+            latent_layout=latent_layout,
         )
         self.official_release = bool(official_release)
+        self.release_switches = {name: switches[name] for name in RELEASE_SWITCHES}
+        self.released_attention = switches["attention_product"] == "explicit"
+        self.decode_arithmetic = switches["decode_arithmetic"]
+        self.latent_layout = switches["latent_layout"]
+        self._released_embeddings: dict[str, torch.Tensor] = {}
         self.blend_layer_choice, self.stored_maps = switches["blend_layers"], switches["stored_maps"]
         super().__init__(
             prior,
@@ -361,6 +409,10 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             clip_groupnorm=switches["clip_groupnorm"],
             timestep_spacing=switches["timestep_spacing"],
             clean_level=switches["clean_level"],
+            explicit_attention_max_queries=(
+                RELEASED_EXPLICIT_MAX_QUERIES if switches["attention_product"] == "explicit" else 0
+            ),
+            per_clip_time_embedding=switches["time_embedding_rows"] == "per_clip",
         )
 
         self.fusion = fusion_settings(
@@ -390,6 +442,69 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
         self.store: AttentionStore | None = None
         self.fuser: AttentionFusion | None = None
         self._store_budget: int | None = None
+
+    def release_deviations(self) -> list[str]:
+        """Each switch not at the release's value, and a temporal-attention choice other than the released
+        configs' (summary.json ``release_deviations``, W&B tag ``non-released``; docs/baselines.md)."""
+        notes = [
+            f"task.{name}={value} (released: {RELEASE_SWITCHES[name][0]})"
+            for name, value in self.release_switches.items()
+            if value != RELEASE_SWITCHES[name][0]
+        ]
+        released_temporal = (RELEASED_TEMPORAL_FRAMES, 0, RELEASED_TEMPORAL_MIN_CHANNELS)
+        if (tuple(self.temporal_frames), self.temporal_min_level, self.temporal_min_channels) != released_temporal:
+            notes.append(
+                f"task.temporal_attention_frames={list(self.temporal_frames)} temporal_attention_min_level="
+                f"{self.temporal_min_level} (released configs: the middle frame in layers of >= 640 channels)"
+            )
+        return notes
+
+    # ------------------------------------------------- the release's arithmetic outside the UNet
+    def encode_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The source latents, with the VAE's attention as ``attention_product`` says; ``latent_layout=
+        contiguous``: in the release's memory layout. Its frames reach the VAE as a contiguous (F, 3, H, W)
+        batch (``data/dataset.py`` 118-119, then ``rearrange`` to (b f), a copy) and every latent after is
+        contiguous, where ours may be channels-last (frames read as H, W, C): a convolution rounds
+        differently on the two layouts."""
+        if self.latent_layout == "contiguous":
+            images = images.contiguous()
+        context = released_vae_attention(self.prior.vae) if self.released_attention else nullcontext()
+        with context:
+            latents, condition = super().encode_sources(images)
+        return (latents.contiguous() if self.latent_layout == "contiguous" else latents), condition
+
+    def prompt_embeddings(self, prompt: str) -> torch.Tensor:
+        """The prior's embeddings, or (``attention_product=explicit``) the text encoder's output with the
+        release's attention arithmetic, cached here (the prior's cache keeps its own)."""
+        if not self.released_attention:
+            return super().prompt_embeddings(prompt)
+        cached = self._released_embeddings.get(prompt)
+        if cached is None:
+            prior = self.prior
+            kept, prior._prompt_embeds = prior._prompt_embeds, {}
+            try:
+                with released_text_attention(prior.text_encoder):
+                    cached = self._released_embeddings[prompt] = prior.prompt_embeddings(prompt)
+            finally:
+                prior._prompt_embeds = kept
+        return cached
+
+    def edited_frames(self) -> torch.Tensor:
+        """The decoded frames; ``decode_arithmetic=times_inverse_scale`` decodes as the release does
+        (``pipelines/stable_diffusion.py`` 297-311), with the VAE's attention as ``attention_product`` says."""
+        prior = self.prior
+        tiled_or_consistency = prior.vae_tile_stride is not None or prior.consistency_decoder is not None
+        if self.decode_arithmetic != "times_inverse_scale" or tiled_or_consistency:  # the prior's decode
+            if not self.released_attention:
+                return super().edited_frames()
+            with released_vae_attention(prior.vae):
+                return super().edited_frames()
+        vae = prior.vae
+        scaled = (self.latents.detach() * (1.0 / prior.vae_scaling_factor)).to(device=vae.device, dtype=vae.dtype)
+        context = released_vae_attention(vae) if self.released_attention else nullcontext()
+        with torch.no_grad(), context:
+            images = torch.cat([vae.decode(chunk).sample for chunk in torch.split(scaled, 16)])
+        return (images / 2 + 0.5).clamp(0, 1).float().cpu()
 
     def inversion_hook(self, step: int) -> AttentionStore:
         if step == 0:

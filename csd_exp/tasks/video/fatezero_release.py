@@ -26,6 +26,12 @@ def released_store_min_level(latent_hw: tuple[int, int]) -> int:
     return level
 
 
+#: ``attention_product=explicit``: the layers FateZero's controlled attention computes as baddbmm → softmax →
+#: bmm (``prompt_attention/attention_register.py`` 24-53): queries of at most 32² positions; larger ones go to
+#: xformers where it is installed (its GPU setup, 95-98; here: the fused kernel), the explicit product on CPU.
+RELEASED_EXPLICIT_MAX_QUERIES = RELEASED_STORE_MAX_TOKENS
+
+
 #: switch -> (the release's value, ours); None in the config follows ``official_release``.
 RELEASE_SWITCHES = {
     "clip_groupnorm": (True, False),
@@ -35,6 +41,10 @@ RELEASE_SWITCHES = {
     "refine_padding": ("released", "shifted"),
     "cross_replace_count": ("n_plus_1", "n"),
     "stored_maps": ("max_1024_tokens", "level1"),
+    "attention_product": ("explicit", "fused"),
+    "time_embedding_rows": ("per_clip", "per_row"),
+    "decode_arithmetic": ("times_inverse_scale", "divide_by_scale"),
+    "latent_layout": ("contiguous", "as_encoded"),
 }
 
 

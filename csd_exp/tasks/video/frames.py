@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.resample import restore_size
 from csd_exp.data.sources import ClipSource
 from csd_exp.data.video_write import frame_grid, save_frame_grid, write_frames, write_video
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 class VideoTask(DistillationTask):
     """CSD-Edit (or SDS / the ablations, by guidance config) over the frames of a clip."""
 
+    @checked
     def __init__(
         self,
         prior: Any,
@@ -65,7 +67,7 @@ class VideoTask(DistillationTask):
         num_frames = frames.shape[0]
         if num_frames < 2:
             raise ValueError(f"video editing needs at least 2 frames, the clip has {num_frames}")
-        if frames_per_step is not None and not 1 <= int(frames_per_step) <= num_frames:
+        if frames_per_step is not None and frames_per_step > num_frames:  # >= 1: its annotation
             raise ValueError(f"task.frames_per_step={frames_per_step} must be between 1 and the {num_frames} frames")
         self.frames_per_step = None if frames_per_step is None else int(frames_per_step)
         scale = int(prior.latent_scale_factor)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.tasks.base import step_generator
 from csd_exp.tasks.sampling import ReverseSamplingMixin, SamplerName
 from csd_exp.tasks.video.frames import VideoTask
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 
 class VideoSamplingTask(ReverseSamplingMixin, VideoTask):
+    @checked
     def __init__(
         self,
         prior: Any,

@@ -41,10 +41,12 @@ conditional row only, equal up to rounding.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import torch
 
+from csd_exp.arguments import checked
 from csd_exp.data.sources import ClipSource
 from csd_exp.priors.ddim_inversion import ddim_transfer, inversion_timestep, predicted_clean
 from csd_exp.tasks.sampling import leading_timesteps, sampling_timesteps
@@ -53,13 +55,16 @@ from csd_exp.tasks.video.fatezero import InvertThenEditVideoTask, require_text_t
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from pydantic import Field
+
     from csd_exp.priors.stable_diffusion import StableDiffusionPrior
     from csd_exp.priors.stable_diffusion_depth import StableDiffusionDepthPrior
     from csd_exp.schema.fields import NonNegativeFloat, NonNegativeInt, PositiveInt
     from csd_exp.tasks.base import RunInputs
 
 #: Anchor and previous frame: the causal choices (frames after i would break the batched = sequential equality).
-PIX2VIDEO_FRAMES = ("first", "previous")
+Pix2VideoFrame = Literal["first", "previous"]
+PIX2VIDEO_FRAMES = get_args(Pix2VideoFrame)
 #: The release's conditioning layers: self-attention layers at call-order index >= COND_LAYER (unet_2d_blocks.py).
 RELEASE_COND_LAYER = 7
 RELEASE_BLOCKS = ("up",)
@@ -82,6 +87,7 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
     task_option = "video_pix2video"
     temporal_inversion = False
 
+    @checked
     def __init__(
         self,
         prior: StableDiffusionPrior | StableDiffusionDepthPrior,
@@ -94,17 +100,15 @@ class VideoPix2VideoTask(InvertThenEditVideoTask):
         guidance_scale: float,
         latent_update_weight: NonNegativeFloat = 100.0,
         latent_update_steps: NonNegativeInt = 26,
-        temporal_attention_frames: list[str] | tuple[str, ...] = PIX2VIDEO_FRAMES,
+        temporal_attention_frames: Annotated[
+            Sequence[Pix2VideoFrame],
+            Field(min_length=1, description="frames that read the anchor and earlier frames only: first, previous"),
+        ] = PIX2VIDEO_FRAMES,
         temporal_attention_blocks: list[str] | tuple[str, ...] = RELEASE_BLOCKS,
         temporal_attention_min_level: NonNegativeInt = 0,
         timestep_spacing: Literal["leading", "linspace"] = "leading",
         set_alpha_to_one: bool = False,
     ):
-        if not temporal_attention_frames or any(f not in PIX2VIDEO_FRAMES for f in temporal_attention_frames):
-            raise ValueError(
-                f"task.temporal_attention_frames={list(temporal_attention_frames)} is not allowed for Pix2Video: "
-                "frames read the anchor and earlier frames only, a non-empty list of first, previous"
-            )
         super().__init__(
             prior,
             guidance,
