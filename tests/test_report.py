@@ -362,6 +362,34 @@ def test_paired_differences_by_seed_and_input_with_a_t_interval(tmp_path):
     assert "reference method `in2n` has no completed run" in (tmp_path / "none" / "report.md").read_text()
 
 
+def test_methods_that_differ_from_the_reference_by_their_kernel_are_paired_with_it():
+    """CSD with two kernels against SDS (whose kernel is one value): each kernel's runs pair with the SDS run of
+    the same input and seed; a scale swept for every method still pairs like with like."""
+    from csd_exp.report.paired import paired_differences
+    from csd_exp.report.runs import Run
+
+    def run(method, kernel, scale, seed, value):
+        config = {"kernel": kernel, "guidance.guidance_scale": scale, "seed": seed}
+        summary = {"metrics": {"fidelity/psnr": value}}
+        return Run(Path(f"/r/{method}{kernel}{scale}{seed}"), summary, "completed", "video", method, seed, config)
+
+    runs = [run("sds", "identity", scale, seed, 10.0 * scale + seed) for scale in (1, 2) for seed in (0, 1)]
+    runs += [
+        run("csd", kernel, scale, seed, 10.0 * scale + seed + shift)
+        for kernel, shift in (("rbf", 1.0), ("feature_rbf", -2.0))
+        for scale in (1, 2)
+        for seed in (0, 1)
+    ]
+    keys = ["kernel", "guidance.guidance_scale"]
+    found = {
+        (item.context["kernel"], item.context["guidance.guidance_scale"]): item
+        for item in paired_differences(runs, ["fidelity/psnr"], "sds", keys, set())
+    }
+    assert set(found) == {("rbf", 1), ("rbf", 2), ("feature_rbf", 1), ("feature_rbf", 2)}
+    for (kernel, _), item in found.items():
+        assert (item.interval.n, item.unpaired, item.interval.mean) == (2, 0, 1.0 if kernel == "rbf" else -2.0)
+
+
 def test_t_quantiles_match_the_table():
     from csd_exp.report.paired import mean_interval, t_quantile
 

@@ -95,6 +95,10 @@ def _context(run: Run, keys: list[str]) -> dict[str, Any]:
     return {key: run.config.get(key, MISSING) for key in keys}
 
 
+def _context_values(runs: list[Run], key: str) -> list[Any]:
+    return [run.config.get(key, MISSING) for run in runs]
+
+
 def _matches(one: dict[str, Any], other: dict[str, Any]) -> bool:
     """Equal on every key both runs have (a key one method lacks, e.g. the baselines' sampler, is no split)."""
     return all(
@@ -115,6 +119,11 @@ def paired_differences(
     for run in runs:
         if run.method == reference:
             by_pair.setdefault((_input(run), run.seed), []).append(run)
+    # A key the reference runs all share (SDS's kernel beside CSD's RBF and feature kernels) is part of what the
+    # methods are, not a split of the reference: it selects no partner. Keys the reference varies (a scale swept
+    # for every method) still must match.
+    references = [run for pair in by_pair.values() for run in pair]
+    partner_keys = [key for key in keys if len({canonical(v) for v in _context_values(references, key)}) > 1]
     results: list[Paired] = []
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -125,9 +134,13 @@ def paired_differences(
         for (method, _), members in groups.items():
             differences, unpaired = [], 0
             for run in members:
-                context = _context(run, keys)
+                context = _context(run, partner_keys)
                 partner = next(
-                    (ref for ref in by_pair.get((_input(run), run.seed), []) if _matches(context, _context(ref, keys))),
+                    (
+                        ref
+                        for ref in by_pair.get((_input(run), run.seed), [])
+                        if _matches(context, _context(ref, partner_keys))
+                    ),
                     None,
                 )
                 value = run.metric(metric)
