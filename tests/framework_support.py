@@ -54,3 +54,42 @@ def run_cli(args: list[str], cwd: Path = REPO_ROOT, env: dict | None = None, tim
         text=True,
         timeout=timeout,
     )
+
+
+_COMPOSE_CHECK = """
+import json, sys
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from csd_exp.schema import ConfigError
+from csd_exp.schema.rules import validate_composed
+
+found = {}
+for overrides in json.loads(sys.argv[1]):
+    with initialize_config_module(config_module="csd_exp.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+    try:
+        validate_composed(cfg)
+        found[overrides[-1].lstrip("+")] = None
+    except ConfigError as error:
+        found[overrides[-1].lstrip("+")] = str(error)
+print(json.dumps({"messages": found, "torch": "torch" in sys.modules}))
+"""
+
+
+def compose_check_verdicts(runs: list[list[str]]) -> tuple[dict[str, str | None], bool]:
+    """The compose-time check of each run's overrides, in a fresh process: {last override (without ``+``): the
+    refusal, or None when accepted}, and whether torch was imported by then."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPOSE_CHECK, json.dumps(runs)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["messages"], report["torch"]

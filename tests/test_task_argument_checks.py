@@ -3,13 +3,10 @@ a Python caller's bad argument from the annotation the compose-time check reads 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from framework_support import compose_check_verdicts
 
 from csd_exp.ast_signatures import read_signature
 from csd_exp.data.sources import ClipSource, ImageSource, SceneSource
@@ -81,26 +78,6 @@ def test_the_rules_between_parameters_and_the_data_stay_code():
 
 # Values the task constructors used to refuse by hand (or not at all, where the signature said plain ``int``):
 # the compose-time check now refuses them too, before torch is imported.
-_COMPOSE = """
-import json, sys
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from csd_exp.schema import ConfigError
-from csd_exp.schema.rules import validate_composed
-
-found = {}
-for overrides in json.loads(sys.argv[1]):
-    with initialize_config_module(config_module="csd_exp.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-    try:
-        validate_composed(cfg)
-        found[overrides[-1]] = None
-    except ConfigError as error:
-        found[overrides[-1]] = str(error)
-print(json.dumps({"messages": found, "torch": "torch" in sys.modules}))
-"""
-
 REFUSED = {
     "task.canvas_size=[512,0]": "task.canvas_size=[512, 0] is not allowed",
     "task.canvas_size=[512]": "task.canvas_size=[512] is not allowed",
@@ -122,18 +99,11 @@ def test_the_compose_check_refuses_what_the_task_constructors_refused_by_hand_be
         ["experiment=scene3d_exact_cpu", "task.views_per_step=0"],
         [*region, "task.canvas_size=[64,192]"],  # accepted (whether it tiles needs the prior: the constructor's)
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPOSE, json.dumps(runs)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    messages = report["messages"]
+    messages, torch_loaded = compose_check_verdicts(runs)
     for key, expected in REFUSED.items():
         assert messages[key] is not None and expected in messages[key], (key, messages[key])
     assert messages["task.canvas_size=[64,192]"] is None
-    assert report["torch"] is False
+    assert torch_loaded is False
 
 
 def test_the_clip_reader_and_the_clip_check_their_arguments_from_their_annotations(tmp_path):

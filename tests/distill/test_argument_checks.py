@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from framework_support import compose_check_verdicts
 from omegaconf import OmegaConf
 
 from csd_exp.ast_signatures import read_signature
@@ -102,26 +99,6 @@ def test_the_guidance_scales_have_no_signature_default():
 
 # The values the constructors used to refuse by hand and now state on their signatures: the compose-time check
 # refuses them too, before torch is imported.
-_COMPOSE = """
-import json, sys
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from csd_exp.schema import ConfigError
-from csd_exp.schema.rules import validate_composed
-
-found = {}
-for overrides in json.loads(sys.argv[1]):
-    with initialize_config_module(config_module="csd_exp.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-    try:
-        validate_composed(cfg)
-        found[overrides[-1]] = None
-    except ConfigError as error:
-        found[overrides[-1]] = str(error)
-print(json.dumps({"messages": found, "torch": "torch" in sys.modules}))
-"""
-
 REFUSED = {
     "schedule.max_steps=0": "schedule.max_steps=0 is not allowed",
     "kernel.release_fraction=1.5": "kernel.release_fraction=1.5 is not allowed",
@@ -141,18 +118,11 @@ def test_the_compose_check_refuses_what_the_constructors_refused_by_hand_before_
         [*generation, "model.supersample=0"],
         [*generation, "kernel=feature_rbf", "kernel.channels=[8]"],  # accepted
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPOSE, json.dumps(runs)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    messages = {key.lstrip("+"): message for key, message in report["messages"].items()}
+    messages, torch_loaded = compose_check_verdicts(runs)
     for key, expected in REFUSED.items():
         assert messages[key] is not None and expected in messages[key], (key, messages[key])
     assert messages["kernel.channels=[8]"] is None
-    assert report["torch"] is False
+    assert torch_loaded is False
 
 
 def test_every_marker_on_a_checked_constructor_is_readable():
