@@ -51,6 +51,11 @@ class TimestepSchedule:
     limited on the exact prior (the ideal-edit PSNR rises linearly in dB, docs/coupling.md), so a larger step
     reaches the same quality in fewer UNet rows. ``step_scale=1`` (the default) leaves the gradients untouched
     bit for bit (no multiplication).
+
+    ``step_scale_to`` (opt-in, ``schedule=fast``) anneals that factor: it falls (or rises) linearly from
+    ``step_scale`` at ``step_scale_from`` of the horizon to ``step_scale_to`` at its end, so the last steps are
+    small again and the edit does not overshoot its peak. ``None`` (the default) keeps ``step_scale`` to the end
+    (the constant factor, bit for bit).
     """
 
     @checked
@@ -63,6 +68,7 @@ class TimestepSchedule:
         num_train_timesteps: Annotated[int, {"ge": 2}] = 1000,
         step_scale: Annotated[float, {"gt": 0}] = 1.0,
         step_scale_from: Annotated[float, {"ge": 0, "lt": 1}] = 0.0,
+        step_scale_to: Annotated[float, {"gt": 0}] | None = None,
     ) -> None:
         if min_fraction > max_fraction:
             raise ValueError(f"min_fraction ({min_fraction}) must not exceed max_fraction ({max_fraction})")
@@ -74,6 +80,7 @@ class TimestepSchedule:
         self.num_train_timesteps = int(num_train_timesteps)
         self.step_scale = float(step_scale)
         self.step_scale_from = float(step_scale_from)
+        self.step_scale_to = None if step_scale_to is None else float(step_scale_to)
         last = self.num_train_timesteps - 1
         self.min_timestep = min(max(round(self.min_fraction * self.num_train_timesteps), 0), last)
         self.max_timestep = min(max(round(self.max_fraction * self.num_train_timesteps), 0), last)
@@ -85,6 +92,7 @@ class TimestepSchedule:
             f"num_train_timesteps={self.num_train_timesteps}"
             + ("" if self.step_scale == 1.0 else f", step_scale={self.step_scale}")
             + ("" if self.step_scale_from == 0.0 else f", step_scale_from={self.step_scale_from}")
+            + ("" if self.step_scale_to is None else f", step_scale_to={self.step_scale_to}")
             + ")"
         )
 
@@ -104,12 +112,17 @@ class TimestepSchedule:
 
     def step_factor(self, step: int) -> float:
         """What the distillation gradient of ``step`` is multiplied by: ``step_scale`` from ``step_scale_from`` of
-        the horizon on, 1 before (and always 1 where ``step_scale`` is 1, which needs no horizon)."""
-        if self.step_scale == 1.0:
+        the horizon on, 1 before (and always 1 where ``step_scale`` is 1 and ``step_scale_to`` is None, which
+        needs no horizon); with ``step_scale_to``, linear from ``step_scale`` there to ``step_scale_to`` at the
+        horizon's end."""
+        if self.step_scale == 1.0 and self.step_scale_to is None:
             return 1.0
         if self.step_scale_from > 0.0 and self._progress(int(step)) < self.step_scale_from:
             return 1.0
-        return self.step_scale
+        if self.step_scale_to is None:
+            return self.step_scale
+        span = (self._progress(int(step)) - self.step_scale_from) / (1.0 - self.step_scale_from)
+        return self.step_scale + (self.step_scale_to - self.step_scale) * span
 
     def bounds(self, step: int) -> tuple[int, int]:
         """The inclusive integer range t is drawn from at ``step`` (a single value for ``"sqrt"``)."""

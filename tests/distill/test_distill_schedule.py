@@ -75,3 +75,32 @@ def test_an_annealed_schedule_takes_its_horizon_from_the_task_unless_given():
     given = TimestepSchedule(annealing="linear", max_steps=10)
     given.set_horizon(100)
     assert given.max_steps == 10
+
+
+def test_step_scale_to_none_keeps_the_constant_factor_and_the_official_step_bit_for_bit():
+    # neutral value: no annealing of the step factor, so schedule=default (factor 1.0, never multiplied) and the
+    # constant schedule=fast factor are unchanged
+    assert repr(TimestepSchedule(step_scale_to=None)) == repr(TimestepSchedule())
+    assert all(TimestepSchedule(step_scale_to=None).step_factor(step) == 1.0 for step in range(300))  # no horizon
+    constant = TimestepSchedule(step_scale=2.0, step_scale_from=0.1, max_steps=40)
+    neutral = TimestepSchedule(step_scale=2.0, step_scale_from=0.1, step_scale_to=None, max_steps=40)
+    flat = TimestepSchedule(step_scale=2.0, step_scale_from=0.1, step_scale_to=2.0, max_steps=40)
+    factors = [constant.step_factor(step) for step in range(45)]
+    assert factors == [neutral.step_factor(step) for step in range(45)]
+    assert factors == [flat.step_factor(step) for step in range(45)]
+    assert factors[:4] == [1.0] * 4 and set(factors[4:]) == {2.0}
+
+
+def test_step_scale_to_anneals_the_factor_linearly_to_the_end_of_the_horizon():
+    schedule = TimestepSchedule(step_scale=3.0, step_scale_from=0.2, step_scale_to=0.5, max_steps=10)
+    factors = [schedule.step_factor(step) for step in range(13)]
+    assert factors[:2] == [1.0, 1.0]  # the official step before step_scale_from
+    assert factors[2] == 3.0
+    assert factors[6] == pytest.approx(1.75, rel=1e-12)  # halfway from 0.2 to 1.0 of the horizon
+    assert factors[10:] == [pytest.approx(0.5, rel=1e-12)] * 3  # the horizon's end, and after it
+    assert all(a > b for a, b in zip(factors[2:10], factors[3:11]))
+    with pytest.raises(ValueError, match="needs a horizon"):
+        TimestepSchedule(step_scale_to=0.5).step_factor(0)  # an annealed factor is never neutral
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="step_scale_to"):
+            TimestepSchedule(step_scale_to=bad)
