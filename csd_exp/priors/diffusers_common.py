@@ -343,23 +343,27 @@ class DiffusersPrior(ScorePrior):
     def prompt_embeddings(self, prompt: str) -> Tensor:
         """(1, L, D) text-encoder hidden states for ``prompt`` (cached per prompt, on the prior's device)."""
         cached = self._prompt_embeds.get(prompt)
-        device = self.text_encoder.device
         if cached is None:
-            tokens = self.tokenizer(
-                prompt,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            attention_mask = None
-            if getattr(self.text_encoder.config, "use_attention_mask", False):
-                attention_mask = tokens.attention_mask.to(device)
-            cached = self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
-            self._prompt_embeds[prompt] = cached
-        elif cached.device != device:
-            cached = self._prompt_embeds[prompt] = cached.to(device)
+            cached = self._prompt_embeds[prompt] = self.encode_prompt(prompt)
+        elif cached.device != self.text_encoder.device:
+            cached = self._prompt_embeds[prompt] = cached.to(self.text_encoder.device)
         return cached
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> Tensor:
+        """(1, L, D) text-encoder hidden states for ``prompt``, computed now (:meth:`prompt_embeddings` caches them)."""
+        device = self.text_encoder.device
+        tokens = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        attention_mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            attention_mask = tokens.attention_mask.to(device)
+        return self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
 
     def _prompt_rows(self, prompts: list[str], repeats: list[int]) -> Tensor:
         """Stack cached embeddings: ``prompts[i]`` repeated ``repeats[i]`` times, in the UNet's dtype."""

@@ -480,13 +480,8 @@ class VideoFateZeroTask(InvertThenEditVideoTask):
             return super().prompt_embeddings(prompt)
         cached = self._released_embeddings.get(prompt)
         if cached is None:
-            prior = self.prior
-            kept, prior._prompt_embeds = prior._prompt_embeds, {}
-            try:
-                with released_text_attention(prior.text_encoder):
-                    cached = self._released_embeddings[prompt] = prior.prompt_embeddings(prompt)
-            finally:
-                prior._prompt_embeds = kept
+            with released_text_attention(self.prior.text_encoder):
+                cached = self._released_embeddings[prompt] = self.prior.encode_prompt(prompt)
         return cached
 
     def edited_frames(self) -> torch.Tensor:
